@@ -1,0 +1,440 @@
+"""Reading and writing volumes with their full geometry.
+
+A :class:`Volume` is a voxel array indexed ``[i, j, k]`` (the file's own axis order, as nibabel gives it)
+together with the 4x4 matrix that maps voxel indices to world millimetres in **RAS**
+(right, anterior, superior). ITK, DICOM and NRRD store LPS; conversion happens here, once, so every other
+module works in RAS. Oblique direction cosines are kept as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import labels as labels_mod
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass
+class Volume:
+    """Voxel array ``[i, j, k]`` with its voxel-to-world matrix (``ijk_to_ras``, world in RAS millimetres)."""
+
+    array: np.ndarray
+    ijk_to_ras: np.ndarray
+    path: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.array.shape[:3])
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size in mm along i, j, k."""
+        return np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0)
+
+    @property
+    def direction_ras(self) -> np.ndarray:
+        """3x3 matrix whose columns are the unit RAS directions of the i, j, k axes."""
+        return self.ijk_to_ras[:3, :3] / self.spacing
+
+    @property
+    def origin_ras(self) -> np.ndarray:
+        return self.ijk_to_ras[:3, 3].copy()
+
+    @property
+    def ras_to_ijk(self) -> np.ndarray:
+        return np.linalg.inv(self.ijk_to_ras)
+
+    @property
+    def ijk_to_lps(self) -> np.ndarray:
+        return LPS_TO_RAS @ self.ijk_to_ras
+
+    def axis_codes(self) -> str:
+        """Orientation letters of the i, j, k axes (e.g. "RAS", "PIR"), from the dominant direction component."""
+        letters = []
+        for column in self.direction_ras.T:
+            axis = int(np.argmax(np.abs(column)))
+            letters.append(("LR", "PA", "IS")[axis][int(column[axis] > 0)])
+        return "".join(letters)
+
+    def ijk_to_world(self, ijk: np.ndarray) -> np.ndarray:
+        """Voxel indices (N x 3, may be fractional) -> RAS mm (N x 3)."""
+        ijk = np.atleast_2d(np.asarray(ijk, dtype=float))
+        return ijk @ self.ijk_to_ras[:3, :3].T + self.ijk_to_ras[:3, 3]
+
+    def world_to_ijk(self, ras: np.ndarray) -> np.ndarray:
+        ras = np.atleast_2d(np.asarray(ras, dtype=float))
+        inverse = self.ras_to_ijk
+        return ras @ inverse[:3, :3].T + inverse[:3, 3]
+
+    def with_array(self, array: np.ndarray, **meta) -> Volume:
+        """A volume on the same grid holding another array."""
+        return Volume(array=array, ijk_to_ras=self.ijk_to_ras.copy(), path=self.path, meta={**self.meta, **meta})
+
+    def same_grid(self, other: Volume, tolerance_mm: float = 1e-3) -> bool:
+        return self.shape == other.shape and np.allclose(self.ijk_to_ras, other.ijk_to_ras, atol=tolerance_mm)
+
+    def bounds_ras(self) -> tuple[np.ndarray, np.ndarray]:
+        """Axis-aligned RAS bounding box of the voxel centres."""
+        corners = np.array([[i, j, k] for i in (0, self.shape[0] - 1) for j in (0, self.shape[1] - 1)
+                            for k in (0, self.shape[2] - 1)], dtype=float)
+        world = self.ijk_to_world(corners)
+        return world.min(axis=0), world.max(axis=0)
+
+
+@dataclass
+class LabelMap:
+    """A vertebra label map converted to VerSe ids, with the convention it was read in."""
+
+    volume: Volume
+    convention: str
+    present: list[int]
+
+
+def _strip_image_suffix(path: Path) -> str:
+    name = path.name
+    for suffix in (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+        if name.lower().endswith(suffix):
+            return suffix
+    return ""
+
+
+def _sitk_to_volume(image, path: Path) -> Volume:
+    import SimpleITK as sitk
+
+    dimension = image.GetDimension()
+    if dimension != 3:
+        raise InputError(path, f"is a {dimension}-D image; a 3-D volume is needed")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar volume is needed")
+    array_kji = sitk.GetArrayFromImage(image)
+    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, :3] = direction * np.array(image.GetSpacing(), dtype=float)
+    ijk_to_lps[:3, 3] = image.GetOrigin()
+    return Volume(array=np.ascontiguousarray(array_kji.transpose(2, 1, 0)), ijk_to_ras=LPS_TO_RAS @ ijk_to_lps, path=str(path))
+
+
+def _squeeze_to_3d(array: np.ndarray, path: Path) -> np.ndarray:
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise InputError(path, f"is a {array.ndim}-D image of shape {tuple(array.shape)}; a 3-D volume is needed")
+    if min(array.shape) < 2:
+        raise InputError(path, f"has shape {tuple(array.shape)}: a single slice, a 3-D volume is needed")
+    return array
+
+
+def _read_nifti(path: Path) -> Volume:
+    import nibabel as nib
+
+    try:
+        image = nib.load(str(path))
+    except Exception as error:  # nibabel raises several types for non-NIfTI content
+        raise InputError(path, f"is not a readable NIfTI image ({type(error).__name__}: {_first_line(error)})") from None
+    if len(image.shape) < 3:
+        raise InputError(path, f"is a {len(image.shape)}-D image of shape {tuple(image.shape)}; a 3-D volume is needed")
+    try:
+        array = np.asanyarray(image.dataobj)
+    except Exception as error:  # truncated gzip gives EOFError, corrupt data zlib.error or OSError
+        raise InputError(path, f"is truncated or corrupt: its voxel data cannot be read ({_first_line(error)})") from None
+    array = _squeeze_to_3d(array, path)
+    affine = image.affine.astype(float)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise InputError(path, "has an invalid voxel-to-world matrix (singular or not finite)")
+    return Volume(array=array, ijk_to_ras=affine, path=str(path))
+
+
+def _read_itk_file(path: Path) -> Volume:
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise InputError(path, f"is not a readable image ({_first_line(error)})") from None
+    if image.GetDimension() == 4:
+        size = image.GetSize()
+        if size[3] != 1:
+            raise InputError(path, f"is a 4-D image of size {size}; a 3-D volume is needed")
+        image = image[:, :, :, 0]
+    if image.GetDimension() == 2:
+        raise InputError(path, "is a 2-D image; a 3-D volume is needed")
+    return _sitk_to_volume(image, path)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[-1].strip() if text else type(error).__name__
+
+
+def list_dicom_series(folder: Path) -> list[dict]:
+    """Series in a DICOM folder: uid, number of files, description (read with pydicom, headers only)."""
+    import SimpleITK as sitk
+    import pydicom
+
+    reader = sitk.ImageSeriesReader()
+    series = []
+    for uid in reader.GetGDCMSeriesIDs(str(folder)):
+        files = reader.GetGDCMSeriesFileNames(str(folder), uid)
+        description = ""
+        try:
+            header = pydicom.dcmread(files[0], stop_before_pixels=True)
+            description = str(header.get("SeriesDescription", "") or header.get("Modality", ""))
+        except Exception:  # description is only informative
+            pass
+        series.append({"uid": uid, "files": list(files), "description": description})
+    return series
+
+
+def dicom_header_summary(path: str | Path) -> dict:
+    """Acquisition facts later steps need (kVp, contrast, modality, manufacturer), read from one file's header."""
+    import pydicom
+
+    header = pydicom.dcmread(str(path), stop_before_pixels=True)
+
+    def text(keyword):
+        value = header.get(keyword, None)
+        return None if value in (None, "") else str(value)
+
+    kvp = header.get("KVP", None)
+    return {
+        "modality": text("Modality"),
+        "kvp": float(kvp) if kvp not in (None, "") else None,
+        "contrast_bolus_agent": text("ContrastBolusAgent"),
+        "manufacturer": text("Manufacturer"),
+        "series_description": text("SeriesDescription"),
+        "series_instance_uid": text("SeriesInstanceUID"),
+        "study_instance_uid": text("StudyInstanceUID"),
+        "rescale_type": text("RescaleType"),
+    }
+
+
+def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
+    import SimpleITK as sitk
+
+    series = list_dicom_series(folder)
+    if not series:
+        raise InputError(folder, "is a folder with no DICOM image series in it")
+    if series_uid is not None:
+        chosen = [s for s in series if s["uid"] == series_uid]
+        if not chosen:
+            raise InputError(folder, f"has no series {series_uid}; it has {_describe_series(series)}")
+    elif len(series) > 1:
+        raise InputError(folder, f"holds {len(series)} series, choose one with --series UID: {_describe_series(series)}")
+    else:
+        chosen = series
+    files = chosen[0]["files"]
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as error:
+        raise InputError(folder, f"DICOM series cannot be decoded ({_first_line(error)})") from None
+    if image.GetDimension() == 3 and image.GetSize()[2] < 2:
+        raise InputError(folder, "holds a single DICOM slice; a 3-D series is needed")
+    volume = _sitk_to_volume(image, folder)
+    volume.meta["dicom"] = dicom_header_summary(files[0])
+    volume.meta["dicom_files"] = [str(f) for f in files]
+    return volume
+
+
+def _describe_series(series: list[dict]) -> str:
+    return "; ".join(f"{s['uid'] or '(no UID)'} ({s['description'] or 'no description'}, {len(s['files'])} files)"
+                     for s in series)
+
+
+def read_volume(path: str | Path, series_uid: str | None = None) -> Volume:
+    """Read a 3-D image: NIfTI, NRRD, MetaImage or a DICOM series folder. Raises :class:`InputError`."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "does not exist")
+    if path.is_dir():
+        return _read_dicom_folder(path, series_uid)
+    if path.stat().st_size == 0:
+        raise InputError(path, "is an empty file")
+    suffix = _strip_image_suffix(path)
+    if suffix in NIFTI_SUFFIXES:
+        return _read_nifti(path)
+    if suffix in ITK_SUFFIXES or suffix == ".seg.nrrd":
+        return _read_itk_file(path)
+    if path.suffix.lower() == ".dcm":
+        return _read_dicom_folder(path.parent, series_uid)
+    raise InputError(path, "is not a supported image (NIfTI .nii/.nii.gz, NRRD .nrrd/.nhdr, MetaImage .mha/.mhd, "
+                           "or a DICOM series folder)")
+
+
+def read_ct(path: str | Path, series_uid: str | None = None) -> Volume:
+    """Read a CT volume as float32 Hounsfield units; refuses NaN/inf voxels."""
+    volume = read_volume(path, series_uid)
+    array = volume.array
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise InputError(path, f"contains {bad} NaN or infinite voxels; a CT in Hounsfield units has none")
+    if array.dtype.kind not in "iuf":
+        raise InputError(path, f"has voxel type {array.dtype}, not a number type")
+    volume.array = array.astype(np.float32, copy=False)
+    return volume
+
+
+def _read_segmentation_nrrd(path: Path) -> tuple[Volume, dict[int, int]]:
+    """Slicer .seg.nrrd: voxels plus a map from stored label value to VerSe id, from the segment names."""
+    import slicerio
+
+    try:
+        segmentation = slicerio.read_segmentation(str(path))
+    except Exception as error:
+        raise InputError(path, f"is not a readable Slicer segmentation ({_first_line(error)})") from None
+    voxels = np.asarray(segmentation["voxels"])
+    if voxels.ndim == 4:
+        # Several layers (overlapping segments): flatten, later layers win where they overlap.
+        layer_count = voxels.shape[-1]
+        flat = np.zeros(voxels.shape[:3], dtype=np.int32)
+        names_by_layer_value = {}
+        for segment in segmentation["segments"]:
+            names_by_layer_value[(segment.get("layer", 0), segment["labelValue"])] = segment
+        mapping = {}
+        for index, ((layer, value), segment) in enumerate(sorted(names_by_layer_value.items()), start=1):
+            flat[voxels[..., layer if layer < layer_count else 0] == value] = index
+            verse = labels_mod.label_from_segment_name(segment.get("name", ""))
+            if verse is not None:
+                mapping[index] = verse
+        voxels = flat
+    else:
+        mapping = {}
+        for segment in segmentation["segments"]:
+            verse = labels_mod.label_from_segment_name(segment.get("name", ""))
+            if verse is not None:
+                mapping[int(segment["labelValue"])] = verse
+    ijk_to_lps = np.asarray(segmentation["ijkToLPS"], dtype=float)
+    volume = Volume(array=_squeeze_to_3d(voxels, path), ijk_to_ras=LPS_TO_RAS @ ijk_to_lps, path=str(path))
+    return volume, mapping
+
+
+def read_label_map(path: str | Path, convention: str = "auto", reference: Volume | None = None) -> LabelMap:
+    """Read a vertebra label map and convert it to VerSe ids.
+
+    ``convention`` is "auto", "verse", "totalseg_v2" or "totalseg_v1"; Slicer ``.seg.nrrd`` files are read by
+    segment name ("L1", "vertebrae_L1", ...) whatever the convention. With ``reference`` (the CT) the map is
+    resampled onto the reference grid by nearest neighbour when the grids differ.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "does not exist")
+    if path.name.lower().endswith(".seg.nrrd"):
+        volume, mapping = _read_segmentation_nrrd(path)
+        if not mapping:
+            raise InputError(path, "has no segment named after a vertebra (expected names such as 'L1' or 'vertebrae_L1')")
+        lookup = np.zeros(int(volume.array.max(initial=0)) + 1, dtype=np.int16)
+        for stored, verse in mapping.items():
+            if stored < len(lookup):
+                lookup[stored] = verse
+        verse_array = lookup[volume.array.astype(np.int64)]
+        used = "segment names"
+    else:
+        volume = read_volume(path)
+        array = volume.array
+        if array.dtype.kind == "f":
+            if not np.all(np.isfinite(array)):
+                raise InputError(path, "label map contains NaN or infinite values")
+            if not np.all(np.equal(np.mod(array, 1), 0)):
+                raise InputError(path, "label map holds non-integer values; it looks like an intensity image, "
+                                       "not a label map")
+        elif array.dtype.kind not in "iub":
+            raise InputError(path, f"label map has voxel type {array.dtype}, not integers")
+        array = array.astype(np.int64, copy=False)
+        if array.min(initial=0) < 0:
+            raise InputError(path, "label map holds negative values; it looks like an intensity image")
+        present_raw = np.unique(array)
+        present_raw = present_raw[present_raw != 0]
+        if present_raw.size == 0:
+            raise InputError(path, "label map is empty (every voxel is 0)")
+        if present_raw.size > 256:
+            raise InputError(path, f"holds {present_raw.size} distinct values; it looks like an intensity image, "
+                                   "not a label map")
+        used = labels_mod.detect_convention(present_raw) if convention == "auto" else convention
+        if used not in labels_mod.CONVENTIONS:
+            raise InputError(path, f"unknown label convention {convention!r}")
+        if convention == "auto":
+            log.info("%s: label convention detected as %s", path.name, used)
+        verse_array = labels_mod.to_verse(array, used)
+    present = sorted(int(v) for v in np.unique(verse_array) if v != 0)
+    if not any(labels_mod.is_vertebra(v) for v in present):
+        raise InputError(path, f"label map has no vertebra labels in the {used} convention "
+                               "(choose another with --labels)")
+    label_volume = volume.with_array(verse_array.astype(np.int16))
+    if reference is not None and not label_volume.same_grid(reference):
+        label_volume = resample_labels_to(label_volume, reference)
+        present = sorted(int(v) for v in np.unique(label_volume.array) if v != 0)
+        if not any(labels_mod.is_vertebra(v) for v in present):
+            raise InputError(path, f"label map does not overlap the CT {reference.path} in space "
+                                   "(no vertebra voxel falls inside the CT's field of view)")
+    return LabelMap(volume=label_volume, convention=used, present=present)
+
+
+def resample_labels_to(labels: Volume, reference: Volume) -> Volume:
+    """Nearest-neighbour resampling of a label volume onto the reference grid (world RAS matched)."""
+    from scipy import ndimage
+
+    reference_to_label = labels.ras_to_ijk @ reference.ijk_to_ras
+    resampled = ndimage.affine_transform(labels.array, reference_to_label[:3, :3], offset=reference_to_label[:3, 3],
+                                         output_shape=reference.shape, order=0, mode="constant", cval=0)
+    return reference.with_array(resampled.astype(labels.array.dtype), resampled_from=labels.path)
+
+
+def check_overlap(ct: Volume, labels: Volume) -> None:
+    """Raise if the label map's bounding box does not intersect the CT's (before any resampling)."""
+    ct_low, ct_high = ct.bounds_ras()
+    label_low, label_high = labels.bounds_ras()
+    if np.any(label_low > ct_high + 1) or np.any(label_high < ct_low - 1):
+        raise InputError(labels.path, f"label map and CT {ct.path} do not overlap in space")
+
+
+@contextlib.contextmanager
+def atomic_path(destination: str | Path):
+    """Yield a temporary path beside ``destination`` and rename it into place only if the block succeeds.
+
+    The temporary name keeps the destination's suffixes, so format-by-extension writers (nibabel, matplotlib)
+    behave as for the real name. Nothing half-written is ever left under the destination's name.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(destination.suffixes)
+    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name.split('.')[0]}-", suffix=suffix,
+                                         dir=destination.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, destination)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def write_text_atomic(destination: str | Path, text: str) -> None:
+    with atomic_path(destination) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def write_nifti(volume: Volume, destination: str | Path) -> None:
+    """Write a volume as NIfTI (RAS affine as sform and qform), atomically."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(volume.array, volume.ijk_to_ras)
+    image.set_sform(volume.ijk_to_ras, code=1)
+    image.set_qform(volume.ijk_to_ras, code=1)
+    with atomic_path(destination) as temporary:
+        nib.save(image, str(temporary))

@@ -1,0 +1,140 @@
+"""Result objects shared by the CLI, the reports, the Slicer module and the tests.
+
+Plain dataclasses with ``to_dict``/``from_dict`` so the same object is written to JSON, shown in an MRML table and
+read back for review. Every point is in world millimetres, **RAS**, as the field names say.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+POINT_NAMES = (
+    "superior_anterior", "superior_middle", "superior_posterior",
+    "inferior_anterior", "inferior_middle", "inferior_posterior",
+)
+HEIGHT_NAMES = ("anterior", "middle", "posterior")
+MORPHOLOGIES = ("normal", "wedge", "biconcave", "crush")
+SCHEMA_VERSION = "1.0"
+
+
+def _rounded(values, digits=2):
+    return None if values is None else [round(float(v), digits) for v in values]
+
+
+@dataclass
+class VertebraResult:
+    """Measurements and grade of one vertebra (VerSe id ``label``, level name ``level``)."""
+
+    label: int
+    level: str
+    complete: bool = True
+    incomplete_reason: str | None = None
+    heights_mm: dict[str, float] | None = None
+    points_ras: dict[str, list[float]] | None = None
+    centroid_ras: list[float] | None = None
+    axes_ras: dict[str, list[float]] | None = None
+    body_volume_ml: float | None = None
+    body_voxels: int = 0
+    trabecular_hu: float | None = None
+    trabecular_hu_iqr: float | None = None
+    trabecular_voxels: int = 0
+    ratios: dict[str, float | None] = field(default_factory=dict)
+    expected_posterior_mm: float | None = None
+    height_loss: float | None = None
+    genant_grade: int | None = None
+    morphology: str | None = None
+    grade_reason: str = ""
+    # Review state (set by a reviewer; the automatic values above stay recorded beside it).
+    grade_override: int | None = None
+    morphology_override: str | None = None
+    reviewed: bool = False
+
+    @property
+    def final_grade(self) -> int | None:
+        return self.grade_override if self.grade_override is not None else self.genant_grade
+
+    @property
+    def final_morphology(self) -> str | None:
+        return self.morphology_override if self.morphology_override is not None else self.morphology
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        if self.heights_mm:
+            data["heights_mm"] = {k: round(float(v), 2) for k, v in self.heights_mm.items()}
+        if self.points_ras:
+            data["points_ras"] = {k: _rounded(v) for k, v in self.points_ras.items()}
+        data["centroid_ras"] = _rounded(self.centroid_ras)
+        if self.axes_ras:
+            data["axes_ras"] = {k: _rounded(v, 4) for k, v in self.axes_ras.items()}
+        data["ratios"] = {k: (None if v is None else round(float(v), 3)) for k, v in self.ratios.items()}
+        for key in ("body_volume_ml", "trabecular_hu", "trabecular_hu_iqr", "expected_posterior_mm"):
+            if data[key] is not None:
+                data[key] = round(float(data[key]), 2)
+        if data["height_loss"] is not None:
+            data["height_loss"] = round(float(data["height_loss"]), 3)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> VertebraResult:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class PatientSummary:
+    fractured_levels: list[str] = field(default_factory=list)
+    worst_grade: int | None = None
+    l1_trabecular_hu: float | None = None
+    graded_levels: list[str] = field(default_factory=list)
+    incomplete_levels: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        if data["l1_trabecular_hu"] is not None:
+            data["l1_trabecular_hu"] = round(float(data["l1_trabecular_hu"]), 1)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PatientSummary:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class CaseResult:
+    """Everything measured on one case."""
+
+    vertebrae: list[VertebraResult]
+    patient: PatientSummary
+    inputs: dict = field(default_factory=dict)
+    coordinate_system: str = "RAS"
+    warnings: list[str] = field(default_factory=list)
+    schema_version: str = SCHEMA_VERSION
+
+    def vertebra(self, level_or_label) -> VertebraResult:
+        for vertebra in self.vertebrae:
+            if vertebra.level == level_or_label or vertebra.label == level_or_label:
+                return vertebra
+        raise KeyError(level_or_label)
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": self.schema_version,
+            "coordinate_system": self.coordinate_system,
+            "inputs": self.inputs,
+            "patient": self.patient.to_dict(),
+            "vertebrae": [v.to_dict() for v in self.vertebrae],
+            "warnings": list(self.warnings),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CaseResult:
+        return cls(
+            vertebrae=[VertebraResult.from_dict(v) for v in data.get("vertebrae", [])],
+            patient=PatientSummary.from_dict(data.get("patient", {})),
+            inputs=data.get("inputs", {}),
+            coordinate_system=data.get("coordinate_system", "RAS"),
+            warnings=list(data.get("warnings", [])),
+            schema_version=data.get("schema_version", SCHEMA_VERSION),
+        )

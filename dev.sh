@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Set-up and everyday commands. Each one creates .venv/ (Python 3.11) on first use.
+#   bash dev.sh demo   measure the sample data in ../shared/data, outputs in out/demo/
+#   bash dev.sh test   run the whole test suite
+#   bash dev.sh bench  print benchmark figures
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+DATA=${VERTEBRAL_FRACTURE_DATA:-../shared/data}
+
+ensure_venv() {
+    if [ ! -x .venv/bin/python ] || [ ! -f .venv/.installed ] || [ requirements-lock.txt -nt .venv/.installed ] \
+        || [ pyproject.toml -nt .venv/.installed ]; then
+        "$PYTHON" -m venv .venv
+        .venv/bin/python -m pip install --quiet --upgrade pip
+        # The lock pins torch==2.13.0 (CPU build); without the pin pip would pull several GB of CUDA packages.
+        .venv/bin/python -m pip install --quiet -c requirements-lock.txt torch==2.13.0
+        .venv/bin/python -m pip install --quiet -c requirements-lock.txt -e ".[all,test]"
+        touch .venv/.installed
+    fi
+}
+
+case "${1:-}" in
+    demo)
+        ensure_venv
+        .venv/bin/python -m VertebralFractureLib measure \
+            --seg "$DATA/totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz" \
+            --ct "$DATA/totalsegmentator-example/example_ct.nii.gz" --out out/demo
+        .venv/bin/python -m VertebralFractureLib measure \
+            --seg "$DATA/verse19/sub-verse004_seg-vert_msk.nii.gz" --out out/demo-verse004
+        echo "Outputs: out/demo/ and out/demo-verse004/ (results.json, vertebrae.csv, overview.png)"
+        ;;
+    test)
+        ensure_venv
+        shift
+        .venv/bin/python -m pytest "$@"
+        ;;
+    bench)
+        ensure_venv
+        shift
+        .venv/bin/python Testing/benchmarks/run_benchmarks.py "$@"
+        ;;
+    *)
+        echo "usage: bash dev.sh demo|test|bench" >&2
+        exit 2
+        ;;
+esac
