@@ -1,0 +1,520 @@
+"""Weight-free default backend: find, separate and name the vertebral bodies of a CT on the CPU.
+
+No trained weights: the bodies are found from the physics and anatomy of CT alone, in five steps on a working grid
+that is axis-aligned in RAS (x right, y anterior, z superior) with isotropic voxels of 1.5 mm or coarser:
+
+1. **Bone** is smoothed HU above a cortical threshold. Each vertebral body's cortical shell (endplates, anterior,
+   posterior and lateral walls) encloses its trabecular interior in every **sagittal and coronal** plane, while the
+   spinal canal and the discs are open channels in those planes; so filling holes plane by plane fills the bodies,
+   osteoporotic ones too, and leaves the canal and the discs empty.
+2. **Contrast-filled vessels** (aorta and heart chambers in an arterial-phase chest CT, metal) are brighter than any
+   trabecular bone over a thick region; such thick very bright regions are removed.
+3. **Posterior elements, ribs and vessels attached by thin bridges** are removed by an axial opening with a disk
+   wider than a pedicle or lamina but narrower than a body.
+4. **The spine** is located by the spinal canal (dark holes enclosed by bone in axial slices, stacked along z) and
+   followed slice by slice as a smooth centre curve through the bodies (lordosis and kyphosis included).
+5. **Discs** are the minima of the body cross-section area along that curve; bodies are cut there by planes normal
+   to the curve.
+
+Naming uses anatomy in the field of view (see :mod:`.levels`): the sacrum below the lowest mobile vertebra (L5) and
+the lowest rib-bearing vertebra (T12); without either the levels are reported as unconfirmed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage, signal
+
+from .. import labels as labels_mod
+from ..errors import InputError, NoVertebraeError
+from ..io import Volume
+from . import ProgressCallback, SegmentationOutput, register_backend
+from .levels import SACRUM_WIDTH_MM, LevelNaming, name_levels
+
+log = logging.getLogger(__name__)
+
+# Physical constants of the method (mm and HU); each is a property of CT anatomy, not of one scan.
+MIN_WORKING_SPACING_MM = 1.5
+BONE_HU = 120.0
+"""Cortical bone and dense trabecular bone lie above; fat, muscle, disc and CSF below (disc about 70-100 HU)."""
+VESSEL_HU = 420.0
+"""Contrast-filled lumen or metal: above this over a thick region (trabecular bone stays below about 350 HU)."""
+VESSEL_CORE_RADIUS_MM = 4.0
+OPENING_RADIUS_MM = 6.0
+"""Removes pedicles, laminae, processes, ribs (narrower than 12 mm); a body (25-55 mm wide) survives."""
+TRACK_RADIUS_MM = 18.0
+CURVE_SMOOTHING_MM = 12.0
+CORE_RADIUS_MM = 16.0
+"""Cross-section area is counted within this distance of the curve (inside every adult body, clear of the arch)."""
+BODY_RADIUS_MM = 32.0
+MIN_PERIOD_MM = 14.0
+"""Smallest body-plus-disc height (upper cervical); two discs are never closer."""
+MIN_BODY_ML = 0.8
+HOLE_BONE_HU = 70.0
+"""An axial hole in the bone brighter than this on average is trabecular bone; the canal (CSF 0-30 HU) is darker."""
+MIDLINE_SIGMA_MM = 35.0
+
+
+@dataclass
+class SpineGeometry:
+    """The spine on the working grid: centre curve per axial slice, disc planes, body intervals."""
+
+    z_indices: np.ndarray
+    centre_xy: np.ndarray  # (n, 2) working-grid x, y per z index
+    arclength_mm: np.ndarray
+    tangent: np.ndarray  # (n, 3) unit tangent in mm space
+    disc_u_mm: list[float] = field(default_factory=list)
+    profile: np.ndarray | None = None
+    sacral_u_mm: float | None = None
+
+
+class NotCTError(InputError):
+    """The volume is not a CT in Hounsfield units (MR, raw scanner values, normalized intensities)."""
+
+
+def check_ct_hounsfield(ct: Volume) -> None:
+    """Refuse volumes that are not CT in Hounsfield units, with the reason.
+
+    A DICOM modality other than CT is refused outright. Otherwise the value range must look like HU: a body CT
+    always holds air, lung or fat (below -200 HU), and its range spans more than 500 HU; MR magnitude images and
+    CT stored without the rescale (0..4095) have no negative values, normalized images a range of a few units.
+    """
+    dicom = ct.meta.get("dicom") or {}
+    modality = dicom.get("modality")
+    if modality and modality.upper() != "CT":
+        raise NotCTError(ct.path, f"is a DICOM {modality} series, not CT; the vertebra segmentation needs CT in "
+                                  "Hounsfield units")
+    rescale_type = (dicom.get("rescale_type") or "").upper()
+    if rescale_type and rescale_type not in ("HU", "US"):
+        raise NotCTError(ct.path, f"DICOM rescale type is {rescale_type!r}, not Hounsfield units (HU)")
+    array = ct.array
+    sample = array[:: max(1, array.shape[0] // 64), :: max(1, array.shape[1] // 64), :: max(1, array.shape[2] // 64)]
+    low, high = np.percentile(sample, [0.5, 99.9])
+    minimum = float(array.min())
+    if high - low < 500:
+        raise NotCTError(ct.path, f"values span only {low:.3g}..{high:.3g}; a CT in Hounsfield units spans air or fat "
+                                  "to bone (hundreds of HU): this looks like a normalized or non-CT image")
+    if minimum > -200:
+        raise NotCTError(ct.path, f"has no value below {minimum:.0f}: no air, lung or fat in Hounsfield units "
+                                  "(-1000, -500, -100 HU), so it is not a CT in HU (an MR image, or CT values "
+                                  "stored without the rescale slope/intercept?)")
+
+
+def working_grid(ct: Volume, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Resample the CT onto an RAS-aligned isotropic grid (trilinear); returns (array [x, y, z], ijk_to_ras)."""
+    low, high = ct.bounds_ras()
+    shape = tuple(int(math.floor((high[a] - low[a]) / spacing_mm + 1e-3)) + 1 for a in range(3))
+    grid = np.eye(4)
+    grid[:3, :3] = np.diag([spacing_mm] * 3)
+    grid[:3, 3] = low
+    if ct.same_grid(Volume(np.empty(shape, dtype=np.uint8), grid)):
+        return ct.array.astype(np.float32, copy=False), grid
+    to_ct = ct.ras_to_ijk @ grid
+    array = ndimage.affine_transform(ct.array, to_ct[:3, :3], offset=to_ct[:3, 3], output_shape=shape, order=1,
+                                     cval=-1024.0, prefilter=False, output=np.float32)
+    return array, grid
+
+
+def _disk(radius_vox: float) -> np.ndarray:
+    n = max(1, int(math.floor(radius_vox + 1e-6)))
+    y, x = np.mgrid[-n : n + 1, -n : n + 1]
+    return (x * x + y * y) <= radius_vox * radius_vox + 1e-6
+
+
+def _planar_structure(axis: int) -> np.ndarray:
+    """3x3x3 structure connecting voxels only within planes normal to ``axis`` (4-connectivity in the plane)."""
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    plane = ndimage.generate_binary_structure(2, 1)
+    index = [slice(None)] * 3
+    index[axis] = 1
+    structure[tuple(index)] = plane
+    return structure
+
+
+def _fill_planes(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Fill holes in every 2-D plane normal to ``axis`` in one pass (padding keeps the end planes fillable)."""
+    pad = [(0, 0)] * 3
+    pad[axis] = (1, 1)
+    padded = np.pad(mask, pad)
+    filled = ndimage.binary_fill_holes(padded, structure=_planar_structure(axis))
+    index = [slice(None)] * 3
+    index[axis] = slice(1, -1)
+    return filled[tuple(index)]
+
+
+def _planar_holes(mask: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
+    """Holes of ``mask`` in planes normal to ``axis``, labelled per plane."""
+    holes = _fill_planes(mask, axis) & ~mask
+    return ndimage.label(holes, structure=_planar_structure(axis))
+
+
+def _crop_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    coords = np.nonzero(mask.any(axis=2).any(axis=1))[0], np.nonzero(mask.any(axis=2).any(axis=0))[0], \
+        np.nonzero(mask.any(axis=0).any(axis=0))[0]
+    return tuple(slice(max(0, int(c.min()) - margin), min(n, int(c.max()) + margin + 1))
+                 for c, n in zip(coords, mask.shape))
+
+
+class BodyFinder:
+    """The image-analysis steps on the working grid (kept apart from naming so tests can reach each step)."""
+
+    def __init__(self, work: np.ndarray, spacing_mm: float):
+        self.work = work
+        self.s = spacing_mm
+        self.smooth = ndimage.gaussian_filter(work, sigma=max(0.5, 0.75 / spacing_mm))
+        self.bone = self.smooth > BONE_HU
+
+    def vessels(self) -> np.ndarray:
+        """Thick regions brighter than trabecular bone: contrast-filled lumen, metal."""
+        bright = self.smooth > VESSEL_HU
+        if not bright.any():
+            return bright
+        core = ndimage.binary_erosion(bright, structure=_ball(VESSEL_CORE_RADIUS_MM / self.s))
+        if not core.any():
+            return core
+        # Grow back to the whole bright region around each core, plus a voxel for the partial-volume rim.
+        grown = ndimage.binary_propagation(core, mask=bright)
+        return ndimage.binary_dilation(grown, iterations=1)
+
+    def body_candidates(self) -> np.ndarray:
+        bone = self.bone & ~self.vessels()
+        # Seal one-voxel gaps of the thin cortex within axial planes only: never across a disc.
+        bone = ndimage.binary_closing(bone, structure=np.ones((3, 3, 1), dtype=bool)) | bone
+        filled = _fill_planes(bone, 0) | _fill_planes(bone, 1)
+        # Where thin endplates leave a body open in the sagittal and coronal planes (coarse slices), its axial hole
+        # is filled too, but only if it holds trabecular bone: the spinal canal (CSF, fat) stays empty.
+        holes, count = _planar_holes(filled, 2)
+        if count:
+            mean_hu = np.asarray(ndimage.mean(self.smooth, holes, index=np.arange(1, count + 1)))
+            bright = np.concatenate([[False], mean_hu > HOLE_BONE_HU])
+            # A body open to the canal through the basivertebral foramen shares one hole with it: there the
+            # trabecular voxels are taken one by one.
+            filled |= bright[holes] | ((holes > 0) & (self.smooth > HOLE_BONE_HU))
+        disk = _disk(OPENING_RADIUS_MM / self.s)[:, :, None]
+        self.body_candidates_cache = ndimage.binary_opening(filled, structure=disk)
+        return self.body_candidates_cache
+
+    def canal_score(self) -> np.ndarray:
+        """(x, y) map: how many axial slices hold a dark hole enclosed by bone (spinal canal) around that column."""
+        holes, count = _planar_holes(self.bone, 2)
+        if count == 0:
+            return np.zeros(self.bone.shape[:2])
+        sizes = np.bincount(holes.ravel(), minlength=count + 1)
+        mean_hu = np.concatenate([[np.inf], np.asarray(ndimage.mean(self.smooth, holes, np.arange(1, count + 1)))])
+        max_area = 12.0 * 100 / self.s**2  # 12 cm2: canal-sized, not the lungs or the pelvic ring
+        min_area = max(2.0, 0.6 * 100 / self.s**2)
+        keep = (sizes >= min_area) & (sizes <= max_area) & (mean_hu < HOLE_BONE_HU)
+        keep[0] = False
+        size = max(3, int(round(12.0 / self.s)) | 1)
+        near = ndimage.maximum_filter(keep[holes], size=(size, size, 1))
+        return near.sum(axis=2).astype(float)
+
+
+def midline_prior(finder: BodyFinder) -> np.ndarray:
+    """Weight per x column: the spine lies near the body's left-right midline (paired bones, pelvis, femurs, kidneys
+    lie well off it). The midline is the x centroid of the tissue (HU > -300); in a crop it is near the crop's centre,
+    which is where the crop was centred."""
+    tissue_per_x = (finder.smooth > -300).sum(axis=(1, 2)).astype(float)
+    xs = np.arange(finder.smooth.shape[0], dtype=float)
+    if tissue_per_x.sum() == 0:
+        return np.ones_like(xs)
+    midline = float((xs * tissue_per_x).sum() / tissue_per_x.sum())
+    sigma = MIDLINE_SIGMA_MM / finder.s
+    return np.exp(-0.5 * ((xs - midline) / sigma) ** 2)
+
+
+def _ball(radius_vox: float) -> np.ndarray:
+    n = max(1, int(math.floor(radius_vox + 1e-6)))
+    z, y, x = np.mgrid[-n : n + 1, -n : n + 1, -n : n + 1]
+    return (x * x + y * y + z * z) <= radius_vox * radius_vox + 1e-6
+
+
+def track_spine(bodies: np.ndarray, seed_xy: tuple[float, float], spacing_mm: float) -> np.ndarray:
+    """Follow the body column through the axial slices from a seed column; returns (nz, 2) x, y (nan: no body).
+
+    Mean shift of the body-candidate voxels within a radius of the previous slice's centre, in both directions from
+    the slice nearest the seed that holds a body; slices without body voxels near the curve (discs) stay nan.
+    """
+    nx, ny, nz = bodies.shape
+    radius = TRACK_RADIUS_MM / spacing_mm
+    xs, ys = np.mgrid[0:nx, 0:ny]
+    centres = np.full((nz, 2), np.nan)
+    mass = np.array([bodies[:, :, k].sum() for k in range(nz)])
+
+    def shift(k, start):
+        point = np.array(start, dtype=float)
+        plane = bodies[:, :, k]
+        for _ in range(6):
+            window = plane & (((xs - point[0]) ** 2 + (ys - point[1]) ** 2) <= radius * radius)
+            count = window.sum()
+            if count < 3:
+                return None, 0
+            new = np.array([xs[window].mean(), ys[window].mean()])
+            if np.hypot(*(new - point)) < 0.25:
+                point = new
+                break
+            point = new
+        return point, count
+
+    # Start at the slice where the seed column holds the most body voxels.
+    best_k, best_count, best_point = None, 0, None
+    for k in np.nonzero(mass)[0]:
+        point, count = shift(k, seed_xy)
+        if point is not None and count > best_count:
+            best_k, best_count, best_point = k, count, point
+    if best_k is None:
+        return centres
+    centres[best_k] = best_point
+    min_count = max(3, int(0.15 * best_count))
+    for direction in (1, -1):
+        previous = best_point
+        k = best_k + direction
+        while 0 <= k < nz:
+            point, count = shift(k, previous)
+            if point is not None and count >= min_count and np.hypot(*(point - previous)) < radius:
+                centres[k] = point
+                previous = point
+            k += direction
+    return centres
+
+
+def smooth_curve(centres: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """Fill gaps (discs) by interpolation and smooth; returns (z indices, xy) over the tracked z range."""
+    valid = np.nonzero(np.isfinite(centres[:, 0]))[0]
+    if valid.size < 2:
+        return None
+    z = np.arange(valid[0], valid[-1] + 1)
+    xy = np.stack([np.interp(z, valid, centres[valid, a]) for a in range(2)], axis=1)
+    # A median first: a slice pulled toward an attached structure must not bend the curve.
+    window = max(3, int(round(9.0 / spacing_mm)) | 1)
+    xy = ndimage.median_filter(xy, size=(window, 1), mode="nearest")
+    xy = ndimage.gaussian_filter1d(xy, sigma=CURVE_SMOOTHING_MM / spacing_mm, axis=0, mode="nearest")
+    return z, xy
+
+
+def curve_geometry(z: np.ndarray, xy: np.ndarray, spacing_mm: float) -> SpineGeometry:
+    points = np.column_stack([xy, z]).astype(float) * spacing_mm
+    step = np.gradient(points, axis=0)
+    tangent = step / np.linalg.norm(step, axis=1, keepdims=True)
+    segment = np.linalg.norm(np.diff(points, axis=0), axis=1)
+    arclength = np.concatenate([[0.0], np.cumsum(segment)])
+    return SpineGeometry(z_indices=z, centre_xy=xy, arclength_mm=arclength, tangent=tangent)
+
+
+def along_curve(geometry: SpineGeometry, voxels: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """For voxels (N x 3 working indices) within the curve's z range: position along the curve (mm) and distance
+    from it in the plane normal to it (mm), to first order around the voxel's own slice."""
+    index = voxels[:, 2] - geometry.z_indices[0]
+    centre = geometry.centre_xy[index]
+    offset = np.zeros((len(voxels), 3))
+    offset[:, :2] = (voxels[:, :2] - centre) * spacing_mm
+    tangent = geometry.tangent[index]
+    along = (offset * tangent).sum(axis=1)
+    u = geometry.arclength_mm[index] + along
+    radial = np.sqrt(np.maximum((offset**2).sum(axis=1) - along**2, 0.0))
+    return u, radial
+
+
+def find_discs(u: np.ndarray, radial: np.ndarray, length_mm: float, spacing_mm: float) -> tuple[list[float], np.ndarray]:
+    """Disc positions (mm along the curve): minima of the body cross-section area near the centre line."""
+    step = spacing_mm
+    bins = np.arange(0.0, length_mm + step, step)
+    core = radial <= CORE_RADIUS_MM
+    profile, _ = np.histogram(u[core], bins=bins)
+    profile = ndimage.gaussian_filter1d(profile.astype(float), sigma=max(0.6, 1.5 / spacing_mm), mode="nearest")
+    if profile.max() <= 0:
+        return [], profile
+    reference = float(np.percentile(profile[profile > 0], 90))
+    peaks, _ = signal.find_peaks(-profile, distance=max(1, int(MIN_PERIOD_MM / step)),
+                                 prominence=0.15 * reference)
+    # A minimum is a disc only where the area falls well below the bodies beside it.
+    discs = [float((p + 0.5) * step) for p in peaks if profile[p] < 0.75 * reference]
+    return discs, profile
+
+
+def sacrum_top(bodies: np.ndarray, geometry: SpineGeometry, spacing_mm: float) -> float | None:
+    """Position along the curve (mm) of the top of the sacral alae: from the caudal end of the curve upward, the
+    axial section of the body-candidate region around the centre line stays wider than a lumbar body."""
+    labelled, _ = ndimage.label(bodies, structure=_planar_structure(2))
+    objects = ndimage.find_objects(labelled)
+    wide = []
+    radius = int(round(10.0 / spacing_mm))
+    for n, k in enumerate(geometry.z_indices):
+        x, y = (int(round(v)) for v in geometry.centre_xy[n])
+        patch = labelled[max(0, x - radius) : x + radius + 1, max(0, y - radius) : y + radius + 1, k]
+        values = patch[patch > 0]
+        if values.size == 0:
+            wide.append(False)
+            continue
+        label = int(np.bincount(values).argmax())
+        box = objects[label - 1]
+        wide.append((box[0].stop - box[0].start) * spacing_mm > SACRUM_WIDTH_MM)
+    wide = np.asarray(wide)
+    if wide.size == 0 or not wide[: max(1, int(round(6.0 / spacing_mm)))].any():
+        return None
+    # Highest slice of the run of wide sections that starts at the caudal end (short gaps allowed).
+    gap = int(round(9.0 / spacing_mm))
+    top = None
+    misses = 0
+    for n in range(len(wide)):
+        if wide[n]:
+            top, misses = n, 0
+        else:
+            misses += 1
+            if misses > gap:
+                break
+    if top is None or top * spacing_mm < 10.0:
+        return None
+    return float(geometry.arclength_mm[top])
+
+
+def _side_lateral_reach(bone: np.ndarray, geometry: SpineGeometry, spacing_mm: float) -> np.ndarray:
+    """Lateral distance (mm) from the centre curve for every voxel column, per slice (for the rib test)."""
+    nx = bone.shape[0]
+    xs = np.arange(nx, dtype=float)
+    reach = np.full((nx, bone.shape[2]), np.inf)
+    for n, k in enumerate(geometry.z_indices):
+        reach[:, k] = np.abs(xs - geometry.centre_xy[n, 0]) * spacing_mm
+    return reach
+
+
+@register_backend("classical")
+class ClassicalBackend:
+    """Default backend: no weights, CPU only; vertebral bodies (not posterior elements) with VerSe ids."""
+
+    name = "classical"
+
+    def __init__(self, spacing_mm: float | None = None, **_ignored):
+        self.spacing_mm = spacing_mm
+
+    def segment(self, ct: Volume, device: str = "auto", progress: ProgressCallback | None = None) -> SegmentationOutput:
+        progress = progress or (lambda fraction, message: None)
+        check_ct_hounsfield(ct)
+        spacing = self.spacing_mm or max(MIN_WORKING_SPACING_MM, float(min(3.0, ct.spacing.max())))
+        progress(0.05, "resampling to the working grid")
+        work, grid = working_grid(ct, spacing)
+        result = segment_working(work, spacing, progress)
+        if result is None:
+            raise NoVertebraeError(f"{ct.path or 'CT'}: no vertebrae found (no bone column with a spinal canal "
+                                   "in the field of view)")
+        label_work, naming, geometry = result
+        progress(0.85, "mapping labels onto the CT grid")
+        labels = labels_to_ct_grid(label_work, grid, ct)
+        present = [int(v) for v in np.unique(labels) if v]
+        if not present:
+            raise NoVertebraeError(f"{ct.path or 'CT'}: no vertebrae found")
+        warnings = []
+        if device not in ("auto", "cpu"):
+            warnings.append(f"the classical backend runs on the CPU (device {device!r} ignored)")
+        progress(1.0, "segmentation done")
+        return SegmentationOutput(labels=ct.with_array(labels), backend=self.name, full_vertebrae=False,
+                                  levels_status=naming.status, level_evidence=naming.evidence, warnings=warnings)
+
+
+def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback | None = None):
+    """Bodies labelled with VerSe ids on the working grid, the naming, and the spine geometry; None if no spine."""
+    progress = progress or (lambda fraction, message: None)
+    finder = BodyFinder(work, spacing)
+    progress(0.15, "finding bone and vertebral bodies")
+    bodies = finder.body_candidates()
+    if not bodies.any():
+        return None
+    progress(0.35, "locating the spinal canal")
+    score = finder.canal_score()
+    body_column = ndimage.uniform_filter(bodies.sum(axis=2).astype(float), size=max(3, int(20 / spacing) | 1))
+    combined = ndimage.uniform_filter(score, size=3) * (body_column > 0) * midline_prior(finder)[:, None]
+    if combined.max() <= 0:
+        return None
+    seed = np.unravel_index(int(np.argmax(combined)), combined.shape)
+    progress(0.45, "following the spine")
+    centres = track_spine(bodies, seed, spacing)
+    curve = smooth_curve(centres, spacing)
+    if curve is None:
+        return None
+    geometry = curve_geometry(*curve, spacing)
+    z0, z1 = int(geometry.z_indices[0]), int(geometry.z_indices[-1])
+    in_range = np.zeros_like(bodies)
+    in_range[:, :, z0 : z1 + 1] = bodies[:, :, z0 : z1 + 1]
+    voxels = np.argwhere(in_range)
+    u, radial = along_curve(geometry, voxels, spacing)
+    near = radial <= BODY_RADIUS_MM
+    voxels, u, radial = voxels[near], u[near], radial[near]
+    progress(0.55, "separating the bodies at the discs")
+    discs, profile = find_discs(u, radial, float(geometry.arclength_mm[-1]), spacing)
+    sacral_u = sacrum_top(bodies, geometry, spacing)
+    if sacral_u is not None:
+        # The L5/S1 disc is steep and often shallow in the profile: take the deepest local minimum just above
+        # the top of the alae, else the alae top itself, as the lumbosacral cut.
+        discs = [d for d in discs if d > sacral_u + 8.0]
+        low = int(max(0, sacral_u) / spacing)
+        high = int((sacral_u + 30.0) / spacing)
+        window = profile[low:high]
+        cut = sacral_u
+        if window.size >= 3:
+            local = signal.argrelmin(window, order=1)[0]
+            if local.size:
+                cut = float((low + local[np.argmin(window[local])] + 0.5) * spacing)
+        discs = sorted([cut] + [d for d in discs if d > cut + MIN_PERIOD_MM * 0.7])
+    geometry.disc_u_mm = discs
+    geometry.profile = profile
+    geometry.sacral_u_mm = sacral_u
+    edges = np.concatenate([[-np.inf], discs, [np.inf]])
+    interval = np.searchsorted(edges, u) - 1
+    provisional = np.zeros(work.shape, dtype=np.int16)
+    provisional[tuple(voxels.T)] = interval + 1
+    # Each body: the largest connected piece of its interval joined to the centre line.
+    voxel_ml = spacing**3 / 1000.0
+    kept = []
+    for index in range(len(edges) - 1):
+        mask = provisional == index + 1
+        if not mask.any():
+            continue
+        labelled, count = ndimage.label(mask)
+        if count > 1:
+            sizes = np.bincount(labelled.ravel())
+            sizes[0] = 0
+            mask = labelled == int(np.argmax(sizes))
+        if mask.sum() * voxel_ml < MIN_BODY_ML:
+            continue
+        kept.append(mask)
+    if not kept:
+        return None
+    # Cranial to caudal order: the working grid's z axis points superior.
+    kept.sort(key=lambda m: -np.nonzero(m.any(axis=(0, 1)))[0].mean())
+    progress(0.7, "naming the levels")
+    naming: LevelNaming = name_levels(kept, finder, geometry, spacing)
+    label_work = np.zeros(work.shape, dtype=np.int16)
+    for mask, label in zip(naming.masks, naming.labels):
+        if label:
+            label_work[mask] = label
+    return label_work, naming, geometry
+
+
+def labels_to_ct_grid(label_work: np.ndarray, grid: np.ndarray, ct: Volume) -> np.ndarray:
+    """Nearest-neighbour transfer of working-grid labels onto the CT grid (only the spine's box is computed)."""
+    out = np.zeros(ct.shape, dtype=np.int16)
+    if not label_work.any():
+        return out
+    box = _crop_box(label_work != 0, margin=1)
+    corners = np.array([[b.start if c == 0 else b.stop - 1 for b, c in zip(box, bits)]
+                        for bits in np.ndindex(2, 2, 2)], dtype=float)
+    world = corners @ grid[:3, :3].T + grid[:3, 3]
+    ct_ijk = ct.world_to_ijk(world)
+    low = np.maximum(np.floor(ct_ijk.min(axis=0)).astype(int) - 1, 0)
+    high = np.minimum(np.ceil(ct_ijk.max(axis=0)).astype(int) + 2, np.array(ct.shape))
+    if np.any(high <= low):
+        return out
+    shift = np.eye(4)
+    shift[:3, 3] = low
+    ct_to_work = np.linalg.inv(grid) @ ct.ijk_to_ras @ shift
+    sub = ndimage.affine_transform(label_work, ct_to_work[:3, :3], offset=ct_to_work[:3, 3],
+                                   output_shape=tuple(int(v) for v in high - low), order=0, cval=0)
+    out[low[0] : high[0], low[1] : high[1], low[2] : high[2]] = sub
+    return out
+
+
+__all__ = ["ClassicalBackend", "check_ct_hounsfield", "NotCTError", "labels_mod"]
