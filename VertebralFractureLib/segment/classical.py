@@ -70,6 +70,7 @@ class SpineGeometry:
     disc_u_mm: list[float] = field(default_factory=list)
     profile: np.ndarray | None = None
     sacral_u_mm: float | None = None
+    sacrum_found: bool = False
 
 
 class NotCTError(InputError):
@@ -336,6 +337,89 @@ def find_discs(u: np.ndarray, radial: np.ndarray, length_mm: float, spacing_mm: 
     return discs, profile
 
 
+def refine_disc_plane(smooth: np.ndarray, geometry: SpineGeometry, u_mm: float, spacing_mm: float,
+                      search_mm: float = 6.0, tilts_deg=np.arange(-20.0, 21.0, 5.0)) -> tuple:
+    """The darkest plane through the disc near ``u_mm`` along the curve: (point mm, unit normal toward cranial, u).
+
+    Disc tissue (70-100 HU) is darker than the endplates and trabecular bone on either side; the mean HU over a
+    disk of the nucleus' size, centred on the curve, is least in the disc's own plane. The plane may tilt in the
+    sagittal plane (about the left-right axis) relative to the curve's normal: wedge-shaped discs (L5/S1).
+    """
+    arclength = geometry.arclength_mm
+    points_mm = np.column_stack([geometry.centre_xy, geometry.z_indices]).astype(float) * spacing_mm
+    radius = 12.0
+    offsets = np.array([(r * np.cos(t), r * np.sin(t)) for r in np.arange(0.0, radius + 0.1, 2.0)
+                        for t in np.linspace(0, 2 * np.pi, max(1, int(2 * np.pi * r / 2.0)), endpoint=False)])
+    best = None
+    for u in np.arange(u_mm - search_mm, u_mm + search_mm + 0.01, max(1.0, spacing_mm / 2)):
+        if not arclength[0] <= u <= arclength[-1]:
+            continue
+        centre = np.array([np.interp(u, arclength, points_mm[:, a]) for a in range(3)])
+        index = int(np.clip(np.searchsorted(arclength, u), 0, len(arclength) - 1))
+        tangent = geometry.tangent[index]
+        for tilt in np.radians(tilts_deg):
+            # Rotate the tangent about the x axis (sagittal tilt): positive tilts the normal toward anterior.
+            c, s_ = np.cos(tilt), np.sin(tilt)
+            normal = np.array([tangent[0], c * tangent[1] + s_ * tangent[2], -s_ * tangent[1] + c * tangent[2]])
+            normal /= np.linalg.norm(normal)
+            e1 = np.cross(normal, [0.0, 1.0, 0.0])
+            if np.linalg.norm(e1) < 1e-6:
+                e1 = np.cross(normal, [1.0, 0.0, 0.0])
+            e1 /= np.linalg.norm(e1)
+            e2 = np.cross(normal, e1)
+            samples = centre + offsets[:, :1] * e1 + offsets[:, 1:] * e2
+            values = ndimage.map_coordinates(smooth, (samples / spacing_mm).T, order=1, cval=-1000.0)
+            score = float(values.mean())
+            if best is None or score < best[0]:
+                best = (score, centre, normal, float(u))
+    if best is None:
+        index = int(np.clip(np.searchsorted(arclength, u_mm), 0, len(arclength) - 1))
+        return points_mm[index], geometry.tangent[index], float(u_mm)
+    return best[1], best[2], best[3]
+
+
+def assign_to_planes(voxels: np.ndarray, planes: list[tuple], spacing_mm: float) -> np.ndarray:
+    """Interval index per voxel: how many disc planes (ordered caudal to cranial) it lies above."""
+    if not planes:
+        return np.zeros(len(voxels), dtype=np.int64)
+    points = np.array([p[0] for p in planes])
+    normals = np.array([p[1] for p in planes])
+    world = voxels.astype(float) * spacing_mm
+    signed = world @ normals.T - (points * normals).sum(axis=1)[None, :]
+    return (signed > 0).sum(axis=1)
+
+
+def sacrum_component(bodies: np.ndarray, geometry: SpineGeometry, spacing_mm: float) -> np.ndarray | None:
+    """The sacrum as its own piece of the body-candidate mask: the connected piece at the caudal end of the curve
+    that is as wide as the alae and holds only a short stretch of the centre line (not L5 bridged to it)."""
+    labelled, count = ndimage.label(bodies)
+    if count == 0:
+        return None
+    radius = int(round(10.0 / spacing_mm))
+    votes = []
+    bottom = int(round(15.0 / spacing_mm))
+    for n in range(min(bottom, len(geometry.z_indices))):
+        x, y = (int(round(v)) for v in geometry.centre_xy[n])
+        patch = labelled[max(0, x - radius) : x + radius + 1, max(0, y - radius) : y + radius + 1,
+                         geometry.z_indices[n]]
+        votes.extend(patch[patch > 0].tolist())
+    if not votes:
+        return None
+    label = int(np.bincount(votes).argmax())
+    box = ndimage.find_objects((labelled == label).astype(np.uint8))[0]
+    if (box[0].stop - box[0].start) * spacing_mm <= SACRUM_WIDTH_MM:
+        return None
+    piece = labelled == label
+    z0, z1 = int(geometry.z_indices[0]), int(geometry.z_indices[-1])
+    clipped = np.zeros_like(piece)
+    clipped[:, :, z0 : z1 + 1] = piece[:, :, z0 : z1 + 1]
+    u, radial = along_curve(geometry, np.argwhere(clipped), spacing_mm)
+    u = u[radial <= 20.0]
+    if u.size == 0 or np.percentile(u, 98) - u.min() > 40.0:
+        return None
+    return piece
+
+
 def sacrum_top(bodies: np.ndarray, geometry: SpineGeometry, spacing_mm: float) -> float | None:
     """Position along the curve (mm) of the top of the sacral alae: from the caudal end of the curve upward, the
     axial section of the body-candidate region around the centre line stays wider than a lumbar body."""
@@ -439,37 +523,42 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
     z0, z1 = int(geometry.z_indices[0]), int(geometry.z_indices[-1])
     in_range = np.zeros_like(bodies)
     in_range[:, :, z0 : z1 + 1] = bodies[:, :, z0 : z1 + 1]
+    sacrum = sacrum_component(bodies, geometry, spacing)
+    if sacrum is not None:
+        in_range &= ~sacrum
     voxels = np.argwhere(in_range)
     u, radial = along_curve(geometry, voxels, spacing)
     near = radial <= BODY_RADIUS_MM
     voxels, u, radial = voxels[near], u[near], radial[near]
     progress(0.55, "separating the bodies at the discs")
     discs, profile = find_discs(u, radial, float(geometry.arclength_mm[-1]), spacing)
-    sacral_u = sacrum_top(bodies, geometry, spacing)
+    sacral_u = None
+    if sacrum is None:
+        sacral_u = sacrum_top(bodies, geometry, spacing)
+    planes = [refine_disc_plane(finder.smooth, geometry, d, spacing) for d in discs]
+    sacral_plane = None
     if sacral_u is not None:
-        # The L5/S1 disc is steep and often shallow in the profile: take the deepest local minimum just above
-        # the top of the alae, else the alae top itself, as the lumbosacral cut.
-        discs = [d for d in discs if d > sacral_u + 8.0]
-        low = int(max(0, sacral_u) / spacing)
-        high = int((sacral_u + 30.0) / spacing)
-        window = profile[low:high]
-        cut = sacral_u
-        if window.size >= 3:
-            local = signal.argrelmin(window, order=1)[0]
-            if local.size:
-                cut = float((low + local[np.argmin(window[local])] + 0.5) * spacing)
-        discs = sorted([cut] + [d for d in discs if d > cut + MIN_PERIOD_MM * 0.7])
-    geometry.disc_u_mm = discs
+        # The sacrum is joined to L5 in the mask: the L5/S1 disc is steep and often shallow in the area profile,
+        # so it is searched as the darkest plane tilted forward just above the top of the alae.
+        sacral_plane = refine_disc_plane(finder.smooth, geometry, sacral_u + 12.0, spacing, search_mm=16.0,
+                                         tilts_deg=np.arange(-10.0, 61.0, 5.0))
+        planes = [sacral_plane] + [plane for plane, d in zip(planes, discs) if d > sacral_plane[2] + MIN_PERIOD_MM]
+    geometry.sacrum_found = sacrum is not None or sacral_u is not None
+    geometry.disc_u_mm = [plane[2] for plane in planes]
     geometry.profile = profile
     geometry.sacral_u_mm = sacral_u
-    edges = np.concatenate([[-np.inf], discs, [np.inf]])
-    interval = np.searchsorted(edges, u) - 1
+    interval = assign_to_planes(voxels, planes, spacing)
+    if sacral_plane is not None:
+        # Below the lumbosacral plane lies S1: not a mobile vertebra.
+        keep = interval > 0
+        voxels, interval = voxels[keep], interval[keep]
     provisional = np.zeros(work.shape, dtype=np.int16)
     provisional[tuple(voxels.T)] = interval + 1
+    edges = range(len(planes) + 2)
     # Each body: the largest connected piece of its interval joined to the centre line.
     voxel_ml = spacing**3 / 1000.0
     kept = []
-    for index in range(len(edges) - 1):
+    for index in edges:
         mask = provisional == index + 1
         if not mask.any():
             continue

@@ -108,8 +108,8 @@ def name_levels(masks: list[np.ndarray], finder, geometry, spacing_mm: float) ->
     if bodies is None:
         bodies = finder.body_candidates()
     # The sacrum: drop sacral segments at the caudal end (they are not mobile vertebrae).
-    sacrum_found = False
-    while masks and len(masks) >= 1 and is_sacral(masks[-1], bodies, spacing_mm):
+    sacrum_found = bool(getattr(geometry, "sacrum_found", False))
+    while not getattr(geometry, "sacrum_found", False) and masks and is_sacral(masks[-1], bodies, spacing_mm):
         masks = masks[:-1]
         sacrum_found = True
     if not masks:
