@@ -54,6 +54,11 @@ BODY_RADIUS_MM = 32.0
 MIN_PERIOD_MM = 14.0
 """Smallest body-plus-disc height (upper cervical); two discs are never closer."""
 MIN_BODY_ML = 0.8
+DISC_FLANK_MM = 9.0
+"""An endplate lies within this distance above and below a disc's centre (discs are 4-14 mm high)."""
+DISC_FLANK_PLANE_MM = 6.0
+DISC_MAX_HU = 130.0
+ENDPLATE_CONTRAST_HU = 100.0
 HOLE_BONE_HU = 70.0
 """An axial hole in the bone brighter than this on average is trabecular bone; the canal (CSF 0-30 HU) is darker."""
 MIDLINE_SIGMA_MM = 35.0
@@ -136,15 +141,29 @@ def _planar_structure(axis: int) -> np.ndarray:
     return structure
 
 
-def _fill_planes(mask: np.ndarray, axis: int) -> np.ndarray:
-    """Fill holes in every 2-D plane normal to ``axis`` in one pass (padding keeps the end planes fillable)."""
+def _fill_planes(mask: np.ndarray, axis: int, close_z_ends: bool = False) -> np.ndarray:
+    """Fill holes in every 2-D plane normal to ``axis`` in one pass (padding keeps the end planes fillable).
+
+    With ``close_z_ends`` the first and last axial planes count as closed: a body cut by the field of view is
+    filled as if its missing endplate were there.
+    """
     pad = [(0, 0)] * 3
     pad[axis] = (1, 1)
     padded = np.pad(mask, pad)
+    if close_z_ends and axis != 2:
+        inner = [slice(1, -1) if a == axis else slice(None) for a in range(3)]
+        for end in (0, -1):
+            index = list(inner)
+            index[2] = end
+            padded[tuple(index)] = True
     filled = ndimage.binary_fill_holes(padded, structure=_planar_structure(axis))
     index = [slice(None)] * 3
     index[axis] = slice(1, -1)
-    return filled[tuple(index)]
+    out = filled[tuple(index)]
+    if close_z_ends and axis != 2:
+        out[:, :, 0] = mask[:, :, 0] | (out[:, :, 0] & out[:, :, 1] if out.shape[2] > 1 else mask[:, :, 0])
+        out[:, :, -1] = mask[:, :, -1] | (out[:, :, -1] & out[:, :, -2] if out.shape[2] > 1 else mask[:, :, -1])
+    return out
 
 
 def _planar_holes(mask: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
@@ -185,7 +204,7 @@ class BodyFinder:
         bone = self.bone & ~self.vessels()
         # Seal one-voxel gaps of the thin cortex within axial planes only: never across a disc.
         bone = ndimage.binary_closing(bone, structure=np.ones((3, 3, 1), dtype=bool)) | bone
-        filled = _fill_planes(bone, 0) | _fill_planes(bone, 1)
+        filled = _fill_planes(bone, 0, close_z_ends=True) | _fill_planes(bone, 1, close_z_ends=True)
         # Where thin endplates leave a body open in the sagittal and coronal planes (coarse slices), its axial hole
         # is filled too, but only if it holds trabecular bone: the spinal canal (CSF, fat) stays empty.
         holes, count = _planar_holes(filled, 2)
@@ -337,44 +356,92 @@ def find_discs(u: np.ndarray, radial: np.ndarray, length_mm: float, spacing_mm: 
     return discs, profile
 
 
+def _disk_offsets(radius_mm: float, step_mm: float = 2.0) -> np.ndarray:
+    return np.array([(r * np.cos(t), r * np.sin(t)) for r in np.arange(0.0, radius_mm + 0.1, step_mm)
+                     for t in np.linspace(0, 2 * np.pi, max(1, int(2 * np.pi * r / step_mm)), endpoint=False)])
+
+
+def _plane_basis(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    e1 = np.cross(normal, [0.0, 1.0, 0.0])
+    if np.linalg.norm(e1) < 1e-6:
+        e1 = np.cross(normal, [1.0, 0.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    return e1, np.cross(normal, e1)
+
+
+def _disk_mean(smooth: np.ndarray, centre_mm: np.ndarray, normal: np.ndarray, offsets: np.ndarray,
+               spacing_mm: float) -> float:
+    e1, e2 = _plane_basis(normal)
+    samples = centre_mm + offsets[:, :1] * e1 + offsets[:, 1:] * e2
+    return float(ndimage.map_coordinates(smooth, (samples / spacing_mm).T, order=1, cval=-1000.0).mean())
+
+
+def _curve_point(geometry: SpineGeometry, u: float, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    points_mm = np.column_stack([geometry.centre_xy, geometry.z_indices]).astype(float) * spacing_mm
+    arclength = geometry.arclength_mm
+    centre = np.array([np.interp(u, arclength, points_mm[:, a]) for a in range(3)])
+    index = int(np.clip(np.searchsorted(arclength, u), 0, len(arclength) - 1))
+    return centre, geometry.tangent[index]
+
+
+def core_hu_profile(smooth: np.ndarray, geometry: SpineGeometry, spacing_mm: float, step_mm: float,
+                    radius_mm: float = 8.0) -> np.ndarray:
+    """Mean HU over a disk of the nucleus' size normal to the curve, at each step along it."""
+    offsets = _disk_offsets(radius_mm)
+    positions = np.arange(0.0, geometry.arclength_mm[-1] + step_mm, step_mm) + 0.5 * step_mm
+    values = []
+    for u in positions:
+        centre, tangent = _curve_point(geometry, min(u, geometry.arclength_mm[-1]), spacing_mm)
+        values.append(_disk_mean(smooth, centre, tangent, offsets, spacing_mm))
+    return np.asarray(values)
+
+
+def endplate_bounded_minima(hu: np.ndarray, step_mm: float) -> list[float]:
+    """Discs seen as darker tissue between two bright endplates close on both sides (osteoporotic spines, where the
+    trabecular interior is as dark as the disc and the body-area profile misses it)."""
+    reach = max(1, int(round(DISC_FLANK_MM / step_mm)))
+    found = []
+    for index in signal.argrelmin(hu, order=1)[0]:
+        value = hu[index]
+        below = hu[max(0, index - reach) : index]
+        above = hu[index + 1 : index + 1 + reach]
+        if below.size == 0 or above.size == 0 or value > DISC_MAX_HU:
+            continue
+        if below.max() >= value + ENDPLATE_CONTRAST_HU and above.max() >= value + ENDPLATE_CONTRAST_HU:
+            found.append(float((index + 0.5) * step_mm))
+    return found
+
+
 def refine_disc_plane(smooth: np.ndarray, geometry: SpineGeometry, u_mm: float, spacing_mm: float,
                       search_mm: float = 6.0, tilts_deg=np.arange(-20.0, 21.0, 5.0)) -> tuple:
-    """The darkest plane through the disc near ``u_mm`` along the curve: (point mm, unit normal toward cranial, u).
+    """The plane of the disc near ``u_mm`` along the curve: (point mm, unit normal toward cranial, u).
 
-    Disc tissue (70-100 HU) is darker than the endplates and trabecular bone on either side; the mean HU over a
-    disk of the nucleus' size, centred on the curve, is least in the disc's own plane. The plane may tilt in the
-    sagittal plane (about the left-right axis) relative to the curve's normal: wedge-shaped discs (L5/S1).
+    The disc (70-100 HU) is darker than the bone a few millimetres above and below it: dense trabecular bone, or
+    the endplates of osteoporotic bodies whose interior is as dark as the disc. The plane chosen maximizes the
+    contrast between the disc's own section and the darker of the two parallel sections 6 mm above and below; it
+    may tilt in the sagittal plane (about the left-right axis) relative to the curve's normal: wedge-shaped discs.
     """
     arclength = geometry.arclength_mm
-    points_mm = np.column_stack([geometry.centre_xy, geometry.z_indices]).astype(float) * spacing_mm
-    radius = 12.0
-    offsets = np.array([(r * np.cos(t), r * np.sin(t)) for r in np.arange(0.0, radius + 0.1, 2.0)
-                        for t in np.linspace(0, 2 * np.pi, max(1, int(2 * np.pi * r / 2.0)), endpoint=False)])
+    offsets = _disk_offsets(12.0)
     best = None
     for u in np.arange(u_mm - search_mm, u_mm + search_mm + 0.01, max(1.0, spacing_mm / 2)):
         if not arclength[0] <= u <= arclength[-1]:
             continue
-        centre = np.array([np.interp(u, arclength, points_mm[:, a]) for a in range(3)])
-        index = int(np.clip(np.searchsorted(arclength, u), 0, len(arclength) - 1))
-        tangent = geometry.tangent[index]
+        centre, tangent = _curve_point(geometry, u, spacing_mm)
         for tilt in np.radians(tilts_deg):
-            # Rotate the tangent about the x axis (sagittal tilt): positive tilts the normal toward anterior.
+            # Rotate the tangent about the x axis (sagittal tilt).
             c, s_ = np.cos(tilt), np.sin(tilt)
             normal = np.array([tangent[0], c * tangent[1] + s_ * tangent[2], -s_ * tangent[1] + c * tangent[2]])
             normal /= np.linalg.norm(normal)
-            e1 = np.cross(normal, [0.0, 1.0, 0.0])
-            if np.linalg.norm(e1) < 1e-6:
-                e1 = np.cross(normal, [1.0, 0.0, 0.0])
-            e1 /= np.linalg.norm(e1)
-            e2 = np.cross(normal, e1)
-            samples = centre + offsets[:, :1] * e1 + offsets[:, 1:] * e2
-            values = ndimage.map_coordinates(smooth, (samples / spacing_mm).T, order=1, cval=-1000.0)
-            score = float(values.mean())
-            if best is None or score < best[0]:
+            middle = _disk_mean(smooth, centre, normal, offsets, spacing_mm)
+            upper = _disk_mean(smooth, centre + DISC_FLANK_PLANE_MM * normal, normal, offsets, spacing_mm)
+            lower = _disk_mean(smooth, centre - DISC_FLANK_PLANE_MM * normal, normal, offsets, spacing_mm)
+            score = min(upper, lower) - middle
+            if best is None or score > best[0]:
                 best = (score, centre, normal, float(u))
     if best is None:
-        index = int(np.clip(np.searchsorted(arclength, u_mm), 0, len(arclength) - 1))
-        return points_mm[index], geometry.tangent[index], float(u_mm)
+        centre, tangent = _curve_point(geometry, float(np.clip(u_mm, arclength[0], arclength[-1])), spacing_mm)
+        return centre, tangent, float(u_mm)
     return best[1], best[2], best[3]
 
 
@@ -532,6 +599,11 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
     voxels, u, radial = voxels[near], u[near], radial[near]
     progress(0.55, "separating the bodies at the discs")
     discs, profile = find_discs(u, radial, float(geometry.arclength_mm[-1]), spacing)
+    hu_profile = core_hu_profile(finder.smooth, geometry, spacing, spacing)
+    for extra in endplate_bounded_minima(hu_profile, spacing):
+        if all(abs(extra - d) >= MIN_PERIOD_MM for d in discs):
+            discs.append(extra)
+    discs.sort()
     sacral_u = None
     if sacrum is None:
         sacral_u = sacrum_top(bodies, geometry, spacing)
