@@ -42,7 +42,7 @@ MIN_WORKING_SPACING_MM = 1.5
 BONE_HU = 120.0
 """Cortical bone and dense trabecular bone lie above; fat, muscle, disc and CSF below (disc about 70-100 HU)."""
 VESSEL_HU = 420.0
-"""Contrast-filled lumen or metal: above this over a thick region (trabecular bone stays below about 350 HU)."""
+"""Contrast-filled lumen (arterial phase 250-600 HU) or metal over a thick region; trabecular bone stays below."""
 VESSEL_CORE_RADIUS_MM = 4.0
 OPENING_RADIUS_MM = 6.0
 """Removes pedicles, laminae, processes, ribs (narrower than 12 mm); a body (25-55 mm wide) survives."""
@@ -57,8 +57,11 @@ MIN_BODY_ML = 0.8
 DISC_FLANK_MM = 9.0
 """An endplate lies within this distance above and below a disc's centre (discs are 4-14 mm high)."""
 DISC_FLANK_PLANE_MM = 6.0
-DISC_MAX_HU = 130.0
-ENDPLATE_CONTRAST_HU = 100.0
+DISC_MAX_HU = 180.0
+ENDPLATE_CONTRAST_HU = 60.0
+ENDPLATE_PROMINENCE_HU = 25.0
+ENDPLATE_MIN_HU = 150.0
+DISC_PAIR_MAX_MM = 17.0
 HOLE_BONE_HU = 70.0
 """An axial hole in the bone brighter than this on average is trabecular bone; the canal (CSF 0-30 HU) is darker."""
 MIDLINE_SIGMA_MM = 35.0
@@ -412,6 +415,26 @@ def endplate_bounded_minima(hu: np.ndarray, step_mm: float) -> list[float]:
     return found
 
 
+def endplate_pair_discs(hu: np.ndarray, step_mm: float) -> list[float]:
+    """Discs seen as a dip between two endplate peaks that lie closer together than the peaks of the bodies beside
+    them (endplate, disc, endplate is shorter than endplate, body, endplate). Thin thoracic discs between bright
+    endplates, where neither the area nor the disc's own darkness stands out."""
+    peaks, _ = signal.find_peaks(hu, prominence=ENDPLATE_PROMINENCE_HU, height=ENDPLATE_MIN_HU)
+    if peaks.size < 2:
+        return []
+    gaps = np.diff(peaks).astype(float)
+    found = []
+    for n, gap in enumerate(gaps):
+        neighbours = [gaps[m] for m in (n - 1, n + 1) if 0 <= m < len(gaps)]
+        if gap * step_mm > DISC_PAIR_MAX_MM or not all(gap < 0.8 * other for other in neighbours):
+            continue
+        left, right = peaks[n], peaks[n + 1]
+        dip = left + int(np.argmin(hu[left : right + 1]))
+        if min(hu[left], hu[right]) - hu[dip] >= ENDPLATE_PROMINENCE_HU:
+            found.append(float((dip + 0.5) * step_mm))
+    return found
+
+
 def refine_disc_plane(smooth: np.ndarray, geometry: SpineGeometry, u_mm: float, spacing_mm: float,
                       search_mm: float = 6.0, tilts_deg=np.arange(-20.0, 21.0, 5.0)) -> tuple:
     """The plane of the disc near ``u_mm`` along the curve: (point mm, unit normal toward cranial, u).
@@ -485,6 +508,20 @@ def sacrum_component(bodies: np.ndarray, geometry: SpineGeometry, spacing_mm: fl
     if u.size == 0 or np.percentile(u, 98) - u.min() > 40.0:
         return None
     return piece
+
+
+def _ribs_above(finder: BodyFinder, geometry: SpineGeometry, z_index: float, spacing_mm: float) -> bool:
+    """True when ribs articulate with the spine within 45 mm above ``z_index``: what looks like the sacrum there is
+    not (L4 and L5 never bear ribs); wide bone at the caudal end of a chest CT is rib heads or the diaphragm's
+    neighbours, not sacral alae."""
+    from .levels import rib_sides
+
+    slab = np.zeros(finder.bone.shape, dtype=bool)
+    z0 = int(max(0, z_index))
+    z1 = int(min(finder.bone.shape[2] - 1, z_index + 45.0 / spacing_mm))
+    slab[:, :, z0 : z1 + 1] = True
+    return bool(rib_sides(slab, finder.bone, geometry.centre_xy[:, 0], geometry.centre_xy[:, 1],
+                          int(geometry.z_indices[0]), spacing_mm))
 
 
 def sacrum_top(bodies: np.ndarray, geometry: SpineGeometry, spacing_mm: float) -> float | None:
@@ -591,6 +628,9 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
     in_range = np.zeros_like(bodies)
     in_range[:, :, z0 : z1 + 1] = bodies[:, :, z0 : z1 + 1]
     sacrum = sacrum_component(bodies, geometry, spacing)
+    if sacrum is not None and _ribs_above(finder, geometry, float(np.nonzero(sacrum.any(axis=(0, 1)))[0].max()),
+                                          spacing):
+        sacrum = None
     if sacrum is not None:
         in_range &= ~sacrum
     voxels = np.argwhere(in_range)
@@ -600,13 +640,17 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
     progress(0.55, "separating the bodies at the discs")
     discs, profile = find_discs(u, radial, float(geometry.arclength_mm[-1]), spacing)
     hu_profile = core_hu_profile(finder.smooth, geometry, spacing, spacing)
-    for extra in endplate_bounded_minima(hu_profile, spacing):
+    for extra in endplate_bounded_minima(hu_profile, spacing) + endplate_pair_discs(hu_profile, spacing):
         if all(abs(extra - d) >= MIN_PERIOD_MM for d in discs):
             discs.append(extra)
     discs.sort()
     sacral_u = None
     if sacrum is None:
         sacral_u = sacrum_top(bodies, geometry, spacing)
+        if sacral_u is not None:
+            index = int(np.clip(np.searchsorted(geometry.arclength_mm, sacral_u), 0, len(geometry.z_indices) - 1))
+            if _ribs_above(finder, geometry, float(geometry.z_indices[index]), spacing):
+                sacral_u = None
     planes = [refine_disc_plane(finder.smooth, geometry, d, spacing) for d in discs]
     sacral_plane = None
     if sacral_u is not None:

@@ -92,11 +92,22 @@ def rib_sides(mask: np.ndarray, bone: np.ndarray, centre_x: np.ndarray, centre_y
     in_slab = np.zeros(sub.shape, dtype=bool)
     in_slab[:, :, z0 - window_low : z1 - window_low + 1] = True
     medial = (outside & in_slab & (lateral <= RIB_MEDIAL_MM[1]) & (dy <= 5.0) & (dy >= -45.0))
+    # A rib articulates with this vertebra when its most medial part (head and neck) lies within this vertebra's
+    # height; the rib of the vertebra above descends past this one further out.
+    lateral_full = np.broadcast_to(lateral, sub.shape)
+    min_lateral = np.concatenate([[np.inf], np.asarray(ndimage.minimum(lateral_full, labelled,
+                                                                       np.arange(1, count + 1)), dtype=float)])
+    near_end = lateral_full <= min_lateral[labelled] + 4.0
+    zs = np.broadcast_to(np.arange(nz)[None, None, :], sub.shape)
+    medial_z = np.concatenate([[np.nan], np.asarray(ndimage.mean(zs, labelled * near_end,
+                                                                 np.arange(1, count + 1)), dtype=float)])
+    slab_low, slab_high = z0 - window_low, z1 - window_low
     sides = []
     for side, sign in (("right", 1.0), ("left", -1.0)):
         candidates = np.unique(labelled[medial & (np.sign(dx) == sign)])
         candidates = candidates[candidates != 0]
-        if any(reach[c] >= RIB_LATERAL_MM and sizes[c] <= RIB_MAX_ML for c in candidates):
+        if any(reach[c] >= RIB_LATERAL_MM and sizes[c] <= RIB_MAX_ML and min_lateral[c] <= RIB_MEDIAL_MM[1]
+               and slab_low - 1 <= medial_z[c] <= slab_high + 1 for c in candidates):
             sides.append(side)
     return sides
 
@@ -104,14 +115,9 @@ def rib_sides(mask: np.ndarray, bone: np.ndarray, centre_x: np.ndarray, centre_y
 def name_levels(masks: list[np.ndarray], finder, geometry, spacing_mm: float) -> LevelNaming:
     """Give VerSe ids to bodies ordered cranial to caudal, from the anchors in view."""
     evidence: list[str] = []
-    bodies = finder.body_candidates_cache if hasattr(finder, "body_candidates_cache") else None
-    if bodies is None:
-        bodies = finder.body_candidates()
     # The sacrum: drop sacral segments at the caudal end (they are not mobile vertebrae).
+    # The sacrum was found (and cut off) while separating the bodies.
     sacrum_found = bool(getattr(geometry, "sacrum_found", False))
-    while not getattr(geometry, "sacrum_found", False) and masks and is_sacral(masks[-1], bodies, spacing_mm):
-        masks = masks[:-1]
-        sacrum_found = True
     if not masks:
         return LevelNaming(masks=[], labels=[], status="unconfirmed", evidence=["only the sacrum in view"])
     centre_x = geometry.centre_xy[:, 0]
