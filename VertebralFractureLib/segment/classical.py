@@ -54,6 +54,9 @@ BODY_RADIUS_MM = 32.0
 MIN_PERIOD_MM = 14.0
 """Smallest body-plus-disc height (upper cervical); two discs are never closer."""
 MIN_BODY_ML = 0.8
+END_CAP_MAX_CM2 = 25.0
+END_CAP_MIN_HU = 0.0
+END_CAP_CLOSING_MM = 5.0
 DISC_FLANK_MM = 9.0
 """An endplate lies within this distance above and below a disc's centre (discs are 4-14 mm high)."""
 DISC_FLANK_PLANE_MM = 6.0
@@ -144,29 +147,23 @@ def _planar_structure(axis: int) -> np.ndarray:
     return structure
 
 
-def _fill_planes(mask: np.ndarray, axis: int, close_z_ends: bool = False) -> np.ndarray:
+def _fill_planes(mask: np.ndarray, axis: int, end_caps: np.ndarray | None = None) -> np.ndarray:
     """Fill holes in every 2-D plane normal to ``axis`` in one pass (padding keeps the end planes fillable).
 
-    With ``close_z_ends`` the first and last axial planes count as closed: a body cut by the field of view is
-    filled as if its missing endplate were there.
+    ``end_caps`` (x, y, 2): what closes the volume below its first and above its last axial plane, so that a body
+    cut by the field of view is filled as if its missing endplate were there.
     """
     pad = [(0, 0)] * 3
     pad[axis] = (1, 1)
     padded = np.pad(mask, pad)
-    if close_z_ends and axis != 2:
-        inner = [slice(1, -1) if a == axis else slice(None) for a in range(3)]
-        for end in (0, -1):
-            index = list(inner)
-            index[2] = end
-            padded[tuple(index)] = True
+    if end_caps is not None and axis != 2:
+        padded = np.concatenate([np.pad(end_caps[:, :, :1], pad), padded, np.pad(end_caps[:, :, 1:], pad)], axis=2)
     filled = ndimage.binary_fill_holes(padded, structure=_planar_structure(axis))
+    if end_caps is not None and axis != 2:
+        filled = filled[:, :, 1:-1]
     index = [slice(None)] * 3
     index[axis] = slice(1, -1)
-    out = filled[tuple(index)]
-    if close_z_ends and axis != 2:
-        out[:, :, 0] = mask[:, :, 0] | (out[:, :, 0] & out[:, :, 1] if out.shape[2] > 1 else mask[:, :, 0])
-        out[:, :, -1] = mask[:, :, -1] | (out[:, :, -1] & out[:, :, -2] if out.shape[2] > 1 else mask[:, :, -1])
-    return out
+    return filled[tuple(index)]
 
 
 def _planar_holes(mask: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
@@ -207,7 +204,8 @@ class BodyFinder:
         bone = self.bone & ~self.vessels()
         # Seal one-voxel gaps of the thin cortex within axial planes only: never across a disc.
         bone = ndimage.binary_closing(bone, structure=np.ones((3, 3, 1), dtype=bool)) | bone
-        filled = _fill_planes(bone, 0, close_z_ends=True) | _fill_planes(bone, 1, close_z_ends=True)
+        caps = self._end_caps(bone)
+        filled = _fill_planes(bone, 0, caps) | _fill_planes(bone, 1, caps)
         # Where thin endplates leave a body open in the sagittal and coronal planes (coarse slices), its axial hole
         # is filled too, but only if it holds trabecular bone: the spinal canal (CSF, fat) stays empty.
         holes, count = _planar_holes(filled, 2)
@@ -220,6 +218,25 @@ class BodyFinder:
         disk = _disk(OPENING_RADIUS_MM / self.s)[:, :, None]
         self.body_candidates_cache = ndimage.binary_opening(filled, structure=disk)
         return self.body_candidates_cache
+
+    def _end_caps(self, bone: np.ndarray) -> np.ndarray:
+        """Body cross-sections in the first and last axial planes: holes of the cortex there that are body-sized
+        and hold tissue denser than the canal's CSF and fat."""
+        caps = np.zeros(bone.shape[:2] + (2,), dtype=bool)
+        for n, k in enumerate((0, bone.shape[2] - 1)):
+            # The cortex of a cut body is seldom closed in one plane: gaps up to a few millimetres are bridged.
+            plane = ndimage.binary_closing(bone[:, :, k], structure=_disk(END_CAP_CLOSING_MM / self.s),
+                                           border_value=0) | bone[:, :, k]
+            holes, count = ndimage.label(ndimage.binary_fill_holes(plane) & ~plane)
+            if count == 0:
+                continue
+            area_cm2 = np.bincount(holes.ravel(), minlength=count + 1) * self.s**2 / 100.0
+            mean_hu = np.concatenate([[0.0], np.asarray(ndimage.mean(self.smooth[:, :, k], holes,
+                                                                     np.arange(1, count + 1)))])
+            keep = (area_cm2 <= END_CAP_MAX_CM2) & (mean_hu > END_CAP_MIN_HU)
+            keep[0] = False
+            caps[:, :, n] = keep[holes] | (plane & ~bone[:, :, k])
+        return caps
 
     def canal_score(self) -> np.ndarray:
         """(x, y) map: how many axial slices hold a dark hole enclosed by bone (spinal canal) around that column."""
