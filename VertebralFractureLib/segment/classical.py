@@ -54,6 +54,10 @@ BODY_RADIUS_MM = 32.0
 MIN_PERIOD_MM = 14.0
 """Smallest body-plus-disc height (upper cervical); two discs are never closer."""
 MIN_BODY_ML = 0.8
+DISC_TRIM_MM = 5.0
+"""Disc tissue within this distance of a disc plane is trimmed from the bodies..."""
+DISC_TRIM_HU = 125.0
+"""...where it is darker than this (disc 70-110 HU; the endplate beside it is brighter)."""
 END_CAP_MAX_CM2 = 25.0
 END_CAP_MIN_HU = 0.0
 END_CAP_CLOSING_MM = 5.0
@@ -250,7 +254,8 @@ class BodyFinder:
         keep = (sizes >= min_area) & (sizes <= max_area) & (mean_hu < HOLE_BONE_HU)
         keep[0] = False
         size = max(3, int(round(12.0 / self.s)) | 1)
-        near = ndimage.maximum_filter(keep[holes], size=(size, size, 1))
+        self.canal = keep[holes]
+        near = ndimage.maximum_filter(self.canal, size=(size, size, 1))
         return near.sum(axis=2).astype(float)
 
 
@@ -453,7 +458,7 @@ def endplate_pair_discs(hu: np.ndarray, step_mm: float) -> list[float]:
 
 
 def refine_disc_plane(smooth: np.ndarray, geometry: SpineGeometry, u_mm: float, spacing_mm: float,
-                      search_mm: float = 6.0, tilts_deg=np.arange(-20.0, 21.0, 5.0)) -> tuple:
+                      search_mm: float = 6.0, tilts_deg=(0.0,)) -> tuple:
     """The plane of the disc near ``u_mm`` along the curve: (point mm, unit normal toward cranial, u).
 
     The disc (70-100 HU) is darker than the bone a few millimetres above and below it: dense trabecular bone, or
@@ -668,6 +673,8 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
             index = int(np.clip(np.searchsorted(geometry.arclength_mm, sacral_u), 0, len(geometry.z_indices) - 1))
             if _ribs_above(finder, geometry, float(geometry.z_indices[index]), spacing):
                 sacral_u = None
+    # Disc planes stay normal to the smoothed centre curve: a free tilt follows the endplates' concavity and
+    # shifts a posterior corner by a voxel, which the height measurement feels.
     planes = [refine_disc_plane(finder.smooth, geometry, d, spacing) for d in discs]
     sacral_plane = None
     if sacral_u is not None:
@@ -684,6 +691,13 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
     if sacral_plane is not None:
         # Below the lumbosacral plane lies S1: not a mobile vertebra.
         keep = interval > 0
+        voxels, interval = voxels[keep], interval[keep]
+    if planes:
+        # Disc tissue filled into the body mask next to a disc plane is not body: it would lengthen the heights.
+        distance = np.abs(voxels.astype(float) * spacing @ np.array([p[1] for p in planes]).T
+                          - np.array([np.dot(p[0], p[1]) for p in planes])[None, :]).min(axis=1)
+        hu = finder.smooth[tuple(voxels.T)]
+        keep = ~((distance <= DISC_TRIM_MM) & (hu < DISC_TRIM_HU))
         voxels, interval = voxels[keep], interval[keep]
     provisional = np.zeros(work.shape, dtype=np.int16)
     provisional[tuple(voxels.T)] = interval + 1
