@@ -490,6 +490,18 @@ def refine_disc_plane(smooth: np.ndarray, geometry: SpineGeometry, u_mm: float, 
     return best[1], best[2], best[3]
 
 
+def solid_body(mask: np.ndarray) -> np.ndarray:
+    """A vertebral body is solid: fill the holes left where a dark (osteoporotic) interior was not filled, in every
+    plane orientation and in 3-D, inside the body's own box."""
+    box = _crop_box(mask, margin=1)
+    part = mask[box]
+    solid = part | _fill_planes(part, 0) | _fill_planes(part, 1) | _fill_planes(part, 2)
+    solid = ndimage.binary_fill_holes(solid)
+    out = mask.copy()
+    out[box] = solid
+    return out
+
+
 def assign_to_planes(voxels: np.ndarray, planes: list[tuple], spacing_mm: float) -> np.ndarray:
     """Interval index per voxel: how many disc planes (ordered caudal to cranial) it lies above."""
     if not planes:
@@ -716,7 +728,7 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
             mask = labelled == int(np.argmax(sizes))
         if mask.sum() * voxel_ml < MIN_BODY_ML:
             continue
-        kept.append(mask)
+        kept.append(solid_body(mask))
     if not kept:
         return None
     # Cranial to caudal order: the working grid's z axis points superior.
