@@ -364,7 +364,8 @@ def along_curve(geometry: SpineGeometry, voxels: np.ndarray, spacing_mm: float) 
     return u, radial
 
 
-def find_discs(u: np.ndarray, radial: np.ndarray, length_mm: float, spacing_mm: float) -> tuple[list[float], np.ndarray]:
+def find_discs(u: np.ndarray, radial: np.ndarray, length_mm: float,
+               spacing_mm: float) -> tuple[list[float], np.ndarray]:
     """Disc positions (mm along the curve): minima of the body cross-section area near the centre line."""
     step = spacing_mm
     bins = np.arange(0.0, length_mm + step, step)

@@ -139,7 +139,7 @@ def name_levels(masks: list[np.ndarray], finder, geometry, spacing_mm: float) ->
     if transitions_high and "ribs_low" not in offsets:
         i = transitions_high[0]
         offsets["ribs_high"] = (i, 8)
-        evidence.append(f"highest rib-bearing vertebra with a rib-free vertebra above: named T1")
+        evidence.append("highest rib-bearing vertebra with a rib-free vertebra above: named T1")
     status = "confirmed"
     if not offsets:
         status = "unconfirmed"

@@ -1,0 +1,269 @@
+"""The weight-free classical backend and the ``analyze`` command on real CT, plus renumbering and input checks.
+
+References: TotalSegmentator's own body masks of its example CT (VerSe numbering), the T12 mask of the chest crop,
+the TPTBox label and sub-region masks (bodies = sub-regions 49 and 50). Each real CT is segmented once per test
+session (a module-scoped cache) to keep the suite fast.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from VertebralFractureLib import cli, evaluate, io
+from VertebralFractureLib import labels as labels_mod
+from VertebralFractureLib.errors import NoVertebraeError
+from VertebralFractureLib.segment import get_backend, levels
+from VertebralFractureLib.segment.classical import NotCTError, check_ct_hounsfield
+
+EXAMPLE_CT = "totalsegmentator-example/example_ct.nii.gz"
+EXAMPLE_BODIES = "totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz"
+CHEST_CT = "totalsegmentator-example/chest_crop/ct_cropped.nii.gz"
+CHEST_T12 = "totalsegmentator-example/chest_crop/vertebrae_T12.nii.gz"
+DICOM_CT = "totalsegmentator-example/example_ct_dicom"
+TPT_CT = "tptbox/sub-ct_label-22_ct.nii.gz"
+TPT_VERT = "tptbox/sub-ct_seg-vert_label-22_msk.nii.gz"
+TPT_SUBREG = "tptbox/sub-ct_seg-subreg_label-22_msk.nii.gz"
+
+_CACHE: dict = {}
+
+
+@pytest.fixture(scope="module")
+def segmented(shared_file):
+    """segmented(relative CT path) -> (ct Volume, SegmentationOutput), computed once per module."""
+
+    def get(relative):
+        if relative not in _CACHE:
+            ct = io.read_ct(shared_file(relative))
+            _CACHE[relative] = (ct, get_backend("classical").segment(ct))
+        return _CACHE[relative]
+
+    return get
+
+
+def _present(volume):
+    return [int(v) for v in np.unique(volume.array) if v]
+
+
+def _bodies_only(reference: io.Volume, subregions: np.ndarray) -> io.Volume:
+    return reference.with_array(np.where(np.isin(subregions, (49, 50)), reference.array, 0).astype(np.int16))
+
+
+# --- TotalSegmentator example CT: lumbar T11-S1, 3 mm -------------------------------------------------------------
+
+def test_example_levels_and_dice(segmented, shared_file):
+    ct, output = segmented(EXAMPLE_CT)
+    assert output.backend == "classical" and output.full_vertebrae is False
+    assert output.labels.same_grid(ct)
+    assert output.labels.array.dtype == np.int16
+    assert output.levels_status == "confirmed"
+    evidence = " ".join(output.level_evidence)
+    assert "sacrum" in evidence and "rib" in evidence
+    reference = io.read_label_map(shared_file(EXAMPLE_BODIES), reference=ct).volume
+    result = evaluate.evaluate_labels(output.labels, reference)
+    assert result["reference_levels"] == ["T12", "L1", "L2", "L3", "L4", "L5"]
+    assert result["identification_rate"] == 1.0
+    assert result["mean_dice"] >= 0.85
+    assert min(level["dice"] for level in result["levels"]) >= 0.8
+    assert all(level["centroid_distance_mm"] < 5.0 for level in result["levels"])
+    # Nothing below L5 is labelled as a mobile vertebra (the sacrum is recognised, not counted).
+    assert max(_present(output.labels)) == 24
+
+
+def test_example_analyze_command_grades_normal_spine(shared_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli.main(["analyze", "--ct", str(shared_file(EXAMPLE_CT)), "--out", str(out), "-q"])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["overview.png", "results.json", "segmentation.nii.gz",
+                                                     "vertebrae.csv"]
+    results = json.loads((out / "results.json").read_text())
+    segmentation = results["inputs"]["segmentation"]
+    assert segmentation["backend"] == "classical" and segmentation["levels_status"] == "confirmed"
+    assert segmentation["full_vertebrae"] is False and segmentation["level_evidence"]
+    graded = [v for v in results["vertebrae"] if v["complete"]]
+    assert [v["level"] for v in graded] == ["L1", "L2", "L3", "L4", "L5"]
+    assert all(v["genant_grade"] == 0 for v in graded)
+    assert results["patient"]["worst_grade"] == 0 and results["patient"]["fractured_levels"] == []
+    # T12 is cut by the top of the field of view: reported, not graded.
+    t12 = next(v for v in results["vertebrae"] if v["level"] == "T12")
+    assert t12["complete"] is False
+    written = io.read_volume(out / "segmentation.nii.gz")
+    ct = io.read_ct(shared_file(EXAMPLE_CT))
+    assert written.same_grid(ct)
+    assert _present(written) == [19, 20, 21, 22, 23, 24]
+    assert "levels confirmed" in stdout
+
+
+# --- Chest crop: whole thoracic spine, 1.5 mm, contrast ------------------------------------------------------------
+
+def test_chest_t12_named_and_thoracic_bodies_separated(segmented, shared_file):
+    ct, output = segmented(CHEST_CT)
+    array = output.labels.array
+    t12_mask = io.read_volume(shared_file(CHEST_T12)).array > 0
+    overlap = {label: int(np.count_nonzero((array == label) & t12_mask)) for label in _present(output.labels)}
+    best = max(overlap, key=overlap.get)
+    assert best == labels_mod.label_from_level("T12")
+    # Most of the named T12 body lies inside the given T12 mask (a full-vertebra mask).
+    assert overlap[best] >= 0.5 * np.count_nonzero(array == best)
+    assert output.levels_status == "confirmed"
+    thoracic = [label for label in _present(output.labels) if 8 <= label <= 19]
+    # Consecutive thoracic levels, at least T3..T12 in this crop, each one body: no piece is as tall as two bodies
+    # with the disc between them.
+    assert thoracic == list(range(thoracic[0], 20)) and len(thoracic) >= 10
+    for label in thoracic:
+        z = output.labels.ijk_to_world(np.argwhere(array == label))[:, 2]
+        assert 12.0 <= z.max() - z.min() <= 40.0, labels_mod.level_name(label)
+
+
+# --- DICOM series: 20 slices, thoracolumbar ---------------------------------------------------------------------
+
+def test_dicom_series_segments_and_cut_bodies_are_incomplete(shared_file, tmp_path, capsys):
+    out = tmp_path / "dicom"
+    code = cli.main(["analyze", "--ct", str(shared_file(DICOM_CT)), "--out", str(out), "-q"])
+    capsys.readouterr()
+    assert code == 0
+    ct = io.read_ct(shared_file(DICOM_CT))
+    written = io.read_volume(out / "segmentation.nii.gz")
+    assert written.same_grid(ct) and written.shape == (512, 512, 20)
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["vertebrae"]) >= 2
+    array = written.array
+    for vertebra in results["vertebrae"]:
+        mask = array == vertebra["label"]
+        if levels.touches_border(mask):
+            assert vertebra["complete"] is False and "edge" in vertebra["incomplete_reason"]
+    assert any(not v["complete"] for v in results["vertebrae"])
+    # Nothing anchors the count in 40 mm of spine: said so, not guessed silently.
+    assert results["inputs"]["segmentation"]["levels_status"] == "unconfirmed"
+    assert any("unconfirmed" in warning for warning in results["warnings"])
+
+
+# --- TPTBox crop: three vertebrae, no sacrum or ribs ----------------------------------------------------------------
+
+def test_tptbox_unconfirmed_then_right_when_anchored(segmented, shared_file):
+    ct, output = segmented(TPT_CT)
+    assert output.levels_status == "unconfirmed"
+    assert any("--anchor" in text for text in output.level_evidence)
+    assert len(_present(output.labels)) == 3
+    anchored, evidence = levels.renumber_lowest_complete(output.labels, "L3")
+    assert _present(anchored) == [21, 22, 23]
+    assert "L3" in evidence
+    reference = io.read_label_map(shared_file(TPT_VERT), reference=ct).volume
+    result = evaluate.evaluate_labels(anchored, reference)
+    assert result["identification_rate"] == 1.0
+    bodies = _bodies_only(reference, io.read_volume(shared_file(TPT_SUBREG)).array)
+    body_result = evaluate.evaluate_labels(anchored, bodies)
+    assert body_result["levels"][1]["level"] == "L3"
+    assert all(level["dice"] >= 0.7 for level in body_result["levels"])
+
+
+def test_tptbox_anchor_options_on_the_command_line(shared_file, tmp_path, capsys):
+    ct = io.read_ct(shared_file(TPT_CT))
+    reference = io.read_label_map(shared_file(TPT_VERT), reference=ct).volume
+    l3_centre = reference.ijk_to_world(np.argwhere(reference.array == 22).mean(axis=0))[0]
+    for option in (["--anchor", "L3"], ["--anchor-point", "L3:" + ",".join(f"{v:.1f}" for v in l3_centre)]):
+        out = tmp_path / option[0].strip("-")
+        code = cli.main(["analyze", "--ct", str(shared_file(TPT_CT)), "--out", str(out), "-q", *option])
+        capsys.readouterr()
+        assert code == 0
+        results = json.loads((out / "results.json").read_text())
+        assert results["inputs"]["segmentation"]["levels_status"] == "anchored"
+        assert [v["level"] for v in results["vertebrae"]] == ["L2", "L3", "L4"]
+        result = evaluate.evaluate_labels(io.read_volume(out / "segmentation.nii.gz"), reference)
+        assert result["identification_rate"] == 1.0
+
+
+# --- No spine, not CT ------------------------------------------------------------------------------------------
+
+def _soft_tissue_crop(ct: io.Volume) -> io.Volume:
+    """Anterior abdomen of the example CT: bowel, fat, muscle and air, no bone."""
+    start = np.array([20, 62, 40])
+    array = np.ascontiguousarray(ct.array[20:100, 62:101, 40:100])
+    ijk_to_ras = ct.ijk_to_ras.copy()
+    ijk_to_ras[:3, 3] = ct.ijk_to_world(start)[0]
+    return io.Volume(array=array, ijk_to_ras=ijk_to_ras, path="soft-tissue crop")
+
+
+def test_soft_tissue_crop_no_vertebrae_found(shared_file, tmp_path, capsys):
+    ct = io.read_ct(shared_file(EXAMPLE_CT))
+    crop = _soft_tissue_crop(ct)
+    with pytest.raises(NoVertebraeError, match="no vertebrae found"):
+        get_backend("classical").segment(crop)
+    path = tmp_path / "soft.nii.gz"
+    io.write_nifti(crop, path)
+    out = tmp_path / "out"
+    code = cli.main(["analyze", "--ct", str(path), "--out", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert code == 4
+    assert "no vertebrae found" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_mr_like_and_normalized_volumes_refused(shared_file, tmp_path, capsys):
+    ct = io.read_ct(shared_file(EXAMPLE_CT))
+    # MR magnitude-like: no negative values; CT stored without the rescale: 0..4095.
+    magnitude = ct.with_array(np.clip(ct.array + 1024.0, 0, None).astype(np.float32))
+    with pytest.raises(NotCTError, match="not a CT in HU"):
+        check_ct_hounsfield(magnitude)
+    normalized = ct.with_array(((ct.array - ct.array.mean()) / ct.array.std()).astype(np.float32))
+    with pytest.raises(NotCTError, match="normalized or non-CT"):
+        check_ct_hounsfield(normalized)
+    dicom_mr = ct.with_array(ct.array)
+    dicom_mr.meta["dicom"] = {"modality": "MR"}
+    with pytest.raises(NotCTError, match="DICOM MR series"):
+        check_ct_hounsfield(dicom_mr)
+    path = tmp_path / "mr.nii.gz"
+    io.write_nifti(magnitude, path)
+    code = cli.main(["analyze", "--ct", str(path), "--out", str(tmp_path / "out"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "mr.nii.gz" in err and "not a CT in HU" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_anchor_options(shared_file, tmp_path, capsys):
+    ct = str(shared_file(TPT_CT))
+    code = cli.main(["analyze", "--ct", ct, "--out", str(tmp_path / "a"), "--anchor", "X9", "-q"])
+    assert code == 2 and "--anchor" in capsys.readouterr().err
+    code = cli.main(["analyze", "--ct", ct, "--out", str(tmp_path / "b"), "--anchor-point", "L1:1,2", "-q"])
+    assert code == 2 and "LEVEL:x,y,z" in capsys.readouterr().err
+    code = cli.main(["analyze", "--ct", ct, "--out", str(tmp_path / "c"), "--anchor", "L3", "--anchor-point",
+                     "L1:0,0,0", "-q"])
+    assert code == 2 and "either" in capsys.readouterr().err
+
+
+# --- Renumbering on a label volume with known truth -------------------------------------------------------------
+
+def _stack(labels_in_order, cut_top=False, cut_bottom=False):
+    """Boxes stacked along z (cranial first), 1 mm voxels, RAS; optional cuts by the top/bottom of the volume."""
+    n = len(labels_in_order)
+    array = np.zeros((20, 20, 12 * n + 4), dtype=np.int16)
+    for index, label in enumerate(labels_in_order):
+        top = array.shape[2] - 2 - 12 * index
+        array[5:15, 5:15, top - 10 : top] = label
+    if cut_top:
+        array[5:15, 5:15, -2:] = labels_in_order[0]
+    if cut_bottom:
+        array[5:15, 5:15, :4] = labels_in_order[-1]
+    return io.Volume(array=array, ijk_to_ras=np.eye(4))
+
+
+def test_renumber_lowest_complete_and_at_point():
+    volume = _stack([22, 23, 24], cut_top=True, cut_bottom=True)
+    renamed, _ = levels.renumber_lowest_complete(volume, "T12")
+    # The lowest complete vertebra is the middle one (provisionally L4): it becomes T12, the others follow.
+    assert _present(renamed) == [18, 19, 20]
+    assert np.array_equal(renamed.array == 19, volume.array == 23)
+    centre = volume.ijk_to_world(np.argwhere(volume.array == 24).mean(axis=0))[0]
+    renamed, evidence = levels.renumber_at_point(volume, "L1", centre)
+    assert np.array_equal(renamed.array == 20, volume.array == 24) and "contains" in evidence
+    far = centre + np.array([0.0, 0.0, -300.0])
+    renamed, evidence = levels.renumber_at_point(volume, "L1", far)
+    assert np.array_equal(renamed.array == 20, volume.array == 24) and "nearest" in evidence
+    with pytest.raises(ValueError, match="below it"):
+        levels.renumber_at_point(volume, "L5", centre + np.array([0.0, 0.0, 24.0]))
+    assert levels.parse_anchor_point("L1:1.5,-2,3e1") == ("L1", [1.5, -2.0, 30.0])
+    with pytest.raises(ValueError):
+        levels.parse_anchor_point("L1:a,b,c")
