@@ -61,7 +61,7 @@ DISC_TRIM_HU = 125.0
 END_CAP_MAX_CM2 = 25.0
 END_CAP_MIN_HU = 0.0
 END_CAP_CLOSING_MM = 5.0
-DISC_FLANK_MM = 9.0
+DISC_FLANK_MM = 6.0
 """An endplate lies within this distance above and below a disc's centre (discs are 4-14 mm high)."""
 DISC_FLANK_PLANE_MM = 6.0
 DISC_MAX_HU = 180.0
@@ -69,6 +69,7 @@ ENDPLATE_CONTRAST_HU = 60.0
 ENDPLATE_PROMINENCE_HU = 25.0
 ENDPLATE_MIN_HU = 150.0
 DISC_PAIR_MAX_MM = 17.0
+GAP_FACTOR = 1.6
 HOLE_BONE_HU = 70.0
 """An axial hole in the bone brighter than this on average is trabecular bone; the canal (CSF 0-30 HU) is darker."""
 MIDLINE_SIGMA_MM = 35.0
@@ -458,6 +459,59 @@ def endplate_pair_discs(hu: np.ndarray, step_mm: float) -> list[float]:
     return found
 
 
+def _disc_contrast(hu: np.ndarray, index: int, step_mm: float) -> float:
+    """How much darker the profile is at ``index`` than the darker of its two sides, a disc's height away."""
+    best = -np.inf
+    for distance_mm in (3.0, 4.5, 6.0, 7.5):
+        d = max(1, int(round(distance_mm / step_mm)))
+        if index - d < 0 or index + d >= len(hu):
+            continue
+        best = max(best, min(hu[index - d], hu[index + d]) - hu[index])
+    return float(best)
+
+
+def fill_missed_discs(discs: list[float], hu: np.ndarray, step_mm: float, length_mm: float) -> list[float]:
+    """Vertebral height changes slowly along the spine: a segment much longer than its neighbours holds a disc
+    that no detector saw (a thin disc fused to its endplates by partial volume). Such a segment is split at the
+    most disc-like positions near its even subdivisions."""
+    if len(discs) < 3:
+        return discs
+    discs = list(discs)
+    for _ in range(8):
+        bounds = [0.0] + discs + [length_mm]
+        lengths = np.diff(bounds)
+        inner = lengths[1:-1]  # segments bounded by discs on both sides: whole vertebrae
+        changed = False
+        for n in range(len(lengths)):
+            others = [inner[m - 1] for m in range(max(1, n - 2), min(len(lengths) - 1, n + 3)) if m != n]
+            if len(others) < 2:
+                continue
+            period = float(np.median(others))
+            if lengths[n] <= GAP_FACTOR * period:
+                continue
+            parts = int(round(lengths[n] / period))
+            if parts < 2:
+                continue
+            added = []
+            for j in range(1, parts):
+                centre = bounds[n] + j * lengths[n] / parts
+                low = int(max(0, (centre - 0.3 * period) / step_mm))
+                high = int(min(len(hu) - 1, (centre + 0.3 * period) / step_mm))
+                if high <= low:
+                    continue
+                scores = [_disc_contrast(hu, i, step_mm) for i in range(low, high + 1)]
+                best = int(np.argmax(scores))
+                if scores[best] > 0:
+                    added.append(float((low + best + 0.5) * step_mm))
+            if added:
+                discs = sorted(discs + added)
+                changed = True
+                break
+        if not changed:
+            break
+    return discs
+
+
 def refine_disc_plane(smooth: np.ndarray, geometry: SpineGeometry, u_mm: float, spacing_mm: float,
                       search_mm: float = 6.0, tilts_deg=(0.0,)) -> tuple:
     """The plane of the disc near ``u_mm`` along the curve: (point mm, unit normal toward cranial, u).
@@ -678,7 +732,7 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
     for extra in endplate_bounded_minima(hu_profile, spacing) + endplate_pair_discs(hu_profile, spacing):
         if all(abs(extra - d) >= MIN_PERIOD_MM for d in discs):
             discs.append(extra)
-    discs.sort()
+    discs = fill_missed_discs(sorted(discs), hu_profile, spacing, float(geometry.arclength_mm[-1]))
     sacral_u = None
     if sacrum is None:
         sacral_u = sacrum_top(bodies, geometry, spacing)
