@@ -322,6 +322,10 @@ def track_spine(bodies: np.ndarray, seed_xy: tuple[float, float], spacing_mm: fl
         while 0 <= k < nz:
             point, count = shift(k, previous)
             if point is not None and count >= min_count and np.hypot(*(point - previous)) < radius:
+                # The column bends slowly: per 3 mm of height at most 1.5 mm sideways (scoliosis) and 3 mm forward
+                # or back (lordosis at L5/S1 reaches 45 degrees); a structure beside a body cannot pull it away.
+                limit = np.array([0.5, 1.0]) * max(1.0, 3.0 / spacing_mm)
+                point = previous + np.clip(point - previous, -limit, limit)
                 centres[k] = point
                 previous = point
             k += direction
@@ -747,7 +751,7 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
     if sacral_u is not None:
         # The sacrum is joined to L5 in the mask: the L5/S1 disc is steep and often shallow in the area profile,
         # so it is searched as the darkest plane tilted forward just above the top of the alae.
-        sacral_plane = refine_disc_plane(finder.smooth, geometry, sacral_u + 12.0, spacing, search_mm=16.0,
+        sacral_plane = refine_disc_plane(finder.smooth, geometry, sacral_u + 6.0, spacing, search_mm=12.0,
                                          tilts_deg=np.arange(-10.0, 61.0, 5.0))
         planes = [sacral_plane] + [plane for plane, d in zip(planes, discs) if d > sacral_plane[2] + MIN_PERIOD_MM]
     geometry.sacrum_found = sacrum is not None or sacral_u is not None
