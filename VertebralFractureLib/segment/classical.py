@@ -70,6 +70,8 @@ ENDPLATE_PROMINENCE_HU = 25.0
 ENDPLATE_MIN_HU = 150.0
 DISC_PAIR_MAX_MM = 17.0
 GAP_FACTOR = 1.6
+MIN_END_PIECE_MM = 4.0
+AREA_END_MARGIN_MM = 12.0
 HOLE_BONE_HU = 70.0
 """An axial hole in the bone brighter than this on average is trabecular bone; the canal (CSF 0-30 HU) is darker."""
 MIDLINE_SIGMA_MM = 35.0
@@ -731,12 +733,17 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
     near = radial <= BODY_RADIUS_MM
     voxels, u, radial = voxels[near], u[near], radial[near]
     progress(0.55, "separating the bodies at the discs")
-    discs, profile = find_discs(u, radial, float(geometry.arclength_mm[-1]), spacing)
+    length = float(geometry.arclength_mm[-1])
+    discs, profile = find_discs(u, radial, length, spacing)
+    # Near the ends of the spine in view the body area falls because the field of view cuts the body, not because
+    # of a disc: area minima there are not trusted; discs seen between endplates are.
+    discs = [d for d in discs if AREA_END_MARGIN_MM <= d <= length - AREA_END_MARGIN_MM]
     hu_profile = core_hu_profile(finder.smooth, geometry, spacing, spacing)
     for extra in endplate_bounded_minima(hu_profile, spacing) + endplate_pair_discs(hu_profile, spacing):
         if all(abs(extra - d) >= MIN_PERIOD_MM for d in discs):
             discs.append(extra)
-    discs = fill_missed_discs(sorted(discs), hu_profile, spacing, float(geometry.arclength_mm[-1]))
+    discs = fill_missed_discs(sorted(discs), hu_profile, spacing, length)
+    discs = [d for d in discs if MIN_END_PIECE_MM <= d <= length - MIN_END_PIECE_MM]
     sacral_u = None
     if sacrum is None:
         sacral_u = sacrum_top(bodies, geometry, spacing)
@@ -751,7 +758,7 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
     if sacral_u is not None:
         # The sacrum is joined to L5 in the mask: the L5/S1 disc is steep and often shallow in the area profile,
         # so it is searched as the darkest plane tilted forward just above the top of the alae.
-        sacral_plane = refine_disc_plane(finder.smooth, geometry, sacral_u + 6.0, spacing, search_mm=12.0,
+        sacral_plane = refine_disc_plane(finder.smooth, geometry, sacral_u, spacing, search_mm=12.0,
                                          tilts_deg=np.arange(-10.0, 61.0, 5.0))
         planes = [sacral_plane] + [plane for plane, d in zip(planes, discs) if d > sacral_plane[2] + MIN_PERIOD_MM]
     geometry.sacrum_found = sacrum is not None or sacral_u is not None
