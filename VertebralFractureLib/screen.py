@@ -544,7 +544,7 @@ def recommend(case: CaseResult, level: str | None, level_reason: str, measured_h
               rules: RecommendationRules) -> Recommendation:
     reasons: list[str] = []
     confidence_reasons: list[str] = []
-    penalty = 0
+    penalty = 0.0
     actions = ["none"]
     phrases = []
 
@@ -579,8 +579,17 @@ def recommend(case: CaseResult, level: str | None, level_reason: str, measured_h
         hu_text = f"{level} {measured_hu:.0f} HU"
         if contrast is not None and contrast.offset_hu:
             hu_text += f" ({corrected_hu:.0f} HU after -{contrast.offset_hu:g} HU {contrast.phase} contrast correction)"
-        text = {"osteoporosis": "osteoporosis likely", "osteopenia": "low bone density (osteopenia range)",
-                "normal": "bone density normal range"}[category]
+        if category == "osteoporosis":
+            text = "osteoporosis likely"
+        elif corrected_hu <= thresholds.specific_hu:
+            text = (f"osteoporosis likely (<= {thresholds.specific_hu:g} HU specific cut-off; "
+                    f"heuristic band: osteopenia)")
+        elif category == "osteopenia":
+            text = "low bone density (osteopenia range)"
+        elif corrected_hu <= thresholds.sensitive_hu:
+            text = f"bone density normal range (<= {thresholds.sensitive_hu:g} HU: osteoporosis not excluded)"
+        else:
+            text = "bone density normal; osteoporosis unlikely"
         phrases.append(f"{hu_text}: {text}")
         reasons.append(
             f"{level} trabecular median {measured_hu:.0f} HU (IQR {density.iqr_hu:.0f} HU, {density.voxels} voxels, "
@@ -622,7 +631,7 @@ def recommend(case: CaseResult, level: str | None, level_reason: str, measured_h
             confidence_reasons.append(f"contrast state not confirmed ({contrast.note})")
     if ct_given:
         if kvp is None:
-            penalty += 1
+            penalty += 0.5
             confidence_reasons.append("tube voltage (kVp) unknown; thresholds assume 120 kVp")
         elif abs(kvp - thresholds.reference_kvp) > 1:
             penalty += 1
@@ -637,7 +646,8 @@ def recommend(case: CaseResult, level: str | None, level_reason: str, measured_h
     action_text = {"refer": rules.refer_text, "dxa": rules.dxa_text, "consider": rules.consider_text,
                    "none": rules.none_text}[action]
     statement = "; ".join(phrases) + f" — {action_text}"
-    confidence = "high" if penalty == 0 else "moderate" if penalty <= 2 else "low"
+    # Weights: 2-3 for a missing measurement, 1 for a substitution or uncertainty, 0.5 for a minor unknown.
+    confidence = "high" if penalty < 1 else "moderate" if penalty < 3 else "low"
     if not confidence_reasons:
         confidence_reasons.append("complete data: screening level measured, grading available, contrast state known")
     return Recommendation(action=action, statement=statement, reasons=reasons, confidence=confidence,
