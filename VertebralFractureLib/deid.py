@@ -255,3 +255,66 @@ def deidentified_header(dataset) -> dict:
         "series_description": str(dataset.get("SeriesDescription", "") or ""),
         "deidentified": str(dataset.get("PatientIdentityRemoved", "")) == "YES",
     }
+
+
+_UID_PATTERN = None
+
+
+def _scrub_uids(text: str, deidentifier: Deidentifier) -> str:
+    """Replace every UID-looking string in free text by its de-identified counterpart."""
+    import re
+
+    global _UID_PATTERN
+    if _UID_PATTERN is None:
+        _UID_PATTERN = re.compile(r"\b\d+(?:\.\d+){3,}\b")
+    return _UID_PATTERN.sub(lambda match: deidentifier.new_uid(match.group(0)), text)
+
+
+def export_case(case, screening, labels, ct, out_dir: str | Path, pseudonym: str = "", salt: str | None = None,
+                dicom_outputs: bool = True) -> dict:
+    """Write a case for sharing outside the hospital: de-identified CT series (``dicom/CT_0001.dcm`` ...), DICOM SEG
+    and SR built from the de-identified images (so their references stay valid), the clinical report and
+    ``screening.json``, with no name, ID, date, institution, original UID or original file/folder name in any file
+    or file name. Returns {name: path}."""
+    import json
+
+    from . import dicom_outputs as dicom_out
+    from . import report_clinical
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    deidentifier = Deidentifier(salt=salt, pseudonym=pseudonym, keep_content_sequence=True)
+    written: dict[str, str] = {}
+    header = {"patient_name": pseudonym, "patient_id": pseudonym, "study_date": "", "institution": "",
+              "series_description": "", "deidentified": True}
+    files = (ct.meta.get("dicom_files") if ct is not None else None) or []
+    if files:
+        import pydicom
+
+        sources, _ = dicom_out.read_source_datasets(files, pixels=True)
+        clean = [deidentifier.dataset(dataset) for dataset in sources]
+        series_dir = out_dir / "dicom"
+        series_dir.mkdir(parents=True, exist_ok=True)
+        for index, dataset in enumerate(clean, start=1):
+            with atomic_path(series_dir / f"CT_{index:04d}.dcm") as temporary:
+                dataset.save_as(temporary, enforce_file_format=True)
+        written["dicom_series"] = str(series_dir)
+        header = deidentified_header(clean[0])
+        if dicom_outputs and labels is not None:
+            headers = [pydicom.dcmread(series_dir / f"CT_{i:04d}.dcm", stop_before_pixels=True)
+                       for i in range(1, len(clean) + 1)]
+            seg = dicom_out.write_segmentation(labels, ct, out_dir / "vertebrae_seg.dcm", headers)
+            dicom_out.write_measurement_report(case, out_dir / "measurements_sr.dcm", headers, seg=seg,
+                                               screening=screening)
+            written["dicom_seg"] = str(out_dir / "vertebrae_seg.dcm")
+            written["dicom_sr"] = str(out_dir / "measurements_sr.dcm")
+    # Free text that travels with the case: original paths and UIDs must not.
+    case.inputs = {key: ("(de-identified)" if value else value) for key, value in case.inputs.items()}
+    case.warnings = [_scrub_uids(w, deidentifier) for w in case.warnings]
+    screening.caveats = [_scrub_uids(c, deidentifier) for c in screening.caveats]
+    written.update(report_clinical.write_clinical_report(case, screening, out_dir, labels, ct, header=header))
+    data = {"case": case.to_dict(), "screening": screening.to_dict(), "deidentified": True}
+    with atomic_path(out_dir / "screening.json") as temporary:
+        temporary.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    written["screening_json"] = str(out_dir / "screening.json")
+    return written

@@ -64,28 +64,36 @@ MORPHOLOGY_CONCEPT = ("fracture-morphology", "Vertebral fracture morphology")
 DENSITY_CATEGORY_CONCEPT = ("bmd-category", "Opportunistic CT bone density category")
 
 
-def read_source_datasets(files: list[str]) -> tuple[list, list[str]]:
-    """Headers of the source CT files (no pixel data), with missing UIDs filled in; returns (datasets, warnings)."""
+def read_source_datasets(files: list[str], pixels: bool = False) -> tuple[list, list[str]]:
+    """The source CT files (headers only unless ``pixels``), with missing UIDs filled in; returns
+    (datasets, warnings)."""
     import pydicom
-    from pydicom.uid import generate_uid
 
-    datasets, warnings = [], []
+    datasets = []
     for path in files:
         try:
-            datasets.append(pydicom.dcmread(path, stop_before_pixels=True))
+            datasets.append(pydicom.dcmread(path, stop_before_pixels=not pixels))
         except Exception as error:  # pydicom raises several types on corrupt files
             raise InputError(path, f"is not a readable DICOM file ({error})") from None
     if not datasets:
         raise InputError(None, "no DICOM source files to reference")
+    return datasets, repair_uids(datasets, files)
+
+
+def repair_uids(datasets: list, files: list[str]) -> list[str]:
+    """Fill in Study/Series/SOP Instance UIDs that anonymised exports sometimes blank (highdicom needs them to
+    reference the source). Derived UIDs are stable: the same source always gets the same ones."""
+    from pydicom.uid import generate_uid
+
+    warnings = []
     first = datasets[0]
-    # Stable derived UIDs: the same source always gets the same UIDs, so repeated runs reference one series.
     anchor = [str(first.get("FrameOfReferenceUID", "")), str(Path(files[0]).parent.name)]
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
         if not str(first.get(keyword, "") or ""):
             uid = generate_uid(entropy_srcs=anchor + [keyword])
             for dataset in datasets:
                 setattr(dataset, keyword, uid)
-            warnings.append(f"source series has no {keyword}; derived UID {uid} used in the references")
+            warnings.append(f"source series has no {keyword}; a derived UID is used in the references")
     for path, dataset in zip(files, datasets):
         meta = getattr(dataset, "file_meta", None)
         if not str(dataset.get("SOPClassUID", "") or "") and meta is not None:
@@ -93,16 +101,17 @@ def read_source_datasets(files: list[str]) -> tuple[list, list[str]]:
         if not str(dataset.get("SOPInstanceUID", "") or ""):
             stored = str(meta.get("MediaStorageSOPInstanceUID", "")) if meta is not None else ""
             dataset.SOPInstanceUID = stored or generate_uid(entropy_srcs=anchor + [Path(path).name])
-            if "SOPInstanceUID" not in " ".join(warnings):
-                warnings.append("source files have no SOPInstanceUID in the data set; the file meta UID "
-                                "(MediaStorageSOPInstanceUID) is used")
+            message = ("source files have no SOPInstanceUID in the data set; the file meta UID "
+                       "(MediaStorageSOPInstanceUID) is used")
+            if message not in warnings:
+                warnings.append(message)
         if dataset.get("SeriesNumber", None) in (None, ""):
             dataset.SeriesNumber = 1
         for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                         "ReferringPhysicianName", "StudyID", "AccessionNumber"):
             if keyword not in dataset:
                 setattr(dataset, keyword, "")
-    return datasets, warnings
+    return warnings
 
 
 def slice_indices(datasets: list, ct: Volume) -> list[int]:

@@ -190,9 +190,11 @@ def render_density_scale(screening, width_in: float = 6.5):
                     ((t.osteoporosis_below_hu + t.normal_from_hu) / 2, "osteopenia"),
                     ((t.normal_from_hu + high) / 2, "normal")):
         ax.text(x, 0.18, text, ha="center", va="center", fontsize=7, color="#333333")
-    for x, text in ((t.specific_hu, f"≤{t.specific_hu:g} specific"), (t.sensitive_hu, f"≤{t.sensitive_hu:g} sensitive")):
+    for x, text in ((t.specific_hu, f"≤{t.specific_hu:g} specific"),
+                    (t.sensitive_hu, f"≤{t.sensitive_hu:g} sensitive")):
         ax.axvline(x, color="#37474f", ls="--", lw=0.9)
-        ax.text(x, 1.02, text, ha="center", va="bottom", fontsize=6, color="#37474f", transform=ax.get_xaxis_transform())
+        ax.text(x, 1.02, text, ha="center", va="bottom", fontsize=6, color="#37474f",
+                transform=ax.get_xaxis_transform())
     others = [(level, d) for level, d in screening.densities.items()
               if d.median_hu is not None and level != screening.level]
     for index, (level, density) in enumerate(sorted(others, key=lambda item: item[1].median_hu)):
@@ -344,7 +346,8 @@ def build_html(case: CaseResult, screening, header: dict, sagittal_png: bytes | 
     scale = (f'<img alt="Bone density against thresholds" src="data:image/png;base64,'
              f'{base64.b64encode(scale_png).decode()}">' if scale_png else "")
     warnings = list(case.warnings)
-    generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    t = screening.thresholds
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Vertebral fracture and bone density screening</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>
@@ -372,10 +375,9 @@ The image follows the spine's curve, so distances along it are true lengths; ant
 {100 * screening.roi.posterior_exclusion:.0f} % of the depth excluded (basivertebral vein). Thresholds:
 Pickhardt et al., Ann Intern Med 2013 (L1 ≤ {screening.thresholds.specific_hu:g} HU &gt; 90 % specific,
 ≤ {screening.thresholds.sensitive_hu:g} HU 90 % sensitive for DXA osteoporosis); bands
-&lt; {screening.thresholds.osteoporosis_below_hu:g} / {screening.thresholds.osteoporosis_below_hu:g}–{screening.thresholds.normal_from_hu:g}
-/ ≥ {screening.thresholds.normal_from_hu:g} HU. Contrast correction as in TotalSegmentator (arterial
-+{screening.thresholds.contrast_offset_hu["arterial"]:g} HU, portal venous
-+{screening.thresholds.contrast_offset_hu["portal venous"]:g} HU). Fracture grading: Genant semi-quantitative method
+&lt; {t.osteoporosis_below_hu:g} / {t.osteoporosis_below_hu:g}–{t.normal_from_hu:g} / ≥ {t.normal_from_hu:g} HU.
+Contrast correction as in TotalSegmentator (arterial +{t.contrast_offset_hu["arterial"]:g} HU, portal venous
++{t.contrast_offset_hu["portal venous"]:g} HU). Fracture grading: Genant semi-quantitative method
 (Genant et al., JBMR 1993). This is a screening aid from a CT acquired for another purpose; it does not replace
 DXA or a radiologist's reading.</div>
 </body></html>

@@ -1,0 +1,87 @@
+"""``report`` command: bone-density screening, referral recommendation, clinical report, DICOM SEG/SR, and
+de-identified export. Registered with the CLI's decorators when cli.py loads this module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .cli import Progress, arguments, command
+
+
+def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seg", required=True, metavar="LABELMAP",
+                        help="vertebra label map (NIfTI, NRRD, MetaImage or Slicer .seg.nrrd)")
+    parser.add_argument("--ct", metavar="CT", help="CT volume or DICOM series folder (bone density needs it)")
+    parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID when the DICOM folder holds several")
+    parser.add_argument("--labels", default="auto", choices=["auto", "verse", "totalseg_v2", "totalseg_v1"],
+                        help="label convention of --seg (default: auto)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--dicom-out", action="store_true",
+                        help="also write DICOM SEG and SR (TID 1500); needs a DICOM series as --ct")
+    parser.add_argument("--deidentify", action="store_true",
+                        help="export for sharing: de-identified DICOM (PS3.15 basic profile), report and JSON "
+                             "without names, IDs, dates, institution or original UIDs")
+    parser.add_argument("--pseudonym", default="", help="patient name/ID to put in de-identified outputs")
+    parser.add_argument("--levels", metavar="L1,T12,L2", default=None,
+                        help="screening levels in order of preference (default: L1,T12,L2)")
+
+
+@command("report", "bone density screening, referral recommendation, report.html/pdf, DICOM SEG/SR")
+@arguments(_add_report_arguments)
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import io, screen
+    from .errors import InputError
+
+    progress = Progress(not args.quiet)
+    progress(0.0, "reading inputs")
+    ct = io.read_ct(args.ct, args.series) if args.ct else None
+    label_map = io.read_label_map(args.seg, args.labels)
+    if ct is not None:
+        io.check_overlap(ct, label_map.volume)
+        if not label_map.volume.same_grid(ct):
+            label_map = io.read_label_map(args.seg, args.labels, reference=ct)
+    if (args.dicom_out or args.deidentify) and ct is not None and not ct.meta.get("dicom_files") and args.dicom_out:
+        raise InputError(args.ct, "is not a DICOM series folder: --dicom-out needs the source DICOM files")
+    if args.dicom_out and ct is None:
+        raise InputError(None, "--dicom-out needs --ct with a DICOM series folder")
+    inputs = {"seg": str(args.seg), "ct": None if args.ct is None else str(args.ct), "labels": label_map.convention}
+    progress(0.1, "measuring vertebrae")
+    try:
+        from . import measure
+    except ImportError:  # morphometry not available in this build: screen on levels and density only
+        measure = None
+    case = (measure.measure_case(label_map.volume, ct, inputs=inputs, progress=progress) if measure is not None
+            else screen.case_from_labels(label_map.volume, inputs))
+    progress(0.6, "screening bone density")
+    rules = screen.RecommendationRules()
+    if args.levels:
+        rules.screening_levels = tuple(level.strip().upper() for level in args.levels.split(",") if level.strip())
+    screening = screen.screen_case(label_map.volume, ct, case, rules=rules)
+    progress(0.8, "writing outputs")
+    out = Path(args.out)
+    if args.deidentify:
+        from . import deid
+
+        written = deid.export_case(case, screening, label_map.volume, ct, out, pseudonym=args.pseudonym,
+                                   dicom_outputs=args.dicom_out)
+    else:
+        from . import report_clinical
+
+        written = {}
+        if args.dicom_out:
+            from . import dicom_outputs
+
+            written.update(dicom_outputs.write_dicom_outputs(case, label_map.volume, ct, out, screening))
+        written.update(report_clinical.write_clinical_report(case, screening, out, label_map.volume, ct))
+        data = {"case": case.to_dict(), "screening": screening.to_dict(), "deidentified": False}
+        io.write_text_atomic(out / "screening.json", json.dumps(data, indent=2))
+        written["screening_json"] = str(out / "screening.json")
+    progress.close()
+    print(screening.recommendation.statement)
+    print(f"confidence: {screening.recommendation.confidence} "
+          f"({'; '.join(screening.recommendation.confidence_reasons)})")
+    for name, path in written.items():
+        print(f"wrote {name}: {path}")
+    return 0
