@@ -83,6 +83,8 @@ class RoiSettings:
     erosion_mm: float = 2.5
     posterior_exclusion: float = 0.25
     min_roi_ml: float = 0.5
+    opening_fraction: float = 0.5  # body isolation: opening radius as a fraction of the deepest interior point
+    max_opening_mm: float = 8.0
     min_hu: float = -200.0  # voxels below are air/fat artefacts, not trabecular bone
     max_hu: float = 1200.0  # voxels above are cortical bone, sclerosis or metal
 
@@ -245,8 +247,9 @@ def trabecular_roi(body_mask: np.ndarray, volume: Volume, anterior_ras: np.ndarr
 
     1. Euclidean distance to the outside of the mask in mm (``distance_transform_edt`` with the voxel spacing):
        voxels at least ``erosion_mm`` deep are away from the cortex and both endplates.
-    2. Where the mask holds the whole vertebra, the posterior elements are thin (pedicles, laminae) and vanish
-       under the erosion; the connected part holding the deepest voxel is the body.
+    2. Where the mask holds the whole vertebra, the posterior elements are thinner than the body: a morphological
+       opening (ball of ``opening_fraction`` times the body's inscribed radius, via two distance transforms) removes
+       them; the connected part holding the deepest voxel is the body.
     3. The posterior ``posterior_exclusion`` fraction of that part's antero-posterior depth is dropped
        (basivertebral vein).
     """
@@ -259,7 +262,22 @@ def trabecular_roi(body_mask: np.ndarray, volume: Volume, anterior_ras: np.ndarr
     # The distance is computed in index space scaled by the spacing; direction cosines are orthonormal, so this is
     # the true distance in mm even on oblique grids. The EDT measures to the nearest outside voxel *centre*; the
     # mask's surface lies half a voxel nearer, so half the smallest spacing is taken off to get depth below it.
-    depth = ndimage.distance_transform_edt(local, sampling=volume.spacing) - 0.5 * float(volume.spacing.min())
+    half_voxel = 0.5 * float(volume.spacing.min())
+    depth = ndimage.distance_transform_edt(local, sampling=volume.spacing) - half_voxel
+    if settings.opening_fraction > 0:
+        # Opening with a ball of a radius a fraction of the body's inscribed radius: pedicles, laminae and
+        # processes are thinner than the body and vanish, the body keeps its shape. Body-only masks barely change.
+        radius = float(np.clip(settings.opening_fraction * depth.max(), 3.0, settings.max_opening_mm))
+        core = depth >= radius
+        if core.any():
+            components, count = ndimage.label(core)
+            if count > 1:
+                deepest = np.unravel_index(int(np.argmax(depth)), depth.shape)
+                core = components == components[deepest]
+            reach = ndimage.distance_transform_edt(~core, sampling=volume.spacing)
+            # Depth stays measured from the mask's own surface (the real cortex); the opening only cuts away what
+            # is not body, so body-only masks keep their full interior.
+            depth = np.where(reach <= radius + half_voxel, depth, -1.0)
     interior = depth >= erosion
     if not interior.any():
         return roi
@@ -327,13 +345,16 @@ def _spine_axis_at(case: CaseResult, label: int) -> np.ndarray | None:
 
 def find_aorta(ct: Volume, body_mask: np.ndarray, settings: DensityThresholds,
                search_anterior_mm: float = 60.0, search_left_mm: float = 50.0,
-               search_right_mm: float = 15.0) -> dict | None:
+               search_right_mm: float = 15.0, bone_mask: np.ndarray | None = None) -> dict | None:
     """Look for the contrast-filled aorta: a bright (> ``aorta_uncertain_hu``) round region anterior-left of the
     vertebral body, present on most axial slices through the body with a stable centre.
 
     Works slice by slice along the array axis closest to superior-inferior. Returns median HU, centre (RAS) and
     the number of slices it was found on, or None (no enhanced aorta: non-contrast, or out of the field of view).
+    ``bone_mask`` (default ``body_mask``): all labelled vertebrae, kept out of the search (a neighbouring body
+    cut obliquely by the slice would otherwise merge with the lumen).
     """
+    bone_mask = body_mask if bone_mask is None else bone_mask
     direction = ct.direction_ras
     slice_axis = int(np.argmax(np.abs(direction[2, :])))
     coords = np.argwhere(body_mask)
@@ -379,7 +400,7 @@ def find_aorta(ct: Volume, body_mask: np.ndarray, settings: DensityThresholds,
         smooth = ndimage.gaussian_filter(plane, sigma=1.5 / np.array([spacing[a] for a in in_plane]))
         # Bone (the labelled vertebrae, grown by ~3 mm) and calcified plaque must not join the lumen's blob.
         bone = ndimage.binary_dilation(smooth > 700.0, iterations=1)
-        bone |= ndimage.distance_transform_edt(~body_mask[tuple(selector)],
+        bone |= ndimage.distance_transform_edt(~bone_mask[tuple(selector)],
                                                sampling=[spacing[a] for a in in_plane]) <= 3.0
         best = None
         # Enhanced liver, kidney or bowel wall can touch the aorta at a low threshold; higher ones separate it.
@@ -422,12 +443,13 @@ def find_aorta(ct: Volume, body_mask: np.ndarray, settings: DensityThresholds,
 
 
 def assess_contrast(ct: Volume, body_mask: np.ndarray | None, thresholds: DensityThresholds,
-                    dicom: dict | None = None) -> ContrastAssessment:
+                    dicom: dict | None = None, bone_mask: np.ndarray | None = None) -> ContrastAssessment:
     """Combine the DICOM header (ContrastBolusAgent) with the aortic attenuation measured on the images."""
     dicom = dicom or {}
     agent = dicom.get("contrast_bolus_agent")
     agent_given = bool(agent) and agent.strip().upper() not in ("NONE", "NO", "0", "")
-    aorta = find_aorta(ct, body_mask, thresholds) if body_mask is not None and body_mask.any() else None
+    aorta = (find_aorta(ct, body_mask, thresholds, bone_mask=bone_mask)
+             if body_mask is not None and body_mask.any() else None)
     result = ContrastAssessment(dicom_agent=agent)
     if aorta is not None:
         result.aorta_hu, result.aorta_center_ras = aorta["hu"], aorta["center_ras"]
@@ -706,10 +728,12 @@ def screen_case(labels: Volume, ct: Volume | None, case: CaseResult | None = Non
             vertebra.trabecular_hu = density.median_hu
             vertebra.trabecular_hu_iqr = density.iqr_hu
             vertebra.trabecular_voxels = density.voxels
-        lumbar = np.isin(labels.array, [v.label for v in case.vertebrae if v.level in ("T12", "L1", "L2", "L3")])
-        if not lumbar.any():
-            lumbar = labels.array > 0
-        contrast = assess_contrast(ct, lumbar, thresholds, dicom)
+        # Search the aorta beside the thoracolumbar junction (where the screening levels are), or beside whatever
+        # vertebrae the image holds.
+        everything = labels.array > 0
+        junction = np.isin(labels.array, [v.label for v in case.vertebrae if v.level in ("T11", "T12", "L1", "L2")])
+        contrast = assess_contrast(ct, junction if junction.any() else everything, thresholds, dicom,
+                                   bone_mask=everything)
     level, level_reason = choose_level(case, densities, rules)
     measured = corrected = None
     category = pickhardt = None
