@@ -12,6 +12,7 @@ from VertebralFractureLib import io, screen
 from VertebralFractureLib.results import CaseResult
 
 NON_CONTRAST_120 = {"kvp": 120.0, "contrast_bolus_agent": None}
+BODIES = "totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz"
 
 
 def _grade(case: CaseResult, level: str, grade: int, morphology: str = "wedge", heights=None, loss=None):
@@ -37,7 +38,7 @@ def _graded_case(labels, **grades) -> CaseResult:
 # ---------------------------------------------------------------------------------------------------------------
 def test_lumbar_trabecular_hu_matches_peer_report(shared_file):
     ct = io.read_ct(shared_file("totalsegmentator-example/example_ct.nii.gz"))
-    bodies = io.read_label_map(shared_file("totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz"),
+    bodies = io.read_label_map(shared_file(BODIES),
                                "verse", reference=ct)
     peer = json.loads(shared_file("totalsegmentator-example/spine_report/spine_report.json").read_text())["results"]
     result = screen.screen_case(bodies.volume, ct)
@@ -57,7 +58,7 @@ def test_full_vertebra_masks_give_body_values(shared_file):
     ct = io.read_ct(shared_file("totalsegmentator-example/example_ct.nii.gz"))
     full = io.read_label_map(shared_file("totalsegmentator-example/spine_report/totalseg.nii.gz"), "totalseg_v2",
                              reference=ct)
-    bodies = io.read_label_map(shared_file("totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz"),
+    bodies = io.read_label_map(shared_file(BODIES),
                                "verse", reference=ct)
     from_full = screen.screen_case(full.volume, ct).densities
     from_bodies = screen.screen_case(bodies.volume, ct).densities
@@ -95,7 +96,7 @@ def test_non_contrast_real_ct_has_unenhanced_aorta(shared_file):
     """Negative control: on the non-contrast example, a bright aorta is not found, but with a blood-level threshold
     the same search finds the unenhanced aorta (~40 HU) left-anterior of the spine."""
     ct = io.read_ct(shared_file("totalsegmentator-example/example_ct.nii.gz"))
-    labels = io.read_label_map(shared_file("totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz"),
+    labels = io.read_label_map(shared_file(BODIES),
                                "verse", reference=ct)
     mask = np.isin(labels.volume.array, [20, 21])
     assert screen.find_aorta(ct, mask, screen.DensityThresholds()) is None
