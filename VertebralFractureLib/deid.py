@@ -59,8 +59,8 @@ BASIC_PROFILE: dict[str, str] = {
     "NameOfPhysiciansReadingStudy": "X", "NamesOfIntendedRecipientsOfResults": "X", "Occupation": "X",
     "OperatorIdentificationSequence": "X", "OperatorsName": "X", "OriginalAttributesSequence": "X",
     "OrderCallbackPhoneNumber": "X", "OrderEnteredBy": "X", "OrderEntererLocation": "X", "OtherPatientIDs": "X",
-    "OtherPatientIDsSequence": "X", "OtherPatientNames": "X", "OverlayComments": "X", "OverlayData": "X",
-    "OverlayDate": "X", "OverlayTime": "X", "ParticipantSequence": "X", "PatientAddress": "X", "PatientAge": "X",
+    "OtherPatientIDsSequence": "X", "OtherPatientNames": "X", "OverlayDate": "X", "OverlayTime": "X",
+    "ParticipantSequence": "X", "PatientAddress": "X", "PatientAge": "X",
     "PatientBirthDate": "Z", "PatientBirthName": "X", "PatientBirthTime": "X", "PatientComments": "X",
     "PatientID": "Z", "PatientInstitutionResidence": "X", "PatientInsurancePlanCodeSequence": "X",
     "PatientMotherBirthName": "X", "PatientName": "Z", "PatientPrimaryLanguageCodeSequence": "X",
@@ -197,9 +197,12 @@ class Deidentifier:
                              "not exported")
         dataset = copy.deepcopy(source)
         self._clean(dataset)
-        for keyword in ("PatientName", "PatientID"):
-            if keyword in dataset or self.pseudonym:
-                setattr(dataset, keyword, self.pseudonym)
+        if "PatientName" in dataset or self.pseudonym:
+            # A trailing caret marks a single-component name as the family name (PS3.5 6.2.1.2).
+            name = self.pseudonym
+            dataset.PatientName = name + "^" if name and "^" not in name else name
+        if "PatientID" in dataset or self.pseudonym:
+            dataset.PatientID = self.pseudonym
         meta = getattr(dataset, "file_meta", None)
         if meta is not None:
             for element in list(meta):
