@@ -11,7 +11,7 @@ from screen_phantoms import spine_phantom
 from VertebralFractureLib import io, screen
 from VertebralFractureLib.results import CaseResult
 
-NON_CONTRAST_120 = {"kvp": 120.0, "contrast_bolus_agent": None}
+NON_CONTRAST_120 = {"modality": "CT", "kvp": 120.0, "contrast_bolus_agent": None}
 BODIES = "totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz"
 
 
@@ -207,7 +207,7 @@ def test_contrast_phase_from_aorta(aorta_hu, status, phase, offset):
 
 def test_contrast_from_dicom_header_without_visible_aorta():
     ct, labels, _ = spine_phantom({"L1": 120.0})
-    header = {"kvp": 120.0, "contrast_bolus_agent": "OMNIPAQUE 350"}
+    header = {"modality": "CT", "kvp": 120.0, "contrast_bolus_agent": "OMNIPAQUE 350"}
     result = screen.screen_case(labels, ct, _graded_case(labels), dicom=header)
     assert result.contrast.status == "contrast" and result.contrast.phase == "unknown"
     assert result.corrected_hu == pytest.approx(120.0 - 14.75)
@@ -244,7 +244,7 @@ def test_confidence_drops_with_missing_data():
     assert unknown.recommendation.confidence == "moderate"
     assert any("kVp" in r for r in unknown.recommendation.confidence_reasons)
     # A non-120 kVp scan is reported.
-    low_kvp = screen.screen_case(labels, ct, _graded_case(labels), dicom={"kvp": 80.0})
+    low_kvp = screen.screen_case(labels, ct, _graded_case(labels), dicom={"modality": "CT", "kvp": 80.0})
     assert any("80 kVp" in caveat for caveat in low_kvp.caveats)
 
 
@@ -268,3 +268,18 @@ def test_labels_on_another_grid_are_refused():
     moved.ijk_to_ras[0, 3] += 5.0
     with pytest.raises(ValueError, match="CT's grid"):
         screen.screen_case(moved, ct)
+
+
+def test_stated_contrast_phase_and_kvp():
+    """Without a DICOM header (NIfTI), the user can state kVp and phase; a stated phase wins over detection."""
+    ct, labels, _ = spine_phantom({"L1": 120.0}, aorta_hu=320.0)
+    stated = screen.screen_case(labels, ct, _graded_case(labels), dicom={"kvp": 120.0,
+                                                                        "contrast_phase": "portal venous"})
+    assert stated.contrast.phase == "portal venous" and stated.contrast.offset_hu == 14.75
+    assert "aorta 320 HU" in stated.contrast.note and stated.recommendation.confidence == "high"
+    # kVp alone is not a DICOM header: a non-contrast verdict from the images stays unconfirmed.
+    ct, labels, _ = spine_phantom({"L1": 120.0})
+    nifti = screen.screen_case(labels, ct, _graded_case(labels), dicom={"kvp": 120.0})
+    assert nifti.contrast.status == "non-contrast" and not nifti.contrast.certain
+    with pytest.raises(ValueError, match="unknown contrast phase"):
+        screen.screen_case(labels, ct, _graded_case(labels), dicom={"contrast_phase": "delayed"})

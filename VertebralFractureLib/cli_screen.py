@@ -24,6 +24,10 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
                         help="export for sharing: de-identified DICOM (PS3.15 basic profile), report and JSON "
                              "without names, IDs, dates, institution or original UIDs")
     parser.add_argument("--pseudonym", default="", help="patient name/ID to put in de-identified outputs")
+    parser.add_argument("--kvp", type=float, default=None,
+                        help="tube voltage in kV when the CT file has no DICOM header (NIfTI, NRRD)")
+    parser.add_argument("--contrast-phase", choices=["non-contrast", "arterial", "portal-venous", "unknown"],
+                        default=None, help="state the contrast phase instead of detecting it (aorta, DICOM header)")
     parser.add_argument("--levels", metavar="L1,T12,L2", default=None,
                         help="screening levels in order of preference (default: L1,T12,L2)")
 
@@ -58,7 +62,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     rules = screen.RecommendationRules()
     if args.levels:
         rules.screening_levels = tuple(level.strip().upper() for level in args.levels.split(",") if level.strip())
-    screening = screen.screen_case(label_map.volume, ct, case, rules=rules)
+    header = dict(ct.meta.get("dicom") or {}) if ct is not None else {}
+    if args.kvp is not None:
+        header["kvp"] = args.kvp
+    if args.contrast_phase:
+        header["contrast_phase"] = args.contrast_phase.replace("-", " ")
+    screening = screen.screen_case(label_map.volume, ct, case, rules=rules, dicom=header or None)
     progress(0.8, "writing outputs")
     out = Path(args.out)
     if args.deidentify:

@@ -455,7 +455,18 @@ def assess_contrast(ct: Volume, body_mask: np.ndarray | None, thresholds: Densit
         result.aorta_hu, result.aorta_center_ras = aorta["hu"], aorta["center_ras"]
         result.aorta_slices = aorta["slices"]
     aorta_hu = result.aorta_hu
-    if aorta_hu is not None and aorta_hu >= thresholds.aorta_contrast_hu:
+    declared = dicom.get("contrast_phase")
+    if declared:
+        # The user (or the study's protocol) states the phase: it wins; the aorta is still reported beside it.
+        if declared not in thresholds.contrast_offset_hu:
+            raise ValueError(f"unknown contrast phase {declared!r}; one of {', '.join(thresholds.contrast_offset_hu)}")
+        result.status = "non-contrast" if declared == "non-contrast" else "contrast"
+        result.phase = declared
+        result.source = "stated by the user"
+        result.certain = True
+        seen = f"aorta {aorta_hu:.0f} HU" if aorta_hu is not None else "no enhanced aorta found"
+        result.note = f"phase '{declared}' stated by the user ({seen})"
+    elif aorta_hu is not None and aorta_hu >= thresholds.aorta_contrast_hu:
         result.status = "contrast"
         result.phase = "arterial" if aorta_hu >= thresholds.aorta_arterial_hu else "portal venous"
         result.source = "aorta" + (" + DICOM ContrastBolusAgent" if agent_given else "")
@@ -479,11 +490,13 @@ def assess_contrast(ct: Volume, body_mask: np.ndarray | None, thresholds: Densit
     else:
         result.status = "non-contrast"
         result.phase = "non-contrast"
-        result.source = "no enhanced aorta" + (" (DICOM header has no contrast agent)" if dicom else "")
+        # Only a real DICOM header (it names the modality) confirms the absence of a contrast agent.
+        has_header = bool(dicom.get("modality"))
+        result.source = "no enhanced aorta" + (" (DICOM header has no contrast agent)" if has_header else "")
         # Without a DICOM header saying so, a missed aorta (out of view, unusual anatomy) cannot be ruled out.
-        result.certain = bool(dicom)
+        result.certain = has_header
         result.note = "no bright round aorta next to the vertebral bodies" + \
-            ("" if dicom else "; no DICOM header to confirm")
+            ("" if has_header else "; no DICOM header to confirm")
     if result.status == "contrast":
         result.offset_hu = thresholds.contrast_offset_hu.get(result.phase, thresholds.contrast_offset_hu["unknown"])
     elif result.status == "uncertain":
