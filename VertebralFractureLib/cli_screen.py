@@ -70,23 +70,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     screening = screen.screen_case(label_map.volume, ct, case, rules=rules, dicom=header or None)
     progress(0.8, "writing outputs")
     out = Path(args.out)
-    if args.deidentify:
-        from . import deid
+    if args.deidentify and (out / "dicom").exists() and any((out / "dicom").iterdir()):
+        raise InputError(out, "already holds a dicom/ folder; choose a new output folder for a de-identified export")
+    from .report import staged_outputs
 
-        written = deid.export_case(case, screening, label_map.volume, ct, out, pseudonym=args.pseudonym,
-                                   dicom_outputs=args.dicom_out)
-    else:
-        from . import report_clinical
+    # Everything is written into a staging folder and moved into place only when all of it was written.
+    with staged_outputs(out) as staging:
+        if args.deidentify:
+            from . import deid
 
-        written = {}
-        if args.dicom_out:
-            from . import dicom_outputs
+            written = deid.export_case(case, screening, label_map.volume, ct, staging, pseudonym=args.pseudonym,
+                                       dicom_outputs=args.dicom_out)
+        else:
+            from . import report, report_clinical
 
-            written.update(dicom_outputs.write_dicom_outputs(case, label_map.volume, ct, out, screening))
-        written.update(report_clinical.write_clinical_report(case, screening, out, label_map.volume, ct))
-        data = {"case": case.to_dict(), "screening": screening.to_dict(), "deidentified": False}
-        io.write_text_atomic(out / "screening.json", json.dumps(data, indent=2))
-        written["screening_json"] = str(out / "screening.json")
+            written = {}
+            if args.dicom_out:
+                from . import dicom_outputs
+
+                written.update(dicom_outputs.write_dicom_outputs(case, label_map.volume, ct, staging, screening))
+            written.update(report_clinical.write_clinical_report(case, screening, staging, label_map.volume, ct))
+            data = {"case": case.to_dict(), "screening": screening.to_dict(), "deidentified": False}
+            io.write_text_atomic(staging / "screening.json", json.dumps(data, indent=2))
+            written["screening_json"] = str(staging / "screening.json")
+            written.update(report.write_measure_outputs(case, staging, label_map.volume, ct))
+        written = {name: out / Path(path).relative_to(staging) for name, path in written.items()}
     progress.close()
     print(screening.recommendation.statement)
     print(f"confidence: {screening.recommendation.confidence} "

@@ -293,7 +293,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:16px;border-bottom:1px solid #cfd8
 font-size:12px;margin-left:6px}table{border-collapse:collapse;width:100%;font-size:12.5px}
 th,td{border:1px solid #cfd8dc;padding:4px 6px;text-align:center}th{background:#eceff1}
 td.grade{color:#fff;font-weight:600}ul{margin:4px 0 4px 18px;padding:0}.small{font-size:12px;color:#546e7a}
-.cols{display:flex;gap:18px;align-items:flex-start}.cols>div{flex:1}img{max-width:100%}
+.cols{display:flex;gap:18px;align-items:flex-start}.cols>div{flex:1}.cols>div.wide{flex:2}img{max-width:100%}
 @media print{body{margin:0}.noprint{display:none}}
 """
 
@@ -338,7 +338,9 @@ def build_html(case: CaseResult, screening, header: dict, sagittal_png: bytes | 
         density_lines.append(f"Category: <b>{html.escape(screening.category)}</b>; "
                              f"{html.escape(screening.pickhardt)}")
     density_lines.append(f"Why this level: {html.escape(screening.level_reason)}")
-    density_lines.append(f"Contrast: {html.escape(contrast.status)} ({html.escape(contrast.phase)}) — "
+    state = {"non-contrast": "none detected", "contrast": f"yes, {contrast.phase} phase",
+             "uncertain": "uncertain"}.get(contrast.status, contrast.status)
+    density_lines.append(f"Contrast: {html.escape(state)} ({html.escape(contrast.source or 'no source')}) — "
                          f"{html.escape(contrast.note)}")
     density_lines.append(f"Tube voltage: {html.escape(kvp)}")
     image = (f'<img alt="Straightened sagittal view of the spine" src="data:image/png;base64,'
@@ -361,7 +363,7 @@ Study date: {html.escape(study_date)} &nbsp;·&nbsp; Series: {html.escape(header
 <div><b>Confidence reflects</b>{_html_list(rec.confidence_reasons)}</div></div>
 <h2>Bone density</h2>{scale}<div>{"<br>".join(density_lines)}</div>
 <h2>Spine (sagittal, straightened)</h2>
-<div class="cols"><div>{image}</div><div class="small">Each level: six morphometry points (white circles:
+<div class="cols"><div class="wide">{image}</div><div class="small">Each level: six morphometry points (white circles:
 superior and inferior endplate at the anterior, middle and posterior cortex), the anterior, middle and
 posterior heights (Ha, Hm, Hp) as lines, and the Genant grade (G0 normal, G1 mild 20–25 %, G2 moderate 25–40 %,
 G3 severe &gt; 40 % height loss). Colours: <span style="color:{GRADE_COLORS[0]}">■ grade 0</span>
