@@ -90,6 +90,9 @@ def test_contrast_and_kvp_from_real_dicom_series(shared_file):
     assert result.level is None
     assert "T12 incomplete" in result.level_reason and "L1 not in the label map" in result.level_reason
     assert result.recommendation.confidence == "low"
+    # Neither a grade nor a density: not a "no action" (normal-looking) result.
+    assert result.recommendation.action == "indeterminate"
+    assert "screening not possible" in result.recommendation.statement
 
 
 def test_non_contrast_real_ct_has_unenhanced_aorta(shared_file):

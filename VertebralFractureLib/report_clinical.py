@@ -25,7 +25,8 @@ from .results import CaseResult
 
 GRADE_COLORS = {0: "#2e7d32", 1: "#f9a825", 2: "#ef6c00", 3: "#c62828", None: "#757575"}
 GRADE_TEXT = {0: "0 normal", 1: "1 mild", 2: "2 moderate", 3: "3 severe", None: "not graded"}
-ACTION_COLORS = {"refer": "#c62828", "dxa": "#ef6c00", "consider": "#f9a825", "none": "#2e7d32"}
+ACTION_COLORS = {"refer": "#c62828", "dxa": "#ef6c00", "consider": "#f9a825", "none": "#2e7d32",
+                 "indeterminate": "#546e7a"}
 BONE_WINDOW = (-250.0, 1150.0)  # HU shown black .. white: trabecular bone mid-grey, cortex white
 
 
@@ -98,15 +99,27 @@ def _unit(vector) -> np.ndarray:
 
 
 def _centroids(case: CaseResult, labels: Volume | None) -> tuple[np.ndarray, list, np.ndarray | None]:
+    """Points the centre line passes through (RAS), the vertebrae to draw, and the anterior axes at the points.
+
+    The curve runs through the centroids of the *complete* vertebrae: a body cut by the field of view has a
+    centroid off the spine's axis. With fewer than two complete ones the view is a plain (straight) sagittal
+    plane along the patient's superior axis through the vertebrae present.
+    """
     vertebrae = [v for v in case.vertebrae if v.centroid_ras is not None and labels_mod.is_vertebra(v.label)]
     vertebrae.sort(key=lambda v: labels_mod.rank(v.label))
-    if not vertebrae and labels is not None:
+    if not vertebrae:
         raise ValueError("no vertebra centroids to straighten along")
-    centroids = np.array([v.centroid_ras for v in vertebrae], dtype=float)
-    anteriors = None
-    if vertebrae and all(v.axes_ras and v.axes_ras.get("anterior") is not None for v in vertebrae):
-        anteriors = np.array([v.axes_ras["anterior"] for v in vertebrae], dtype=float)
-    return centroids, vertebrae, anteriors
+    complete = [v for v in vertebrae if v.complete]
+    if len(complete) >= 2:
+        centroids = np.array([v.centroid_ras for v in complete], dtype=float)
+        anteriors = None
+        if all(v.axes_ras and v.axes_ras.get("anterior") is not None for v in complete):
+            anteriors = np.array([v.axes_ras["anterior"] for v in complete], dtype=float)
+        return centroids, vertebrae, anteriors
+    points = np.array([v.centroid_ras for v in vertebrae], dtype=float)
+    centre = points.mean(axis=0)
+    half = 0.5 * float(np.ptp(points[:, 2])) + 5.0
+    return np.array([centre + [0.0, 0.0, half], centre - [0.0, 0.0, half]]), vertebrae, None
 
 
 def render_straightened(case: CaseResult, ct: Volume | None, labels: Volume | None, width_in: float = 6.0):
@@ -195,8 +208,9 @@ def render_density_scale(screening, width_in: float = 6.5):
         ax.axvline(x, color="#37474f", ls="--", lw=0.9)
         ax.text(x, 1.02, text, ha="center", va="bottom", fontsize=6, color="#37474f",
                 transform=ax.get_xaxis_transform())
+    incomplete = set(screening.incomplete_levels)
     others = [(level, d) for level, d in screening.densities.items()
-              if d.median_hu is not None and level != screening.level]
+              if d.median_hu is not None and level != screening.level and level not in incomplete]
     for index, (level, density) in enumerate(sorted(others, key=lambda item: item[1].median_hu)):
         value = float(np.clip(density.median_hu - screening.contrast.offset_hu, low, high))
         ax.plot([value], [0.74], "|", color="#455a64", ms=7)
@@ -270,7 +284,7 @@ def vertebra_rows(case: CaseResult) -> list[dict]:
             "grade": v.final_grade, "grade_text": GRADE_TEXT.get(v.final_grade, str(v.final_grade)),
             "morphology": v.final_morphology or "–",
             "hu": "–" if v.trabecular_hu is None else
-            f"{v.trabecular_hu:.0f} [{_fmt(v.trabecular_hu_iqr, 0)}]",
+            f"{v.trabecular_hu:.0f} [{_fmt(v.trabecular_hu_iqr, 0)}]" + ("" if v.complete else " (cut: not used)"),
             "reviewed": "yes" if v.reviewed else "",
         })
     return rows

@@ -108,9 +108,10 @@ class RecommendationRules:
     dxa_text: str = "recommend DXA"
     consider_text: str = "consider DXA if other risk factors"
     none_text: str = "no bone-health action from this scan"
+    indeterminate_text: str = "screening not possible on this scan (review the images)"
 
 
-ACTION_ORDER = {"none": 0, "consider": 1, "dxa": 2, "refer": 3}
+ACTION_ORDER = {"indeterminate": -1, "none": 0, "consider": 1, "dxa": 2, "refer": 3}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -178,6 +179,7 @@ class ScreeningResult:
     thresholds: DensityThresholds
     roi: RoiSettings
     rules: RecommendationRules
+    incomplete_levels: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         def rounded(value, digits=1):
@@ -205,6 +207,7 @@ class ScreeningResult:
             "densities": densities,
             "recommendation": dataclasses.asdict(self.recommendation),
             "caveats": list(self.caveats),
+            "incomplete_levels": list(self.incomplete_levels),
             "thresholds": dataclasses.asdict(self.thresholds),
             "roi": dataclasses.asdict(self.roi),
             "rules": {**dataclasses.asdict(self.rules), "screening_levels": list(self.rules.screening_levels)},
@@ -621,7 +624,10 @@ def recommend(case: CaseResult, level: str | None, level_reason: str, measured_h
     else:
         phrases.append("Fracture grading not available")
         penalty += 2
-        confidence_reasons.append("no vertebra graded (morphometry missing)")
+        present = [v for v in case.vertebrae if labels_mod.is_vertebra(v.label)]
+        why = ("every vertebra present is cut by the field of view" if present and not any(v.complete for v in present)
+               else "morphometry not run")
+        confidence_reasons.append(f"no vertebra graded ({why})")
 
     if corrected_hu is not None and level is not None:
         category = thresholds.category(corrected_hu)
@@ -692,8 +698,11 @@ def recommend(case: CaseResult, level: str | None, level_reason: str, measured_h
         confidence_reasons.append(f"incomplete vertebrae (cut by the field of view): {', '.join(cut)}")
 
     action = max(actions, key=ACTION_ORDER.get)
+    if action == "none" and not graded and corrected_hu is None:
+        # Neither a grade nor a density: "no action" would read as a normal result.
+        action = "indeterminate"
     action_text = {"refer": rules.refer_text, "dxa": rules.dxa_text, "consider": rules.consider_text,
-                   "none": rules.none_text}[action]
+                   "none": rules.none_text, "indeterminate": rules.indeterminate_text}[action]
     statement = "; ".join(phrases) + f" — {action_text}"
     # Weights: 2-3 for a missing measurement, 1 for a substitution or uncertainty, 0.5 for a minor unknown.
     confidence = "high" if penalty < 1 else "moderate" if penalty < 3 else "low"
@@ -786,4 +795,4 @@ def screen_case(labels: Volume, ct: Volume | None, case: CaseResult | None = Non
                            contrast=contrast or ContrastAssessment(status="not assessed", phase="unknown",
                                                                    note="no CT"),
                            kvp=kvp, densities=densities, recommendation=recommendation, caveats=caveats,
-                           thresholds=thresholds, roi=roi, rules=rules)
+                           thresholds=thresholds, roi=roi, rules=rules, incomplete_levels=cut)
