@@ -286,3 +286,28 @@ def test_stated_contrast_phase_and_kvp():
     assert nifti.contrast.status == "non-contrast" and not nifti.contrast.certain
     with pytest.raises(ValueError, match="unknown contrast phase"):
         screen.screen_case(labels, ct, _graded_case(labels), dicom={"contrast_phase": "delayed"})
+
+
+@pytest.mark.parametrize("geometry", [
+    {"spacing": (3.0, 3.0, 3.0)},
+    {"tilt_deg": (25.0, 0.0, 10.0), "grid_rotation_deg": (0.0, 15.0, 0.0), "spacing": (1.5, 1.5, 2.5)},
+], ids=["coarse", "tilted-oblique-anisotropic"])
+def test_end_to_end_with_morphometry_on_whole_vertebrae(geometry):
+    """The morphometry phantom (bodies with pedicles, arch and spinous process at 500 HU, cortex 700 HU, noise),
+    measured and graded by measure_case: the density is the trabecular truth and a wedge-fractured L1 hands the
+    screening over to T12."""
+    from phantoms import make_spine
+
+    from VertebralFractureLib import measure
+
+    ct, labels, truth = make_spine(levels=("T12", "L1", "L2"), deformities={"L1": ("wedge", 0.3)},
+                                   trabecular_hu=95.0, **geometry)
+    case = measure.measure_case(labels, ct)
+    result = screen.screen_case(labels, ct, case, dicom=NON_CONTRAST_120)
+    for level in ("T12", "L1", "L2"):
+        assert abs(result.densities[level].median_hu - truth.trabecular_hu) < 3.0, level
+    assert case.vertebra("L1").final_grade >= 1
+    assert result.level == "T12" and "L1 fractured" in result.level_reason
+    assert result.recommendation.action == "refer"
+    assert result.recommendation.statement.startswith(f"{screen.GRADE_NAMES[case.vertebra('L1').final_grade]}"
+                                                      .capitalize())
