@@ -136,6 +136,14 @@ def test_trabecular_value_round_trip_on_phantom_series(tmp_path):
         for m in group.get_measurements(name=highdicom.sr.CodedConcept("112182", "DCM", "Median Attenuation")):
             values[group.finding_sites[0].value.value] = m.value
     assert values == {"23215003": pytest.approx(150.0, abs=1.0), "66794005": pytest.approx(80.0, abs=1.0)}
+    # The patient-level group: screening level L1, its median and the density category.
+    (group,) = sr.content.get_image_measurement_groups()
+    assert group.tracking_identifier == "bone density screening"
+    assert group.finding_sites[0].value.value == "66794005"
+    (median,) = group.get_measurements()
+    assert median.value == pytest.approx(result.measured_hu)
+    evaluations = {e.name.value: e.value.value for e in group.get_qualitative_evaluations()}
+    assert evaluations[dicom_outputs.DENSITY_CATEGORY_CONCEPT[0]] == "osteoporosis"
 
 
 def test_cli_writes_dicom_outputs(shared_file, tmp_path, capsys):

@@ -116,3 +116,36 @@ def test_report_without_ct_or_morphometry(tmp_path):
     text = open(written["report_html"], encoding="utf-8").read()
     assert "bone density not measured (no CT)" in text and "not graded" in text
     assert open(written["report_pdf"], "rb").read().startswith(b"%PDF-")
+
+
+def test_report_command_writes_every_output(shared_file, tmp_path, capsys):
+    import json
+
+    from VertebralFractureLib.cli import main
+
+    out = tmp_path / "out"
+    code = main(["report", "--seg", str(shared_file("totalsegmentator-example/spine_report/totalseg.nii.gz")),
+                 "--ct", str(shared_file("totalsegmentator-example/example_ct.nii.gz")), "--out", str(out),
+                 "--kvp", "120", "-q"])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["overview.png", "report.html", "report.pdf", "results.json",
+                                                     "screening.json", "vertebrae.csv"]
+    data = json.loads((out / "screening.json").read_text())
+    assert data["screening"]["level"] == "L1" and data["screening"]["kvp"] == 120.0
+    assert data["case"]["patient"]["l1_trabecular_hu"] == data["screening"]["measured_hu"]
+    printed = capsys.readouterr().out
+    assert data["screening"]["recommendation"]["statement"] in printed and "confidence:" in printed
+
+
+def test_report_command_leaves_nothing_on_failure(shared_file, tmp_path, monkeypatch):
+    from VertebralFractureLib.cli import main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(report_clinical, "write_pdf", broken)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="disk full"):
+        main(["report", "--seg", str(shared_file("totalsegmentator-example/spine_report/totalseg.nii.gz")),
+              "--ct", str(shared_file("totalsegmentator-example/example_ct.nii.gz")), "--out", str(out), "-q"])
+    assert not out.exists() or not any(out.iterdir())
