@@ -38,7 +38,7 @@ class StraightenedView:
     columns the antero-posterior offset (anterior on the left, as a sagittal view is read)."""
 
     def __init__(self, centroids_ras: np.ndarray, step_mm: float = 0.5, half_width_mm: float = 50.0,
-                 extend_mm: float = 20.0, anteriors_ras: np.ndarray | None = None):
+                 extend_mm: float | tuple[float, float] = 20.0, anteriors_ras: np.ndarray | None = None):
         points = np.asarray(centroids_ras, dtype=float)
         if len(points) == 1:
             points = np.array([points[0] + [0, 0, 15.0], points[0] - [0, 0, 15.0]])
@@ -50,8 +50,9 @@ class StraightenedView:
         dense = spline(dense_t)
         start_tangent = _unit(dense[0] - dense[1])
         end_tangent = _unit(dense[-1] - dense[-2])
-        head = dense[0] + np.outer(np.linspace(extend_mm, 0, 40, endpoint=False), start_tangent)
-        tail = dense[-1] + np.outer(np.linspace(0, extend_mm, 41)[1:], end_tangent)
+        extend_head, extend_tail = (extend_mm, extend_mm) if np.isscalar(extend_mm) else extend_mm
+        head = dense[0] + np.outer(np.linspace(extend_head, 0, 40, endpoint=False), start_tangent)
+        tail = dense[-1] + np.outer(np.linspace(0, extend_tail, 41)[1:], end_tangent)
         curve = np.vstack([head, dense, tail])
         arc = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(curve, axis=0), axis=1))]
         self.length_mm = float(arc[-1])
@@ -98,8 +99,9 @@ def _unit(vector) -> np.ndarray:
     return vector / norm if norm > 0 else vector
 
 
-def _centroids(case: CaseResult, labels: Volume | None) -> tuple[np.ndarray, list, np.ndarray | None]:
-    """Points the centre line passes through (RAS), the vertebrae to draw, and the anterior axes at the points.
+def _centroids(case: CaseResult, labels: Volume | None) -> tuple[np.ndarray, list, np.ndarray | None, tuple]:
+    """Points the centre line passes through (RAS), the vertebrae to draw, the anterior axes at the points and how
+    far to extend the line beyond its ends (mm).
 
     The curve runs through the centroids of the *complete* vertebrae: a body cut by the field of view has a
     centroid off the spine's axis. With fewer than two complete ones the view is a plain (straight) sagittal
@@ -115,22 +117,31 @@ def _centroids(case: CaseResult, labels: Volume | None) -> tuple[np.ndarray, lis
         anteriors = None
         if all(v.axes_ras and v.axes_ras.get("anterior") is not None for v in complete):
             anteriors = np.array([v.axes_ras["anterior"] for v in complete], dtype=float)
-        return centroids, vertebrae, anteriors
+        # Reach past the ends far enough to show the cut vertebrae beyond the complete ones.
+        ranks = [labels_mod.rank(v.label) for v in complete]
+        head = [np.linalg.norm(np.subtract(v.centroid_ras, centroids[0])) for v in vertebrae
+                if labels_mod.rank(v.label) < ranks[0]]
+        tail = [np.linalg.norm(np.subtract(v.centroid_ras, centroids[-1])) for v in vertebrae
+                if labels_mod.rank(v.label) > ranks[-1]]
+        extend = (max(head, default=0.0) + 20.0, max(tail, default=0.0) + 20.0)
+        return centroids, vertebrae, anteriors, extend
     points = np.array([v.centroid_ras for v in vertebrae], dtype=float)
     centre = points.mean(axis=0)
     half = 0.5 * float(np.ptp(points[:, 2])) + 5.0
-    return np.array([centre + [0.0, 0.0, half], centre - [0.0, 0.0, half]]), vertebrae, None
+    return np.array([centre + [0.0, 0.0, half], centre - [0.0, 0.0, half]]), vertebrae, None, (20.0, 20.0)
 
 
-def render_straightened(case: CaseResult, ct: Volume | None, labels: Volume | None, width_in: float = 6.0):
-    """Matplotlib figure of the straightened sagittal view with points, heights and grades per level."""
+def render_straightened(case: CaseResult, ct: Volume | None, labels: Volume | None, width_in: float = 6.0,
+                        roi: Volume | None = None, screening_level: str | None = None):
+    """Matplotlib figure of the straightened sagittal view with points, heights and grades per level; ``roi``
+    (trabecular regions, VerSe ids) is outlined in cyan, the screening level's region filled."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    centroids, vertebrae, anteriors = _centroids(case, labels)
-    view = StraightenedView(centroids, anteriors_ras=anteriors)
+    centroids, vertebrae, anteriors, extend = _centroids(case, labels)
+    view = StraightenedView(centroids, anteriors_ras=anteriors, extend_mm=extend)
     if ct is not None:
         image = view.sample(ct)
         vmin, vmax = BONE_WINDOW
@@ -149,6 +160,17 @@ def render_straightened(case: CaseResult, ct: Volume | None, labels: Volume | No
             if region.any():
                 ax.contour(view.u, view.s, region, levels=[0.5], colors=[GRADE_COLORS.get(vertebra.final_grade)],
                            linewidths=0.6, alpha=0.7)
+    if roi is not None:
+        regions = view.sample(roi.with_array(roi.array.astype(np.float32)), order=0, slab_mm=0, cval=0.0)
+        for vertebra in vertebrae:
+            region = (regions == vertebra.label).astype(float)
+            if not region.any():
+                continue
+            chosen = vertebra.level == screening_level
+            if chosen:
+                ax.contourf(view.u, view.s, region, levels=[0.5, 1.5], colors=["#00e5ff"], alpha=0.25)
+            ax.contour(view.u, view.s, region, levels=[0.5], colors=["#00e5ff"], linewidths=1.1 if chosen else 0.5,
+                       linestyles="solid" if chosen else "dotted")
     for vertebra in vertebrae:
         color = GRADE_COLORS.get(vertebra.final_grade, "#757575")
         u_c, s_c = view.project(vertebra.centroid_ras)
@@ -383,7 +405,8 @@ posterior heights (Ha, Hm, Hp) as lines, and the Genant grade (G0 normal, G1 mil
 G3 severe &gt; 40 % height loss). Colours: <span style="color:{GRADE_COLORS[0]}">■ grade 0</span>
 <span style="color:{GRADE_COLORS[1]}">■ 1</span> <span style="color:{GRADE_COLORS[2]}">■ 2</span>
 <span style="color:{GRADE_COLORS[3]}">■ 3</span> <span style="color:{GRADE_COLORS[None]}">■ not graded</span>.
-The image follows the spine's curve, so distances along it are true lengths; anterior is on the left.</div></div>
+Cyan: the trabecular regions where bone density was measured (filled: the screening level). The image follows
+the spine's curve, so distances along it are true lengths; anterior is on the left.</div></div>
 <h2>Per vertebra</h2>{"".join(table)}
 <h2>Caveats</h2>{_html_list(screening.caveats + warnings)}
 <h2>Method</h2><div class="small">Trabecular attenuation: median HU inside the vertebral body, at least
@@ -504,12 +527,16 @@ def write_clinical_report(case: CaseResult, screening, out_dir: str | Path, labe
     out_dir.mkdir(parents=True, exist_ok=True)
     header = header if header is not None else header_from_ct(ct)
     have_centroids = any(v.centroid_ras is not None for v in case.vertebrae)
-    sagittal_png = _png(render_straightened(case, ct, labels)) if have_centroids and (ct or labels) else None
+    def sagittal(width_in):
+        return render_straightened(case, ct, labels, width_in=width_in, roi=screening.roi_volume,
+                                   screening_level=screening.level)
+
+    sagittal_png = _png(sagittal(6.0)) if have_centroids and (ct is not None or labels is not None) else None
     scale_png = _png(render_density_scale(screening))
     text = build_html(case, screening, header, sagittal_png, scale_png)
     with atomic_path(out_dir / "report.html") as temporary:
         temporary.write_text(text, encoding="utf-8")
     write_pdf(out_dir / "report.pdf", case, screening, header,
-              (lambda: render_straightened(case, ct, labels, width_in=7.5)) if sagittal_png else (lambda: None),
+              (lambda: sagittal(7.5)) if sagittal_png else (lambda: None),
               render_density_scale(screening))
     return {"report_html": str(out_dir / "report.html"), "report_pdf": str(out_dir / "report.pdf")}

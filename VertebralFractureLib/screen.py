@@ -180,6 +180,8 @@ class ScreeningResult:
     roi: RoiSettings
     rules: RecommendationRules
     incomplete_levels: list[str] = field(default_factory=list)
+    # The measured trabecular regions (VerSe id per voxel, on the CT grid) for display; not serialised.
+    roi_volume: Volume | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         def rounded(value, digits=1):
@@ -736,6 +738,7 @@ def screen_case(labels: Volume, ct: Volume | None, case: CaseResult | None = Non
     densities: dict[str, DensityMeasurement] = {}
     caveats: list[str] = []
     contrast = None
+    roi_array = None
     if ct is not None:
         for vertebra in case.vertebrae:
             if levels is not None and vertebra.label not in levels:
@@ -744,8 +747,11 @@ def screen_case(labels: Volume, ct: Volume | None, case: CaseResult | None = Non
             if not mask.any():
                 continue
             axis = _spine_axis_at(case, vertebra.label)
-            density, _ = measure_density(ct, mask, anterior_axis(vertebra, axis), roi, vertebra.level,
-                                         vertebra.label)
+            density, region = measure_density(ct, mask, anterior_axis(vertebra, axis), roi, vertebra.level,
+                                              vertebra.label)
+            if roi_array is None:
+                roi_array = np.zeros(labels.shape, dtype=np.int16)
+            roi_array[region] = vertebra.label
             densities[vertebra.level] = density
             vertebra.trabecular_hu = density.median_hu
             vertebra.trabecular_hu_iqr = density.iqr_hu
@@ -795,4 +801,5 @@ def screen_case(labels: Volume, ct: Volume | None, case: CaseResult | None = Non
                            contrast=contrast or ContrastAssessment(status="not assessed", phase="unknown",
                                                                    note="no CT"),
                            kvp=kvp, densities=densities, recommendation=recommendation, caveats=caveats,
-                           thresholds=thresholds, roi=roi, rules=rules, incomplete_levels=cut)
+                           thresholds=thresholds, roi=roi, rules=rules, incomplete_levels=cut,
+                           roi_volume=None if roi_array is None else labels.with_array(roi_array))
