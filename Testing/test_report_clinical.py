@@ -149,3 +149,12 @@ def test_report_command_leaves_nothing_on_failure(shared_file, tmp_path, monkeyp
         main(["report", "--seg", str(shared_file("totalsegmentator-example/spine_report/totalseg.nii.gz")),
               "--ct", str(shared_file("totalsegmentator-example/example_ct.nii.gz")), "--out", str(out), "-q"])
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_report_command_rejects_unknown_levels(shared_file, tmp_path, capsys):
+    from VertebralFractureLib.cli import main
+
+    code = main(["report", "--seg", str(shared_file("totalsegmentator-example/spine_report/totalseg.nii.gz")),
+                 "--out", str(tmp_path / "out"), "--levels", "L1,X9", "-q"])
+    error = capsys.readouterr().err
+    assert code == 2 and "--levels" in error and "Traceback" not in error

@@ -311,3 +311,15 @@ def test_end_to_end_with_morphometry_on_whole_vertebrae(geometry):
     assert result.recommendation.action == "refer"
     assert result.recommendation.statement.startswith(f"{screen.GRADE_NAMES[case.vertebra('L1').final_grade]}"
                                                       .capitalize())
+
+
+def test_trabecular_regions_are_kept_for_display():
+    ct, labels, _ = spine_phantom({"T12": 150.0, "L1": 80.0})
+    result = screen.screen_case(labels, ct, _graded_case(labels), dicom=NON_CONTRAST_120)
+    regions = result.roi_volume
+    assert regions.same_grid(ct)
+    assert set(np.unique(regions.array)) == {0, 19, 20}
+    # Every region voxel lies inside its own vertebra and holds only trabecular bone.
+    assert np.all(labels.array[regions.array == 20] == 20)
+    assert np.all(ct.array[regions.array == 20] == 80.0)
+    assert "roi_volume" not in result.to_dict()

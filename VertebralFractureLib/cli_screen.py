@@ -4,8 +4,6 @@ de-identified export. Registered with the CLI's decorators when cli.py loads thi
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from .cli import Progress, arguments, command
 
@@ -35,7 +33,8 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
 @command("report", "bone density screening, referral recommendation, report.html/pdf, DICOM SEG/SR")
 @arguments(_add_report_arguments)
 def cmd_report(args: argparse.Namespace) -> int:
-    from . import io, screen
+    from . import io, measure, screen
+    from . import labels as labels_mod
     from .errors import InputError
 
     progress = Progress(not args.quiet)
@@ -46,22 +45,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         io.check_overlap(ct, label_map.volume)
         if not label_map.volume.same_grid(ct):
             label_map = io.read_label_map(args.seg, args.labels, reference=ct)
-    if (args.dicom_out or args.deidentify) and ct is not None and not ct.meta.get("dicom_files") and args.dicom_out:
-        raise InputError(args.ct, "is not a DICOM series folder: --dicom-out needs the source DICOM files")
     if args.dicom_out and ct is None:
         raise InputError(None, "--dicom-out needs --ct with a DICOM series folder")
-    inputs = {"seg": str(args.seg), "ct": None if args.ct is None else str(args.ct), "labels": label_map.convention}
-    progress(0.1, "measuring vertebrae")
-    try:
-        from . import measure
-    except ImportError:  # morphometry not available in this build: screen on levels and density only
-        measure = None
-    case = (measure.measure_case(label_map.volume, ct, inputs=inputs, progress=progress) if measure is not None
-            else screen.case_from_labels(label_map.volume, inputs))
-    progress(0.6, "screening bone density")
+    if args.dicom_out and not ct.meta.get("dicom_files"):
+        raise InputError(args.ct, "is not a DICOM series folder: --dicom-out needs the source DICOM files")
     rules = screen.RecommendationRules()
     if args.levels:
-        rules.screening_levels = tuple(level.strip().upper() for level in args.levels.split(",") if level.strip())
+        levels = tuple(level.strip().upper() for level in args.levels.split(",") if level.strip())
+        unknown = [level for level in levels if labels_mod.label_from_segment_name(level) is None]
+        if unknown or not levels:
+            raise InputError(None, f"--levels {args.levels!r}: give vertebra levels such as L1,T12,L2")
+        rules.screening_levels = tuple(labels_mod.level_name(labels_mod.label_from_level(v)) for v in levels)
+    inputs = {"seg": str(args.seg), "ct": None if args.ct is None else str(args.ct), "labels": label_map.convention}
+    progress(0.1, "measuring vertebrae")
+    case = measure.measure_case(label_map.volume, ct, inputs=inputs, progress=progress)
+    progress(0.6, "screening bone density")
     header = dict(ct.meta.get("dicom") or {}) if ct is not None else {}
     if args.kvp is not None:
         header["kvp"] = args.kvp
@@ -69,32 +67,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         header["contrast_phase"] = args.contrast_phase.replace("-", " ")
     screening = screen.screen_case(label_map.volume, ct, case, rules=rules, dicom=header or None)
     progress(0.8, "writing outputs")
-    out = Path(args.out)
-    if args.deidentify and (out / "dicom").exists() and any((out / "dicom").iterdir()):
-        raise InputError(out, "already holds a dicom/ folder; choose a new output folder for a de-identified export")
-    from .report import staged_outputs
+    from . import report_clinical
 
-    # Everything is written into a staging folder and moved into place only when all of it was written.
-    with staged_outputs(out) as staging:
-        if args.deidentify:
-            from . import deid
-
-            written = deid.export_case(case, screening, label_map.volume, ct, staging, pseudonym=args.pseudonym,
-                                       dicom_outputs=args.dicom_out)
-        else:
-            from . import report, report_clinical
-
-            written = {}
-            if args.dicom_out:
-                from . import dicom_outputs
-
-                written.update(dicom_outputs.write_dicom_outputs(case, label_map.volume, ct, staging, screening))
-            written.update(report_clinical.write_clinical_report(case, screening, staging, label_map.volume, ct))
-            data = {"case": case.to_dict(), "screening": screening.to_dict(), "deidentified": False}
-            io.write_text_atomic(staging / "screening.json", json.dumps(data, indent=2))
-            written["screening_json"] = str(staging / "screening.json")
-            written.update(report.write_measure_outputs(case, staging, label_map.volume, ct))
-        written = {name: out / Path(path).relative_to(staging) for name, path in written.items()}
+    written = report_clinical.write_screening_outputs(case, screening, label_map.volume, ct, args.out,
+                                                      dicom_out=args.dicom_out, deidentify=args.deidentify,
+                                                      pseudonym=args.pseudonym)
     progress.close()
     print(screening.recommendation.statement)
     print(f"confidence: {screening.recommendation.confidence} "

@@ -540,3 +540,49 @@ def write_clinical_report(case: CaseResult, screening, out_dir: str | Path, labe
               (lambda: sagittal(7.5)) if sagittal_png else (lambda: None),
               render_density_scale(screening))
     return {"report_html": str(out_dir / "report.html"), "report_pdf": str(out_dir / "report.pdf")}
+
+
+def write_screening_outputs(case: CaseResult, screening, labels: Volume, ct: Volume | None, out_dir: str | Path,
+                            dicom_out: bool = False, deidentify: bool = False, pseudonym: str = "",
+                            measure_outputs: bool = True) -> dict:
+    """Everything the ``report`` command writes, for the CLI and the Slicer module alike; returns {name: path}.
+
+    Normal mode: ``report.html``, ``report.pdf``, ``screening.json`` (+ ``results.json``, ``vertebrae.csv``,
+    ``overview.png`` with ``measure_outputs``) and, with ``dicom_out``, DICOM SEG + SR. ``deidentify``: the
+    de-identified export of :func:`deid.export_case`. All files are written into a staging folder and moved into
+    ``out_dir`` only when every one was written.
+    """
+    import json
+
+    from . import io
+    from .errors import InputError
+    from .report import staged_outputs
+
+    out = Path(out_dir)
+    if dicom_out and (ct is None or not ct.meta.get("dicom_files")):
+        raise InputError(None if ct is None else ct.path,
+                         "is not a DICOM series: DICOM SEG and SR need the source DICOM files")
+    if deidentify and (out / "dicom").exists() and any((out / "dicom").iterdir()):
+        raise InputError(out, "already holds a dicom/ folder; choose a new output folder for a de-identified export")
+    with staged_outputs(out) as staging:
+        if deidentify:
+            from . import deid
+
+            written = deid.export_case(case, screening, labels, ct, staging, pseudonym=pseudonym,
+                                       dicom_outputs=dicom_out)
+        else:
+            written = {}
+            if dicom_out:
+                from . import dicom_outputs
+
+                written.update(dicom_outputs.write_dicom_outputs(case, labels, ct, staging, screening))
+            written.update(write_clinical_report(case, screening, staging, labels, ct))
+            data = {"case": case.to_dict(), "screening": screening.to_dict(), "deidentified": False}
+            io.write_text_atomic(staging / "screening.json", json.dumps(data, indent=2))
+            written["screening_json"] = str(staging / "screening.json")
+            if measure_outputs:
+                from . import report
+
+                written.update(report.write_measure_outputs(case, staging, labels, ct))
+        written = {name: out / Path(path).relative_to(staging) for name, path in written.items()}
+    return written

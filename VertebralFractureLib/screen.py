@@ -559,7 +559,9 @@ def choose_level(case: CaseResult, densities: dict[str, DensityMeasurement],
         why_not = _usability(vertebra, densities.get(level))
         if why_not is None:
             if not excluded:
-                return level, f"{level}: default screening level (Pickhardt 2013 thresholds are for L1)"
+                if level == "L1":
+                    return level, "L1: default screening level (Pickhardt 2013 thresholds are for L1)"
+                return level, f"{level}: first of the configured screening levels ({', '.join(rules.screening_levels)})"
             return level, f"{level} used because " + "; ".join(excluded)
         excluded.append(f"{level} {why_not}")
     return None, "no screening level usable: " + "; ".join(excluded)
