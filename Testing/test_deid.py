@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 
@@ -96,12 +97,15 @@ def exported(identified_series, shared_file, tmp_path_factory) -> Path:
 def test_no_identifying_value_in_any_exported_file_or_name(exported):
     files = [p for p in exported.rglob("*") if p.is_file()]
     names = {p.name for p in files}
-    assert {"report.html", "report.pdf", "screening.json", "vertebrae_seg.dcm", "measurements_sr.dcm"} <= names
+    assert {"report.html", "report.pdf", "screening.json", "vertebrae_seg.dcm", "measurements_sr.dcm",
+            "labels.nii.gz", "results.json", "vertebrae.csv", "overview.png"} <= names
     assert len([p for p in files if p.parent.name == "dicom"]) == 20
     tokens = _tokens()
     for path in files:
         relative = str(path.relative_to(exported.parent))
         data = path.read_bytes()
+        if path.name.endswith(".gz"):
+            data = gzip.decompress(data)
         for token in tokens:
             assert token not in relative, (token, relative)
             assert token.encode() not in data, (token, relative)
@@ -194,6 +198,10 @@ def test_deidentify_without_dicom_input(shared_file, tmp_path):
     code = main(["report", "--seg", str(shared_file("totalsegmentator-example/spine_report/totalseg.nii.gz")),
                  "--ct", str(ct), "--out", str(out), "--deidentify", "-q"])
     assert code == 0
+    assert {"ct.nii.gz", "labels.nii.gz", "report.html", "results.json"} <= {p.name for p in out.iterdir()}
     for path in out.rglob("*"):
         if path.is_file():
-            assert b"Zyxwvutski" not in path.read_bytes() and b"MRN83726154" not in path.read_bytes()
+            data = path.read_bytes()
+            if path.name.endswith(".gz"):
+                data = gzip.decompress(data)
+            assert b"Zyxwvutski" not in data and b"MRN83726154" not in data

@@ -276,9 +276,10 @@ def _scrub_uids(text: str, deidentifier: Deidentifier) -> str:
 def export_case(case, screening, labels, ct, out_dir: str | Path, pseudonym: str = "", salt: str | None = None,
                 dicom_outputs: bool = True) -> dict:
     """Write a case for sharing outside the hospital: de-identified CT series (``dicom/CT_0001.dcm`` ...), DICOM SEG
-    and SR built from the de-identified images (so their references stay valid), the clinical report and
-    ``screening.json``, with no name, ID, date, institution, original UID or original file/folder name in any file
-    or file name. Returns {name: path}."""
+    and SR built from the de-identified images (so their references stay valid), the clinical report,
+    ``screening.json``, ``results.json``/``vertebrae.csv``/``overview.png``, the label map as ``labels.nii.gz``
+    (and a non-DICOM CT as ``ct.nii.gz``), with no name, ID, date, institution, original UID or original file or
+    folder name in any file or file name. Returns {name: path}."""
     import json
 
     from . import dicom_outputs as dicom_out
@@ -316,6 +317,19 @@ def export_case(case, screening, labels, ct, out_dir: str | Path, pseudonym: str
     case.warnings = [_scrub_uids(w, deidentifier) for w in case.warnings]
     screening.caveats = [_scrub_uids(c, deidentifier) for c in screening.caveats]
     written.update(report_clinical.write_clinical_report(case, screening, out_dir, labels, ct, header=header))
+    # Curated training data: the label map (and a non-DICOM CT) as NIfTI, written from the arrays with a fresh
+    # header (no description, no original file name), and the measurement tables.
+    from . import io
+    from . import report as measure_report
+
+    if labels is not None:
+        io.write_nifti(labels, out_dir / "labels.nii.gz")
+        written["labels_nifti"] = str(out_dir / "labels.nii.gz")
+        written.update({name: str(path) for name, path in
+                        measure_report.write_measure_outputs(case, out_dir, labels, ct).items()})
+    if ct is not None and not files:
+        io.write_nifti(ct, out_dir / "ct.nii.gz")
+        written["ct_nifti"] = str(out_dir / "ct.nii.gz")
     data = {"case": case.to_dict(), "screening": screening.to_dict(), "deidentified": True}
     with atomic_path(out_dir / "screening.json") as temporary:
         temporary.write_text(json.dumps(data, indent=2), encoding="utf-8")
