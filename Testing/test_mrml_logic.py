@@ -294,8 +294,11 @@ def test_remeasure_after_editing_the_segmentation(scene_with_case):
     edited[tuple(ijk[cut].T)] = False
     mrml.update_segment_from_mask(case.segmentation_node, "L3", labels_now.with_array(edited))
     before = case.vertebra("L3").heights_mm["anterior"]
+    scene = case.scene
+    nodes_before = scene.GetNumberOfNodes()
 
     case.remeasure()
+    assert scene.GetNumberOfNodes() == nodes_before  # old lines replaced, no temporary nodes left behind
     assert case.vertebra("L3").heights_mm["anterior"] < before - 4.0
     assert case.vertebra("L3").genant_grade >= 1
     assert case.vertebra("L4").grade_override == 1 and case.vertebra("L4").reviewed

@@ -262,6 +262,8 @@ def labels_from_segmentation(segmentation_node, reference_volume_node) -> Volume
     for label in order:
         segment_ids.InsertNextValue(mapping[label])
     scene = segmentation_node.GetScene()
+    colour_nodes_before = {scene.GetNthNodeByClass(i, "vtkMRMLColorTableNode").GetID()
+                           for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode"))}
     labelmap_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__VertebralFracture_export__")
     try:
         # Export writes value i + 1 for the i-th segment id given; it is mapped back to VerSe ids below.
@@ -274,6 +276,11 @@ def labels_from_segmentation(segmentation_node, reference_volume_node) -> Volume
         if display is not None:
             scene.RemoveNode(display)
         scene.RemoveNode(labelmap_node)
+        # The export makes a colour table for the temporary label map; it would pile up in the scene.
+        for index in reversed(range(scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode"))):
+            node = scene.GetNthNodeByClass(index, "vtkMRMLColorTableNode")
+            if node.GetID() not in colour_nodes_before:
+                scene.RemoveNode(node)
     lookup = np.zeros(len(order) + 1, dtype=np.int16)
     lookup[1:] = order
     values = np.clip(exported.array.astype(np.int64), 0, len(order))
@@ -511,7 +518,7 @@ class VertebralFractureCase:
         was_observing = bool(self._observations)
         self.stop_observing()
         for node in self.line_nodes():
-            self.scene.RemoveNode(node)
+            _remove_with_display_nodes(self.scene, node)
         self.table_node.RemoveNodeReferenceIDs(LINE_REFERENCE)
         for vertebra in self.case.vertebrae:
             if not vertebra.points_ras:
@@ -715,6 +722,15 @@ class VertebralFractureCase:
         """Write this case in VerSe layout under ``folder`` (see :func:`export_verse_case`)."""
         labels = labels_from_segmentation(self.segmentation_node, self.volume_node)
         return export_verse_case(folder, volume_from_node(self.volume_node), labels, self.case, subject)
+
+
+def _remove_with_display_nodes(scene, node) -> None:
+    """Remove a displayable node and its display nodes (RemoveNode alone leaves them in the scene)."""
+    displays = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    scene.RemoveNode(node)
+    for display in displays:
+        if display is not None:
+            scene.RemoveNode(display)
 
 
 def _fill_table(table_node, case: CaseResult) -> None:
