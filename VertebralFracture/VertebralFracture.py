@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
+import ctk
 import qt
 import slicer
 import vtk
@@ -118,6 +119,7 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.ui.caseTableSelector.addAttribute("vtkMRMLTableNode", "VertebralFracture.Role", "case")
+        self.ui.exportFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Writable
         self.logic = VertebralFractureLogic()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
