@@ -428,3 +428,24 @@ def test_verse_subject_with_a_graded_fracture(shared_file):
     assert "L1 grade 3" in case.summary()
     case.remeasure()  # no CT: re-measuring keeps to the mask
     assert case.vertebra("L1").genant_grade == 3 and case.vertebra("L1").trabecular_hu is None
+
+
+# ---- clear refusals ------------------------------------------------------------------------------------------
+
+
+def test_unusable_inputs_are_refused_with_a_reason(scene_with_case):
+    context, case = scene_with_case
+    empty = context.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    with pytest.raises(ValueError, match="holds no image data"):
+        mrml.volume_from_node(empty)
+    with pytest.raises(ValueError, match="give a segmentation node or a label volume"):
+        mrml.VertebralFractureCase.create(case.volume_node)
+    segmentation = case.segmentation_node.GetSegmentation()
+    segmentation.AddEmptySegment("second_L1", "vertebrae_L1")
+    with pytest.raises(ValueError, match="both name L1; rename one"):
+        mrml.vertebra_segments(case.segmentation_node)
+    segmentation.RemoveSegment("second_L1")
+    with pytest.raises(KeyError):
+        case.set_reviewed("C3")
+    with pytest.raises(ValueError, match="not a vertebra level"):
+        case.set_level("L1", "X9")
