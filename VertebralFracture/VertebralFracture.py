@@ -261,6 +261,8 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def _setCase(self, tableNode) -> None:
         if self._case is not None and self._refreshReview in self._case.listeners:
             self._case.listeners.remove(self._refreshReview)
+        if tableNode is not None and not self.logic.ensureDependencies():
+            tableNode = None
         self._case = self.logic.caseFor(tableNode) if tableNode is not None else None
         self.ui.resultsTableView.setMRMLTableNode(tableNode)
         if self._case is not None:
@@ -461,6 +463,9 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
         slicer.util.setSliceViewerLayers(background=case.volume_node, fit=True)
         case.segmentation_node.CreateDefaultDisplayNodes()
         case.segmentation_node.GetDisplayNode().SetOpacity2DFill(0.2)
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None:  # None when Slicer runs without a main window
+            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
         slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(case.table_node.GetID())
         slicer.app.applicationLogic().PropagateTableSelection()
 
