@@ -449,3 +449,11 @@ def test_unusable_inputs_are_refused_with_a_reason(scene_with_case):
         case.set_reviewed("C3")
     with pytest.raises(ValueError, match="not a vertebra level"):
         case.set_level("L1", "X9")
+
+
+def test_height_lines_keep_exactly_two_points(scene_with_case):
+    _context, case = scene_with_case
+    line = case.line_node("L3", "middle")
+    assert line.GetFixedNumberOfControlPoints()
+    line.AddControlPoint(0.0, 0.0, 0.0)
+    assert line.GetNumberOfControlPoints() == 2

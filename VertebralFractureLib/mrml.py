@@ -530,6 +530,8 @@ class VertebralFractureCase:
                 bottom = vertebra.points_ras[f"inferior_{height}"]
                 node.AddControlPoint(vtk.vtkVector3d(*top), "")
                 node.AddControlPoint(vtk.vtkVector3d(*bottom), "")
+                # Points may be dragged but not added or deleted: each line is exactly one height.
+                node.SetFixedNumberOfControlPoints(True)
                 node.CreateDefaultDisplayNodes()
                 self._name_line(node, vertebra.label, height)
                 self.table_node.AddNodeReferenceID(LINE_REFERENCE, node.GetID())
