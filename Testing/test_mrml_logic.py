@@ -457,3 +457,17 @@ def test_height_lines_keep_exactly_two_points(scene_with_case):
     assert line.GetFixedNumberOfControlPoints()
     line.AddControlPoint(0.0, 0.0, 0.0)
     assert line.GetNumberOfControlPoints() == 2
+
+
+def test_case_nodes_are_grouped_in_the_data_tree(scene_with_case):
+    context, case = scene_with_case
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(context.scene)
+    folder = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(case.table_node))
+    assert hierarchy.GetItemName(folder) == "Patient Name CT review"
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(case.segmentation_node)) == folder
+    lines_folder = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(case.line_node("L1", "anterior")))
+    assert hierarchy.GetItemName(lines_folder) == "height lines"
+    assert hierarchy.GetItemParent(lines_folder) == folder
+    case.remeasure()
+    lines_folder_after = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(case.line_node("L1", "anterior")))
+    assert lines_folder_after == lines_folder

@@ -463,6 +463,7 @@ class VertebralFractureCase:
         table_node.SetNodeReferenceID(SUMMARY_REFERENCE, summary_node.GetID())
         self = cls(table_node)
         self.case = case
+        _place_in_folder(scene, [table_node, output_segmentation, summary_node], f"{base} review")
         self._rebuild_lines()
         self._publish()
         log.info("%s: %d vertebrae measured", base, len(case.vertebrae))
@@ -506,6 +507,11 @@ class VertebralFractureCase:
                 return node
         raise KeyError(f"no {height} height line for {level}")
 
+    @property
+    def folder_name(self) -> str:
+        """Subject-hierarchy folder of the case: "<table name without ' vertebrae table'> review"."""
+        return self.table_node.GetName().replace(" vertebrae table", "") + " review"
+
     def vertebra(self, level) -> VertebraResult:
         return self.case.vertebra(_level_of(level))
 
@@ -535,6 +541,8 @@ class VertebralFractureCase:
                 node.CreateDefaultDisplayNodes()
                 self._name_line(node, vertebra.label, height)
                 self.table_node.AddNodeReferenceID(LINE_REFERENCE, node.GetID())
+        review_folder = _place_in_folder(self.scene, [self.table_node], self.folder_name)
+        _place_in_folder(self.scene, self.line_nodes(), "height lines", review_folder)
         if was_observing:
             self.start_observing()
 
@@ -550,6 +558,9 @@ class VertebralFractureCase:
         if display is not None:
             display.SetSelectedColor(*level_color(label))
             display.SetColor(*level_color(label))
+            # The line's name and length ("L1 Ha 24.0 mm") say it all; six point labels per vertebra would clutter.
+            display.SetPointLabelsVisibility(False)
+            display.SetPropertiesLabelVisibility(True)
 
     # ---- observation ------------------------------------------------------------------------------------------
 
@@ -724,6 +735,27 @@ class VertebralFractureCase:
         """Write this case in VerSe layout under ``folder`` (see :func:`export_verse_case`)."""
         labels = labels_from_segmentation(self.segmentation_node, self.volume_node)
         return export_verse_case(folder, volume_from_node(self.volume_node), labels, self.case, subject)
+
+
+def _place_in_folder(scene, nodes, folder_name: str, parent_folder: int | None = None) -> int:
+    """Put nodes under a subject-hierarchy folder (the Data module's tree), creating it once; returns its item.
+
+    Inside Slicer every data node already has an item; with MRML core alone the item is made here.
+    """
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    if hierarchy is None:
+        return 0
+    parent = hierarchy.GetSceneItemID() if parent_folder is None else parent_folder
+    folder = hierarchy.GetItemChildWithName(parent, folder_name)
+    if not folder:
+        folder = hierarchy.CreateFolderItem(parent, folder_name)
+    for node in nodes:
+        item = hierarchy.GetItemByDataNode(node)
+        if item:
+            hierarchy.SetItemParent(item, folder)
+        else:
+            hierarchy.CreateItem(folder, node)
+    return folder
 
 
 def _remove_with_display_nodes(scene, node) -> None:
