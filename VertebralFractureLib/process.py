@@ -146,22 +146,16 @@ class ProcessRunner:
         return None if self._process is None else self._process.pid
 
     def poll(self) -> str:
-        """Hand new output to the callbacks; return the state (running, finished, failed or cancelled)."""
-        ended = False
-        while True:
-            try:
-                line = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if line is None:
-                ended = True
-                break
-            self._handle_line(line)
-        if self.state == RUNNING and self._process is not None and (ended or self._process.poll() is not None):
-            if not ended and self._reader is not None:
-                self._reader.join(timeout=2.0)  # drain what the child wrote before it ended
-                self._drain()
-            self.returncode = self._process.wait()
+        """Hand new output to the callbacks; return the state (running, finished, failed or cancelled).
+
+        Never blocks for long: the state changes only once the child has exited (its output may close earlier).
+        """
+        self._drain()
+        if self.state == RUNNING and self._process is not None and self._process.poll() is not None:
+            if self._reader is not None:
+                self._reader.join(timeout=2.0)  # what the child wrote just before exiting
+            self._drain()
+            self.returncode = self._process.returncode
             self.ended_at = time.monotonic()
             if self._cancel_requested:
                 self.state = CANCELLED
