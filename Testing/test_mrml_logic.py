@@ -471,3 +471,10 @@ def test_case_nodes_are_grouped_in_the_data_tree(scene_with_case):
     case.remeasure()
     lines_folder_after = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(case.line_node("L1", "anterior")))
     assert lines_folder_after == lines_folder
+
+    # A second analysis of the same CT has a folder of its own.
+    second = mrml.VertebralFractureCase.create(case.volume_node, labels=mrml.labels_from_segmentation(
+        case.segmentation_node, case.volume_node), case=copy.deepcopy(case.case))
+    second_folder = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(second.table_node))
+    assert second_folder != folder and hierarchy.GetItemName(second_folder).endswith("review")
+    assert len(mrml.find_cases(context.scene)) == 2

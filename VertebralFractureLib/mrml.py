@@ -54,6 +54,7 @@ ROLE_ATTRIBUTE = ATTRIBUTE_PREFIX + "Role"
 CASE_ATTRIBUTE = ATTRIBUTE_PREFIX + "CaseResult"
 LABEL_ATTRIBUTE = ATTRIBUTE_PREFIX + "Label"
 HEIGHT_ATTRIBUTE = ATTRIBUTE_PREFIX + "Height"
+FOLDER_ATTRIBUTE = ATTRIBUTE_PREFIX + "Folder"
 VOLUME_REFERENCE = ATTRIBUTE_PREFIX + "Volume"
 SEGMENTATION_REFERENCE = ATTRIBUTE_PREFIX + "Segmentation"
 SUMMARY_REFERENCE = ATTRIBUTE_PREFIX + "Summary"
@@ -461,9 +462,12 @@ class VertebralFractureCase:
         table_node.SetNodeReferenceID(SEGMENTATION_REFERENCE, output_segmentation.GetID())
         summary_node = scene.AddNewNodeByClass("vtkMRMLTextNode", scene.GenerateUniqueName(f"{base} summary"))
         table_node.SetNodeReferenceID(SUMMARY_REFERENCE, summary_node.GetID())
+        # One Data-module folder per case; a second case of the same CT gets the table's unique name in its own.
+        unique = table_node.GetName() == f"{base} vertebrae table"
+        table_node.SetAttribute(FOLDER_ATTRIBUTE, f"{base} review" if unique else f"{table_node.GetName()} review")
         self = cls(table_node)
         self.case = case
-        _place_in_folder(scene, [table_node, output_segmentation, summary_node], f"{base} review")
+        _place_in_folder(scene, [table_node, output_segmentation, summary_node], self.folder_name)
         self._rebuild_lines()
         self._publish()
         log.info("%s: %d vertebrae measured", base, len(case.vertebrae))
@@ -509,8 +513,8 @@ class VertebralFractureCase:
 
     @property
     def folder_name(self) -> str:
-        """Subject-hierarchy folder of the case: "<table name without ' vertebrae table'> review"."""
-        return self.table_node.GetName().replace(" vertebrae table", "") + " review"
+        """Subject-hierarchy folder of the case's nodes (e.g. "CT review")."""
+        return self.table_node.GetAttribute(FOLDER_ATTRIBUTE) or f"{self.table_node.GetName()} review"
 
     def vertebra(self, level) -> VertebraResult:
         return self.case.vertebra(_level_of(level))
