@@ -52,7 +52,8 @@ HEIGHT_BANDS = (
 """Where each height is taken: the wall heights are the tallest line in the band beside the wall (clear of the
 rounded rim), the middle height the lowest line in the central band (the deepest point of the endplates)."""
 SAMPLE_STEP_MM = 0.2
-SIDE_LINE_OFFSET_MM = 1.5
+SIDE_LINE_OFFSETS_MM = (-1.5, 0.0, 1.5)
+"""Lateral offsets of the lines averaged into each measurement line (smooths a mask's voxel staircase)."""
 GAP_BRIDGE_MM = 2.0
 """Holes in a mask shorter than this along a line are bridged (segmentation holes, not anatomy)."""
 MIN_BODY_VOLUME_ML = 1.0
@@ -384,7 +385,7 @@ def _measure(vertebra: _Vertebra, labels: Volume, ct: Volume | None) -> Vertebra
     for fraction in LINE_FRACTIONS:
         y = y_posterior + fraction * depth
         superior_z, inferior_z = [], []
-        for dx in (-SIDE_LINE_OFFSET_MM, 0.0, SIDE_LINE_OFFSET_MM):
+        for dx in SIDE_LINE_OFFSETS_MM:
             line = np.column_stack([np.full_like(positions, x_mid + dx), np.full_like(positions, y), positions])
             bounds = _run_bounds(sampler(frame.world(line, origin)), positions, z_centre)
             if bounds:
