@@ -289,7 +289,8 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.summaryTextEdit.setPlainText(self._case.summary())
         finally:
             self._updatingReview = False
-        self.onVertebraSelected()
+        # Refreshes follow every drag: controls only, no jump of the views (that is for the user's selection).
+        self._updateReviewControls()
 
     def _selectedLevel(self):
         return self.ui.vertebraComboBox.currentText or None
@@ -299,9 +300,17 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.vertebraComboBox.currentIndex = index.row()
 
     def onVertebraSelected(self, index=None) -> None:
+        if self._updatingReview:
+            return
+        vertebra = self._updateReviewControls()
+        if vertebra is not None and vertebra.centroid_ras:
+            slicer.modules.markups.logic().JumpSlicesToLocation(*vertebra.centroid_ras, True)
+
+    def _updateReviewControls(self):
+        """Show the selected vertebra's override, morphology and reviewed flag; returns the vertebra."""
         level = self._selectedLevel()
         if self._case is None or level is None:
-            return
+            return None
         vertebra = self._case.vertebra(level)
         self._updatingReview = True
         try:
@@ -311,8 +320,7 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.newLevelComboBox.currentText = level
         finally:
             self._updatingReview = False
-        if vertebra.centroid_ras:
-            slicer.modules.markups.logic().JumpSlicesToLocation(*vertebra.centroid_ras, True)
+        return vertebra
 
     def onGradeOverride(self, index: int) -> None:
         if not self._updatingReview and self._case is not None and self._selectedLevel():
