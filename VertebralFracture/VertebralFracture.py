@@ -504,6 +504,8 @@ class VertebralFractureTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_ReviewWorkflowOnExampleCT()
         self.setUp()
+        self.test_PanelWithGivenSegmentation()
+        self.setUp()
         self.test_AutomaticSegmentation()
 
     def _exampleCtPath(self) -> str:
@@ -563,6 +565,33 @@ class VertebralFractureTest(ScriptedLoadableModuleTest):
         self.assertEqual(len(restored), 1)
         self.assertEqual(restored[0].case.to_dict(), saved)
         self.delayDisplay("Review workflow passed")
+
+    def test_PanelWithGivenSegmentation(self):
+        """The panel's own path: a segmentation named by level, Apply, then an override from the combo box."""
+        from VertebralFractureLib import mrml
+
+        ctPath = self._exampleCtPath()
+        labels = self._exampleLabels(ctPath)
+        if labels is None:
+            self.delayDisplay("No example label map beside the CT: panel test skipped")
+            return
+        volumeNode = slicer.util.loadVolume(ctPath)
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "given vertebrae")
+        mrml.fill_segmentation_from_labels(segmentationNode, labels, volumeNode)
+        slicer.util.selectModule("VertebralFracture")
+        widget = slicer.modules.VertebralFractureWidget
+        widget._parameterNode.inputVolume = volumeNode
+        widget._parameterNode.inputSegmentation = segmentationNode
+        widget.onApplyButton()
+        tableNode = widget._parameterNode.caseTable
+        self.assertIsNotNone(tableNode)
+        self.assertEqual(widget.ui.vertebraComboBox.count, len(mrml.vertebra_segments(segmentationNode)))
+        widget.ui.vertebraComboBox.currentIndex = widget.ui.vertebraComboBox.findText("L3")
+        widget.ui.gradeOverrideComboBox.currentIndex = GRADE_CHOICES.index(2)
+        row = next(r for r in mrml.table_rows(tableNode) if r["Level"] == "L3")
+        self.assertEqual((row["Grade"], row["Grade override"]), (2, 2))
+        self.assertIn("L3 grade 2", widget.ui.summaryTextEdit.plainText)
+        self.delayDisplay("Panel test passed")
 
     def test_AutomaticSegmentation(self):
         from VertebralFractureLib import cli
