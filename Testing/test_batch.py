@@ -144,3 +144,25 @@ def test_review_scene_written_by_the_batch_loads_with_its_case(folders):
                        "-q"]) == 0
     cases = mrml.load_scene(mrml.new_scene().scene, out / "lumbar" / "lumbar.mrb")
     assert [v.level for v in cases[0].case.vertebrae] == ["T12", "L1", "L2", "L3", "L4", "L5"]
+
+
+def test_batch_appends_cases_to_a_curated_dataset(folders):
+    import nibabel as nib
+
+    inputs, segs, out = folders
+    (inputs / "broken.nii.gz").unlink()
+    dataset = out.parent / "dataset"
+    batch = _load_batch()
+    assert batch.main(["--input", str(inputs), "--output", str(out), "--seg-dir", str(segs), "--export-dataset",
+                       str(dataset), "-q"]) == 0
+    rows = _summary(out)
+    subjects = sorted(row["dataset_subject"] for row in rows.values())
+    assert subjects == ["sub-vf0001", "sub-vf0002", "sub-vf0003"]
+    lumbar = rows["lumbar"]["dataset_subject"]
+    labels = nib.load(dataset / "derivatives" / lumbar / f"{lumbar}_seg-vert_msk.nii.gz")
+    assert sorted(int(v) for v in set(labels.get_fdata().ravel().tolist()) if v) == [19, 20, 21, 22, 23, 24]
+    with open(dataset / "grades.csv", newline="") as handle:
+        graded = list(csv.DictReader(handle))
+    assert {row["subject"] for row in graded} == set(subjects)
+    names = [str(p.relative_to(dataset)) for p in dataset.rglob("*")]
+    assert not any(case in name for case in rows for name in names)  # case names stay out of the dataset

@@ -9,7 +9,8 @@ Every CT in ``--input`` is a case: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), M
 sub-folders holding DICOM series (one case per series). Vertebrae come from a label map in ``--seg-dir`` whose
 name starts with the case name (``case.nii.gz``, ``case_seg.nii.gz``, ``case.seg.nrrd``...), else from the
 segmentation backend (``--backend``). Each case writes ``OUT_DIR/CASE/`` (results.json, vertebrae.csv, overview.png
-and, when segmented here, segmentation.nii.gz; with ``--save-scene`` a review scene CASE.mrb). A failing case is
+and, when segmented here, segmentation.nii.gz; with ``--save-scene`` a review scene CASE.mrb; with
+``--export-dataset`` the case is appended to a curated VerSe-layout dataset). A failing case is
 recorded with its reason in ``OUT_DIR/summary.csv`` (and ``OUT_DIR/CASE/error.txt``) and the run goes on; the exit
 code is 1 when any case failed, 2 when the arguments or the input folder are unusable.
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 SUMMARY_COLUMNS = ("case", "status", "error", "input", "segmentation", "levels", "fractured_levels", "worst_grade",
-                   "l1_trabecular_hu", "seconds", "output")
+                   "l1_trabecular_hu", "seconds", "output", "dataset_subject")
 
 log = logging.getLogger("VertebralFractureBatch")
 
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="classical",
                         help="segmentation backend for cases without a label map (default: classical)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--export-dataset", type=Path, metavar="DIR",
+                        help="also append every case to a curated dataset in VerSe layout (generated subject ids; "
+                             "the case -> subject link is only in the summary table)")
     parser.add_argument("--save-scene", action="store_true",
                         help="also write CASE/CASE.mrb with the review nodes (needs Slicer or slicer-core)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
@@ -158,6 +162,11 @@ def process_case(case: dict, args) -> dict:
     inputs = {"ct": str(case["path"]), "series": case["series"], "seg": source}
     result = measure.measure_case(labels, ct, inputs=inputs)
     _write_results(result, out_dir, labels, ct)
+    subject = ""
+    if args.export_dataset is not None:
+        from VertebralFractureLib import curate
+
+        subject = curate.export_verse_case(args.export_dataset, ct, labels, result)["ct"].parent.name
     if args.save_scene:
         _save_review_scene(case["name"], out_dir, ct, labels, result)
     patient = result.patient
@@ -167,7 +176,7 @@ def process_case(case: dict, args) -> dict:
         "fractured_levels": " ".join(patient.fractured_levels),
         "worst_grade": "" if patient.worst_grade is None else patient.worst_grade,
         "l1_trabecular_hu": "" if patient.l1_trabecular_hu is None else round(patient.l1_trabecular_hu, 1),
-        "output": str(out_dir),
+        "output": str(out_dir), "dataset_subject": subject,
     }
 
 
