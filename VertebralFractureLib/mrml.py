@@ -763,7 +763,14 @@ def _place_in_folder(scene, nodes, folder_name: str, parent_folder: int | None =
 def _remove_with_display_nodes(scene, node) -> None:
     """Remove a displayable node and its display nodes (RemoveNode alone leaves them in the scene)."""
     displays = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
-    scene.RemoveNode(node)
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    item = hierarchy.GetItemByDataNode(node) if hierarchy is not None else 0
+    if item:
+        # The item first: with MRML core alone (no subject-hierarchy logic) removing only the node leaves a stale
+        # item whose cache entry later clashes with a new node ("DataNodeCache inconsistency").
+        hierarchy.RemoveItem(item, False, False)
+    if node.GetScene() is not None:
+        scene.RemoveNode(node)
     for display in displays:
         if display is not None:
             scene.RemoveNode(display)
