@@ -55,9 +55,8 @@ def test_crush_grade_3_with_posterior_elements():
     "spacing, tilt_deg, grid_rotation_deg, posterior_elements, tolerance_mm",
     [
         # Thick slices, tilted spine, oblique grid. A binary mask of 3 mm slices places each endplate only to within
-        # +-1.5 mm, and the middle height (the lowest of the central lines) can take the low step of the staircase:
-        # half the slice plus half the in-plane voxel diagonal.
-        ((0.7, 0.7, 3.0), (12.0, 8.0, 5.0), (0.0, 0.0, 20.0), True, 1.5 + 0.5 * np.hypot(0.7, 0.7)),
+        # +-1.5 mm (half a slice), so a height between two endplates is known to one slice thickness.
+        ((0.7, 0.7, 3.0), (12.0, 8.0, 5.0), (0.0, 0.0, 20.0), True, 3.0),
         ((1.5, 1.5, 1.5), (-15.0, 5.0, 30.0), (10.0, -5.0, 0.0), False, None),  # bodies only, strong rotation
     ],
 )

@@ -73,7 +73,7 @@ class Volume:
     def ijk_to_world(self, ijk: np.ndarray) -> np.ndarray:
         """Voxel indices (N x 3, may be fractional) -> RAS mm (N x 3)."""
         ijk = np.atleast_2d(np.asarray(ijk, dtype=float))
-        return ijk @ self.ijk_to_ras[:3, :3].T + self.ijk_to_ras[:3, 3]
+        return np.einsum("ij,kj->ik", ijk, self.ijk_to_ras[:3, :3]) + self.ijk_to_ras[:3, 3]
 
     def world_to_ijk(self, ras: np.ndarray) -> np.ndarray:
         ras = np.atleast_2d(np.asarray(ras, dtype=float))
@@ -354,15 +354,17 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
                                        "not a label map")
         elif array.dtype.kind not in "iub":
             raise InputError(path, f"label map has voxel type {array.dtype}, not integers")
-        array = array.astype(np.int64, copy=False)
         if array.min(initial=0) < 0:
             raise InputError(path, "label map holds negative values; it looks like an intensity image")
-        present_raw = np.unique(array)
-        present_raw = present_raw[present_raw != 0]
-        if present_raw.size == 0:
+        if array.max(initial=0) > 65535:
+            raise InputError(path, "label map holds values above 65535; it looks like an intensity image")
+        # Integer labels of the smallest type that holds them: counting and lookups stay fast on large maps.
+        array = array.astype(np.uint8 if array.max(initial=0) < 256 else np.uint16, copy=False)
+        present_raw = present_labels(array)
+        if not present_raw:
             raise InputError(path, "label map is empty (every voxel is 0)")
-        if present_raw.size > 256:
-            raise InputError(path, f"holds {present_raw.size} distinct values; it looks like an intensity image, "
+        if len(present_raw) > 256:
+            raise InputError(path, f"holds {len(present_raw)} distinct values; it looks like an intensity image, "
                                    "not a label map")
         used = labels_mod.detect_convention(present_raw) if convention == "auto" else convention
         if used not in labels_mod.CONVENTIONS:
@@ -370,18 +372,24 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
         if convention == "auto":
             log.info("%s: label convention detected as %s", path.name, used)
         verse_array = labels_mod.to_verse(array, used)
-    present = sorted(int(v) for v in np.unique(verse_array) if v != 0)
+    present = present_labels(verse_array)
     if not any(labels_mod.is_vertebra(v) for v in present):
         raise InputError(path, f"label map has no vertebra labels in the {used} convention "
                                "(choose another with --labels)")
     label_volume = volume.with_array(verse_array.astype(np.int16))
     if reference is not None and not label_volume.same_grid(reference):
         label_volume = resample_labels_to(label_volume, reference)
-        present = sorted(int(v) for v in np.unique(label_volume.array) if v != 0)
+        present = present_labels(label_volume.array)
         if not any(labels_mod.is_vertebra(v) for v in present):
             raise InputError(path, f"label map does not overlap the CT {reference.path} in space "
                                    "(no vertebra voxel falls inside the CT's field of view)")
     return LabelMap(volume=label_volume, convention=used, present=present)
+
+
+def present_labels(array: np.ndarray) -> list[int]:
+    """Sorted non-zero labels of a non-negative integer array (a histogram: linear time, unlike sorting)."""
+    counts = np.bincount(array.ravel(), minlength=1)
+    return [int(v) for v in np.flatnonzero(counts) if v != 0]
 
 
 def resample_labels_to(labels: Volume, reference: Volume) -> Volume:

@@ -78,7 +78,8 @@ class Frame:
     def local(self, points_ras: np.ndarray, origin: np.ndarray) -> np.ndarray:
         """RAS points -> (x right, y anterior, z superior) mm relative to origin."""
         basis = np.stack([self.right, self.anterior, self.superior])
-        return (points_ras - origin) @ basis.T
+        # einsum: several times faster than matmul for N x 3 by 3 x 3 products.
+        return np.einsum("ij,kj->ik", points_ras - origin, basis)
 
     def world(self, local: np.ndarray, origin: np.ndarray) -> np.ndarray:
         basis = np.stack([self.right, self.anterior, self.superior])
@@ -98,6 +99,17 @@ class _Vertebra:
     canal_centre: np.ndarray | None = None  # RAS
     frame: Frame | None = None
     touches_edge: bool = False
+
+
+STATISTICS_SAMPLE = 250_000
+"""Shape statistics (footprints, percentiles) use at most this many voxels of a vertebra; every voxel still
+counts for the body's extent, volume and density."""
+
+
+def _sample(points: np.ndarray) -> np.ndarray:
+    """A regular subset of at most STATISTICS_SAMPLE points (all of them for ordinary masks)."""
+    step = max(1, len(points) // STATISTICS_SAMPLE)
+    return points[::step]
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
@@ -133,7 +145,7 @@ def measure_vertebrae(labels: Volume, ct: Volume | None = None, progress=None) -
         raise ValueError("the CT and the label map must share one grid (resample the label map first)")
     report = progress or (lambda fraction, message: None)
     array = labels.array
-    objects = ndimage.find_objects(np.clip(array, 0, None).astype(np.int32, copy=False))
+    objects = ndimage.find_objects(array if array.min(initial=0) >= 0 else np.clip(array, 0, None))
     present = [label for label in range(1, len(objects) + 1)
                if objects[label - 1] is not None and labels_mod.is_vertebra(label)]
     if not present:
@@ -214,19 +226,19 @@ def _isolate_body(vertebra: _Vertebra, labels: Volume) -> None:
     """Find the spinal canal and keep the part of the vertebra anterior to it (twice: the canal refines the frame)."""
     for _ in range(2):
         frame = vertebra.frame
-        local = frame.local(vertebra.points, vertebra.centroid)
+        local = frame.local(_sample(vertebra.points), vertebra.centroid)
         resolution = _footprint_resolution(labels, frame.superior)
         canal = _find_canal(local[:, :2], resolution)
         if canal is None:
             depth = np.ptp(local[:, 1])
             if depth <= BODY_ONLY_MAX_DEPTH_MM:
-                vertebra.body = np.ones(len(local), dtype=bool)
+                vertebra.body = np.ones(len(vertebra.points), dtype=bool)
             else:
-                vertebra.body = _thickest_part(local[:, :2], resolution)
+                vertebra.body = _thickest_part(frame.local(vertebra.points, vertebra.centroid)[:, :2], resolution)
             vertebra.canal_centre = None
             return
         canal_x, canal_y, canal_front = canal
-        body = local[:, 1] > canal_front
+        body = np.einsum("ij,j->i", vertebra.points - vertebra.centroid, frame.anterior) > canal_front
         vertebra.body = _largest_component(vertebra, body)
         vertebra.canal_centre = frame.world(np.array([canal_x, canal_y, 0.0]), vertebra.centroid)[0]
         body_centre = vertebra.points[vertebra.body].mean(axis=0)
@@ -360,7 +372,7 @@ def _measure(vertebra: _Vertebra, labels: Volume, ct: Volume | None) -> Vertebra
         return result
 
     sampler = _MaskSampler(vertebra, labels)
-    local = frame.local(body_points, origin)
+    local = frame.local(_sample(body_points), origin)
     x_mid = float(np.median(local[:, 0]))
     reach = float(np.ptp(local, axis=0).max()) + 10.0
     positions = np.arange(-reach, reach + SAMPLE_STEP_MM, SAMPLE_STEP_MM)
@@ -420,7 +432,7 @@ def _trabecular(result: VertebraResult, vertebra: _Vertebra, labels: Volume, ct:
     grid[tuple(voxels.T)] = True
     distance = ndimage.distance_transform_edt(np.pad(grid, 1), sampling=labels.spacing)[1:-1, 1:-1, 1:-1]
     margin = max(TRABECULAR_MARGIN_MM, 1.5 * float(labels.spacing.max()))
-    local_y = frame.local(vertebra.points[vertebra.body], origin)[:, 1]
+    local_y = np.einsum("ij,j->i", vertebra.points[vertebra.body] - origin, frame.anterior)
     back = np.percentile(local_y, 2) + 0.25 * (np.percentile(local_y, 98) - np.percentile(local_y, 2))
     hu = ct.array[vertebra.crop]
     for attempt_margin in (margin, 0.5 * margin):
