@@ -251,7 +251,7 @@ class Deidentifier:
 def deidentified_header(dataset) -> dict:
     """Report header fields taken from a (de-identified) dataset: what a report may show."""
     return {
-        "patient_name": str(dataset.get("PatientName", "") or ""),
+        "patient_name": str(dataset.get("PatientName", "") or "").replace("^", " ").strip(),
         "patient_id": str(dataset.get("PatientID", "") or ""),
         "study_date": str(dataset.get("StudyDate", "") or ""),
         "institution": str(dataset.get("InstitutionName", "") or ""),

@@ -118,6 +118,10 @@ def slice_indices(datasets: list, ct: Volume) -> list[int]:
     """For each source image, the CT volume's k index whose plane it is (matched by ImagePositionPatient, LPS)."""
     indices = []
     for dataset in datasets:
+        if "ImagePositionPatient" not in dataset:
+            raise InputError(getattr(dataset, "filename", None) or ct.path,
+                             "has no Image Position (Patient): only single-frame CT series are supported for "
+                             "DICOM SEG and SR")
         position_lps = np.array([float(v) for v in dataset.ImagePositionPatient] + [1.0])
         ras = (LPS_TO_RAS @ position_lps)[:3]
         ijk = ct.world_to_ijk(ras)[0]

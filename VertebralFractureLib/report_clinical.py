@@ -241,11 +241,15 @@ def render_density_scale(screening, width_in: float = 6.5):
     if screening.corrected_hu is not None:
         value = float(np.clip(screening.corrected_hu, low, high))
         ax.plot([value], [0.5], "v", color="black", ms=11)
-        ax.text(value, 0.5, f"  {screening.level} {screening.corrected_hu:.0f} HU", va="center", fontsize=8,
-                fontweight="bold")
+        text = f"{screening.level} {screening.corrected_hu:.0f} HU"
+        right = value
         if screening.measured_hu != screening.corrected_hu:
+            # Hollow marker: the value before the contrast correction.
             raw = float(np.clip(screening.measured_hu, low, high))
             ax.plot([raw], [0.5], "v", mfc="none", mec="black", ms=9)
+            text += f" (measured {screening.measured_hu:.0f})"
+            right = max(right, raw)
+        ax.text(right + 3, 0.5, text, va="center", fontsize=8, fontweight="bold")
     ax.set_xlim(low, high)
     ax.set_ylim(0, 1)
     ax.set_yticks([])
@@ -277,7 +281,7 @@ def header_from_ct(ct: Volume | None) -> dict:
 
         dataset = pydicom.dcmread(files[0], stop_before_pixels=True)
         header.update({
-            "patient_name": str(dataset.get("PatientName", "") or ""),
+            "patient_name": str(dataset.get("PatientName", "") or "").replace("^", " ").strip(),
             "patient_id": str(dataset.get("PatientID", "") or ""),
             "study_date": str(dataset.get("StudyDate", "") or ""),
             "institution": str(dataset.get("InstitutionName", "") or ""),
