@@ -25,7 +25,8 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kvp", type=float, default=None,
                         help="tube voltage in kV when the CT file has no DICOM header (NIfTI, NRRD)")
     parser.add_argument("--contrast-phase", choices=["non-contrast", "arterial", "portal-venous", "unknown"],
-                        default=None, help="state the contrast phase instead of detecting it (aorta, DICOM header)")
+                        default=None, help="state the contrast phase instead of detecting it from the aorta and the "
+                                           "DICOM header (unknown: contrast was given, phase not known)")
     parser.add_argument("--levels", metavar="L1,T12,L2", default=None,
                         help="screening levels in order of preference (default: L1,T12,L2)")
 
