@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__
 from . import labels as labels_mod
-from .errors import InputError
+from .errors import InputError, VertebralFractureError
 from .io import LPS_TO_RAS, Volume, atomic_path
 from .results import CaseResult
 
@@ -277,6 +277,11 @@ def write_dicom_outputs(case: CaseResult, labels: Volume, ct: Volume, out_dir: s
     files = ct.meta.get("dicom_files")
     if not files:
         raise InputError(ct.path, "is not a DICOM series: DICOM SEG and SR need the source DICOM files")
+    try:
+        import highdicom  # noqa: F401
+    except ImportError:
+        raise VertebralFractureError("DICOM SEG and SR need the highdicom package: "
+                                     "pip install 'VertebralFracture[dicom]'") from None
     out_dir = Path(out_dir)
     sources, warnings = read_source_datasets(files)
     for warning in warnings:
