@@ -162,3 +162,15 @@ def test_cli_refuses_dicom_out_without_dicom_series(shared_file, tmp_path, capsy
     error = capsys.readouterr().err
     assert code == 2 and "not a DICOM series" in error and "Traceback" not in error
     assert not (tmp_path / "out").exists()
+
+
+def test_missing_highdicom_is_a_clear_error(written, tmp_path, monkeypatch):
+    import sys
+
+    from VertebralFractureLib.errors import VertebralFractureError
+
+    ct, labels, case, _ = written
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # import highdicom now raises ImportError
+    with pytest.raises(VertebralFractureError, match="pip install 'VertebralFracture\\[dicom\\]'"):
+        dicom_outputs.write_dicom_outputs(case, labels, ct, tmp_path)
+    assert not any(tmp_path.iterdir())
