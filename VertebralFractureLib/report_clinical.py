@@ -40,6 +40,13 @@ class StraightenedView:
     def __init__(self, centroids_ras: np.ndarray, step_mm: float = 0.5, half_width_mm: float = 50.0,
                  extend_mm: float | tuple[float, float] = 20.0, anteriors_ras: np.ndarray | None = None):
         points = np.asarray(centroids_ras, dtype=float)
+        if len(points) > 1:
+            # Coincident centroids (a label split in two, a duplicated level) would stall the spline's parameter.
+            keep = np.r_[True, np.linalg.norm(np.diff(points, axis=0), axis=1) > 1e-3]
+            points = points[keep]
+            if anteriors_ras is not None and len(anteriors_ras) == len(keep):
+                anteriors_ras = np.asarray(anteriors_ras)[keep]
+            centroids_ras = points
         if len(points) == 1:
             points = np.array([points[0] + [0, 0, 15.0], points[0] - [0, 0, 15.0]])
         chord = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
