@@ -399,6 +399,7 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
         )
     label_volume = volume.with_array(verse_array.astype(np.int16))
     if reference is not None and not label_volume.same_grid(reference):
+        check_overlap(reference, label_volume)
         label_volume = resample_labels_to(label_volume, reference)
         present = present_labels(label_volume.array)
         if not any(labels_mod.is_vertebra(v) for v in present):
