@@ -61,11 +61,20 @@ def test_crush_grade_3_with_posterior_elements():
     ],
 )
 def test_oblique_anisotropic(spacing, tilt_deg, grid_rotation_deg, posterior_elements, tolerance_mm):
-    deformities = {"L1": ("wedge", GRADE_REDUCTION[2]), "L2": ("biconcave", GRADE_REDUCTION[1]),
-                   "L4": ("crush", GRADE_REDUCTION[2])}
-    ct, labels, truth = make_spine(("T12", "L1", "L2", "L3", "L4", "L5"), deformities, spacing=spacing,
-                                   tilt_deg=tilt_deg, grid_rotation_deg=grid_rotation_deg,
-                                   posterior_elements=posterior_elements, seed=2)
+    deformities = {
+        "L1": ("wedge", GRADE_REDUCTION[2]),
+        "L2": ("biconcave", GRADE_REDUCTION[1]),
+        "L4": ("crush", GRADE_REDUCTION[2]),
+    }
+    ct, labels, truth = make_spine(
+        ("T12", "L1", "L2", "L3", "L4", "L5"),
+        deformities,
+        spacing=spacing,
+        tilt_deg=tilt_deg,
+        grid_rotation_deg=grid_rotation_deg,
+        posterior_elements=posterior_elements,
+        seed=2,
+    )
     case = measure.measure_case(labels, ct)
     _check(case, truth, tolerance_mm or _half_voxel_diagonal(labels))
     # The frame follows the anatomy, not the scanner: the superior axis is the phantom's tilted axis.

@@ -126,8 +126,7 @@ def _voxel_half_extent(volume: Volume, direction: np.ndarray) -> float:
     return 0.5 * float(np.sum(np.abs(volume.ijk_to_ras[:3, :3].T @ direction)))
 
 
-def measure_case(labels: Volume, ct: Volume | None = None, inputs: dict | None = None,
-                 progress=None) -> CaseResult:
+def measure_case(labels: Volume, ct: Volume | None = None, inputs: dict | None = None, progress=None) -> CaseResult:
     """Measure and grade every vertebra of a VerSe-id label volume (CT, when given, on the same grid)."""
     vertebrae = measure_vertebrae(labels, ct, progress)
     grade_mod.grade_vertebrae(vertebrae)
@@ -146,8 +145,11 @@ def measure_vertebrae(labels: Volume, ct: Volume | None = None, progress=None) -
     report = progress or (lambda fraction, message: None)
     array = labels.array
     objects = ndimage.find_objects(array if array.min(initial=0) >= 0 else np.clip(array, 0, None))
-    present = [label for label in range(1, len(objects) + 1)
-               if objects[label - 1] is not None and labels_mod.is_vertebra(label)]
+    present = [
+        label
+        for label in range(1, len(objects) + 1)
+        if objects[label - 1] is not None and labels_mod.is_vertebra(label)
+    ]
     if not present:
         raise NoVertebraeError(f"{labels.path or 'label map'}: no vertebra labels")
     present = labels_mod.neighbours_in_order(present)
@@ -174,8 +176,9 @@ def _load_vertebra(labels: Volume, label: int, bounding: tuple[slice, ...]) -> _
     ijk = np.argwhere(mask).astype(float) + np.array([s.start for s in crop], dtype=float)
     points = labels.ijk_to_world(ijk)
     touches = any(s.start == 0 or s.stop == n for s, n in zip(bounding, shape))
-    return _Vertebra(label=label, crop=crop, mask=mask, points=points, centroid=points.mean(axis=0),
-                     touches_edge=touches)
+    return _Vertebra(
+        label=label, crop=crop, mask=mask, points=points, centroid=points.mean(axis=0), touches_edge=touches
+    )
 
 
 def _assign_superior_axes(work: dict[int, _Vertebra], centre_of) -> None:
@@ -217,8 +220,9 @@ def _flattest_axis(points: np.ndarray) -> np.ndarray:
 
 def _footprint_resolution(labels: Volume, superior: np.ndarray) -> float:
     """Pixel size of the footprint image: no finer than the voxels seen across the superior axis."""
-    in_plane = [s * np.sqrt(max(0.0, 1 - np.dot(d, superior) ** 2))
-                for s, d in zip(labels.spacing, labels.direction_ras.T)]
+    in_plane = [
+        s * np.sqrt(max(0.0, 1 - np.dot(d, superior) ** 2)) for s, d in zip(labels.spacing, labels.direction_ras.T)
+    ]
     return float(max(1.0, max(in_plane)))
 
 
@@ -242,8 +246,9 @@ def _isolate_body(vertebra: _Vertebra, labels: Volume) -> None:
         vertebra.body = _largest_component(vertebra, body)
         vertebra.canal_centre = frame.world(np.array([canal_x, canal_y, 0.0]), vertebra.centroid)[0]
         body_centre = vertebra.points[vertebra.body].mean(axis=0)
-        vertebra.frame = Frame(superior=frame.superior,
-                               anterior=_orthogonal(body_centre - vertebra.canal_centre, frame.superior))
+        vertebra.frame = Frame(
+            superior=frame.superior, anterior=_orthogonal(body_centre - vertebra.canal_centre, frame.superior)
+        )
 
 
 def _rasterise(xy: np.ndarray, resolution: float) -> tuple[np.ndarray, np.ndarray]:
@@ -286,7 +291,7 @@ def _thickest_part(xy: np.ndarray, resolution: float) -> np.ndarray:
     image = ndimage.binary_fill_holes(ndimage.binary_closing(image, iterations=1) | image)
     distance = ndimage.distance_transform_edt(image)
     radius = max(1, int(0.6 * distance.max()))
-    disc = np.hypot(*np.mgrid[-radius:radius + 1, -radius:radius + 1]) <= radius
+    disc = np.hypot(*np.mgrid[-radius : radius + 1, -radius : radius + 1]) <= radius
     opened = ndimage.binary_opening(image, structure=disc)
     components, _ = ndimage.label(opened)
     core = components == components[np.unravel_index(np.argmax(distance), distance.shape)]
@@ -332,8 +337,9 @@ def _run_bounds(profile: np.ndarray, positions: np.ndarray, centre: float) -> tu
     runs, count = ndimage.label(inside)
     centre_index = int(np.clip(np.searchsorted(positions, centre), 0, len(positions) - 1))
     run_ids = np.arange(1, count + 1)
-    distances = [0 if runs[centre_index] == r else np.min(np.abs(np.flatnonzero(runs == r) - centre_index))
-                 for r in run_ids]
+    distances = [
+        0 if runs[centre_index] == r else np.min(np.abs(np.flatnonzero(runs == r) - centre_index)) for r in run_ids
+    ]
     chosen = np.flatnonzero(runs == run_ids[int(np.argmin(distances))])
     first, last = chosen[0], chosen[-1]
 
@@ -354,10 +360,18 @@ def _measure(vertebra: _Vertebra, labels: Volume, ct: Volume | None) -> Vertebra
     voxel_ml = float(abs(np.linalg.det(labels.ijk_to_ras[:3, :3]))) / 1000.0
     body_volume = float(vertebra.body.sum()) * voxel_ml
     origin = body_points.mean(axis=0)
-    result = VertebraResult(label=vertebra.label, level=level, centroid_ras=origin.tolist(),
-                            axes_ras={"superior": frame.superior.tolist(), "anterior": frame.anterior.tolist(),
-                                      "right": frame.right.tolist()},
-                            body_volume_ml=body_volume, body_voxels=int(vertebra.body.sum()))
+    result = VertebraResult(
+        label=vertebra.label,
+        level=level,
+        centroid_ras=origin.tolist(),
+        axes_ras={
+            "superior": frame.superior.tolist(),
+            "anterior": frame.anterior.tolist(),
+            "right": frame.right.tolist(),
+        },
+        body_volume_ml=body_volume,
+        body_voxels=int(vertebra.body.sum()),
+    )
     body_voxels = np.argwhere(vertebra.mask)[vertebra.body] + np.array([s.start for s in vertebra.crop])
     cut = np.any(body_voxels == 0, axis=1) | np.any(body_voxels == np.array(labels.shape) - 1, axis=1)
     if vertebra.touches_edge and cut.any():
@@ -424,8 +438,9 @@ def _measure(vertebra: _Vertebra, labels: Volume, ct: Volume | None) -> Vertebra
     return result
 
 
-def _trabecular(result: VertebraResult, vertebra: _Vertebra, labels: Volume, ct: Volume, frame: Frame,
-                origin: np.ndarray) -> None:
+def _trabecular(
+    result: VertebraResult, vertebra: _Vertebra, labels: Volume, ct: Volume, frame: Frame, origin: np.ndarray
+) -> None:
     """Median HU of the body's interior, away from cortex, endplates and the basivertebral vein."""
     grid = np.zeros(vertebra.mask.shape, dtype=bool)
     voxels = np.argwhere(vertebra.mask)[vertebra.body]
