@@ -115,6 +115,8 @@ def test_report_without_ct_or_morphometry(tmp_path):
     written = report_clinical.write_clinical_report(case, result, tmp_path, labels, None)
     text = open(written["report_html"], encoding="utf-8").read()
     assert "bone density not measured (no CT)" in text and "not graded" in text
+    # The spine view is drawn from the labels; no empty density scale.
+    assert len(re.findall(r"<img ", text)) == 1 and "Straightened sagittal view" in text
     assert open(written["report_pdf"], "rb").read().startswith(b"%PDF-")
 
 

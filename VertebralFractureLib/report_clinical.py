@@ -443,7 +443,8 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width)) or text
 
 
-def write_pdf(path: Path, case: CaseResult, screening, header: dict, sagittal_fig_factory, scale_fig) -> None:
+def write_pdf(path: Path, case: CaseResult, screening, header: dict, sagittal_fig_factory,
+              scale_png: bytes | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -475,13 +476,13 @@ def write_pdf(path: Path, case: CaseResult, screening, header: dict, sagittal_fi
                 wrapped = _wrap("• " + item, 120)
                 page.text(0.08, y, wrapped, fontsize=7.5, va="top")
                 y -= 0.0125 * (wrapped.count("\n") + 1) + 0.003
-        # Density scale as an embedded image.
-        scale_png = _png(scale_fig, dpi=160)
-        scale = plt.imread(_io.BytesIO(scale_png))
-        axis = page.add_axes([0.06, y - 0.14, 0.88, 0.13])
-        axis.imshow(scale)
-        axis.axis("off")
-        y -= 0.155
+        if scale_png is not None:
+            # Density scale as an embedded image.
+            scale = plt.imread(_io.BytesIO(scale_png))
+            axis = page.add_axes([0.06, y - 0.14, 0.88, 0.13])
+            axis.imshow(scale)
+            axis.axis("off")
+            y -= 0.155
         rows = vertebra_rows(case)
         columns = [c for c in TABLE_COLUMNS if c[0] != "reviewed"]
         table_axis = page.add_axes([0.04, max(0.05, y - 0.03 * (len(rows) + 1)), 0.92, 0.03 * (len(rows) + 1)])
@@ -538,18 +539,19 @@ def write_clinical_report(case: CaseResult, screening, out_dir: str | Path, labe
     out_dir.mkdir(parents=True, exist_ok=True)
     header = header if header is not None else header_from_ct(ct)
     have_centroids = any(v.centroid_ras is not None for v in case.vertebrae)
+
     def sagittal(width_in):
         return render_straightened(case, ct, labels, width_in=width_in, roi=screening.roi_volume,
                                    screening_level=screening.level)
 
     sagittal_png = _png(sagittal(6.0)) if have_centroids and (ct is not None or labels is not None) else None
-    scale_png = _png(render_density_scale(screening))
+    # No CT, no density: the scale would only show thresholds with nothing on them.
+    scale_png = _png(render_density_scale(screening), dpi=160) if screening.densities else None
     text = build_html(case, screening, header, sagittal_png, scale_png)
     with atomic_path(out_dir / "report.html") as temporary:
         temporary.write_text(text, encoding="utf-8")
     write_pdf(out_dir / "report.pdf", case, screening, header,
-              (lambda: sagittal(7.5)) if sagittal_png else (lambda: None),
-              render_density_scale(screening))
+              (lambda: sagittal(7.5)) if sagittal_png else (lambda: None), scale_png)
     return {"report_html": str(out_dir / "report.html"), "report_pdf": str(out_dir / "report.pdf")}
 
 
