@@ -458,6 +458,10 @@ def atomic_path(destination: str | Path):
     os.close(handle)
     try:
         yield Path(temporary)
+        # mkstemp creates the file readable by its owner only; give it the permissions any new file would get.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, destination)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -19,9 +19,9 @@ For every vertebra of a VerSe-id label map:
    **middle** height the lowest line in the central 35–65 % (the deepest point of the endplates, where a biconcave
    fracture shows). Heights are the distances between the superior and inferior points, so a moved point changes its
    height exactly.
-4. **Volume** of the body in ml; **trabecular attenuation**: median HU of body voxels at least
-   ``max(4 mm, 1.5 voxels)`` from the body's surface (away from the cortex and endplates), excluding the posterior
-   quarter of the depth where the basivertebral vein enters.
+4. **Volume** of the body in ml; **trabecular attenuation**: median HU of the interior region defined in
+   :mod:`.screen` (away from the cortex and endplates, the posterior quarter of the depth excluded where the
+   basivertebral vein enters).
 
 A body touching the edge of the image is reported as incomplete (cut by the field of view) and is not graded.
 """
@@ -60,7 +60,6 @@ MIN_BODY_VOLUME_ML = 1.0
 CANAL_MIN_AREA_MM2 = 20.0
 BODY_ONLY_MAX_DEPTH_MM = 60.0
 """A vertebra mask with no canal and at most this antero-posterior extent is taken to be a body only."""
-TRABECULAR_MARGIN_MM = 4.0
 NEIGHBOUR_MAX_DISTANCE_MM = 90.0
 
 
@@ -441,21 +440,17 @@ def _measure(vertebra: _Vertebra, labels: Volume, ct: Volume | None) -> Vertebra
 def _trabecular(
     result: VertebraResult, vertebra: _Vertebra, labels: Volume, ct: Volume, frame: Frame, origin: np.ndarray
 ) -> None:
-    """Median HU of the body's interior, away from cortex, endplates and the basivertebral vein."""
+    """Median HU of the body's interior: the trabecular region of :mod:`.screen` (one definition for both)."""
+    from .screen import RoiSettings, measure_density
+
     grid = np.zeros(vertebra.mask.shape, dtype=bool)
     voxels = np.argwhere(vertebra.mask)[vertebra.body]
     grid[tuple(voxels.T)] = True
-    distance = ndimage.distance_transform_edt(np.pad(grid, 1), sampling=labels.spacing)[1:-1, 1:-1, 1:-1]
-    margin = max(TRABECULAR_MARGIN_MM, 1.5 * float(labels.spacing.max()))
-    local_y = np.einsum("ij,j->i", vertebra.points[vertebra.body] - origin, frame.anterior)
-    back = np.percentile(local_y, 2) + 0.25 * (np.percentile(local_y, 98) - np.percentile(local_y, 2))
-    hu = ct.array[vertebra.crop]
-    for attempt_margin in (margin, 0.5 * margin):
-        inside = (distance[tuple(voxels.T)] >= attempt_margin) & (local_y > back)
-        if inside.sum() >= 10:
-            values = hu[tuple(voxels[inside].T)]
-            result.trabecular_hu = float(np.median(values))
-            q1, q3 = np.percentile(values, [25, 75])
-            result.trabecular_hu_iqr = float(q3 - q1)
-            result.trabecular_voxels = int(inside.sum())
-            return
+    offset = np.array([s.start for s in vertebra.crop], dtype=float)
+    cropped = ct.with_array(ct.array[vertebra.crop])
+    cropped.ijk_to_ras = ct.ijk_to_ras.copy()
+    cropped.ijk_to_ras[:3, 3] = ct.ijk_to_world(offset)[0]
+    density, _ = measure_density(cropped, grid, frame.anterior, RoiSettings(), result.level, result.label)
+    result.trabecular_hu = density.median_hu
+    result.trabecular_hu_iqr = density.iqr_hu
+    result.trabecular_voxels = density.voxels
