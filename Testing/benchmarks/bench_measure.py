@@ -57,8 +57,10 @@ def main(argv=None) -> int:
             measure_times.append(time.perf_counter() - start)
     load, work = min(load_times), min(measure_times)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    print(f"label map: {large.shape} voxels at {args.spacing} mm ({np.prod(large.shape) / 1e6:.1f} M voxels), "
-          f"{size_mb:.1f} MB .nii.gz, {len(case.vertebrae)} vertebrae")
+    print(
+        f"label map: {large.shape} voxels at {args.spacing} mm ({np.prod(large.shape) / 1e6:.1f} M voxels), "
+        f"{size_mb:.1f} MB .nii.gz, {len(case.vertebrae)} vertebrae"
+    )
     print(f"load:    {load:6.2f} s (best of {args.repeats})")
     print(f"measure: {work:6.2f} s (best of {args.repeats}) = {work / load:.2f} x load (goal <= 3 x)")
     print(f"peak resident memory: {peak_gb:.2f} GB")
