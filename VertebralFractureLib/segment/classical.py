@@ -72,6 +72,8 @@ DISC_PAIR_MAX_MM = 17.0
 GAP_FACTOR = 1.6
 MIN_END_PIECE_MM = 4.0
 AREA_END_MARGIN_MM = 12.0
+STAR_MAX_RADIUS_MM = 35.0
+STAR_MIN_GAIN = 0.08
 HOLE_BONE_HU = 70.0
 """An axial hole in the bone brighter than this on average is trabecular bone; the canal (CSF 0-30 HU) is darker."""
 MIDLINE_SIGMA_MM = 35.0
@@ -551,6 +553,58 @@ def refine_disc_plane(smooth: np.ndarray, geometry: SpineGeometry, u_mm: float, 
     return best[1], best[2], best[3]
 
 
+def star_fill(mask: np.ndarray, bone: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """Add the part of the body inside its cortex that the plane fills missed, slice by slice.
+
+    Rays from the body's centre in each axial slice run to the outer edge of the first bone they meet (the
+    cortex of an osteoporotic body whose dark interior opens into the canal through the basivertebral foramen, or
+    the surface of a dense body). Rays that find no cortex, or leave through a gap into a pedicle or the canal, are
+    held to the body's typical radius in that slice.
+    """
+    angles = np.linspace(0.0, 2.0 * np.pi, 72, endpoint=False)
+    step = 0.5  # voxels
+    radii = np.arange(1.0, STAR_MAX_RADIUS_MM / spacing_mm, step)
+    out = mask.copy()
+    box = _crop_box(mask, margin=int(round(STAR_MAX_RADIUS_MM / spacing_mm)))
+    xs, ys = np.mgrid[box[0], box[1]]
+    areas = mask.sum(axis=(0, 1))
+    slices = np.nonzero(areas)[0]
+    # Only sections inside the body's height: the end sections hold endplate edges and disc, where a ray would
+    # run out into the disc and lengthen the body.
+    for k in slices[2:-2]:
+        plane = mask[:, :, k]
+        if areas[k] * spacing_mm**2 < 200.0:  # 2 cm2: an endplate's edge, not a section through the body
+            continue
+        centre = np.array(ndimage.center_of_mass(plane))
+        px = centre[0] + np.outer(np.cos(angles), radii)
+        py = centre[1] + np.outer(np.sin(angles), radii)
+        samples = ndimage.map_coordinates(bone[:, :, k].astype(np.float32), [px, py], order=0, cval=0.0) > 0.5
+        stops = np.full(len(angles), np.nan)
+        for a in range(len(angles)):
+            bright = np.nonzero(samples[a])[0]
+            if bright.size == 0:
+                continue
+            after = samples[a, bright[0]:]
+            dark = np.nonzero(~after)[0]
+            if dark.size:
+                stops[a] = radii[bright[0] + dark[0] - 1]
+        found = np.isfinite(stops)
+        if found.mean() < 0.6:
+            continue
+        typical = float(np.median(stops[found]))
+        stops = np.where(found, np.minimum(stops, 1.25 * typical), typical)
+        dx, dy = xs - centre[0], ys - centre[1]
+        angle = np.mod(np.arctan2(dy, dx), 2.0 * np.pi)
+        reach = np.interp(angle, np.append(angles, 2.0 * np.pi), np.append(stops, stops[0]))
+        inside = np.hypot(dx, dy) <= reach
+        current = plane[box[0], box[1]]
+        # Only a section that misses a large part of its body is completed; small additions to a whole section
+        # would be pedicle bases.
+        if np.count_nonzero(inside & ~current) > STAR_MIN_GAIN * np.count_nonzero(current):
+            out[box[0], box[1], k] |= inside
+    return out
+
+
 def solid_body(mask: np.ndarray) -> np.ndarray:
     """A vertebral body is solid: fill the holes left where a dark (osteoporotic) interior was not filled, in every
     plane orientation and in 3-D, inside the body's own box."""
@@ -794,7 +848,7 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
             mask = labelled == int(np.argmax(sizes))
         if mask.sum() * voxel_ml < MIN_BODY_ML:
             continue
-        kept.append(solid_body(mask))
+        kept.append(solid_body(star_fill(mask, finder.smooth > BONE_HU, spacing)))
     if not kept:
         return None
     # Cranial to caudal order: the working grid's z axis points superior.
