@@ -63,13 +63,15 @@ END_CAP_MIN_HU = 0.0
 END_CAP_CLOSING_MM = 5.0
 DISC_FLANK_MM = 6.0
 """An endplate lies within this distance above and below a disc's centre (discs are 4-14 mm high)."""
-DISC_FLANK_PLANE_MM = 6.0
+DISC_FLANK_PLANE_MM = (3.0, 4.5, 6.0, 7.5)
+"""Endplates or trabecular bone lie this far above and below a disc's mid-plane (thin thoracic to lumbar discs)."""
 DISC_MAX_HU = 180.0
 ENDPLATE_CONTRAST_HU = 60.0
 ENDPLATE_PROMINENCE_HU = 25.0
 ENDPLATE_MIN_HU = 150.0
 DISC_PAIR_MAX_MM = 17.0
 GAP_FACTOR = 1.6
+DISC_SEARCH_MM = 3.0
 MIN_END_PIECE_MM = 4.0
 AREA_END_MARGIN_MM = 12.0
 STAR_MAX_RADIUS_MM = 35.0
@@ -526,7 +528,7 @@ def refine_disc_plane(smooth: np.ndarray, geometry: SpineGeometry, u_mm: float, 
 
     The disc (70-100 HU) is darker than the bone a few millimetres above and below it: dense trabecular bone, or
     the endplates of osteoporotic bodies whose interior is as dark as the disc. The plane chosen maximizes the
-    contrast between the disc's own section and the darker of the two parallel sections 6 mm above and below; it
+    contrast between the disc's own section and the darker of two parallel sections 3-7.5 mm above and below; it
     may tilt in the sagittal plane (about the left-right axis) relative to the curve's normal: wedge-shaped discs.
     """
     arclength = geometry.arclength_mm
@@ -542,9 +544,11 @@ def refine_disc_plane(smooth: np.ndarray, geometry: SpineGeometry, u_mm: float, 
             normal = np.array([tangent[0], c * tangent[1] + s_ * tangent[2], -s_ * tangent[1] + c * tangent[2]])
             normal /= np.linalg.norm(normal)
             middle = _disk_mean(smooth, centre, normal, offsets, spacing_mm)
-            upper = _disk_mean(smooth, centre + DISC_FLANK_PLANE_MM * normal, normal, offsets, spacing_mm)
-            lower = _disk_mean(smooth, centre - DISC_FLANK_PLANE_MM * normal, normal, offsets, spacing_mm)
-            score = min(upper, lower) - middle
+            score = -np.inf
+            for distance in DISC_FLANK_PLANE_MM:
+                upper = _disk_mean(smooth, centre + distance * normal, normal, offsets, spacing_mm)
+                lower = _disk_mean(smooth, centre - distance * normal, normal, offsets, spacing_mm)
+                score = max(score, min(upper, lower) - middle)
             if best is None or score > best[0]:
                 best = (score, centre, normal, float(u))
     if best is None:
@@ -807,7 +811,7 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
                 sacral_u = None
     # Disc planes stay normal to the smoothed centre curve: a free tilt follows the endplates' concavity and
     # shifts a posterior corner by a voxel, which the height measurement feels.
-    planes = [refine_disc_plane(finder.smooth, geometry, d, spacing) for d in discs]
+    planes = [refine_disc_plane(finder.smooth, geometry, d, spacing, search_mm=DISC_SEARCH_MM) for d in discs]
     sacral_plane = None
     if sacral_u is not None:
         # The sacrum is joined to L5 in the mask: the L5/S1 disc is steep and often shallow in the area profile,
