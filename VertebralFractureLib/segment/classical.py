@@ -57,6 +57,9 @@ MIN_BODY_ML = 0.8
 DISC_TRIM_MM = 5.0
 """Disc tissue within this distance of a disc plane is trimmed from the bodies..."""
 DISC_TRIM_HU = 125.0
+DISC_GAP_MM = 1.6
+"""Every disc plane leaves at least this gap on both sides: neighbouring bodies never touch (discs are 4-14 mm)."""
+BODY_SURFACE_SIGMA_VOX = 1.0
 """...where it is darker than this (disc 70-110 HU; the endplate beside it is brighter)."""
 END_CAP_MAX_CM2 = 25.0
 END_CAP_MIN_HU = 0.0
@@ -616,6 +619,9 @@ def solid_body(mask: np.ndarray) -> np.ndarray:
     part = mask[box]
     solid = part | _fill_planes(part, 0) | _fill_planes(part, 1) | _fill_planes(part, 2)
     solid = ndimage.binary_fill_holes(solid)
+    # A smooth surface: the height measurement samples the walls along lines, and a one-voxel notch in a wall
+    # moves a measured corner by a voxel's height.
+    solid = ndimage.gaussian_filter(solid.astype(np.float32), BODY_SURFACE_SIGMA_VOX) > 0.5
     out = mask.copy()
     out[box] = solid
     return out
@@ -833,7 +839,7 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
         distance = np.abs(voxels.astype(float) * spacing @ np.array([p[1] for p in planes]).T
                           - np.array([np.dot(p[0], p[1]) for p in planes])[None, :]).min(axis=1)
         hu = finder.smooth[tuple(voxels.T)]
-        keep = ~((distance <= DISC_TRIM_MM) & (hu < DISC_TRIM_HU))
+        keep = ~((distance <= DISC_TRIM_MM) & (hu < DISC_TRIM_HU)) & (distance > DISC_GAP_MM)
         voxels, interval = voxels[keep], interval[keep]
     provisional = np.zeros(work.shape, dtype=np.int16)
     provisional[tuple(voxels.T)] = interval + 1
