@@ -139,10 +139,37 @@ def working_grid(ct: Volume, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]
     grid[:3, 3] = low
     if ct.same_grid(Volume(np.empty(shape, dtype=np.uint8), grid)):
         return ct.array.astype(np.float32, copy=False), grid
-    to_ct = ct.ras_to_ijk @ grid
-    array = ndimage.affine_transform(ct.array, to_ct[:3, :3], offset=to_ct[:3, 3], output_shape=shape, order=1,
-                                     cval=-1024.0, prefilter=False, output=np.float32)
-    return array, grid
+    return _resample_linear(ct, grid, shape), grid
+
+
+def _resample_linear(ct: Volume, grid: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Trilinear resampling of the CT onto ``grid`` (ijk -> RAS) with SimpleITK (multi-threaded), air outside."""
+    import SimpleITK as sitk
+
+    from ..io import LPS_TO_RAS
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(ct.array.transpose(2, 1, 0), dtype=np.float32))
+    ijk_to_lps = LPS_TO_RAS @ ct.ijk_to_ras
+    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+    image.SetSpacing([float(v) for v in spacing])
+    image.SetDirection([float(v) for v in (ijk_to_lps[:3, :3] / spacing).ravel()])
+    image.SetOrigin([float(v) for v in ijk_to_lps[:3, 3]])
+    grid_lps = LPS_TO_RAS @ grid
+    grid_spacing = np.linalg.norm(grid_lps[:3, :3], axis=0)
+    reference = sitk.Image([int(n) for n in shape], sitk.sitkFloat32)
+    reference.SetSpacing([float(v) for v in grid_spacing])
+    reference.SetDirection([float(v) for v in (grid_lps[:3, :3] / grid_spacing).ravel()])
+    reference.SetOrigin([float(v) for v in grid_lps[:3, 3]])
+    resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+    return np.ascontiguousarray(sitk.GetArrayFromImage(resampled).transpose(2, 1, 0))
+
+
+def _matrix_argument(matrix: np.ndarray) -> np.ndarray:
+    """The 3x3 part, or its diagonal when the grids are axis-aligned (scipy's much faster zoom-and-shift path)."""
+    linear = matrix[:3, :3]
+    if np.allclose(linear, np.diag(np.diag(linear)), atol=1e-9):
+        return np.diag(linear).copy()
+    return linear
 
 
 def _disk(radius_vox: float) -> np.ndarray:
@@ -889,7 +916,7 @@ def labels_to_ct_grid(label_work: np.ndarray, grid: np.ndarray, ct: Volume) -> n
     shift = np.eye(4)
     shift[:3, 3] = low
     ct_to_work = np.linalg.inv(grid) @ ct.ijk_to_ras @ shift
-    sub = ndimage.affine_transform(label_work, ct_to_work[:3, :3], offset=ct_to_work[:3, 3],
+    sub = ndimage.affine_transform(label_work, _matrix_argument(ct_to_work), offset=ct_to_work[:3, 3],
                                    output_shape=tuple(int(v) for v in high - low), order=0, cval=0)
     out[low[0] : high[0], low[1] : high[1], low[2] : high[2]] = sub
     return out
