@@ -267,3 +267,18 @@ def test_renumber_lowest_complete_and_at_point():
     assert levels.parse_anchor_point("L1:1.5,-2,3e1") == ("L1", [1.5, -2.0, 30.0])
     with pytest.raises(ValueError):
         levels.parse_anchor_point("L1:a,b,c")
+
+
+def test_analyze_with_a_given_segmentation(shared_file, tmp_path, capsys):
+    out = tmp_path / "given"
+    code = cli.main(["analyze", "--ct", str(shared_file(EXAMPLE_CT)), "--seg", str(shared_file(EXAMPLE_BODIES)),
+                     "--out", str(out), "-q"])
+    capsys.readouterr()
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["inputs"]["segmentation"]["backend"] == "given"
+    assert results["inputs"]["segmentation"]["levels_status"] == "given"
+    written = io.read_volume(out / "segmentation.nii.gz")
+    given = io.read_label_map(shared_file(EXAMPLE_BODIES)).volume
+    assert written.same_grid(given) and np.array_equal(written.array, given.array)
+    assert results["patient"]["worst_grade"] == 0
