@@ -236,7 +236,7 @@ def project_preprocessing(config: dict, image_key: str = "image") -> list:
 
     window = config.get("intensity", {})
     return [
-        Orientationd(keys=image_key, axcodes=config.get("orientation", "RAS")),
+        Orientationd(keys=image_key, axcodes=config.get("orientation", "RAS"), labels=None),
         Spacingd(keys=image_key, pixdim=tuple(float(v) for v in config["spacing_mm"]), mode="bilinear"),
         ScaleIntensityRanged(keys=image_key, a_min=float(window.get("hu_min", -1000.0)),
                              a_max=float(window.get("hu_max", 2000.0)), b_min=0.0, b_max=1.0,
