@@ -182,7 +182,8 @@ def load_bundle(folder: Path, sha256: str | None = None, highres: bool | None = 
             return parser.get_parsed_content(item_id, instantiate=True)
         except Exception as error:
             raise InputError(config_path, f"item {item_id!r} cannot be built ({type(error).__name__}: "
-                                          f"{str(error).strip().splitlines()[0] if str(error).strip() else ''})")
+                                          f"{str(error).strip().splitlines()[0] if str(error).strip() else ''})") \
+                from None
 
     network_id = "network_def" if parser.get("network_def") is not None else "network"
     network = parsed(network_id)
@@ -272,7 +273,8 @@ def load_project_model(folder: Path, sha256: str | None = None) -> LoadedModel:
     return LoadedModel(name=config.get("name", folder.name), folder=folder, kind="project", network=network,
                        preprocessing=project_preprocessing(config), image_key="image", channel_to_verse=mapping,
                        roi_size=tuple(int(v) for v in config.get("roi_size", (96, 96, 96))),
-                       overlap=float(config.get("overlap", 0.25)), full_vertebrae=bool(config.get("full_vertebrae", True)),
+                       overlap=float(config.get("overlap", 0.25)),
+                       full_vertebrae=bool(config.get("full_vertebrae", True)),
                        weights=weights, weights_sha256=expected,
                        details={"epoch": config.get("epoch"), "val_dice": config.get("val_dice")})
 
