@@ -173,6 +173,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of AdamW (1e-3)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="share of cases kept for validation (0.2)")
     parser.add_argument("--val-every", type=int, default=1, help="validate every N epochs (1)")
+    parser.add_argument("--steps-per-epoch", type=int, help="training steps per epoch (default: one per case)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -184,7 +185,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = train.TrainOptions(epochs=args.epochs, network=args.network, width=args.width,
                                  spacing_mm=args.spacing, roi=args.roi, classes=args.classes,
                                  batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
-                                 val_every=args.val_every, seed=args.seed)
+                                 val_every=args.val_every, seed=args.seed,
+                                 steps_per_epoch=args.steps_per_epoch)
     result = train.train(args.data, args.out, options, resume=args.resume, device=args.device,
                          show_progress=not args.quiet)
     print(f"epochs done: {result['epoch']}; best validation Dice {result['best_dice']:.3f} at epoch "
