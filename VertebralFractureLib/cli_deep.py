@@ -25,6 +25,8 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MONAI bundles with a 3 mm model (highres switch): use it instead of the 1.5 mm one")
     parser.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA (float32 throughout)")
     parser.add_argument("--fast", action="store_true", help="totalsegmentator backend: its 3 mm model")
+    parser.add_argument("--allow-download", action="store_true",
+                        help="totalsegmentator backend: let it download its weights if they are missing")
 
 
 def backend_options(args: argparse.Namespace) -> dict:
@@ -34,7 +36,7 @@ def backend_options(args: argparse.Namespace) -> dict:
         return {"model": args.model, "model_sha256": args.model_sha256, "highres": False if args.lowres else None,
                 "amp": not args.no_amp}
     if backend == "totalsegmentator":
-        return {"fast": args.fast}
+        return {"fast": args.fast, "allow_download": args.allow_download}
     return {}
 
 
