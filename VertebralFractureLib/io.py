@@ -182,8 +182,8 @@ def _first_line(error: BaseException) -> str:
 
 def list_dicom_series(folder: Path) -> list[dict]:
     """Series in a DICOM folder: uid, number of files, description (read with pydicom, headers only)."""
-    import SimpleITK as sitk
     import pydicom
+    import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
     series = []

@@ -34,6 +34,7 @@ class VertebraResult:
     points_ras: dict[str, list[float]] | None = None
     centroid_ras: list[float] | None = None
     axes_ras: dict[str, list[float]] | None = None
+    depth_mm: float | None = None
     body_volume_ml: float | None = None
     body_voxels: int = 0
     trabecular_hu: float | None = None
@@ -41,6 +42,7 @@ class VertebraResult:
     trabecular_voxels: int = 0
     ratios: dict[str, float | None] = field(default_factory=dict)
     expected_posterior_mm: float | None = None
+    expected_heights_mm: dict[str, float] | None = None
     height_loss: float | None = None
     genant_grade: int | None = None
     morphology: str | None = None
@@ -68,9 +70,11 @@ class VertebraResult:
         if self.axes_ras:
             data["axes_ras"] = {k: _rounded(v, 4) for k, v in self.axes_ras.items()}
         data["ratios"] = {k: (None if v is None else round(float(v), 3)) for k, v in self.ratios.items()}
-        for key in ("body_volume_ml", "trabecular_hu", "trabecular_hu_iqr", "expected_posterior_mm"):
+        for key in ("depth_mm", "body_volume_ml", "trabecular_hu", "trabecular_hu_iqr", "expected_posterior_mm"):
             if data[key] is not None:
                 data[key] = round(float(data[key]), 2)
+        if self.expected_heights_mm:
+            data["expected_heights_mm"] = {k: round(float(v), 2) for k, v in self.expected_heights_mm.items()}
         if data["height_loss"] is not None:
             data["height_loss"] = round(float(data["height_loss"]), 3)
         return data

@@ -8,8 +8,9 @@ are imported inside the backend, never at package import.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 from ..io import Volume
 

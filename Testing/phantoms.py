@@ -1,0 +1,202 @@
+"""Synthetic spine phantoms with known truth, for tests and benchmarks.
+
+A straight column of vertebrae is built in an anatomical frame (x right, y anterior, z superior, mm), tilted in
+the world by ``tilt_deg`` and sampled on a voxel grid whose own axes may be oblique (``grid_rotation_deg``) and
+anisotropic (``spacing``). Each vertebral body is an elliptic cylinder; deformities change its endplates:
+
+* ``wedge``: the height falls linearly from the posterior height (posterior quarter of the depth) to
+  ``(1 - r) * H`` (anterior quarter);
+* ``biconcave``: both endplates dip towards the centre; the middle height is ``(1 - r) * H``, the walls keep ``H``;
+* ``crush``: the whole body is ``(1 - r) * H`` high.
+
+Normal heights follow the grading module's relative normal heights, so the neighbours' expected heights are exact.
+The truth heights are computed analytically at the measurement's own definition (see measure.py): wall heights are
+the tallest line of the band 10–25 % inside each wall, the middle height the lowest line of the central 35–65 %.
+With posterior elements the label holds a pedicle ring around a canal and a spinous process.
+
+CT values: air -1000 HU outside an elliptic body outline, soft tissue 40, discs 90, trabecular bone 180 (or
+``trabecular_hu``), cortical shell (1.5 mm) 700, posterior elements 500, Gaussian noise ``noise_hu``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from VertebralFractureLib import labels as labels_mod
+from VertebralFractureLib.grade import RELATIVE_NORMAL_HEIGHT
+from VertebralFractureLib.io import Volume
+from VertebralFractureLib.measure import SIDE_LINE_OFFSETS_MM
+
+BODY_WIDTH_MM = 44.0
+BODY_DEPTH_MM = 34.0
+DISC_MM = 9.0
+L2_HEIGHT_MM = 28.0
+CORTEX_MM = 1.5
+BICONCAVE_RADIUS = 0.45  # fraction of the half-depth: the dip spares the wall bands
+
+
+@dataclass
+class PhantomTruth:
+    heights_mm: dict[str, dict[str, float]] = field(default_factory=dict)
+    grades: dict[str, int] = field(default_factory=dict)
+    morphology: dict[str, str] = field(default_factory=dict)
+    trabecular_hu: float = 180.0
+    superior_axis_ras: np.ndarray | None = None
+
+
+def _grade_of(reduction: float) -> int:
+    return sum(reduction >= t for t in (0.20, 0.25, 0.40))
+
+
+def _band(fraction_from_posterior: np.ndarray, h: np.ndarray, low: float, high: float, pick):
+    inside = (fraction_from_posterior >= low - 1e-9) & (fraction_from_posterior <= high + 1e-9)
+    return float(pick(h[inside]))
+
+
+def _height_profile(kind: str, reduction: float, height: float, s: np.ndarray, x: np.ndarray) -> tuple:
+    """(top, bottom) z of the endplates at depth fraction s (0 posterior .. 1 anterior) and lateral x (mm)."""
+    half = np.full_like(s, height / 2.0)
+    top, bottom = half.copy(), -half
+    if kind == "wedge":
+        t = np.clip((s - 0.25) / 0.5, 0.0, 1.0)
+        h = height * (1.0 - reduction * t)
+        top, bottom = h / 2.0, -h / 2.0
+    elif kind == "biconcave":
+        rho = np.sqrt(((s - 0.5) * 2.0) ** 2 + (x / (BODY_WIDTH_MM / 2.0)) ** 2)
+        # Flat-bottomed dip: the centre (where the middle height is measured) sinks by the full reduction.
+        dip = np.clip(1.6 * (1.0 - (rho / BICONCAVE_RADIUS) ** 2), 0.0, 1.0) * reduction * height / 2.0
+        top, bottom = half - dip, -half + dip
+    elif kind == "crush":
+        top, bottom = half * (1.0 - reduction), -half * (1.0 - reduction)
+    return top, bottom
+
+
+def make_spine(levels=("T12", "L1", "L2", "L3", "L4"), deformities: dict | None = None, spacing=(1.0, 1.0, 1.0),
+               tilt_deg=(0.0, 0.0, 0.0), grid_rotation_deg=(0.0, 0.0, 0.0), posterior_elements: bool = True,
+               noise_hu: float = 20.0, trabecular_hu: float = 180.0, seed: int = 0, margin_mm: float = 10.0):
+    """Returns (ct Volume, label Volume with VerSe ids, PhantomTruth)."""
+    deformities = deformities or {}
+    rng = np.random.default_rng(seed)
+    anatomy = Rotation.from_euler("xyz", tilt_deg, degrees=True).as_matrix()
+    grid_direction = Rotation.from_euler("xyz", grid_rotation_deg, degrees=True).as_matrix()
+    heights = {level: L2_HEIGHT_MM * RELATIVE_NORMAL_HEIGHT[level] / RELATIVE_NORMAL_HEIGHT["L2"] for level in levels}
+    # Centres along z, cranial first.
+    centres, z = {}, 0.0
+    for level in levels:
+        centres[level] = z
+        z -= heights[level] + DISC_MM
+    z_top = heights[levels[0]] / 2 + DISC_MM
+    z_bottom = centres[levels[-1]] - heights[levels[-1]] / 2 - DISC_MM
+    # Anatomical bounding box (local), then the world box after the tilt, then the grid.
+    y_low = -BODY_DEPTH_MM / 2 - (66.0 if posterior_elements else 5.0)
+    local_corners = np.array([[x, y, zz] for x in (-30, 30) for y in (y_low, BODY_DEPTH_MM / 2 + 8)
+                              for zz in (z_bottom, z_top)])
+    world_corners = local_corners @ anatomy.T
+    low, high = world_corners.min(axis=0) - margin_mm, world_corners.max(axis=0) + margin_mm
+    spacing = np.asarray(spacing, dtype=float)
+    # Grid covering the world box in the grid's own (possibly oblique) axes.
+    box = np.array([[a, b, c] for a in (low[0], high[0]) for b in (low[1], high[1]) for c in (low[2], high[2])])
+    in_grid = box @ grid_direction
+    g_low, g_high = in_grid.min(axis=0), in_grid.max(axis=0)
+    shape = np.ceil((g_high - g_low) / spacing).astype(int) + 1
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3] = grid_direction @ np.diag(spacing)
+    ijk_to_ras[:3, 3] = grid_direction @ g_low
+    coarse_axis = int(np.argmax(spacing))
+    subsamples = int(np.ceil(spacing[coarse_axis] / spacing.min()))
+    # Labels are rasterised by majority of volume along the coarsest axis (as a segmentation of thick slices is);
+    # the CT is sampled at the voxel centres.
+    offsets = (np.arange(subsamples) + 0.5) / subsamples - 0.5
+    votes = {}
+    for offset in offsets:
+        shift = np.zeros(3)
+        shift[coarse_axis] = offset
+        sample, _ = _classify(shape, ijk_to_ras, shift, anatomy, levels, centres, heights, deformities,
+                              posterior_elements, want_ct=False, trabecular_hu=trabecular_hu, z_span=(z_bottom, z_top))
+        for value in np.unique(sample):
+            votes.setdefault(int(value), np.zeros(shape, dtype=np.uint8))
+            votes[int(value)] += sample == value
+    values = sorted(votes)
+    stacked = np.stack([votes[v] for v in values])
+    labels = np.asarray(values, dtype=np.int16)[np.argmax(stacked, axis=0)]
+    del stacked, votes
+    _, ct = _classify(shape, ijk_to_ras, np.zeros(3), anatomy, levels, centres, heights, deformities,
+                      posterior_elements, want_ct=True, trabecular_hu=trabecular_hu, z_span=(z_bottom, z_top))
+
+    truth = PhantomTruth(trabecular_hu=trabecular_hu, superior_axis_ras=anatomy @ np.array([0.0, 0.0, 1.0]))
+    fractions = np.round(np.arange(0.10, 0.9001, 0.025), 4)
+    for level in levels:
+        kind, reduction = deformities.get(level, ("normal", 0.0))
+        height = heights[level]
+        # Truth at the measurement's definition, on the mid-sagittal line (x = 0, side lines averaged as measure does).
+        line_heights = []
+        for f in fractions:
+            tops, bottoms = [], []
+            for dx in SIDE_LINE_OFFSETS_MM:
+                t, bt = _height_profile(kind, reduction, height, np.array([f]), np.array([dx]))
+                tops.append(float(t[0]))
+                bottoms.append(float(bt[0]))
+            line_heights.append(np.mean(tops) - np.mean(bottoms))
+        line_heights = np.array(line_heights)
+        truth.heights_mm[level] = {
+            "anterior": _band(fractions, line_heights, 0.75, 0.90, np.max),
+            "middle": _band(fractions, line_heights, 0.35, 0.65, np.min),
+            "posterior": _band(fractions, line_heights, 0.10, 0.25, np.max),
+        }
+        truth.grades[level] = _grade_of(reduction)
+        truth.morphology[level] = kind if truth.grades[level] >= 1 else "normal"
+    if noise_hu:
+        ct += rng.normal(0.0, noise_hu, size=ct.shape).astype(np.float32)
+    ct_volume = Volume(array=ct, ijk_to_ras=ijk_to_ras, path="phantom_ct")
+    label_volume = Volume(array=labels, ijk_to_ras=ijk_to_ras.copy(), path="phantom_labels")
+    return ct_volume, label_volume, truth
+
+
+def _classify(shape, ijk_to_ras, shift, anatomy, levels, centres, heights, deformities, posterior_elements,
+              want_ct, trabecular_hu, z_span):
+    """Label (and optionally CT) of every voxel sampled at index + shift."""
+    ii, jj, kk = np.meshgrid(*[np.arange(n, dtype=np.float32) + np.float32(d) for n, d in zip(shape, shift)],
+                             indexing="ij")
+    world = np.stack([ii, jj, kk], axis=-1) @ ijk_to_ras[:3, :3].T.astype(np.float32) + ijk_to_ras[:3, 3]
+    del ii, jj, kk
+    local = world @ anatomy.astype(np.float32)  # rows: p @ R == R^T p
+    del world
+    x, y, zz = local[..., 0], local[..., 1], local[..., 2]
+    labels = np.zeros(shape, dtype=np.int16)
+    ct = None
+    a, b = BODY_WIDTH_MM / 2, BODY_DEPTH_MM / 2
+    in_ellipse = (x / a) ** 2 + (y / b) ** 2 <= 1.0
+    s = np.clip((y + b) / (2 * b), 0.0, 1.0)  # 0 at the posterior margin, 1 anterior
+    if want_ct:
+        ct = np.full(shape, -1000.0, dtype=np.float32)
+        ct[(x / 150.0) ** 2 + ((y + 20.0) / 120.0) ** 2 <= 1.0] = 40.0
+        ct[in_ellipse & (zz < z_span[1]) & (zz > z_span[0])] = 90.0  # discs fill the column between bodies
+        radial = np.sqrt((x / a) ** 2 + (y / b) ** 2)
+    for level in levels:
+        label = labels_mod.label_from_level(level)
+        kind, reduction = deformities.get(level, ("normal", 0.0))
+        height = heights[level]
+        dz = zz - centres[level]
+        near = np.abs(dz) <= height / 2 + 2.0
+        top, bottom = _height_profile(kind, reduction, height, s, x)
+        body = near & in_ellipse & (dz <= top) & (dz >= bottom)
+        labels[body] = label
+        if want_ct:
+            shell = body & ((radial >= 1.0 - CORTEX_MM / b) | (top - dz <= CORTEX_MM) | (dz - bottom <= CORTEX_MM))
+            ct[body] = trabecular_hu
+            ct[shell] = 700.0
+        if posterior_elements:
+            # Pedicles lateral to the canal, lamina and spinous process behind it; the canal's front is the body.
+            canal_y = -b - 9.0
+            ring = np.hypot(x, y - canal_y)
+            arch = (ring >= 8.0) & (ring <= 14.0) & (y < -b - 0.5) & (np.abs(dz) <= 0.3 * height)
+            pedicles = (np.abs(x) >= 8.0) & (np.abs(x) <= 14.0) & (y < -b + 3.0) & (y >= canal_y) & (np.abs(dz) <= 0.3 * height)
+            spinous = (np.abs(x) <= 3.0) & (y < canal_y - 12.0) & (y > canal_y - 45.0) & (np.abs(dz) <= 8.0)
+            posterior = (arch | pedicles | spinous) & (labels == 0)
+            labels[posterior] = label
+            if want_ct:
+                ct[posterior] = 500.0
+    return labels, ct

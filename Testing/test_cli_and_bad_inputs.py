@@ -1,0 +1,189 @@
+"""The measure command end to end, and every bad input: one line naming the file, non-zero exit, no outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from VertebralFractureLib import cli, io
+
+SEG = "totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz"
+CT = "totalsegmentator-example/example_ct.nii.gz"
+
+
+def run(argv, capsys):
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_measure_writes_results(shared_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, _ = run(["measure", "--seg", str(shared_file(SEG)), "--ct", str(shared_file(CT)), "--out", str(out)],
+                          capsys)
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["coordinate_system"] == "RAS"
+    l1 = next(v for v in results["vertebrae"] if v["level"] == "L1")
+    assert l1["label"] == 20 and l1["complete"] is True and l1["genant_grade"] == 0
+    assert set(l1["heights_mm"]) == {"anterior", "middle", "posterior"}
+    assert len(l1["points_ras"]) == 6 and all(len(p) == 3 for p in l1["points_ras"].values())
+    assert l1["trabecular_hu"] is not None
+    assert results["patient"]["worst_grade"] == 0
+    rows = list(csv.DictReader((out / "vertebrae.csv").open()))
+    assert [r["level"] for r in rows] == ["T12", "L1", "L2", "L3", "L4", "L5"]
+    assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == ["overview.png", "results.json", "vertebrae.csv"]
+    assert "L1" in stdout
+
+
+def test_measure_without_ct_reports_no_hu(shared_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, _ = run(["measure", "--seg", str(shared_file("verse19/sub-verse005_seg-vert_msk.nii.gz")), "--out",
+                      str(out), "-q"], capsys)
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert all(v["trabecular_hu"] is None for v in results["vertebrae"])
+
+
+def test_slicer_segmentation_by_segment_names(shared_file, tmp_path, capsys):
+    import slicerio
+
+    label_map = io.read_label_map(shared_file(SEG))
+    volume = label_map.volume
+    names = {19: "vertebrae_T12", 20: "vertebrae_L1", 21: "L2", 22: "Vertebra L3", 23: "L4", 24: "L5 vertebra"}
+    # Stored label values deliberately differ from VerSe ids: only the names carry the levels.
+    stored = np.zeros(volume.shape, dtype=np.uint8)
+    segments = []
+    for index, (label, name) in enumerate(names.items(), start=1):
+        stored[volume.array == label] = index
+        segments.append({"id": f"Segment_{index}", "name": name, "labelValue": index, "layer": 0,
+                         "color": [0.5, 0.5, 0.5]})
+    path = tmp_path / "spine.seg.nrrd"
+    slicerio.write_segmentation(str(path), {"voxels": stored, "ijkToLPS": (io.LPS_TO_RAS @ volume.ijk_to_ras).tolist(),
+                                            "segments": segments, "encoding": "gzip"})
+    read = io.read_label_map(path)
+    assert np.array_equal(read.volume.array, volume.array)
+    assert np.allclose(read.volume.ijk_to_ras, volume.ijk_to_ras)
+
+
+def test_help_on_every_command(capsys):
+    parser = cli.build_parser()
+    commands = [name for name in parser._subparsers._group_actions[0].choices]
+    assert "measure" in commands
+    for name in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([name, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage" in capsys.readouterr().out
+
+
+# ---- bad inputs ------------------------------------------------------------------------------------------------
+
+
+def _write(path, array, affine=None):
+    nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+@pytest.fixture()
+def good_seg(shared_file):
+    return shared_file(SEG)
+
+
+def _bad_cases(tmp_path, good_seg, shared_file):
+    data = good_seg.read_bytes()
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(data[: len(data) // 2])
+    text = tmp_path / "notes.nii.gz"
+    text.write_text("this is not an image\n")
+    plain = tmp_path / "report.txt"
+    plain.write_text("hello")
+    two_d = _write(tmp_path / "slice.nii.gz", np.zeros((64, 64), dtype=np.uint8))
+    four_d = _write(tmp_path / "series.nii.gz", np.zeros((16, 16, 16, 3), dtype=np.uint8))
+    empty = _write(tmp_path / "empty.nii.gz", np.zeros((16, 16, 16), dtype=np.uint8))
+    organs = np.zeros((16, 16, 16), dtype=np.uint8)
+    organs[4:8, 4:8, 4:8] = 1  # spleen in TotalSegmentator numbering, no vertebra
+    organs[8:12, 8:12, 8:12] = 200
+    unknown = _write(tmp_path / "organs.nii.gz", organs)
+    fractional = _write(tmp_path / "fractional.nii.gz", np.full((16, 16, 16), 20.5, dtype=np.float32))
+    ct_image = nib.load(str(shared_file(CT)))
+    nan_ct_array = np.asanyarray(ct_image.dataobj).astype(np.float32)
+    nan_ct_array[10, 10, 10] = np.nan
+    nan_ct = _write(tmp_path / "nan_ct.nii.gz", nan_ct_array, ct_image.affine)
+    far_affine = ct_image.affine.copy()
+    far_affine[:3, 3] += 5000.0
+    far_ct = _write(tmp_path / "far_ct.nii.gz", np.asanyarray(ct_image.dataobj), far_affine)
+    no_dicom = tmp_path / "no_dicom"
+    no_dicom.mkdir()
+    (no_dicom / "readme.txt").write_text("no images here")
+    two_series = tmp_path / "two_series"
+    two_series.mkdir()
+    source = shared_file("totalsegmentator-example/example_ct_dicom")
+    for index, file in enumerate(sorted(source.iterdir())):
+        dataset = pydicom.dcmread(file)
+        dataset.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1" if index % 2 else "1.2.826.0.1.3680043.8.498.2"
+        dataset.SeriesDescription = "odd" if index % 2 else "even"
+        dataset.save_as(two_series / file.name)
+    seg = str(good_seg)
+    return {
+        "missing file": (["--seg", str(tmp_path / "absent.nii.gz")], "absent.nii.gz", "does not exist"),
+        "truncated gzip": (["--seg", str(truncated)], "truncated.nii.gz", "truncated or corrupt"),
+        "not an image": (["--seg", str(text)], "notes.nii.gz", "not a readable NIfTI"),
+        "unsupported file": (["--seg", str(plain)], "report.txt", "not a supported image"),
+        "2-D image": (["--seg", str(two_d)], "slice.nii.gz", "2-D"),
+        "4-D image": (["--seg", str(four_d)], "series.nii.gz", "4-D"),
+        "empty label map": (["--seg", str(empty)], "empty.nii.gz", "empty"),
+        "no vertebra labels": (["--seg", str(unknown)], "organs.nii.gz", "no vertebra labels"),
+        "non-integer labels": (["--seg", str(fractional)], "fractional.nii.gz", "non-integer"),
+        "NaN in CT": (["--seg", seg, "--ct", str(nan_ct)], "nan_ct.nii.gz", "NaN"),
+        "no overlap": (["--seg", seg, "--ct", str(far_ct)], "far_ct.nii.gz", "do not overlap"),
+        "DICOM folder without images": (["--seg", seg, "--ct", str(no_dicom)], "no_dicom", "no DICOM image"),
+        "DICOM folder with two series": (["--seg", seg, "--ct", str(two_series)], "two_series", "--series"),
+    }
+
+
+CASE_NAMES = ["missing file", "truncated gzip", "not an image", "unsupported file", "2-D image", "4-D image",
+              "empty label map", "no vertebra labels", "non-integer labels", "NaN in CT", "no overlap",
+              "DICOM folder without images", "DICOM folder with two series"]
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_bad_input(name, tmp_path, good_seg, shared_file, capsys):
+    argv, file_name, problem = _bad_cases(tmp_path, good_seg, shared_file)[name]
+    out = tmp_path / "out"
+    code, stdout, stderr = run(["measure", *argv, "--out", str(out), "-q"], capsys)
+    assert code != 0
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert file_name in lines[0] and problem in lines[0], lines[0]
+    assert "Traceback" not in stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_two_series_listed_and_selectable(tmp_path, good_seg, shared_file, capsys):
+    argv, _, _ = _bad_cases(tmp_path, good_seg, shared_file)["DICOM folder with two series"]
+    folder = argv[-1]
+    with pytest.raises(io.InputError) as error:
+        io.read_ct(folder)
+    assert "1.2.826.0.1.3680043.8.498.1" in str(error.value) and "1.2.826.0.1.3680043.8.498.2" in str(error.value)
+    volume = io.read_ct(folder, series_uid="1.2.826.0.1.3680043.8.498.2")
+    assert volume.shape[2] == 10
+
+
+def test_failed_write_leaves_nothing(shared_file, tmp_path, monkeypatch, capsys):
+    from VertebralFractureLib import report
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report, "render_overview", broken)
+    out = tmp_path / "out"
+    with pytest.raises(OSError):
+        cli.main(["measure", "--seg", str(shared_file(SEG)), "--out", str(out), "-q"])
+    assert list(out.iterdir()) == []
