@@ -172,3 +172,20 @@ def test_window_count_matches_monai():
     shape, roi = (70, 50, 33), (32, 32, 32)
     sliding_window_inference(torch.zeros((1, 1, *shape)), roi, 1, lambda x: calls.append(1) or x, overlap=0.25)
     assert mb.count_windows(shape, roi, 0.25) == len(calls)
+
+
+def test_spine_channel_blending_agrees_with_the_full_argmax(tmp_path, shared_file):
+    """Blending only the vertebra channels (+ the best other logit) labels a subset of the full argmax's vertebra
+    voxels, and differs only in a few overlap voxels."""
+    bundle = make_wholebody_bundle(tmp_path / "bundle", roi_size=32, seed=5)
+    model = mb.load_model(bundle)
+    ct = io.read_ct(shared_file(TPTBOX_CT))
+    image = mb.preprocess(model, ct)
+    full = mb.predict_channels(model, image, torch.device("cpu"), spine_channels_only=False)
+    reduced = mb.predict_channels(model, image, torch.device("cpu"), spine_channels_only=True)
+    lookup = model.lookup()
+    full_verse = lookup[np.clip(full, 0, len(lookup) - 1)] * (full < len(lookup))
+    reduced_verse = lookup[np.clip(reduced, 0, len(lookup) - 1)] * (reduced < len(lookup))
+    assert np.count_nonzero(full_verse) > 0  # random weights still claim some voxels for vertebra channels
+    assert np.all((reduced_verse == 0) | (reduced_verse == full_verse))
+    assert np.mean(reduced_verse == full_verse) > 0.9  # random weights: windows disagree far more than trained ones

@@ -24,6 +24,9 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lowres", action="store_true",
                         help="MONAI bundles with a 3 mm model (highres switch): use it instead of the 1.5 mm one")
     parser.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA (float32 throughout)")
+    parser.add_argument("--all-channels", action="store_true",
+                        help="monai backend: blend every output channel of the network (exact argmax over all "
+                             "structures; about 4x the memory for the whole-body bundle)")
     parser.add_argument("--fast", action="store_true", help="totalsegmentator backend: its 3 mm model")
     parser.add_argument("--allow-download", action="store_true",
                         help="totalsegmentator backend: let it download its weights if they are missing")
@@ -34,7 +37,7 @@ def backend_options(args: argparse.Namespace) -> dict:
     backend = getattr(args, "backend", "monai")
     if backend == "monai":
         return {"model": args.model, "model_sha256": args.model_sha256, "highres": False if args.lowres else None,
-                "amp": not args.no_amp}
+                "amp": not args.no_amp, "all_channels": args.all_channels}
     if backend == "totalsegmentator":
         return {"fast": args.fast, "allow_download": args.allow_download}
     return {}

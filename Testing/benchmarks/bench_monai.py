@@ -51,7 +51,8 @@ def _build_bundle(folder: Path) -> Path:
     return folder
 
 
-def run_one(ct_path: Path, bundle: Path, spacing: float, device: str, sw_batch_size: int, amp: bool) -> dict:
+def run_one(ct_path: Path, bundle: Path, spacing: float, device: str, sw_batch_size: int, amp: bool,
+            all_channels: bool = False) -> dict:
     import numpy as np
     import torch
 
@@ -71,14 +72,16 @@ def run_one(ct_path: Path, bundle: Path, spacing: float, device: str, sw_batch_s
             model.network.to(torch_device).eval()(torch.zeros((1, 1, *model.roi_size), device=torch_device))
         torch.cuda.synchronize()
     started = time.perf_counter()
-    output = mb.segment_with_model(model, ct, device=torch_device, amp=amp, sw_batch_size=sw_batch_size)
+    output = mb.segment_with_model(model, ct, device=torch_device, amp=amp, sw_batch_size=sw_batch_size,
+                                   spine_channels_only=not all_channels)
     if torch_device.type == "cuda":
         torch.cuda.synchronize()
     segment_s = time.perf_counter() - started
     result = {
         "ct": str(ct_path), "ct_shape": list(ct.shape), "spacing_mm": spacing,
         "model_grid": list(image.shape[1:]), "windows": windows, "roi": list(model.roi_size),
-        "device": torch_device.type, "amp": amp and torch_device.type == "cuda", "sw_batch_size": sw_batch_size,
+        "device": torch_device.type, "all_channels": all_channels, "amp": amp and torch_device.type == "cuda",
+        "sw_batch_size": sw_batch_size,
         "threads": torch.get_num_threads(), "load_s": round(load_s, 2), "segment_s": round(segment_s, 2),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
         "labels_on_ct_grid": bool(output.labels.same_grid(ct)),
@@ -97,12 +100,14 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--sw-batch-size", type=int, default=1)
     parser.add_argument("--no-amp", action="store_true")
+    parser.add_argument("--all-channels", action="store_true", help="blend all 105 channels (exact argmax)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--bundle", type=Path, help=argparse.SUPPRESS)  # internal: child runs reuse the bundle
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        result = run_one(args.ct, args.bundle, args.spacing[0], args.device, args.sw_batch_size, not args.no_amp)
+        result = run_one(args.ct, args.bundle, args.spacing[0], args.device, args.sw_batch_size, not args.no_amp,
+                         args.all_channels)
         print("RESULT " + json.dumps(result))
         return 0
     results = []
@@ -111,8 +116,8 @@ def main(argv=None) -> int:
         for spacing in args.spacing:
             command = [sys.executable, __file__, "--child", "--ct", str(args.ct), "--bundle", str(bundle),
                        "--spacing", str(spacing), "--device", args.device, "--sw-batch-size", str(args.sw_batch_size)]
-            if args.no_amp:
-                command.append("--no-amp")
+            command += ["--no-amp"] if args.no_amp else []
+            command += ["--all-channels"] if args.all_channels else []
             completed = subprocess.run(command, capture_output=True, text=True)
             lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
             if completed.returncode != 0 or not lines:
@@ -124,6 +129,7 @@ def main(argv=None) -> int:
                    if "gpu" in result else "")
             print(f"{spacing:>4} mm  grid {'x'.join(map(str, result['model_grid']))}  {result['windows']:>3} windows  "
                   f"{result['device']}{' amp' if result['amp'] else ''} ({result['threads']} threads)  "
+                  f"{'105' if result['all_channels'] else '26'} blended channels  "
                   f"load {result['load_s']:.1f} s  segment {result['segment_s']:.1f} s  "
                   f"peak RSS {result['peak_rss_gb']:.2f} GB{gpu}", flush=True)
     if args.json:
