@@ -373,7 +373,8 @@ def predict_channels(model: LoadedModel, image, device, amp: bool = True, sw_bat
 
 
 def segment_with_model(model: LoadedModel, ct: Volume, device="auto", amp: bool = True, sw_batch_size: int = 1,
-                       progress: ProgressCallback | None = None, spine_channels_only: bool = True) -> SegmentationOutput:
+                       progress: ProgressCallback | None = None,
+                       spine_channels_only: bool = True) -> SegmentationOutput:
     torch_device = resolve_device(device) if isinstance(device, (str, type(None))) else device
     if progress:
         progress(0.0, f"preparing the CT for {model.name}")
