@@ -189,3 +189,24 @@ def test_spine_channel_blending_agrees_with_the_full_argmax(tmp_path, shared_fil
     assert np.count_nonzero(full_verse) > 0  # random weights still claim some voxels for vertebra channels
     assert np.all((reduced_verse == 0) | (reduced_verse == full_verse))
     assert np.mean(reduced_verse == full_verse) > 0.9  # random weights: windows disagree far more than trained ones
+
+
+def test_infer_command_writes_labels_on_the_ct_grid(tmp_path, shared_file, capsys):
+    import nibabel as nib
+
+    from VertebralFractureLib import cli
+
+    bundle = make_wholebody_bundle(tmp_path / "bundle", state_dict=_constant_class_state(23))  # T12 everywhere
+    ct_path = shared_file(TPTBOX_CT)
+    out = tmp_path / "seg.nii.gz"
+    assert cli.main(["infer", "--ct", str(ct_path), "--out", str(out), "--model", str(bundle), "--device", "cpu",
+                     "-q"]) == 0
+    assert "levels: T12" in capsys.readouterr().out
+    written, ct = nib.load(out), nib.load(ct_path)
+    assert written.shape == ct.shape and np.allclose(written.affine, ct.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(written.dataobj))) <= {0, 19}
+    if not torch.cuda.is_available():
+        assert cli.main(["infer", "--ct", str(ct_path), "--out", str(tmp_path / "x.nii.gz"), "--model", str(bundle),
+                         "--device", "cuda", "-q"]) == 2
+        assert "sees no CUDA GPU" in capsys.readouterr().err
+        assert not (tmp_path / "x.nii.gz").exists()
