@@ -51,6 +51,12 @@ def _build_bundle(folder: Path) -> Path:
     return folder
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process: on a shared machine it shows the work apart from the waiting."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_one(ct_path: Path, bundle: Path, spacing: float, device: str, sw_batch_size: int, amp: bool,
             all_channels: bool = False) -> dict:
     import numpy as np
@@ -71,18 +77,20 @@ def run_one(ct_path: Path, bundle: Path, spacing: float, device: str, sw_batch_s
         with torch.inference_mode():  # warm-up (cuDNN autotuning, CUDA context) outside the timed run
             model.network.to(torch_device).eval()(torch.zeros((1, 1, *model.roi_size), device=torch_device))
         torch.cuda.synchronize()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
     output = mb.segment_with_model(model, ct, device=torch_device, amp=amp, sw_batch_size=sw_batch_size,
                                    spine_channels_only=not all_channels)
     if torch_device.type == "cuda":
         torch.cuda.synchronize()
     segment_s = time.perf_counter() - started
+    cpu_s = _cpu_seconds() - cpu_started
     result = {
         "ct": str(ct_path), "ct_shape": list(ct.shape), "spacing_mm": spacing,
         "model_grid": list(image.shape[1:]), "windows": windows, "roi": list(model.roi_size),
         "device": torch_device.type, "all_channels": all_channels, "amp": amp and torch_device.type == "cuda",
         "sw_batch_size": sw_batch_size,
         "threads": torch.get_num_threads(), "load_s": round(load_s, 2), "segment_s": round(segment_s, 2),
+        "segment_cpu_s": round(cpu_s, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
         "labels_on_ct_grid": bool(output.labels.same_grid(ct)),
         "labels_present": [int(v) for v in np.unique(output.labels.array) if v][:5],
@@ -130,7 +138,8 @@ def main(argv=None) -> int:
             print(f"{spacing:>4} mm  grid {'x'.join(map(str, result['model_grid']))}  {result['windows']:>3} windows  "
                   f"{result['device']}{' amp' if result['amp'] else ''} ({result['threads']} threads)  "
                   f"{'105' if result['all_channels'] else '26'} blended channels  "
-                  f"load {result['load_s']:.1f} s  segment {result['segment_s']:.1f} s  "
+                  f"load {result['load_s']:.1f} s  segment {result['segment_s']:.1f} s "
+                  f"(CPU time {result['segment_cpu_s']:.0f} s)  "
                   f"peak RSS {result['peak_rss_gb']:.2f} GB{gpu}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
