@@ -210,3 +210,14 @@ def test_infer_command_writes_labels_on_the_ct_grid(tmp_path, shared_file, capsy
                          "--device", "cuda", "-q"]) == 2
         assert "sees no CUDA GPU" in capsys.readouterr().err
         assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_no_vertebra_in_the_output_is_reported(tmp_path, shared_file):
+    from VertebralFractureLib.errors import NoVertebraeError
+
+    bundle = make_wholebody_bundle(tmp_path / "bundle", state_dict=_constant_class_state(5))  # liver everywhere
+    ct = io.read_ct(shared_file(TPTBOX_CT))
+    with pytest.raises(NoVertebraeError, match="labelled no vertebra"):
+        get_backend("monai", model=str(bundle)).segment(ct, device="cpu")
+    output = mb.segment_with_model(mb.load_model(bundle), ct, device="cpu")
+    assert output.warnings == ["no vertebrae found"] and not output.labels.array.any()

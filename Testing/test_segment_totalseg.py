@@ -88,3 +88,17 @@ def test_calls_totalsegmentator_and_maps_onto_the_ct_grid(fake_totalsegmentator,
     assert np.array_equal(output.labels.array, reference)
     fast = get_backend("totalsegmentator", fast=True, allow_download=True).segment(ct, device="auto")
     assert calls[1]["fast"] is True and fast.labels.same_grid(ct)
+
+
+def test_no_vertebra_found_by_totalsegmentator(fake_totalsegmentator, shared_file, monkeypatch):
+    from VertebralFractureLib.errors import NoVertebraeError
+
+    calls, weights = fake_totalsegmentator
+    (weights / "Dataset292_TotalSegmentator_part2_vertebrae_1559subj").mkdir(parents=True)
+    ct = io.read_ct(shared_file(EXAMPLE_CT))
+    api = sys.modules["totalsegmentator.python_api"]
+    monkeypatch.setattr(api, "totalsegmentator",
+                        lambda image, output=None, **options: nib.Nifti1Image(np.zeros(image.shape, np.uint8),
+                                                                              image.affine))
+    with pytest.raises(NoVertebraeError, match="TotalSegmentator labelled no vertebra"):
+        get_backend("totalsegmentator").segment(ct, device="cpu")

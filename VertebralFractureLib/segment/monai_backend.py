@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import labels as labels_mod
 from .. import models
-from ..errors import InputError, VertebralFractureError
+from ..errors import InputError, NoVertebraeError, VertebralFractureError
 from ..io import Volume, resample_labels_to
 from . import ProgressCallback, SegmentationOutput, register_backend
 
@@ -428,6 +428,9 @@ class MonaiBackend:
 
     def segment(self, ct: Volume, device: str = "auto", progress: ProgressCallback | None = None) -> SegmentationOutput:
         torch_device = resolve_device(device)  # a missing GPU is reported before any model is loaded
-        return segment_with_model(self.model, ct, device=torch_device, amp=self.amp,
-                                  sw_batch_size=self.sw_batch_size, progress=progress,
-                                  spine_channels_only=not self.all_channels)
+        output = segment_with_model(self.model, ct, device=torch_device, amp=self.amp,
+                                    sw_batch_size=self.sw_batch_size, progress=progress,
+                                    spine_channels_only=not self.all_channels)
+        if "no vertebrae found" in output.warnings:
+            raise NoVertebraeError(f"{self.model.name} labelled no vertebra in {ct.path or 'the CT'}")
+        return output

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import labels as labels_mod
-from ..errors import VertebralFractureError
+from ..errors import NoVertebraeError, VertebralFractureError
 from ..io import Volume, resample_labels_to
 from . import ProgressCallback, SegmentationOutput, register_backend
 
@@ -121,7 +121,8 @@ class TotalSegmentatorBackend:
         present = [int(v) for v in np.unique(on_ct.array) if v != 0]
         if progress:
             progress(1.0, "TotalSegmentator done")
+        if not any(labels_mod.is_vertebra(v) for v in present):
+            raise NoVertebraeError(f"TotalSegmentator labelled no vertebra in {ct.path or 'the CT'}")
         return SegmentationOutput(
             labels=on_ct, backend="totalsegmentator", full_vertebrae=True, levels_status="unconfirmed",
-            level_evidence=["levels named by TotalSegmentator (task total); not checked against anatomical anchors"],
-            warnings=[] if any(labels_mod.is_vertebra(v) for v in present) else ["no vertebrae found"])
+            level_evidence=["levels named by TotalSegmentator (task total); not checked against anatomical anchors"])
