@@ -221,3 +221,16 @@ def test_no_vertebra_in_the_output_is_reported(tmp_path, shared_file):
         get_backend("monai", model=str(bundle)).segment(ct, device="cpu")
     output = mb.segment_with_model(mb.load_model(bundle), ct, device="cpu")
     assert output.warnings == ["no vertebrae found"] and not output.labels.array.any()
+
+
+def test_highres_switch_selects_weights_and_spacing(tmp_path, shared_file):
+    bundle = make_wholebody_bundle(tmp_path / "bundle")  # highres false: 3 mm, models/model_lowres.pt
+    with pytest.raises(InputError, match="model.pt: does not exist"):
+        mb.load_model(bundle, highres=True)
+    (bundle / "models" / "model.pt").write_bytes((bundle / "models" / "model_lowres.pt").read_bytes())
+    models.write_checksums(bundle)
+    ct = io.read_ct(shared_file(TPTBOX_CT))
+    high, low = mb.load_model(bundle, highres=True), mb.load_model(bundle)
+    assert high.weights.name == "model.pt" and low.weights.name == "model_lowres.pt"
+    assert np.allclose(np.linalg.norm(np.asarray(mb.preprocess(high, ct).affine)[:3, :3], axis=0), 1.5)
+    assert np.allclose(np.linalg.norm(np.asarray(mb.preprocess(low, ct).affine)[:3, :3], axis=0), 3.0)

@@ -172,8 +172,12 @@ def load_bundle(folder: Path, sha256: str | None = None, highres: bool | None = 
     except Exception as error:  # JSON/YAML syntax errors, or PyYAML missing for a .yaml config
         raise InputError(config_path, f"cannot be read as a MONAI bundle config ({error})") from None
     parser["bundle_root"] = str(folder)
-    if highres is not None and parser.get("displayable_configs#highres") is not None:
-        parser["displayable_configs#highres"] = bool(highres)
+    if highres is not None:
+        # newer bundle versions keep the switch under displayable_configs, older ones at the top level
+        for switch in ("displayable_configs#highres", "highres"):
+            if parser.get(switch) is not None:
+                parser[switch] = bool(highres)
+                break
 
     def parsed(item_id: str, default=None):
         if parser.get(item_id) is None:
