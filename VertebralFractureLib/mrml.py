@@ -222,17 +222,10 @@ def load_dicom_series_node(scene, files, name: str | None = None):
     the report can find its source images (:func:`dicom_files_of_volume`). ``files`` in slice order
     (``io.list_dicom_series`` gives them so).
     """
-    import pydicom
-
     files = [str(f) for f in files]
     if not files:
         raise InputError(None, "no DICOM files given")
-    uids = []
-    for path in files:
-        try:
-            uids.append(str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID))
-        except Exception as error:  # pydicom raises several types on corrupt files
-            raise InputError(path, f"is not a readable DICOM image ({error})") from None
+    uids = [_instance_uid(path) for path in files]
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or Path(files[0]).parent.name)
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
     storage.SetFileName(files[0])
@@ -248,6 +241,22 @@ def load_dicom_series_node(scene, files, name: str | None = None):
     node.SetAttribute(DICOM_UIDS_ATTRIBUTE, " ".join(uids))
     node.CreateDefaultDisplayNodes()
     return node
+
+
+def _instance_uid(path: str) -> str:
+    """SOP Instance UID of a DICOM file; the file meta's copy where an anonymiser blanked the data set's."""
+    import pydicom
+
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as error:  # pydicom raises several types on corrupt files
+        raise InputError(path, f"is not a readable DICOM image ({error})") from None
+    meta = getattr(dataset, "file_meta", None)
+    uid = str(dataset.get("SOPInstanceUID", "") or "") or \
+        (str(meta.get("MediaStorageSOPInstanceUID", "") or "") if meta is not None else "")
+    if not uid:
+        raise InputError(path, "has no SOP Instance UID")
+    return uid
 
 
 def dicom_files_of_volume(volume_node, dicom_database=None) -> list[str]:
@@ -273,14 +282,10 @@ def dicom_files_of_volume(volume_node, dicom_database=None) -> list[str]:
     stored = [storage.GetNthFileName(i) for i in range(storage.GetNumberOfFileNames())] \
         if storage is not None and hasattr(storage, "GetNumberOfFileNames") else []
     if len(stored) == len(uids) and all(os.path.isfile(path) for path in stored):
-        import pydicom
-
-        by_uid = {}
-        for path in stored:
-            try:
-                by_uid[str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)] = path
-            except Exception:  # not DICOM after all: fall through to the error below
-                break
+        try:
+            by_uid = {_instance_uid(path): path for path in stored}
+        except InputError:  # not DICOM after all: the error below says what to do
+            by_uid = {}
         if all(uid in by_uid for uid in uids):
             return [by_uid[uid] for uid in uids]
     raise InputError(name, "was loaded from DICOM but its source files cannot be found (no DICOM database open); "
