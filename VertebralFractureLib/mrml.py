@@ -824,7 +824,7 @@ class VertebralFractureCase:
         recommendation = stored["screening"].get("recommendation") or {}
         lines = [text, f"Recommendation: {recommendation.get('statement', '')}".rstrip(),
                  f"Confidence: {recommendation.get('confidence', 'n/a')}"]
-        if stored.get("grades") != _grades_in_force(self.case):
+        if not self.screening_current():
             lines.append("(grades changed since the screening: write the report again)")
         return "\n".join(lines)
 
@@ -835,6 +835,11 @@ class VertebralFractureCase:
         "grades": {level: [grade, morphology]} it saw, "written": {name: path}}; None before any."""
         text = self.table_node.GetAttribute(SCREENING_ATTRIBUTE)
         return json.loads(text) if text else None
+
+    def screening_current(self) -> bool:
+        """True when the stored screening saw the grades and morphologies in force now."""
+        stored = self.screening()
+        return stored is not None and stored.get("grades") == _grades_in_force(self.case)
 
     def write_report(self, out_dir: str | Path, dicom_out: bool = False, deidentify: bool = False,
                      pseudonym: str = "", dicom_files: list | None = None, kvp: float | None = None,
