@@ -224,9 +224,16 @@ def test_source_files_found_from_the_node(dicom_case, dicom_series, tmp_path, mo
     written = case.write_report(tmp_path / "report", dicom_out=True)
     assert pydicom.dcmread(written["dicom_seg"], stop_before_pixels=True).Modality == "SEG"
 
+    # A database without the series (e.g. loaded by a script): the storage node still knows the files...
     monkeypatch.setattr(slicer, "dicomDatabase", Database({uid: path for uid, path in list(by_uid.items())[1:]}))
+    assert mrml.dicom_files_of_volume(node) == dicom_series
+    # ... unless the volume no longer has them (saved as NRRD, or files moved): a clear error, nothing written.
+    node.SetAndObserveStorageNodeID(None)
     with pytest.raises(InputError, match="1 of its 20 DICOM images are not in the DICOM database"):
         case.write_report(tmp_path / "again", dicom_out=True)
+    assert not (tmp_path / "again").exists()
+    # Without dicom_out the report is still written, only without the patient header from the DICOM files.
+    assert case.write_report(tmp_path / "plain")["report_html"].is_file()
 
 
 def test_deidentified_export(dicom_case, dicom_series, tmp_path):

@@ -263,21 +263,21 @@ def dicom_files_of_volume(volume_node, dicom_database=None) -> list[str]:
     """The source DICOM files of a volume loaded from a DICOM series, in the node's order; [] for other volumes.
 
     Slicer's DICOM module leaves the SOP Instance UIDs in the ``DICOM.instanceUIDs`` attribute; the files come from
-    the DICOM database (``slicer.dicomDatabase.fileForInstance``) or, where no database is open (MRML core
-    outside Slicer), from the node's storage node when its files are those instances.
+    the DICOM database (``slicer.dicomDatabase.fileForInstance``), else (no database open, as with MRML core outside
+    Slicer, or a series the database does not hold) from the node's storage node when its files are those
+    instances.
     """
     uids = (volume_node.GetAttribute(DICOM_UIDS_ATTRIBUTE) or "").split()
     if not uids:
         return []
     database = dicom_database if dicom_database is not None else getattr(slicer, "dicomDatabase", None)
     name = volume_node.GetName()
+    missing = []
     if database is not None and database.isOpen:
         files = [database.fileForInstance(uid) for uid in uids]
         missing = [uid for uid, path in zip(uids, files) if not path or not os.path.isfile(path)]
-        if missing:
-            raise InputError(name, f"{len(missing)} of its {len(uids)} DICOM images are not in the DICOM database "
-                                   f"any more (first: {missing[0]}); import the series again")
-        return list(files)
+        if not missing:
+            return list(files)
     storage = volume_node.GetStorageNode()
     stored = [storage.GetNthFileName(i) for i in range(storage.GetNumberOfFileNames())] \
         if storage is not None and hasattr(storage, "GetNumberOfFileNames") else []
@@ -288,6 +288,9 @@ def dicom_files_of_volume(volume_node, dicom_database=None) -> list[str]:
             by_uid = {}
         if all(uid in by_uid for uid in uids):
             return [by_uid[uid] for uid in uids]
+    if missing:
+        raise InputError(name, f"{len(missing)} of its {len(uids)} DICOM images are not in the DICOM database "
+                               f"(first: {missing[0]}); import the series again, or give its files (dicom_files)")
     raise InputError(name, "was loaded from DICOM but its source files cannot be found (no DICOM database open); "
                            "give the series' files (dicom_files)")
 
