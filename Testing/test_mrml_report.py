@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -253,3 +258,23 @@ def test_deidentified_export(dicom_case, dicom_series, tmp_path):
     assert next(v for v in data["case"]["vertebrae"] if v["level"] == "T12")["grade_override"] == 1
     # The case in the scene keeps its inputs: only the export is scrubbed.
     assert case.case.inputs["ct"] == "3: CT abdomen"
+
+
+# ---- documentation ---------------------------------------------------------------------------------------------
+
+
+def test_report_example_of_the_docs_runs(shared_file, tmp_path):
+    """The report example in docs/slicer.md's Scripting section runs as written (outside Slicer)."""
+    repository = Path(__file__).resolve().parents[1]
+    section = (repository / "docs" / "slicer.md").read_text(encoding="utf-8").split("## Scripting", 1)[1]
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.DOTALL)
+              if "write_report" in b]
+    assert len(blocks) == 1, "docs/slicer.md has no report example in its Scripting section"
+    data = shared_file(DICOM_SERIES).parents[1]
+    env = dict(os.environ, VERTEBRAL_FRACTURE_DATA=str(data), PYTHONPATH=str(repository))
+    result = subprocess.run([sys.executable, "-c", blocks[0]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("report.html", "report.pdf", "screening.json", "vertebrae_seg.dcm", "measurements_sr.dcm"):
+        assert (tmp_path / "report" / name).is_file(), name
+    assert "T12" in result.stdout.splitlines()[-1]  # the recommendation names the reviewer's grade-2 fracture
