@@ -60,7 +60,8 @@ class VertebralFracture(ScriptedLoadableModule):
             "Opportunistic osteoporosis screening on CT: finds and names the vertebrae, measures vertebral body "
             "heights (six morphometry points), grades compression fractures (Genant) and trabecular attenuation. "
             "Drag the height lines to correct points; override grades, fix levels, re-measure after editing "
-            "segments, save the scene or export curated training data. "
+            "segments, write the clinical report (bone density, referral recommendation, DICOM SEG + SR), save the "
+            "scene or export curated training data. "
             '<a href="https://github.com/VertebralFracture/VertebralFracture/blob/main/docs/slicer.md">Documentation</a>.'
         )
         self.parent.acknowledgementText = _(
@@ -374,7 +375,7 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         with slicer.util.tryWithErrorDisplay(_("Writing the report failed."), waitCursor=True):
             self._case.write_report(parameters.reportFolder, dicom_out=parameters.reportDicom,
                                     deidentify=parameters.reportDeidentify, pseudonym=parameters.reportPseudonym)
-        # The recommendation (or what the error left) is shown by the case's listener; no modal box to dismiss.
+        # The new recommendation shows through the case's listener (_refreshReview): no modal box to dismiss.
 
     def onSaveScene(self) -> None:
         path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Save review"), "",
@@ -496,7 +497,7 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def recommendationText(case) -> str:
-        """The last screening's recommendation and where the report went (empty before the first report)."""
+        """The last screening's recommendation, where the report went, and whether grades changed since."""
         stored = case.screening()
         if stored is None:
             return _("No report written yet.")
