@@ -120,8 +120,15 @@ def test_screening_is_kept_in_the_scene_and_shown_in_the_summary(nifti_case, tmp
     context, case = nifti_case
     assert case.screening() is None and "Recommendation" not in case.summary()
     case.set_grade_override("L3", 2)
-    case.write_report(tmp_path / "report")
+    case.write_report(tmp_path / "report", kvp=120, contrast_phase="non-contrast")
     stored = case.screening()
+    # A NIfTI CT has no DICOM header: kVp and contrast phase stated by the caller are used.
+    assert stored["screening"]["kvp"] == 120
+    assert stored["screening"]["contrast"]["phase"] == "non-contrast"
+    assert not any("kVp" in caveat for caveat in stored["screening"]["caveats"])
+    with pytest.raises(ValueError, match="unknown contrast phase 'venous'"):
+        case.write_report(tmp_path / "other", contrast_phase="venous")
+    assert not (tmp_path / "other").exists()
     assert stored["grades"]["L3"] == [2, "normal"]
     assert stored["written"]["report_pdf"] == str(tmp_path / "report" / "report.pdf")
     assert stored["screening"]["recommendation"]["action"] == "refer"
@@ -142,6 +149,20 @@ def test_screening_is_kept_in_the_scene_and_shown_in_the_summary(nifti_case, tmp
     loaded = mrml.load_scene(other.scene, path)[0]
     assert loaded.screening() == stored
     assert "grades changed since the screening" in loaded.summary()
+
+
+def test_points_moved_without_an_observer_are_used(nifti_case, tmp_path):
+    _context, case = nifti_case
+    case.stop_observing()
+    node = case.line_node("L2", "anterior")
+    position = [0.0, 0.0, 0.0]
+    node.GetNthControlPointPositionWorld(1, position)
+    superior = case.vertebra("L2").axes_ras["superior"]
+    node.SetNthControlPointPositionWorld(1, *[p + 12.0 * s for p, s in zip(position, superior)])
+    assert case.vertebra("L2").final_grade == 0  # nothing observed the drag
+    written = case.write_report(tmp_path / "report")
+    l2 = next(v for v in json.loads(written["screening_json"].read_text())["case"]["vertebrae"] if v["level"] == "L2")
+    assert l2["genant_grade"] >= 2 and l2["heights_mm"]["anterior"] < 20.0
 
 
 def test_dicom_out_on_a_nifti_volume_is_a_clear_error(nifti_case, tmp_path):

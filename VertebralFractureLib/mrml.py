@@ -863,6 +863,13 @@ class VertebralFractureCase:
         volume_node = self.volume_node
         if volume_node is None or self.segmentation_node is None:
             raise ValueError(f"{self.table_node.GetName()}: the case's CT or segmentation node is missing")
+        # Phase names as screen knows them ("non-contrast", "portal venous"); "portal-venous" (CLI spelling) too.
+        phases = {name.replace("-", " "): name for name in screen.DensityThresholds().contrast_offset_hu}
+        phase = phases.get((contrast_phase or "").strip().lower().replace("-", " "))
+        if contrast_phase and phase is None:
+            raise ValueError(f"unknown contrast phase {contrast_phase!r}; one of {', '.join(phases.values())}")
+        # Points moved while nothing observed the lines (a script without start_observing) count too.
+        self.update_from_points()
         if dicom_files:
             files = [str(f) for f in dicom_files]
         else:
@@ -892,8 +899,8 @@ class VertebralFractureCase:
         header = dict(ct.meta.get("dicom") or {})
         if kvp is not None:
             header["kvp"] = float(kvp)
-        if contrast_phase:
-            header["contrast_phase"] = contrast_phase.replace("-", " ")
+        if phase:
+            header["contrast_phase"] = phase
         ct = ct if volume_is_ct else None
         # Screening fills trabecular HU of the live case; grades are read, never changed.
         screening = screen.screen_case(labels, ct, self.case, dicom=header or None)
