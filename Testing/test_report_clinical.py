@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 
 import numpy as np
@@ -160,3 +161,17 @@ def test_report_command_rejects_unknown_levels(shared_file, tmp_path, capsys):
                  "--out", str(tmp_path / "out"), "--levels", "L1,X9", "-q"])
     error = capsys.readouterr().err
     assert code == 2 and "--levels" in error and "Traceback" not in error
+
+
+@pytest.mark.parametrize("phase", ["non-contrast", "arterial", "portal-venous", "unknown"])
+def test_report_command_accepts_every_stated_contrast_phase(phase, tmp_path, shared_file):
+    from VertebralFractureLib import cli
+
+    out = tmp_path / phase
+    code = cli.main(["report", "--seg", str(shared_file("totalsegmentator-example/spine_report/"
+                                                        "totalseg_vertebrae_pp_refined.nii.gz")),
+                     "--ct", str(shared_file("totalsegmentator-example/example_ct.nii.gz")), "--out", str(out),
+                     "--contrast-phase", phase, "-q"])
+    assert code == 0
+    screening = json.loads((out / "screening.json").read_text())
+    assert {"portal-venous": "portal venous"}.get(phase, phase) in json.dumps(screening)

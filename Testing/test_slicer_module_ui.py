@@ -90,12 +90,16 @@ def test_parameter_node_and_bound_widgets_agree(ui_widgets, module_tree):
     fields = _parameter_fields(module_tree)
     bound = {parameter: name for name, (_cls, parameter, _items) in ui_widgets.items() if parameter}
     assert set(bound) <= set(fields), f"widgets bound to unknown parameters: {set(bound) - set(fields)}"
-    assert set(bound) == {"inputVolume", "inputSegmentation", "backend", "device", "caseTable", "exportFolder"}
+    assert set(bound) == {"inputVolume", "inputSegmentation", "backend", "device", "caseTable", "exportFolder",
+                          "reportFolder", "reportDicom", "reportDeidentify", "reportPseudonym"}
     for parameter, widget in bound.items():
         choices = _choices(fields[parameter])
         if choices is not None:
             assert ui_widgets[widget][2] == choices, f"{widget} items differ from the {parameter} choices"
     assert ui_widgets[bound["inputVolume"]][0] in ("qMRMLNodeComboBox", "QWidget")
+    # The report's options: the widget kind must suit the parameter's type (bool: check box, str: line edit).
+    assert ui_widgets[bound["reportDicom"]][0] == ui_widgets[bound["reportDeidentify"]][0] == "QCheckBox"
+    assert ui_widgets[bound["reportPseudonym"]][0] == "QLineEdit"
 
 
 def test_override_combo_boxes_match_the_choices_indexed_in_code(ui_widgets, module_tree):

@@ -60,7 +60,8 @@ class VertebralFracture(ScriptedLoadableModule):
             "Opportunistic osteoporosis screening on CT: finds and names the vertebrae, measures vertebral body "
             "heights (six morphometry points), grades compression fractures (Genant) and trabecular attenuation. "
             "Drag the height lines to correct points; override grades, fix levels, re-measure after editing "
-            "segments, save the scene or export curated training data. "
+            "segments, write the clinical report (bone density, referral recommendation, DICOM SEG + SR), save the "
+            "scene or export curated training data. "
             '<a href="https://github.com/VertebralFracture/VertebralFracture/blob/main/docs/slicer.md">Documentation</a>.'
         )
         self.parent.acknowledgementText = _(
@@ -81,7 +82,8 @@ class VertebralFractureParameterNode:
     Node parameters may be None (nothing selected). inputVolume: CT in Hounsfield units. inputSegmentation:
     optional segments named by level.
     backend, device: automatic segmentation. caseTable: the selected case (its table node is the hub).
-    exportFolder: dataset folder for curated training data.
+    exportFolder: dataset folder for curated training data. reportFolder, reportDicom (DICOM SEG + SR),
+    reportDeidentify, reportPseudonym: the clinical report.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -90,6 +92,10 @@ class VertebralFractureParameterNode:
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     caseTable: vtkMRMLTableNode
     exportFolder: Path = Path.home() / "VertebralFracture-dataset"
+    reportFolder: Path = Path.home() / "VertebralFracture-reports"
+    reportDicom: bool = False
+    reportDeidentify: bool = False
+    reportPseudonym: str = ""
 
 
 #
@@ -120,6 +126,7 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.ui.caseTableSelector.addAttribute("vtkMRMLTableNode", "VertebralFracture.Role", "case")
         self.ui.exportFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Writable
+        self.ui.reportFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Writable
         self.logic = VertebralFractureLogic()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -136,6 +143,7 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.remeasureButton.connect("clicked(bool)", self.onRemeasure)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.saveSceneButton.connect("clicked(bool)", self.onSaveScene)
+        self.ui.writeReportButton.connect("clicked(bool)", self.onWriteReport)
         self.ui.newLevelComboBox.addItems(self.logic.levelNames())
 
         self.initializeParameterNode()
@@ -275,10 +283,11 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             enabled = self._case is not None
             for widget in (self.ui.vertebraComboBox, self.ui.gradeOverrideComboBox, self.ui.morphologyOverrideComboBox,
                            self.ui.reviewedCheckBox, self.ui.setLevelButton, self.ui.remeasureButton,
-                           self.ui.exportButton, self.ui.saveSceneButton):
+                           self.ui.exportButton, self.ui.saveSceneButton, self.ui.writeReportButton):
                 widget.enabled = enabled
             current = self.ui.vertebraComboBox.currentText
             self.ui.vertebraComboBox.clear()
+            self.ui.recommendationLabel.text = self.logic.recommendationText(self._case) if enabled else ""
             if not enabled:
                 self.ui.summaryTextEdit.setPlainText("")
                 return
@@ -358,6 +367,15 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
             written = self._case.export_training_data(self._parameterNode.exportFolder, subject)
             slicer.util.infoDisplay(_("Exported to {folder}").format(folder=written["ct"].parents[2]))
+
+    def onWriteReport(self) -> None:
+        if self._case is None:
+            return
+        parameters = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Writing the report failed."), waitCursor=True):
+            self._case.write_report(parameters.reportFolder, dicom_out=parameters.reportDicom,
+                                    deidentify=parameters.reportDeidentify, pseudonym=parameters.reportPseudonym)
+        # The new recommendation shows through the case's listener (_refreshReview): no modal box to dismiss.
 
     def onSaveScene(self) -> None:
         path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Save review"), "",
@@ -478,6 +496,18 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
         slicer.app.applicationLogic().PropagateTableSelection()
 
     @staticmethod
+    def recommendationText(case) -> str:
+        """The last screening's recommendation, where the report went, and whether grades changed since."""
+        stored = case.screening()
+        if stored is None:
+            return _("No report written yet.")
+        recommendation = stored["screening"]["recommendation"]
+        folder = os.path.dirname(stored["written"].get("report_html", ""))
+        text = _("{statement} (confidence: {confidence}). Report: {folder}").format(
+            statement=recommendation["statement"], confidence=recommendation["confidence"], folder=folder)
+        return text if case.screening_current() else text + " " + _("Grades changed since: write the report again.")
+
+    @staticmethod
     def levelNames() -> list:
         from VertebralFractureLib import labels
 
@@ -591,6 +621,10 @@ class VertebralFractureTest(ScriptedLoadableModuleTest):
         row = next(r for r in mrml.table_rows(tableNode) if r["Level"] == "L3")
         self.assertEqual((row["Grade"], row["Grade override"]), (2, 2))
         self.assertIn("L3 grade 2", widget.ui.summaryTextEdit.plainText)
+        widget._parameterNode.reportFolder = Path(slicer.app.temporaryPath) / "VertebralFractureSelfTestReport"
+        widget.onWriteReport()
+        self.assertTrue((widget._parameterNode.reportFolder / "report.pdf").exists())
+        self.assertIn("grade 2", widget.ui.recommendationLabel.text)
         self.delayDisplay("Panel test passed")
 
     def test_AutomaticSegmentation(self):

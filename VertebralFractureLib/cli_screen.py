@@ -41,11 +41,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     progress = Progress(not args.quiet)
     progress(0.0, "reading inputs")
     ct = io.read_ct(args.ct, args.series) if args.ct else None
-    label_map = io.read_label_map(args.seg, args.labels)
-    if ct is not None:
-        io.check_overlap(ct, label_map.volume)
-        if not label_map.volume.same_grid(ct):
-            label_map = io.read_label_map(args.seg, args.labels, reference=ct)
+    label_map = io.read_label_map(args.seg, args.labels, reference=ct)
     if args.dicom_out and ct is None:
         raise InputError(None, "--dicom-out needs --ct with a DICOM series folder")
     if args.dicom_out and not ct.meta.get("dicom_files"):
@@ -65,7 +61,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.kvp is not None:
         header["kvp"] = args.kvp
     if args.contrast_phase:
-        header["contrast_phase"] = args.contrast_phase.replace("-", " ")
+        # The command line spells phases with hyphens; screen's table uses "portal venous".
+        header["contrast_phase"] = {"portal-venous": "portal venous"}.get(args.contrast_phase, args.contrast_phase)
     screening = screen.screen_case(label_map.volume, ct, case, rules=rules, dicom=header or None)
     progress(0.8, "writing outputs")
     from . import report_clinical

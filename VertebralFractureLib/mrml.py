@@ -19,6 +19,11 @@ One analysed case is a set of nodes held together by node references from a **ca
 - the table node itself: one row per vertebra, plus the whole :class:`~.results.CaseResult` as JSON in its
   ``VertebralFracture.CaseResult`` attribute (automatic values, overrides, reviewed flags, level history).
 
+Screening (bone density, recommendation) and the clinical report: :meth:`VertebralFractureCase.write_report`
+(or :func:`write_screening_report`) screens the case **as reviewed** (grades in force: the reviewer's overrides)
+and writes ``report.html``/``report.pdf``/``screening.json`` and, for a CT loaded from DICOM, DICOM SEG + SR; the
+screening result is kept as JSON in the table's ``VertebralFracture.Screening`` attribute, with the grades it saw.
+
 All of it is ordinary MRML, so saving the scene (.mrb) saves the review and loading it restores it
 (:func:`find_cases`).
 """
@@ -42,6 +47,7 @@ from . import grade as grade_mod
 from . import labels as labels_mod
 from . import measure as measure_mod
 from .curate import export_verse_case, next_subject_id, verse_centroids  # also offered here, for Slicer scripts
+from .errors import InputError
 from .io import Volume
 from .results import HEIGHT_NAMES, MORPHOLOGIES, POINT_NAMES, CaseResult, VertebraResult
 
@@ -58,6 +64,9 @@ SEGMENTATION_REFERENCE = ATTRIBUTE_PREFIX + "Segmentation"
 SUMMARY_REFERENCE = ATTRIBUTE_PREFIX + "Summary"
 LINE_REFERENCE = ATTRIBUTE_PREFIX + "HeightLine"
 CASE_ROLE = "case"
+SCREENING_ATTRIBUTE = ATTRIBUTE_PREFIX + "Screening"
+# Set by Slicer's DICOM scalar volume plugin on the volumes it loads: the SOP Instance UIDs of the source images.
+DICOM_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
 
 HEIGHT_ABBREVIATIONS = {"anterior": "Ha", "middle": "Hm", "posterior": "Hp"}
 POINT_ABBREVIATIONS = {"superior": "s", "inferior": "i"}
@@ -203,6 +212,87 @@ def load_volume_node(scene, path: str | Path, name: str | None = None, label_map
     node.SetAndObserveStorageNodeID(storage.GetID())
     node.CreateDefaultDisplayNodes()
     return node
+
+
+def load_dicom_series_node(scene, files, name: str | None = None):
+    """Read a DICOM series into a new volume node the way Slicer's DICOM module does (outside Slicer: scripts, tests).
+
+    The archetype storage node gets the whole file list (given one file, ITK would guess the series and its slice
+    spacing from the folder), and the node gets the ``DICOM.instanceUIDs`` attribute the DICOM plugin sets, so
+    the report can find its source images (:func:`dicom_files_of_volume`). ``files`` in slice order
+    (``io.list_dicom_series`` gives them so).
+    """
+    files = [str(f) for f in files]
+    if not files:
+        raise InputError(None, "no DICOM files given")
+    uids = [_instance_uid(path) for path in files]
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or Path(files[0]).parent.name)
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(files[0])
+    storage.ResetFileNameList()
+    for path in files:
+        storage.AddFileName(path)
+    storage.SetSingleFile(False)
+    if not storage.ReadData(node):
+        scene.RemoveNode(storage)
+        scene.RemoveNode(node)
+        raise InputError(files[0], "the DICOM series cannot be read as a volume")
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    node.SetAttribute(DICOM_UIDS_ATTRIBUTE, " ".join(uids))
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def _instance_uid(path: str) -> str:
+    """SOP Instance UID of a DICOM file; the file meta's copy where an anonymiser blanked the data set's."""
+    import pydicom
+
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as error:  # pydicom raises several types on corrupt files
+        raise InputError(path, f"is not a readable DICOM image ({error})") from None
+    meta = getattr(dataset, "file_meta", None)
+    uid = str(dataset.get("SOPInstanceUID", "") or "") or \
+        (str(meta.get("MediaStorageSOPInstanceUID", "") or "") if meta is not None else "")
+    if not uid:
+        raise InputError(path, "has no SOP Instance UID")
+    return uid
+
+
+def dicom_files_of_volume(volume_node, dicom_database=None) -> list[str]:
+    """The source DICOM files of a volume loaded from a DICOM series, in the node's order; [] for other volumes.
+
+    Slicer's DICOM module leaves the SOP Instance UIDs in the ``DICOM.instanceUIDs`` attribute; the files come from
+    the DICOM database (``slicer.dicomDatabase.fileForInstance``), else (no database open, as with MRML core outside
+    Slicer, or a series the database does not hold) from the node's storage node when its files are those
+    instances.
+    """
+    uids = (volume_node.GetAttribute(DICOM_UIDS_ATTRIBUTE) or "").split()
+    if not uids:
+        return []
+    database = dicom_database if dicom_database is not None else getattr(slicer, "dicomDatabase", None)
+    name = volume_node.GetName()
+    missing = []
+    if database is not None and database.isOpen:
+        files = [database.fileForInstance(uid) for uid in uids]
+        missing = [uid for uid, path in zip(uids, files) if not path or not os.path.isfile(path)]
+        if not missing:
+            return list(files)
+    storage = volume_node.GetStorageNode()
+    stored = [storage.GetNthFileName(i) for i in range(storage.GetNumberOfFileNames())] \
+        if storage is not None and hasattr(storage, "GetNumberOfFileNames") else []
+    if len(stored) == len(uids) and all(os.path.isfile(path) for path in stored):
+        try:
+            by_uid = {_instance_uid(path): path for path in stored}
+        except InputError:  # not DICOM after all: the error below says what to do
+            by_uid = {}
+        if all(uid in by_uid for uid in uids):
+            return [by_uid[uid] for uid in uids]
+    if missing:
+        raise InputError(name, f"{len(missing)} of its {len(uids)} DICOM images are not in the DICOM database "
+                               f"(first: {missing[0]}); import the series again, or give its files (dicom_files)")
+    raise InputError(name, "was loaded from DICOM but its source files cannot be found (no DICOM database open); "
+                           "give the series' files (dicom_files)")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -724,12 +814,108 @@ class VertebralFractureCase:
         _fill_table(self.table_node, self.case)
         summary = self.summary_node
         if summary is not None:
-            summary.SetText(summary_text(self.case))
+            summary.SetText(self.summary())
         for listener in list(self.listeners):
             listener(self)
 
     def summary(self) -> str:
-        return summary_text(self.case)
+        """The patient summary, with the screening recommendation once the case has been screened."""
+        text = summary_text(self.case)
+        stored = self.screening()
+        if stored is None:
+            return text
+        recommendation = stored["screening"].get("recommendation") or {}
+        lines = [text, f"Recommendation: {recommendation.get('statement', '')}".rstrip(),
+                 f"Confidence: {recommendation.get('confidence', 'n/a')}"]
+        if not self.screening_current():
+            lines.append("(grades changed since the screening: write the report again)")
+        return "\n".join(lines)
+
+    # ---- screening and clinical report ------------------------------------------------------------------------
+
+    def screening(self) -> dict | None:
+        """The last screening of this case as stored in the scene: {"screening": ScreeningResult.to_dict(),
+        "grades": {level: [grade, morphology]} it saw, "written": {name: path}}; None before any."""
+        text = self.table_node.GetAttribute(SCREENING_ATTRIBUTE)
+        return json.loads(text) if text else None
+
+    def screening_current(self) -> bool:
+        """True when the stored screening saw the grades and morphologies in force now."""
+        stored = self.screening()
+        return stored is not None and stored.get("grades") == _grades_in_force(self.case)
+
+    def write_report(self, out_dir: str | Path, dicom_out: bool = False, deidentify: bool = False,
+                     pseudonym: str = "", dicom_files: list | None = None, kvp: float | None = None,
+                     contrast_phase: str | None = None) -> dict[str, Path]:
+        """Screen the case as reviewed and write the clinical report; returns {name: path} of the files written.
+
+        ``report.html``, ``report.pdf``, ``screening.json``, ``results.json``, ``vertebrae.csv``, ``overview.png``
+        and, with ``dicom_out``, DICOM SEG + SR referencing the source series; ``deidentify`` writes the
+        de-identified export instead (see ``report_clinical.write_screening_outputs``). Grades are those in force
+        (the reviewer's overrides), heights those of the lines now. The source DICOM files come from
+        ``dicom_files`` or from the volume node (:func:`dicom_files_of_volume`); with them the report's header
+        shows the patient and study, and kVp and contrast agent are read from the DICOM header (``kvp`` and
+        ``contrast_phase``, e.g. "portal venous", state them for other volumes or override them).
+        """
+        from . import io as io_mod
+        from . import report_clinical, screen
+
+        volume_node = self.volume_node
+        if volume_node is None or self.segmentation_node is None:
+            raise ValueError(f"{self.table_node.GetName()}: the case's CT or segmentation node is missing")
+        # Phase names as screen knows them ("non-contrast", "portal venous"); "portal-venous" (CLI spelling) too.
+        phases = {name.replace("-", " "): name for name in screen.DensityThresholds().contrast_offset_hu}
+        phase = phases.get((contrast_phase or "").strip().lower().replace("-", " "))
+        if contrast_phase and phase is None:
+            raise ValueError(f"unknown contrast phase {contrast_phase!r}; one of {', '.join(phases.values())}")
+        # Points moved while nothing observed the lines (a script without start_observing) count too.
+        self.update_from_points()
+        if dicom_files:
+            files = [str(f) for f in dicom_files]
+        else:
+            try:
+                files = dicom_files_of_volume(volume_node)
+            except InputError:
+                if dicom_out:
+                    raise
+                # Without its source files the report has no patient header, which is no reason to refuse it.
+                log.warning("%s: source DICOM files not found; the report has no patient header", volume_node.GetName())
+                files = []
+        if dicom_out and not files:
+            raise InputError(volume_node.GetName(), "is not a DICOM series (loaded from a file such as NIfTI or "
+                                                    "NRRD): DICOM SEG and SR need the source DICOM images; load the "
+                                                    "series with the DICOM module, or give its files")
+        volume_is_ct = self.case.inputs.get("volume_is_ct", True)
+        ct = volume_from_node(volume_node)
+        labels = labels_from_segmentation(self.segmentation_node, volume_node)
+        if files:
+            from . import dicom_outputs
+
+            # The files must be this volume's images: SEG frames and the report's patient header come from them.
+            datasets, _warnings = dicom_outputs.read_source_datasets(files)
+            dicom_outputs.slice_indices(datasets, ct)
+            ct.meta["dicom_files"] = files
+            ct.meta["dicom"] = io_mod.dicom_header_summary(files[0])
+        header = dict(ct.meta.get("dicom") or {})
+        if kvp is not None:
+            header["kvp"] = float(kvp)
+        if phase:
+            header["contrast_phase"] = phase
+        ct = ct if volume_is_ct else None
+        # Screening fills trabecular HU of the live case; grades are read, never changed.
+        screening = screen.screen_case(labels, ct, self.case, dicom=header or None)
+        stored = {"screening": screening.to_dict(), "grades": _grades_in_force(self.case), "written": {}}
+        # The writers scrub (de-identified export) or annotate (DICOM warnings) the case they get: give them a copy.
+        written = report_clinical.write_screening_outputs(
+            CaseResult.from_dict(self.case.to_dict()), screening, labels, ct, out_dir, dicom_out=dicom_out,
+            deidentify=deidentify, pseudonym=pseudonym)
+        written = {name: Path(path) for name, path in written.items()}
+        stored["written"] = {name: str(path) for name, path in written.items()}
+        self.table_node.SetAttribute(SCREENING_ATTRIBUTE, json.dumps(stored))
+        self._publish()
+        log.info("%s: report written to %s (%s)", volume_node.GetName(), out_dir,
+                 screening.recommendation.statement)
+        return written
 
     # ---- export -----------------------------------------------------------------------------------------------
 
@@ -737,6 +923,22 @@ class VertebralFractureCase:
         """Write this case in VerSe layout under ``folder`` (see :func:`export_verse_case`)."""
         labels = labels_from_segmentation(self.segmentation_node, self.volume_node)
         return export_verse_case(folder, volume_from_node(self.volume_node), labels, self.case, subject)
+
+
+def _grades_in_force(case: CaseResult) -> dict[str, list]:
+    """Level -> [grade, morphology] in force: what a screening saw, to tell when it is out of date."""
+    return {v.level: [v.final_grade, v.final_morphology] for v in case.vertebrae}
+
+
+def write_screening_report(case_or_table_node, out_dir: str | Path, dicom_out: bool = False,
+                           deidentify: bool = False, pseudonym: str = "", **options) -> dict[str, Path]:
+    """Screen a case (a :class:`VertebralFractureCase` or its table node) and write its clinical report.
+
+    See :meth:`VertebralFractureCase.write_report` for ``options`` (``dicom_files``, ``kvp``, ``contrast_phase``).
+    """
+    case = case_or_table_node if isinstance(case_or_table_node, VertebralFractureCase) else \
+        VertebralFractureCase.from_table_node(case_or_table_node)
+    return case.write_report(out_dir, dicom_out=dicom_out, deidentify=deidentify, pseudonym=pseudonym, **options)
 
 
 def _place_in_folder(scene, nodes, folder_name: str, parent_folder: int | None = None) -> int:
@@ -886,9 +1088,10 @@ def load_scene(scene, path: str | Path) -> list[VertebralFractureCase]:
 
 
 __all__ = [
-    "POINT_NAMES", "SceneContext", "VertebralFractureCase", "add_volume_node", "export_verse_case",
-    "fill_segmentation_from_labels", "find_cases", "heights_from_points", "labels_from_segmentation", "level_color",
-    "load_scene", "load_volume_node", "new_scene", "next_subject_id", "register_segmentation_converters",
-    "save_scene", "summary_text", "table_rows", "update_node_from_volume", "update_segment_from_mask",
-    "verse_centroids", "volume_from_node",
+    "POINT_NAMES", "SceneContext", "VertebralFractureCase", "add_volume_node", "dicom_files_of_volume",
+    "export_verse_case", "fill_segmentation_from_labels", "find_cases", "heights_from_points",
+    "labels_from_segmentation", "level_color", "load_dicom_series_node", "load_scene", "load_volume_node",
+    "new_scene", "next_subject_id", "register_segmentation_converters", "save_scene", "summary_text", "table_rows",
+    "update_node_from_volume", "update_segment_from_mask", "verse_centroids", "volume_from_node",
+    "write_screening_report",
 ]
