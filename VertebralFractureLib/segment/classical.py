@@ -75,6 +75,10 @@ ENDPLATE_MIN_HU = 150.0
 DISC_PAIR_MAX_MM = 17.0
 GAP_FACTOR = 1.6
 DISC_SEARCH_MM = 3.0
+DISC_TILTS_DEG = (0.0,)
+"""Disc planes stay normal to the smoothed centre curve: a free tilt follows the endplates' concavity and
+moves a posterior corner by a voxel, which the height measurement feels (tested: +-10 and +-20 degrees).
+"""
 MIN_END_PIECE_MM = 4.0
 AREA_END_MARGIN_MM = 12.0
 STAR_MAX_RADIUS_MM = 35.0
@@ -842,9 +846,8 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
             index = int(np.clip(np.searchsorted(geometry.arclength_mm, sacral_u), 0, len(geometry.z_indices) - 1))
             if _ribs_above(finder, geometry, float(geometry.z_indices[index]), spacing):
                 sacral_u = None
-    # Disc planes stay normal to the smoothed centre curve: a free tilt follows the endplates' concavity and
-    # shifts a posterior corner by a voxel, which the height measurement feels.
-    planes = [refine_disc_plane(finder.smooth, geometry, d, spacing, search_mm=DISC_SEARCH_MM) for d in discs]
+    planes = [refine_disc_plane(finder.smooth, geometry, d, spacing, search_mm=DISC_SEARCH_MM,
+                                tilts_deg=DISC_TILTS_DEG) for d in discs]
     sacral_plane = None
     if sacral_u is not None:
         # The sacrum is joined to L5 in the mask: the L5/S1 disc is steep and often shallow in the area profile,
