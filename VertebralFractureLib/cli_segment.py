@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .cli import Progress, _print_summary, arguments, command
 from .errors import InputError, NoVertebraeError
@@ -99,11 +100,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise InputError(None, f"cannot apply the anchor: {error}") from None
 
-    progress(0.7, "writing the segmentation")
-    from pathlib import Path
-
     out_dir = Path(args.out)
-    io.write_nifti(labels.with_array(labels.array.astype("int16")), out_dir / "segmentation.nii.gz")
     inputs = {
         "ct": str(args.ct),
         "seg": str(args.seg) if args.seg else None,
@@ -125,6 +122,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if not output.full_vertebrae:
         case.warnings.append("the segmentation holds vertebral bodies only (no posterior elements)")
     progress(0.95, "writing outputs")
+    # Written only once everything is measured: a failure leaves no segmentation without its results.
+    io.write_nifti(labels.with_array(labels.array.astype("int16")), out_dir / "segmentation.nii.gz")
     written = report.write_measure_outputs(case, out_dir, labels, ct)
     written = {"segmentation": str(out_dir / "segmentation.nii.gz"), **written}
     progress.close()
