@@ -282,3 +282,60 @@ def test_analyze_with_a_given_segmentation(shared_file, tmp_path, capsys):
     given = io.read_label_map(shared_file(EXAMPLE_BODIES)).volume
     assert written.same_grid(given) and np.array_equal(written.array, given.array)
     assert results["patient"]["worst_grade"] == 0
+
+
+# --- Level naming on a phantom with known anatomy ------------------------------------------------------------
+
+def _rib_phantom(rib_bearing: list[bool], spacing=2.0):
+    """Bodies (40 x 30 x 20 mm, 6 mm discs) stacked along z, cranial first, on an RAS working grid; a rib pair
+    (8 mm bars from 20 to 100 mm beside the body centre, behind it, sloping down) on the bodies marked True."""
+    from VertebralFractureLib.segment.classical import SpineGeometry
+
+    n = len(rib_bearing)
+    nz = int((26 * n + 20) / spacing)
+    shape = (int(240 / spacing), int(100 / spacing), nz)
+    cx, cy = shape[0] // 2, shape[1] // 2
+    bone = np.zeros(shape, dtype=bool)
+    masks = []
+    x = (np.arange(shape[0]) - cx) * spacing
+    y = (np.arange(shape[1]) - cy) * spacing
+    for index, ribs in enumerate(rib_bearing):
+        top = nz - int((10 + 26 * index) / spacing)
+        low = top - int(20 / spacing)
+        body = np.zeros(shape, dtype=bool)
+        body[np.ix_(np.abs(x) <= 20, np.abs(y) <= 15, np.arange(low, top))] = True
+        masks.append(body)
+        bone |= body
+        if ribs:
+            middle = (low + top) // 2
+            for xi in np.nonzero((np.abs(x) >= 18) & (np.abs(x) <= 100))[0]:
+                drop = int((abs(x[xi]) - 18) * 0.3 / spacing)
+                z = max(0, middle - drop)
+                bone[xi, np.abs(y + 20) <= 4, max(0, z - 2) : z + 2] = True
+    geometry = SpineGeometry(z_indices=np.arange(nz), centre_xy=np.tile([cx, cy], (nz, 1)).astype(float),
+                             arclength_mm=np.arange(nz) * spacing, tangent=np.tile([0.0, 0.0, 1.0], (nz, 1)))
+    finder = type("Finder", (), {"bone": bone})()
+    return masks, finder, geometry, spacing
+
+
+def test_naming_from_ribs_and_sacrum_on_phantoms():
+    masks, finder, geometry, spacing = _rib_phantom([True, True, True, False, False, False])
+    naming = levels.name_levels(masks, finder, geometry, spacing)
+    assert naming.rib_bearing == [True, True, True, False, False, False]
+    assert naming.labels == [17, 18, 19, 20, 21, 22] and naming.status == "confirmed"
+    assert any("T12" in text for text in naming.evidence)
+    # With a sacrum below the lowest body, the count from the sacrum (lowest = L5) disagrees with the ribs by one:
+    # a transitional spine; named from the sacrum and reported unconfirmed.
+    geometry.sacrum_found = True
+    naming = levels.name_levels(masks, finder, geometry, spacing)
+    assert naming.labels == [19, 20, 21, 22, 23, 24] and naming.status == "unconfirmed"
+    assert any("disagree" in text for text in naming.evidence)
+    # Five lumbar below T12 and the sacrum: both anchors agree.
+    masks, finder, geometry, spacing = _rib_phantom([True, True, False, False, False, False, False])
+    geometry.sacrum_found = True
+    naming = levels.name_levels(masks, finder, geometry, spacing)
+    assert naming.labels == [18, 19, 20, 21, 22, 23, 24] and naming.status == "confirmed"
+    # Nothing in view anchors the count: unconfirmed, said so.
+    masks, finder, geometry, spacing = _rib_phantom([False, False, False])
+    naming = levels.name_levels(masks, finder, geometry, spacing)
+    assert naming.status == "unconfirmed" and any("--anchor" in text for text in naming.evidence)
