@@ -82,7 +82,7 @@ moves a posterior corner by a voxel, which the height measurement feels (tested:
 MIN_END_PIECE_MM = 4.0
 AREA_END_MARGIN_MM = 12.0
 STAR_MAX_RADIUS_MM = 35.0
-STAR_MIN_GAIN = 0.08
+STAR_MIN_GAIN = 0.05
 HOLE_BONE_HU = 70.0
 """An axial hole in the bone brighter than this on average is trabecular bone; the canal (CSF 0-30 HU) is darker."""
 MIDLINE_SIGMA_MM = 35.0
