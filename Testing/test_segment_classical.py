@@ -339,3 +339,19 @@ def test_naming_from_ribs_and_sacrum_on_phantoms():
     masks, finder, geometry, spacing = _rib_phantom([False, False, False])
     naming = levels.name_levels(masks, finder, geometry, spacing)
     assert naming.status == "unconfirmed" and any("--anchor" in text for text in naming.evidence)
+
+
+def test_tptbox_osteoporotic_l3_heights_match_the_reference_bodies(segmented, shared_file):
+    """The L3 body (trabecular about 50 HU, interior open to the canal) is segmented whole enough to measure: its
+    anterior and posterior heights agree within 4 mm with those measured on the reference body masks."""
+    from VertebralFractureLib import measure
+
+    ct, output = segmented(TPT_CT)
+    anchored, _ = levels.renumber_lowest_complete(output.labels, "L3")
+    reference = io.read_label_map(shared_file(TPT_VERT), reference=ct).volume
+    bodies = _bodies_only(reference, io.read_volume(shared_file(TPT_SUBREG)).array)
+    ours = measure.measure_case(anchored, ct).vertebra("L3")
+    theirs = measure.measure_case(bodies, ct).vertebra("L3")
+    assert ours.complete and theirs.complete
+    for name in ("anterior", "posterior"):
+        assert abs(ours.heights_mm[name] - theirs.heights_mm[name]) <= 4.0, name
