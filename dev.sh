@@ -37,9 +37,15 @@ case "${1:-}" in
         .venv/bin/python -m pytest "$@"
         ;;
     bench)
+        # bash dev.sh bench [NAME ...]: the named scripts of Testing/benchmarks (default: all of them).
         ensure_venv
         shift
-        .venv/bin/python Testing/benchmarks/run_benchmarks.py "$@"
+        names=("$@")
+        [ ${#names[@]} -eq 0 ] && names=($(cd Testing/benchmarks && ls *.py | sed 's/\.py$//'))
+        for name in "${names[@]}"; do
+            echo "== $name"
+            .venv/bin/python "Testing/benchmarks/$name.py" --data "$DATA"
+        done
         ;;
     *)
         echo "usage: bash dev.sh demo|test|bench" >&2

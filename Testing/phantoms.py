@@ -74,9 +74,18 @@ def _height_profile(kind: str, reduction: float, height: float, s: np.ndarray, x
     return top, bottom
 
 
-def make_spine(levels=("T12", "L1", "L2", "L3", "L4"), deformities: dict | None = None, spacing=(1.0, 1.0, 1.0),
-               tilt_deg=(0.0, 0.0, 0.0), grid_rotation_deg=(0.0, 0.0, 0.0), posterior_elements: bool = True,
-               noise_hu: float = 20.0, trabecular_hu: float = 180.0, seed: int = 0, margin_mm: float = 10.0):
+def make_spine(
+    levels=("T12", "L1", "L2", "L3", "L4"),
+    deformities: dict | None = None,
+    spacing=(1.0, 1.0, 1.0),
+    tilt_deg=(0.0, 0.0, 0.0),
+    grid_rotation_deg=(0.0, 0.0, 0.0),
+    posterior_elements: bool = True,
+    noise_hu: float = 20.0,
+    trabecular_hu: float = 180.0,
+    seed: int = 0,
+    margin_mm: float = 10.0,
+):
     """Returns (ct Volume, label Volume with VerSe ids, PhantomTruth)."""
     deformities = deformities or {}
     rng = np.random.default_rng(seed)
@@ -92,8 +101,9 @@ def make_spine(levels=("T12", "L1", "L2", "L3", "L4"), deformities: dict | None 
     z_bottom = centres[levels[-1]] - heights[levels[-1]] / 2 - DISC_MM
     # Anatomical bounding box (local), then the world box after the tilt, then the grid.
     y_low = -BODY_DEPTH_MM / 2 - (66.0 if posterior_elements else 5.0)
-    local_corners = np.array([[x, y, zz] for x in (-30, 30) for y in (y_low, BODY_DEPTH_MM / 2 + 8)
-                              for zz in (z_bottom, z_top)])
+    local_corners = np.array(
+        [[x, y, zz] for x in (-30, 30) for y in (y_low, BODY_DEPTH_MM / 2 + 8) for zz in (z_bottom, z_top)]
+    )
     world_corners = local_corners @ anatomy.T
     low, high = world_corners.min(axis=0) - margin_mm, world_corners.max(axis=0) + margin_mm
     spacing = np.asarray(spacing, dtype=float)
@@ -114,8 +124,20 @@ def make_spine(levels=("T12", "L1", "L2", "L3", "L4"), deformities: dict | None 
     for offset in offsets:
         shift = np.zeros(3)
         shift[coarse_axis] = offset
-        sample, _ = _classify(shape, ijk_to_ras, shift, anatomy, levels, centres, heights, deformities,
-                              posterior_elements, want_ct=False, trabecular_hu=trabecular_hu, z_span=(z_bottom, z_top))
+        sample, _ = _classify(
+            shape,
+            ijk_to_ras,
+            shift,
+            anatomy,
+            levels,
+            centres,
+            heights,
+            deformities,
+            posterior_elements,
+            want_ct=False,
+            trabecular_hu=trabecular_hu,
+            z_span=(z_bottom, z_top),
+        )
         for value in np.unique(sample):
             votes.setdefault(int(value), np.zeros(shape, dtype=np.uint8))
             votes[int(value)] += sample == value
@@ -123,8 +145,20 @@ def make_spine(levels=("T12", "L1", "L2", "L3", "L4"), deformities: dict | None 
     stacked = np.stack([votes[v] for v in values])
     labels = np.asarray(values, dtype=np.int16)[np.argmax(stacked, axis=0)]
     del stacked, votes
-    _, ct = _classify(shape, ijk_to_ras, np.zeros(3), anatomy, levels, centres, heights, deformities,
-                      posterior_elements, want_ct=True, trabecular_hu=trabecular_hu, z_span=(z_bottom, z_top))
+    _, ct = _classify(
+        shape,
+        ijk_to_ras,
+        np.zeros(3),
+        anatomy,
+        levels,
+        centres,
+        heights,
+        deformities,
+        posterior_elements,
+        want_ct=True,
+        trabecular_hu=trabecular_hu,
+        z_span=(z_bottom, z_top),
+    )
 
     truth = PhantomTruth(trabecular_hu=trabecular_hu, superior_axis_ras=anatomy @ np.array([0.0, 0.0, 1.0]))
     fractions = np.round(np.arange(0.10, 0.9001, 0.025), 4)
@@ -155,11 +189,24 @@ def make_spine(levels=("T12", "L1", "L2", "L3", "L4"), deformities: dict | None 
     return ct_volume, label_volume, truth
 
 
-def _classify(shape, ijk_to_ras, shift, anatomy, levels, centres, heights, deformities, posterior_elements,
-              want_ct, trabecular_hu, z_span):
+def _classify(
+    shape,
+    ijk_to_ras,
+    shift,
+    anatomy,
+    levels,
+    centres,
+    heights,
+    deformities,
+    posterior_elements,
+    want_ct,
+    trabecular_hu,
+    z_span,
+):
     """Label (and optionally CT) of every voxel sampled at index + shift."""
-    ii, jj, kk = np.meshgrid(*[np.arange(n, dtype=np.float32) + np.float32(d) for n, d in zip(shape, shift)],
-                             indexing="ij")
+    ii, jj, kk = np.meshgrid(
+        *[np.arange(n, dtype=np.float32) + np.float32(d) for n, d in zip(shape, shift)], indexing="ij"
+    )
     world = np.stack([ii, jj, kk], axis=-1) @ ijk_to_ras[:3, :3].T.astype(np.float32) + ijk_to_ras[:3, 3]
     del ii, jj, kk
     local = world @ anatomy.astype(np.float32)  # rows: p @ R == R^T p
@@ -193,7 +240,13 @@ def _classify(shape, ijk_to_ras, shift, anatomy, levels, centres, heights, defor
             canal_y = -b - 9.0
             ring = np.hypot(x, y - canal_y)
             arch = (ring >= 8.0) & (ring <= 14.0) & (y < -b - 0.5) & (np.abs(dz) <= 0.3 * height)
-            pedicles = (np.abs(x) >= 8.0) & (np.abs(x) <= 14.0) & (y < -b + 3.0) & (y >= canal_y) & (np.abs(dz) <= 0.3 * height)
+            pedicles = (
+                (np.abs(x) >= 8.0)
+                & (np.abs(x) <= 14.0)
+                & (y < -b + 3.0)
+                & (y >= canal_y)
+                & (np.abs(dz) <= 0.3 * height)
+            )
             spinous = (np.abs(x) <= 3.0) & (y < canal_y - 12.0) & (y > canal_y - 45.0) & (np.abs(dz) <= 8.0)
             posterior = (arch | pedicles | spinous) & (labels == 0)
             labels[posterior] = label

@@ -24,8 +24,9 @@ def run(argv, capsys):
 
 def test_measure_writes_results(shared_file, tmp_path, capsys):
     out = tmp_path / "out"
-    code, stdout, _ = run(["measure", "--seg", str(shared_file(SEG)), "--ct", str(shared_file(CT)), "--out", str(out)],
-                          capsys)
+    code, stdout, _ = run(
+        ["measure", "--seg", str(shared_file(SEG)), "--ct", str(shared_file(CT)), "--out", str(out)], capsys
+    )
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["coordinate_system"] == "RAS"
@@ -44,8 +45,10 @@ def test_measure_writes_results(shared_file, tmp_path, capsys):
 
 def test_measure_without_ct_reports_no_hu(shared_file, tmp_path, capsys):
     out = tmp_path / "out"
-    code, _, _ = run(["measure", "--seg", str(shared_file("verse19/sub-verse005_seg-vert_msk.nii.gz")), "--out",
-                      str(out), "-q"], capsys)
+    code, _, _ = run(
+        ["measure", "--seg", str(shared_file("verse19/sub-verse005_seg-vert_msk.nii.gz")), "--out", str(out), "-q"],
+        capsys,
+    )
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert all(v["trabecular_hu"] is None for v in results["vertebrae"])
@@ -62,11 +65,19 @@ def test_slicer_segmentation_by_segment_names(shared_file, tmp_path, capsys):
     segments = []
     for index, (label, name) in enumerate(names.items(), start=1):
         stored[volume.array == label] = index
-        segments.append({"id": f"Segment_{index}", "name": name, "labelValue": index, "layer": 0,
-                         "color": [0.5, 0.5, 0.5]})
+        segments.append(
+            {"id": f"Segment_{index}", "name": name, "labelValue": index, "layer": 0, "color": [0.5, 0.5, 0.5]}
+        )
     path = tmp_path / "spine.seg.nrrd"
-    slicerio.write_segmentation(str(path), {"voxels": stored, "ijkToLPS": (io.LPS_TO_RAS @ volume.ijk_to_ras).tolist(),
-                                            "segments": segments, "encoding": "gzip"})
+    slicerio.write_segmentation(
+        str(path),
+        {
+            "voxels": stored,
+            "ijkToLPS": (io.LPS_TO_RAS @ volume.ijk_to_ras).tolist(),
+            "segments": segments,
+            "encoding": "gzip",
+        },
+    )
     read = io.read_label_map(path)
     assert np.array_equal(read.volume.array, volume.array)
     assert np.allclose(read.volume.ijk_to_ras, volume.ijk_to_ras)
@@ -148,9 +159,21 @@ def _bad_cases(tmp_path, good_seg, shared_file):
     }
 
 
-CASE_NAMES = ["missing file", "truncated gzip", "not an image", "unsupported file", "2-D image", "4-D image",
-              "empty label map", "no vertebra labels", "non-integer labels", "NaN in CT", "no overlap",
-              "DICOM folder without images", "DICOM folder with two series"]
+CASE_NAMES = [
+    "missing file",
+    "truncated gzip",
+    "not an image",
+    "unsupported file",
+    "2-D image",
+    "4-D image",
+    "empty label map",
+    "no vertebra labels",
+    "non-integer labels",
+    "NaN in CT",
+    "no overlap",
+    "DICOM folder without images",
+    "DICOM folder with two series",
+]
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)

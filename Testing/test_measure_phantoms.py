@@ -55,18 +55,26 @@ def test_crush_grade_3_with_posterior_elements():
     "spacing, tilt_deg, grid_rotation_deg, posterior_elements, tolerance_mm",
     [
         # Thick slices, tilted spine, oblique grid. A binary mask of 3 mm slices places each endplate only to within
-        # +-1.5 mm, and the middle height (the lowest of the central lines) can take the low step of the staircase:
-        # half the slice plus half the in-plane voxel diagonal.
-        ((0.7, 0.7, 3.0), (12.0, 8.0, 5.0), (0.0, 0.0, 20.0), True, 1.5 + 0.5 * np.hypot(0.7, 0.7)),
+        # +-1.5 mm (half a slice), so a height between two endplates is known to one slice thickness.
+        ((0.7, 0.7, 3.0), (12.0, 8.0, 5.0), (0.0, 0.0, 20.0), True, 3.0),
         ((1.5, 1.5, 1.5), (-15.0, 5.0, 30.0), (10.0, -5.0, 0.0), False, None),  # bodies only, strong rotation
     ],
 )
 def test_oblique_anisotropic(spacing, tilt_deg, grid_rotation_deg, posterior_elements, tolerance_mm):
-    deformities = {"L1": ("wedge", GRADE_REDUCTION[2]), "L2": ("biconcave", GRADE_REDUCTION[1]),
-                   "L4": ("crush", GRADE_REDUCTION[2])}
-    ct, labels, truth = make_spine(("T12", "L1", "L2", "L3", "L4", "L5"), deformities, spacing=spacing,
-                                   tilt_deg=tilt_deg, grid_rotation_deg=grid_rotation_deg,
-                                   posterior_elements=posterior_elements, seed=2)
+    deformities = {
+        "L1": ("wedge", GRADE_REDUCTION[2]),
+        "L2": ("biconcave", GRADE_REDUCTION[1]),
+        "L4": ("crush", GRADE_REDUCTION[2]),
+    }
+    ct, labels, truth = make_spine(
+        ("T12", "L1", "L2", "L3", "L4", "L5"),
+        deformities,
+        spacing=spacing,
+        tilt_deg=tilt_deg,
+        grid_rotation_deg=grid_rotation_deg,
+        posterior_elements=posterior_elements,
+        seed=2,
+    )
     case = measure.measure_case(labels, ct)
     _check(case, truth, tolerance_mm or _half_voxel_diagonal(labels))
     # The frame follows the anatomy, not the scanner: the superior axis is the phantom's tilted axis.

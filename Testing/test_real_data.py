@@ -37,8 +37,10 @@ def test_verse004_radiologist_grades(shared_file):
     assert {"T9", "T10", "L1"} <= set(case.patient.fractured_levels)
 
 
-@pytest.mark.xfail(strict=True, reason="T10 measures a 22 % middle-height loss against T11/T12 (Genant grade 1); "
-                                       "the radiologists graded it 2")
+@pytest.mark.xfail(
+    strict=True,
+    reason="T10 measures a 22 % middle-height loss against T11/T12 (Genant grade 1); the radiologists graded it 2",
+)
 def test_verse004_t10_moderate(shared_file):
     case, _ = _case(shared_file, "verse19/sub-verse004_seg-vert_msk.nii.gz")
     assert case.vertebra("T10").genant_grade == 2
@@ -54,8 +56,11 @@ def test_verse005_mild_fractures(shared_file):
 
 @pytest.fixture(scope="module")
 def totalseg_example(shared_file):
-    return _case(shared_file, "totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz",
-                 "totalsegmentator-example/example_ct.nii.gz")
+    return _case(
+        shared_file,
+        "totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz",
+        "totalsegmentator-example/example_ct.nii.gz",
+    )
 
 
 def test_totalseg_example_normal_spine_grades_zero(totalseg_example):
@@ -87,8 +92,11 @@ def test_totalseg_example_against_peer_report(totalseg_example, shared_file):
 
 def test_totalseg_numbered_full_vertebrae(shared_file):
     """TotalSegmentator v2 `total` labels (full vertebrae with posterior elements) read and measured."""
-    case, label_map = _case(shared_file, "totalsegmentator-example/spine_report/totalseg.nii.gz",
-                            "totalsegmentator-example/example_ct.nii.gz")
+    case, label_map = _case(
+        shared_file,
+        "totalsegmentator-example/spine_report/totalseg.nii.gz",
+        "totalsegmentator-example/example_ct.nii.gz",
+    )
     assert label_map.convention == "totalseg_v2"
     levels = [v.level for v in case.vertebrae]
     assert levels == ["T11", "T12", "L1", "L2", "L3", "L4", "L5"]
@@ -132,8 +140,9 @@ def test_dicom_series_with_totalseg_labels(shared_file):
     assert ct.axis_codes() == "LPS"
     assert ct.meta["dicom"]["kvp"] == 120.0
     assert -1100 < float(ct.array.min()) < -900  # JPEG 2000 decoded and rescaled to HU
-    label_map = io.read_label_map(shared_file("totalsegmentator-example/example_seg_dicom.nii.gz"), "totalseg_v2",
-                                  reference=ct)
+    label_map = io.read_label_map(
+        shared_file("totalsegmentator-example/example_seg_dicom.nii.gz"), "totalseg_v2", reference=ct
+    )
     assert label_map.present == [18, 19]  # T11, T12
     case = measure.measure_case(label_map.volume, ct)
     assert [(v.level, v.complete) for v in case.vertebrae] == [("T11", False), ("T12", False)]
@@ -145,8 +154,9 @@ def test_label_map_on_another_grid_is_resampled(shared_file):
     import nibabel as nib
 
     ct = io.read_ct(shared_file("totalsegmentator-example/example_ct_dicom"))
-    label_map = io.read_label_map(shared_file("totalsegmentator-example/example_seg_dicom.nii.gz"), "totalseg_v2",
-                                  reference=ct)
+    label_map = io.read_label_map(
+        shared_file("totalsegmentator-example/example_seg_dicom.nii.gz"), "totalseg_v2", reference=ct
+    )
     assert label_map.volume.same_grid(ct)
     raw = nib.load(str(shared_file("totalsegmentator-example/example_seg_dicom.nii.gz")))
     raw_t12 = np.count_nonzero(np.asanyarray(raw.dataobj) == 32)

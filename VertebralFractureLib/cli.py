@@ -88,13 +88,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     progress = Progress(not args.quiet)
     progress(0.0, "reading inputs")
     ct = io.read_ct(args.ct, args.series) if args.ct else None
-    if ct is not None:
-        label_map = io.read_label_map(args.seg, args.labels)
-        io.check_overlap(ct, label_map.volume)
-        label_map = io.read_label_map(args.seg, args.labels, reference=ct) if not label_map.volume.same_grid(ct) \
-            else label_map
-    else:
-        label_map = io.read_label_map(args.seg, args.labels)
+    # On another grid than the CT, the label map is checked for overlap and resampled onto the CT's grid.
+    label_map = io.read_label_map(args.seg, args.labels, reference=ct)
     inputs = {"seg": str(args.seg), "ct": None if args.ct is None else str(args.ct), "labels": label_map.convention}
     case = measure.measure_case(label_map.volume, ct, inputs=inputs, progress=progress)
     progress(0.95, "writing outputs")

@@ -42,9 +42,29 @@ GRADE_THRESHOLDS = (0.20, 0.25, 0.40)
 # Relative normal vertebral body height by level (approximate, from radiographic morphometry of normal adult spines):
 # only ratios between adjacent levels are used, to carry a neighbour's height over to the vertebra being graded.
 RELATIVE_NORMAL_HEIGHT = {
-    "C3": 0.50, "C4": 0.50, "C5": 0.50, "C6": 0.50, "C7": 0.55,
-    "T1": 0.60, "T2": 0.63, "T3": 0.66, "T4": 0.69, "T5": 0.72, "T6": 0.75, "T7": 0.78, "T8": 0.81, "T9": 0.84,
-    "T10": 0.87, "T11": 0.91, "T12": 0.95, "T13": 0.96, "L1": 0.98, "L2": 1.00, "L3": 1.00, "L4": 0.99, "L5": 0.97,
+    "C3": 0.50,
+    "C4": 0.50,
+    "C5": 0.50,
+    "C6": 0.50,
+    "C7": 0.55,
+    "T1": 0.60,
+    "T2": 0.63,
+    "T3": 0.66,
+    "T4": 0.69,
+    "T5": 0.72,
+    "T6": 0.75,
+    "T7": 0.78,
+    "T8": 0.81,
+    "T9": 0.84,
+    "T10": 0.87,
+    "T11": 0.91,
+    "T12": 0.95,
+    "T13": 0.96,
+    "L1": 0.98,
+    "L2": 1.00,
+    "L3": 1.00,
+    "L4": 0.99,
+    "L5": 0.97,
     "L6": 0.97,
 }
 
@@ -82,8 +102,9 @@ def own_shape_reductions(heights: dict, level: str, rules: GradingRules = DEFAUL
     return {"wedge": max(0.0, wedge), "biconcave": max(0.0, biconcave)}
 
 
-def expected_heights(vertebra: VertebraResult, references: list[VertebraResult],
-                     rules: GradingRules = DEFAULT_RULES) -> dict[str, float] | None:
+def expected_heights(
+    vertebra: VertebraResult, references: list[VertebraResult], rules: GradingRules = DEFAULT_RULES
+) -> dict[str, float] | None:
     """Heights expected from reference levels within ``reference_levels`` (largest scaled estimate per height)."""
     own_rank = labels_mod.rank(vertebra.label)
     scale = rules.relative_normal_height
@@ -121,9 +142,11 @@ def grade_vertebrae(vertebrae: list[VertebraResult], rules: GradingRules = DEFAU
         if expected:
             loss = {name: max(0.0, 1.0 - heights[name] / expected[name]) for name in loss}
         # Each height's reduction is the larger of its shape-based and neighbour-based estimates.
-        by_height = {"anterior": max(shape["wedge"], loss["anterior"]),
-                     "middle": max(shape["biconcave"], loss["middle"]),
-                     "posterior": loss["posterior"]}
+        by_height = {
+            "anterior": max(shape["wedge"], loss["anterior"]),
+            "middle": max(shape["biconcave"], loss["middle"]),
+            "posterior": loss["posterior"],
+        }
         worst_height, reduction = max(by_height.items(), key=lambda item: item[1])
         morphology = MORPHOLOGY_OF_HEIGHT[worst_height]
         # All heights lost alike with the shape kept: a crush, whichever height lost a little more.
@@ -147,7 +170,9 @@ def grade_vertebrae(vertebrae: list[VertebraResult], rules: GradingRules = DEFAU
             parts.append("against neighbours: " + ", ".join(f"{name} {100 * loss[name]:.0f} %" for name in loss))
         else:
             parts.append("no normal neighbour within two levels: height loss not assessable")
-        vertebra.grade_reason = f"largest reduction {100 * reduction:.0f} % ({worst_height} height); " + "; ".join(parts)
+        vertebra.grade_reason = f"largest reduction {100 * reduction:.0f} % ({worst_height} height); " + "; ".join(
+            parts
+        )
 
 
 def summarize(vertebrae: list[VertebraResult]) -> PatientSummary:

@@ -73,7 +73,7 @@ class Volume:
     def ijk_to_world(self, ijk: np.ndarray) -> np.ndarray:
         """Voxel indices (N x 3, may be fractional) -> RAS mm (N x 3)."""
         ijk = np.atleast_2d(np.asarray(ijk, dtype=float))
-        return ijk @ self.ijk_to_ras[:3, :3].T + self.ijk_to_ras[:3, 3]
+        return np.einsum("ij,kj->ik", ijk, self.ijk_to_ras[:3, :3]) + self.ijk_to_ras[:3, 3]
 
     def world_to_ijk(self, ras: np.ndarray) -> np.ndarray:
         ras = np.atleast_2d(np.asarray(ras, dtype=float))
@@ -89,8 +89,10 @@ class Volume:
 
     def bounds_ras(self) -> tuple[np.ndarray, np.ndarray]:
         """Axis-aligned RAS bounding box of the voxel centres."""
-        corners = np.array([[i, j, k] for i in (0, self.shape[0] - 1) for j in (0, self.shape[1] - 1)
-                            for k in (0, self.shape[2] - 1)], dtype=float)
+        corners = np.array(
+            [[i, j, k] for i in (0, self.shape[0] - 1) for j in (0, self.shape[1] - 1) for k in (0, self.shape[2] - 1)],
+            dtype=float,
+        )
         world = self.ijk_to_world(corners)
         return world.min(axis=0), world.max(axis=0)
 
@@ -119,13 +121,17 @@ def _sitk_to_volume(image, path: Path) -> Volume:
     if dimension != 3:
         raise InputError(path, f"is a {dimension}-D image; a 3-D volume is needed")
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar volume is needed")
+        raise InputError(
+            path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar volume is needed"
+        )
     array_kji = sitk.GetArrayFromImage(image)
     direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
     ijk_to_lps = np.eye(4)
     ijk_to_lps[:3, :3] = direction * np.array(image.GetSpacing(), dtype=float)
     ijk_to_lps[:3, 3] = image.GetOrigin()
-    return Volume(array=np.ascontiguousarray(array_kji.transpose(2, 1, 0)), ijk_to_ras=LPS_TO_RAS @ ijk_to_lps, path=str(path))
+    return Volume(
+        array=np.ascontiguousarray(array_kji.transpose(2, 1, 0)), ijk_to_ras=LPS_TO_RAS @ ijk_to_lps, path=str(path)
+    )
 
 
 def _squeeze_to_3d(array: np.ndarray, path: Path) -> np.ndarray:
@@ -144,13 +150,17 @@ def _read_nifti(path: Path) -> Volume:
     try:
         image = nib.load(str(path))
     except Exception as error:  # nibabel raises several types for non-NIfTI content
-        raise InputError(path, f"is not a readable NIfTI image ({type(error).__name__}: {_first_line(error)})") from None
+        raise InputError(
+            path, f"is not a readable NIfTI image ({type(error).__name__}: {_first_line(error)})"
+        ) from None
     if len(image.shape) < 3:
         raise InputError(path, f"is a {len(image.shape)}-D image of shape {tuple(image.shape)}; a 3-D volume is needed")
     try:
         array = np.asanyarray(image.dataobj)
     except Exception as error:  # truncated gzip gives EOFError, corrupt data zlib.error or OSError
-        raise InputError(path, f"is truncated or corrupt: its voxel data cannot be read ({_first_line(error)})") from None
+        raise InputError(
+            path, f"is truncated or corrupt: its voxel data cannot be read ({_first_line(error)})"
+        ) from None
     array = _squeeze_to_3d(array, path)
     affine = image.affine.astype(float)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
@@ -233,7 +243,9 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
         if not chosen:
             raise InputError(folder, f"has no series {series_uid}; it has {_describe_series(series)}")
     elif len(series) > 1:
-        raise InputError(folder, f"holds {len(series)} series, choose one with --series UID: {_describe_series(series)}")
+        raise InputError(
+            folder, f"holds {len(series)} series, choose one with --series UID: {_describe_series(series)}"
+        )
     else:
         chosen = series
     files = chosen[0]["files"]
@@ -252,8 +264,9 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
 
 
 def _describe_series(series: list[dict]) -> str:
-    return "; ".join(f"{s['uid'] or '(no UID)'} ({s['description'] or 'no description'}, {len(s['files'])} files)"
-                     for s in series)
+    return "; ".join(
+        f"{s['uid'] or '(no UID)'} ({s['description'] or 'no description'}, {len(s['files'])} files)" for s in series
+    )
 
 
 def read_volume(path: str | Path, series_uid: str | None = None) -> Volume:
@@ -272,8 +285,11 @@ def read_volume(path: str | Path, series_uid: str | None = None) -> Volume:
         return _read_itk_file(path)
     if path.suffix.lower() == ".dcm":
         return _read_dicom_folder(path.parent, series_uid)
-    raise InputError(path, "is not a supported image (NIfTI .nii/.nii.gz, NRRD .nrrd/.nhdr, MetaImage .mha/.mhd, "
-                           "or a DICOM series folder)")
+    raise InputError(
+        path,
+        "is not a supported image (NIfTI .nii/.nii.gz, NRRD .nrrd/.nhdr, MetaImage .mha/.mhd, "
+        "or a DICOM series folder)",
+    )
 
 
 def read_ct(path: str | Path, series_uid: str | None = None) -> Volume:
@@ -336,7 +352,9 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
     if path.name.lower().endswith(".seg.nrrd"):
         volume, mapping = _read_segmentation_nrrd(path)
         if not mapping:
-            raise InputError(path, "has no segment named after a vertebra (expected names such as 'L1' or 'vertebrae_L1')")
+            raise InputError(
+                path, "has no segment named after a vertebra (expected names such as 'L1' or 'vertebrae_L1')"
+            )
         lookup = np.zeros(int(volume.array.max(initial=0)) + 1, dtype=np.int16)
         for stored, verse in mapping.items():
             if stored < len(lookup):
@@ -350,38 +368,53 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
             if not np.all(np.isfinite(array)):
                 raise InputError(path, "label map contains NaN or infinite values")
             if not np.all(np.equal(np.mod(array, 1), 0)):
-                raise InputError(path, "label map holds non-integer values; it looks like an intensity image, "
-                                       "not a label map")
+                raise InputError(
+                    path, "label map holds non-integer values; it looks like an intensity image, not a label map"
+                )
         elif array.dtype.kind not in "iub":
             raise InputError(path, f"label map has voxel type {array.dtype}, not integers")
-        array = array.astype(np.int64, copy=False)
         if array.min(initial=0) < 0:
             raise InputError(path, "label map holds negative values; it looks like an intensity image")
-        present_raw = np.unique(array)
-        present_raw = present_raw[present_raw != 0]
-        if present_raw.size == 0:
+        if array.max(initial=0) > 65535:
+            raise InputError(path, "label map holds values above 65535; it looks like an intensity image")
+        # Integer labels of the smallest type that holds them: counting and lookups stay fast on large maps.
+        array = array.astype(np.uint8 if array.max(initial=0) < 256 else np.uint16, copy=False)
+        present_raw = present_labels(array)
+        if not present_raw:
             raise InputError(path, "label map is empty (every voxel is 0)")
-        if present_raw.size > 256:
-            raise InputError(path, f"holds {present_raw.size} distinct values; it looks like an intensity image, "
-                                   "not a label map")
+        if len(present_raw) > 256:
+            raise InputError(
+                path, f"holds {len(present_raw)} distinct values; it looks like an intensity image, not a label map"
+            )
         used = labels_mod.detect_convention(present_raw) if convention == "auto" else convention
         if used not in labels_mod.CONVENTIONS:
             raise InputError(path, f"unknown label convention {convention!r}")
         if convention == "auto":
             log.info("%s: label convention detected as %s", path.name, used)
         verse_array = labels_mod.to_verse(array, used)
-    present = sorted(int(v) for v in np.unique(verse_array) if v != 0)
+    present = present_labels(verse_array)
     if not any(labels_mod.is_vertebra(v) for v in present):
-        raise InputError(path, f"label map has no vertebra labels in the {used} convention "
-                               "(choose another with --labels)")
+        raise InputError(
+            path, f"label map has no vertebra labels in the {used} convention (choose another with --labels)"
+        )
     label_volume = volume.with_array(verse_array.astype(np.int16))
     if reference is not None and not label_volume.same_grid(reference):
+        check_overlap(reference, label_volume)
         label_volume = resample_labels_to(label_volume, reference)
-        present = sorted(int(v) for v in np.unique(label_volume.array) if v != 0)
+        present = present_labels(label_volume.array)
         if not any(labels_mod.is_vertebra(v) for v in present):
-            raise InputError(path, f"label map does not overlap the CT {reference.path} in space "
-                                   "(no vertebra voxel falls inside the CT's field of view)")
+            raise InputError(
+                path,
+                f"label map does not overlap the CT {reference.path} in space "
+                "(no vertebra voxel falls inside the CT's field of view)",
+            )
     return LabelMap(volume=label_volume, convention=used, present=present)
+
+
+def present_labels(array: np.ndarray) -> list[int]:
+    """Sorted non-zero labels of a non-negative integer array (a histogram: linear time, unlike sorting)."""
+    counts = np.bincount(array.ravel(), minlength=1)
+    return [int(v) for v in np.flatnonzero(counts) if v != 0]
 
 
 def resample_labels_to(labels: Volume, reference: Volume) -> Volume:
@@ -389,8 +422,15 @@ def resample_labels_to(labels: Volume, reference: Volume) -> Volume:
     from scipy import ndimage
 
     reference_to_label = labels.ras_to_ijk @ reference.ijk_to_ras
-    resampled = ndimage.affine_transform(labels.array, reference_to_label[:3, :3], offset=reference_to_label[:3, 3],
-                                         output_shape=reference.shape, order=0, mode="constant", cval=0)
+    resampled = ndimage.affine_transform(
+        labels.array,
+        reference_to_label[:3, :3],
+        offset=reference_to_label[:3, 3],
+        output_shape=reference.shape,
+        order=0,
+        mode="constant",
+        cval=0,
+    )
     return reference.with_array(resampled.astype(labels.array.dtype), resampled_from=labels.path)
 
 
@@ -412,11 +452,16 @@ def atomic_path(destination: str | Path):
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(destination.suffixes)
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name.split('.')[0]}-", suffix=suffix,
-                                         dir=destination.parent)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{destination.name.split('.')[0]}-", suffix=suffix, dir=destination.parent
+    )
     os.close(handle)
     try:
         yield Path(temporary)
+        # mkstemp creates the file readable by its owner only; give it the permissions any new file would get.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, destination)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -127,9 +127,8 @@ def to_verse(array: np.ndarray, convention: str) -> np.ndarray:
     if convention not in CONVENTION_TO_VERSE:
         raise ValueError(f"unknown label convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
     mapping = CONVENTION_TO_VERSE[convention]
-    lookup_size = int(max(int(array.max(initial=0)), max(mapping))) + 1
+    lookup_size = int(max(int(array.max(initial=0)), max(mapping))) + 1  # callers pass non-negative labels
     lookup = np.zeros(lookup_size, dtype=np.int16)
     for source, target in mapping.items():
         lookup[source] = target
-    clipped = np.clip(array, 0, lookup_size - 1)
-    return lookup[clipped]
+    return lookup[array]

@@ -26,8 +26,20 @@ HEIGHT_COLOURS = {"anterior": "#00b8d4", "middle": "#ffd600", "posterior": "#d50
 CSV_COLUMNS = (
     ["level", "label", "complete", "genant_grade", "morphology", "height_loss"]
     + [f"{name}_height_mm" for name in HEIGHT_NAMES]
-    + ["wedge_ratio", "biconcavity_ratio", "crush_ratio", "expected_posterior_mm", "depth_mm", "body_volume_ml",
-       "trabecular_hu", "trabecular_hu_iqr", "grade_override", "morphology_override", "reviewed", "incomplete_reason"]
+    + [
+        "wedge_ratio",
+        "biconcavity_ratio",
+        "crush_ratio",
+        "expected_posterior_mm",
+        "depth_mm",
+        "body_volume_ml",
+        "trabecular_hu",
+        "trabecular_hu_iqr",
+        "grade_override",
+        "morphology_override",
+        "reviewed",
+        "incomplete_reason",
+    ]
     + [f"{point}_{axis}_ras" for point in POINT_NAMES for axis in "xyz"]
 )
 
@@ -55,16 +67,26 @@ def case_to_csv(case: CaseResult) -> str:
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for vertebra in case.vertebrae:
-        row = {"level": vertebra.level, "label": vertebra.label, "complete": vertebra.complete,
-               "genant_grade": vertebra.genant_grade, "morphology": vertebra.morphology,
-               "height_loss": _round(vertebra.height_loss, 3), "expected_posterior_mm": _round(vertebra.expected_posterior_mm),
-               "depth_mm": _round(vertebra.depth_mm), "body_volume_ml": _round(vertebra.body_volume_ml),
-               "trabecular_hu": _round(vertebra.trabecular_hu, 1), "trabecular_hu_iqr": _round(vertebra.trabecular_hu_iqr, 1),
-               "grade_override": vertebra.grade_override, "morphology_override": vertebra.morphology_override,
-               "reviewed": vertebra.reviewed, "incomplete_reason": vertebra.incomplete_reason,
-               "wedge_ratio": _round(vertebra.ratios.get("wedge"), 3),
-               "biconcavity_ratio": _round(vertebra.ratios.get("biconcavity"), 3),
-               "crush_ratio": _round(vertebra.ratios.get("crush"), 3)}
+        row = {
+            "level": vertebra.level,
+            "label": vertebra.label,
+            "complete": vertebra.complete,
+            "genant_grade": vertebra.genant_grade,
+            "morphology": vertebra.morphology,
+            "height_loss": _round(vertebra.height_loss, 3),
+            "expected_posterior_mm": _round(vertebra.expected_posterior_mm),
+            "depth_mm": _round(vertebra.depth_mm),
+            "body_volume_ml": _round(vertebra.body_volume_ml),
+            "trabecular_hu": _round(vertebra.trabecular_hu, 1),
+            "trabecular_hu_iqr": _round(vertebra.trabecular_hu_iqr, 1),
+            "grade_override": vertebra.grade_override,
+            "morphology_override": vertebra.morphology_override,
+            "reviewed": vertebra.reviewed,
+            "incomplete_reason": vertebra.incomplete_reason,
+            "wedge_ratio": _round(vertebra.ratios.get("wedge"), 3),
+            "biconcavity_ratio": _round(vertebra.ratios.get("biconcavity"), 3),
+            "crush_ratio": _round(vertebra.ratios.get("crush"), 3),
+        }
         for name in HEIGHT_NAMES:
             row[f"{name}_height_mm"] = _round(vertebra.heights_mm[name]) if vertebra.heights_mm else None
         for point in POINT_NAMES:
@@ -108,13 +130,13 @@ def _sample_plane(volume: Volume, origin, anterior, superior, u_range, v_range, 
     grid_v, grid_u = np.meshgrid(v, u, indexing="ij")
     world = origin + grid_u[..., None] * anterior + grid_v[..., None] * superior
     ijk = volume.world_to_ijk(world.reshape(-1, 3))
-    values = ndimage.map_coordinates(volume.array, ijk.T, order=order, mode="constant",
-                                     cval=-1024 if order else 0)
+    values = ndimage.map_coordinates(volume.array, ijk.T, order=order, mode="constant", cval=-1024 if order else 0)
     return values.reshape(grid_u.shape), u, v
 
 
-def render_overview(case: CaseResult, labels: Volume, ct: Volume | None, destination: str | Path,
-                    pixel_mm: float = 0.5) -> None:
+def render_overview(
+    case: CaseResult, labels: Volume, ct: Volume | None, destination: str | Path, pixel_mm: float = 0.5
+) -> None:
     """Sagittal view through the spine with the six points, the three heights and the grade of each vertebra.
 
     The image shows the patient's anterior to the left and superior up, as radiologists read a sagittal CT.
@@ -154,18 +176,39 @@ def render_overview(case: CaseResult, labels: Volume, ct: Volume | None, destina
             for name in HEIGHT_NAMES:
                 top = np.array(vertebra.points_ras[f"superior_{name}"]) - origin
                 bottom = np.array(vertebra.points_ras[f"inferior_{name}"]) - origin
-                axes.plot([top @ anterior, bottom @ anterior], [top @ superior, bottom @ superior],
-                          color=HEIGHT_COLOURS[name], linewidth=1.4)
-                axes.plot([top @ anterior, bottom @ anterior], [top @ superior, bottom @ superior], "o",
-                          color=HEIGHT_COLOURS[name], markersize=3.5, markeredgecolor="black", markeredgewidth=0.4)
+                axes.plot(
+                    [top @ anterior, bottom @ anterior],
+                    [top @ superior, bottom @ superior],
+                    color=HEIGHT_COLOURS[name],
+                    linewidth=1.4,
+                )
+                axes.plot(
+                    [top @ anterior, bottom @ anterior],
+                    [top @ superior, bottom @ superior],
+                    "o",
+                    color=HEIGHT_COLOURS[name],
+                    markersize=3.5,
+                    markeredgecolor="black",
+                    markeredgewidth=0.4,
+                )
             heights = vertebra.heights_mm
-            text = (f"{vertebra.level}  G{vertebra.final_grade}"
-                    f"{'' if vertebra.final_morphology in (None, 'normal') else ' ' + vertebra.final_morphology}\n"
-                    f"Ha {heights['anterior']:.1f} Hm {heights['middle']:.1f} Hp {heights['posterior']:.1f}")
+            text = (
+                f"{vertebra.level}  G{vertebra.final_grade}"
+                f"{'' if vertebra.final_morphology in (None, 'normal') else ' ' + vertebra.final_morphology}\n"
+                f"Ha {heights['anterior']:.1f} Hm {heights['middle']:.1f} Hp {heights['posterior']:.1f}"
+            )
         else:
             text = f"{vertebra.level}  not graded\n{vertebra.incomplete_reason or ''}"
-        axes.text(label_u + 30, label_v, text, color="white", fontsize=7, va="center", ha="right",
-                  bbox={"boxstyle": "round,pad=0.25", "facecolor": colour, "alpha": 0.85, "edgecolor": "none"})
+        axes.text(
+            label_u + 30,
+            label_v,
+            text,
+            color="white",
+            fontsize=7,
+            va="center",
+            ha="right",
+            bbox={"boxstyle": "round,pad=0.25", "facecolor": colour, "alpha": 0.85, "edgecolor": "none"},
+        )
     axes.text(u[-1] - 2, v[0] - 2, "A", color="white", fontsize=9, ha="left", va="top")
     axes.text(u[0] + 2, v[0] - 2, "P", color="white", fontsize=9, ha="right", va="top")
     axes.set_axis_off()

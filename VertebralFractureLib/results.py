@@ -10,8 +10,12 @@ import dataclasses
 from dataclasses import dataclass, field
 
 POINT_NAMES = (
-    "superior_anterior", "superior_middle", "superior_posterior",
-    "inferior_anterior", "inferior_middle", "inferior_posterior",
+    "superior_anterior",
+    "superior_middle",
+    "superior_posterior",
+    "inferior_anterior",
+    "inferior_middle",
+    "inferior_posterior",
 )
 HEIGHT_NAMES = ("anterior", "middle", "posterior")
 MORPHOLOGIES = ("normal", "wedge", "biconcave", "crush")

@@ -1,0 +1,168 @@
+"""The headless batch script on real CTs (NIfTI, a DICOM series) with label maps matched by case name."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+SCRIPT = REPOSITORY / "VertebralFracture" / "Batch" / "VertebralFractureBatch.py"
+
+
+def _load_batch():
+    spec = importlib.util.spec_from_file_location("VertebralFractureBatch", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _summary(out: Path) -> dict[str, dict]:
+    with open(out / "summary.csv", newline="") as handle:
+        return {row["case"]: row for row in csv.DictReader(handle)}
+
+
+@pytest.fixture()
+def folders(shared_file, tmp_path):
+    """An input folder mixing formats and a broken file, and a label-map folder matched by case name."""
+    inputs, segs = tmp_path / "in", tmp_path / "seg"
+    inputs.mkdir()
+    segs.mkdir()
+    example = shared_file("totalsegmentator-example/example_ct.nii.gz")
+    (inputs / "lumbar.nii.gz").symlink_to(example)
+    (inputs / "thoracolumbar_dicom").symlink_to(shared_file("totalsegmentator-example/example_ct_dicom"),
+                                               target_is_directory=True)
+    (inputs / "l3crop.nii.gz").symlink_to(shared_file("tptbox/sub-ct_label-22_ct.nii.gz"))
+    (inputs / "broken.nii.gz").write_bytes(example.read_bytes()[:5000])  # truncated download
+    (inputs / "notes.txt").write_text("not an image")
+    (segs / "lumbar_seg.nii.gz").symlink_to(
+        shared_file("totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz"))
+    (segs / "thoracolumbar_dicom.nii.gz").symlink_to(shared_file("totalsegmentator-example/example_seg_dicom.nii.gz"))
+    (segs / "l3crop_seg-vert_msk.nii.gz").symlink_to(shared_file("tptbox/sub-ct_seg-vert_label-22_msk.nii.gz"))
+    return inputs, segs, tmp_path / "out"
+
+
+def test_batch_processes_every_case_and_records_failures(folders):
+    inputs, segs, out = folders
+    batch = _load_batch()
+    code = batch.main(["--input", str(inputs), "--output", str(out), "--seg-dir", str(segs), "-q"])
+    assert code == 1  # the broken file failed
+    rows = _summary(out)
+    assert set(rows) == {"lumbar", "thoracolumbar_dicom", "l3crop", "broken"}
+
+    lumbar = rows["lumbar"]
+    assert lumbar["status"] == "ok" and lumbar["levels"] == "T12 L1 L2 L3 L4 L5"
+    assert lumbar["worst_grade"] == "0" and lumbar["fractured_levels"] == ""
+    assert 50 < float(lumbar["l1_trabecular_hu"]) < 250
+    results = json.loads((out / "lumbar" / "results.json").read_text())
+    assert [v["level"] for v in results["vertebrae"]] == ["T12", "L1", "L2", "L3", "L4", "L5"]
+
+    dicom = rows["thoracolumbar_dicom"]
+    assert dicom["status"] == "ok", dicom["error"]
+    assert dicom["segmentation"].endswith("thoracolumbar_dicom.nii.gz")
+    assert set(dicom["levels"].split()) == {"T11", "T12"}  # both cut by the 20-slice field of view
+    assert dicom["worst_grade"] == ""
+
+    crop = rows["l3crop"]
+    assert crop["status"] == "ok" and "L3" in crop["levels"].split()
+
+    broken = rows["broken"]
+    assert broken["status"] == "failed"
+    assert "broken.nii.gz" in broken["error"] and "\n" not in broken["error"]
+    assert (out / "broken" / "error.txt").exists()
+    assert not (out / "broken" / "results.json").exists()
+
+
+def test_case_without_a_label_map_goes_to_the_backend(folders):
+    inputs, segs, out = folders
+    (segs / "l3crop_seg-vert_msk.nii.gz").unlink()
+    (inputs / "broken.nii.gz").unlink()
+    batch = _load_batch()
+    code = batch.main(["--input", str(inputs), "--output", str(out), "--seg-dir", str(segs), "--backend", "none-such",
+                       "-q"])
+    assert code == 1
+    rows = _summary(out)
+    assert rows["lumbar"]["status"] == "ok"
+    assert rows["l3crop"]["status"] == "failed"
+    assert "unknown segmentation backend 'none-such'" in rows["l3crop"]["error"]
+
+
+def test_label_map_matching_by_case_name(tmp_path):
+    batch = _load_batch()
+    for name in ("case1.nii.gz", "case10_seg.nii.gz", "case1_seg-vert_msk.nii.gz"):
+        (tmp_path / name).write_bytes(b"x")
+    assert batch.find_label_map(tmp_path, "case1").name == "case1.nii.gz"  # the exact name wins
+    assert batch.find_label_map(tmp_path, "case10").name == "case10_seg.nii.gz"
+    assert batch.find_label_map(tmp_path, "case2") is None
+    (tmp_path / "case1.nii.gz").unlink()
+    assert batch.find_label_map(tmp_path, "case1").name == "case1_seg-vert_msk.nii.gz"
+    (tmp_path / "case1.seg.nrrd").write_bytes(b"x")
+    assert batch.find_label_map(tmp_path, "case1").name == "case1.seg.nrrd"
+    (tmp_path / "case1.seg.nrrd").unlink()
+    (tmp_path / "case1-other.nii.gz").write_bytes(b"x")
+    from VertebralFractureLib.errors import InputError
+
+    with pytest.raises(InputError, match="2 label maps match case 'case1'"):
+        batch.find_label_map(tmp_path, "case1")
+
+
+def test_script_runs_as_a_program_with_exit_codes(folders, tmp_path):
+    inputs, segs, out = folders
+    (inputs / "broken.nii.gz").unlink()
+    (inputs / "thoracolumbar_dicom").unlink()
+    (inputs / "l3crop.nii.gz").unlink()
+    ok = subprocess.run([sys.executable, str(SCRIPT), "--input", str(inputs), "--output", str(out), "--seg-dir",
+                         str(segs), "--save-scene"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "1 of 1 cases done, 0 failed" in ok.stdout
+    assert (out / "lumbar" / "lumbar.mrb").stat().st_size > 100_000
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = subprocess.run([sys.executable, str(SCRIPT), "--input", str(empty), "--output", str(out)],
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert nothing.returncode == 2 and "no CT found" in nothing.stderr
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--output", str(out)], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert bad.returncode == 2 and "--input" in bad.stderr
+
+
+def test_review_scene_written_by_the_batch_loads_with_its_case(folders):
+    pytest.importorskip("slicer", reason="slicer-core (PyPI) is needed for scenes")
+    from VertebralFractureLib import mrml
+
+    inputs, segs, out = folders
+    for name in ("broken.nii.gz", "thoracolumbar_dicom", "l3crop.nii.gz"):
+        (inputs / name).unlink()
+    batch = _load_batch()
+    assert batch.main(["--input", str(inputs), "--output", str(out), "--seg-dir", str(segs), "--save-scene",
+                       "-q"]) == 0
+    cases = mrml.load_scene(mrml.new_scene().scene, out / "lumbar" / "lumbar.mrb")
+    assert [v.level for v in cases[0].case.vertebrae] == ["T12", "L1", "L2", "L3", "L4", "L5"]
+
+
+def test_batch_appends_cases_to_a_curated_dataset(folders):
+    import nibabel as nib
+
+    inputs, segs, out = folders
+    (inputs / "broken.nii.gz").unlink()
+    dataset = out.parent / "dataset"
+    batch = _load_batch()
+    assert batch.main(["--input", str(inputs), "--output", str(out), "--seg-dir", str(segs), "--export-dataset",
+                       str(dataset), "-q"]) == 0
+    rows = _summary(out)
+    subjects = sorted(row["dataset_subject"] for row in rows.values())
+    assert subjects == ["sub-vf0001", "sub-vf0002", "sub-vf0003"]
+    lumbar = rows["lumbar"]["dataset_subject"]
+    labels = nib.load(dataset / "derivatives" / lumbar / f"{lumbar}_seg-vert_msk.nii.gz")
+    assert sorted(int(v) for v in set(labels.get_fdata().ravel().tolist()) if v) == [19, 20, 21, 22, 23, 24]
+    with open(dataset / "grades.csv", newline="") as handle:
+        graded = list(csv.DictReader(handle))
+    assert {row["subject"] for row in graded} == set(subjects)
+    names = [str(p.relative_to(dataset)) for p in dataset.rglob("*")]
+    assert not any(case in name for case in rows for name in names)  # case names stay out of the dataset

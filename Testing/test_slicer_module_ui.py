@@ -1,0 +1,161 @@
+"""The Slicer module's glue, checked without Slicer: its .ui loads (PySide6, offscreen) and holds every widget the
+module code names, the parameter node matches the widgets bound to it, the CMake lists name existing files, and
+the scripting example of docs/slicer.md runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+MODULE = REPOSITORY / "VertebralFracture" / "VertebralFracture.py"
+UI_FILE = REPOSITORY / "VertebralFracture" / "Resources" / "UI" / "VertebralFracture.ui"
+DOCS = REPOSITORY / "docs" / "slicer.md"
+
+
+@pytest.fixture(scope="module")
+def ui_widgets():
+    """objectName -> (class name, SlicerParameterName or None, combo box items) of every widget in the .ui."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    qt_widgets = pytest.importorskip("PySide6.QtWidgets", reason="PySide6 is needed to load the .ui file")
+    from PySide6.QtCore import QFile, QIODevice
+    from PySide6.QtUiTools import QUiLoader
+
+    app = qt_widgets.QApplication.instance() or qt_widgets.QApplication([])
+    handle = QFile(str(UI_FILE))
+    assert handle.open(QIODevice.ReadOnly), f"{UI_FILE} cannot be opened"
+    loader = QUiLoader()
+    root = loader.load(handle)
+    handle.close()
+    assert root is not None, loader.errorString()
+    widgets = {}
+    for widget in [root, *root.findChildren(qt_widgets.QWidget)]:
+        name = widget.objectName()
+        if not name or name.startswith("qt_"):
+            continue
+        parameter = widget.property("SlicerParameterName")
+        items = [widget.itemText(i) for i in range(widget.count())] if isinstance(widget, qt_widgets.QComboBox) \
+            else None
+        widgets[name] = (widget.metaObject().className(), parameter, items)
+    root.deleteLater()
+    app.processEvents()
+    return widgets
+
+
+@pytest.fixture(scope="module")
+def module_tree():
+    return ast.parse(MODULE.read_text(encoding="utf-8"), filename=str(MODULE))
+
+
+def _ui_names_used(tree) -> set[str]:
+    """Every ``self.ui.NAME`` in the module."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui" \
+                and isinstance(node.value.value, ast.Name) and node.value.value.id == "self":
+            names.add(node.attr)
+    return names
+
+
+def _parameter_fields(tree) -> dict[str, ast.AST]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and any(
+                getattr(d, "id", None) == "parameterNodeWrapper" for d in node.decorator_list):
+            return {item.target.id: item.annotation for item in node.body if isinstance(item, ast.AnnAssign)}
+    raise AssertionError("no @parameterNodeWrapper class in the module")
+
+
+def _choices(annotation) -> list[str] | None:
+    for node in ast.walk(annotation):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Choice":
+            return [element.value for element in node.args[0].elts]
+    return None
+
+
+def test_every_widget_the_module_names_exists(ui_widgets, module_tree):
+    used = _ui_names_used(module_tree)
+    assert len(used) > 15
+    missing = sorted(used - set(ui_widgets))
+    assert not missing, f"the module uses widgets that {UI_FILE.name} lacks: {missing}"
+
+
+def test_parameter_node_and_bound_widgets_agree(ui_widgets, module_tree):
+    fields = _parameter_fields(module_tree)
+    bound = {parameter: name for name, (_cls, parameter, _items) in ui_widgets.items() if parameter}
+    assert set(bound) <= set(fields), f"widgets bound to unknown parameters: {set(bound) - set(fields)}"
+    assert set(bound) == {"inputVolume", "inputSegmentation", "backend", "device", "caseTable", "exportFolder",
+                          "reportFolder", "reportDicom", "reportDeidentify", "reportPseudonym"}
+    for parameter, widget in bound.items():
+        choices = _choices(fields[parameter])
+        if choices is not None:
+            assert ui_widgets[widget][2] == choices, f"{widget} items differ from the {parameter} choices"
+    assert ui_widgets[bound["inputVolume"]][0] in ("qMRMLNodeComboBox", "QWidget")
+    # The report's options: the widget kind must suit the parameter's type (bool: check box, str: line edit).
+    assert ui_widgets[bound["reportDicom"]][0] == ui_widgets[bound["reportDeidentify"]][0] == "QCheckBox"
+    assert ui_widgets[bound["reportPseudonym"]][0] == "QLineEdit"
+
+
+def test_override_combo_boxes_match_the_choices_indexed_in_code(ui_widgets, module_tree):
+    constants = {}
+    for node in module_tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            try:
+                constants[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    grades = ui_widgets["gradeOverrideComboBox"][2]
+    morphologies = ui_widgets["morphologyOverrideComboBox"][2]
+    assert len(grades) == len(constants["GRADE_CHOICES"])
+    assert [g.split()[0] for g in grades[1:]] == [str(g) for g in constants["GRADE_CHOICES"][1:]]
+    assert morphologies[1:] == list(constants["MORPHOLOGY_CHOICES"][1:])
+    # Dependencies installed on first use never include Slicer's own SimpleITK.
+    assert not any(name.lower() == "simpleitk" for name in constants["REQUIRED_PACKAGES"])
+
+
+def test_module_is_thin_and_imports_the_lib_lazily(module_tree):
+    lines = MODULE.read_text(encoding="utf-8").count("\n")
+    assert lines < 650, f"the module file has {lines} lines; logic belongs in VertebralFractureLib"
+    top_level_imports = [node for node in module_tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    for node in top_level_imports:
+        module = getattr(node, "module", None) or node.names[0].name
+        assert not module.startswith("VertebralFractureLib"), "the Lib must be imported after the dependency check"
+    classes = {node.name for node in module_tree.body if isinstance(node, ast.ClassDef)}
+    assert {"VertebralFracture", "VertebralFractureParameterNode", "VertebralFractureWidget",
+            "VertebralFractureLogic", "VertebralFractureTest"} <= classes
+
+
+def test_cmake_lists_name_existing_files():
+    module_cmake = (REPOSITORY / "VertebralFracture" / "CMakeLists.txt").read_text()
+    for relative in re.findall(r"^\s+((?:\$\{MODULE_NAME\}|Resources|Batch)[^\s)]*)", module_cmake, re.MULTILINE):
+        path = REPOSITORY / "VertebralFracture" / relative.replace("${MODULE_NAME}", "VertebralFracture")
+        assert path.exists(), f"VertebralFracture/CMakeLists.txt names {relative}, which does not exist"
+    top = (REPOSITORY / "CMakeLists.txt").read_text()
+    assert 'set(VertebralFracture_MINIMUM_SLICER_VERSION "5.10")' in top
+    assert "VertebralFractureLib/*.py" in top and "add_subdirectory(VertebralFracture)" in top
+
+
+def _python_blocks(markdown: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", markdown, re.DOTALL)
+
+
+def test_scripting_example_of_the_docs_runs(shared_file, tmp_path):
+    """The fenced ``python`` block under "Scripting" in docs/slicer.md runs as written (outside Slicer)."""
+    pytest.importorskip("slicer", reason="slicer-core (PyPI) is needed for the MRML example")
+    text = DOCS.read_text(encoding="utf-8")
+    section = text.split("## Scripting", 1)[1].split("\n## ", 1)[0]
+    blocks = _python_blocks(section)
+    assert blocks, "docs/slicer.md has no python block in its Scripting section"
+    data = shared_file("totalsegmentator-example/example_ct.nii.gz").parents[1]
+    env = dict(os.environ, VERTEBRAL_FRACTURE_DATA=str(data), PYTHONPATH=str(REPOSITORY))
+    result = subprocess.run([sys.executable, "-c", blocks[0]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "L1" in result.stdout
+    assert (tmp_path / "review.mrb").exists()
