@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set-up and everyday commands. Each one creates .venv/ (Python 3.11) on first use.
-#   bash dev.sh demo   measure the sample data in ../shared/data, outputs in out/demo/
+#   bash dev.sh demo   the main job on the sample CT in ../shared/data, outputs in out/demo/
 #   bash dev.sh test   run the whole test suite
 #   bash dev.sh bench  print benchmark figures
 set -euo pipefail
@@ -23,13 +23,16 @@ ensure_venv() {
 
 case "${1:-}" in
     demo)
+        # The main job on the sample CT: find and name the vertebrae, measure and grade them, screen bone density,
+        # write the clinical report. Then the same grading on a VerSe mask with known fractures.
         ensure_venv
-        .venv/bin/python -m VertebralFractureLib measure \
-            --seg "$DATA/totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz" \
-            --ct "$DATA/totalsegmentator-example/example_ct.nii.gz" --out out/demo
+        CT="$DATA/totalsegmentator-example/example_ct.nii.gz"
+        .venv/bin/python -m VertebralFractureLib analyze --ct "$CT" --out out/demo
+        .venv/bin/python -m VertebralFractureLib report --seg out/demo/segmentation.nii.gz --ct "$CT" --out out/demo
         .venv/bin/python -m VertebralFractureLib measure \
             --seg "$DATA/verse19/sub-verse004_seg-vert_msk.nii.gz" --out out/demo-verse004
-        echo "Outputs: out/demo/ and out/demo-verse004/ (results.json, vertebrae.csv, overview.png)"
+        echo "Outputs: out/demo/ (segmentation.nii.gz, results.json, vertebrae.csv, overview.png, report.html,"
+        echo "report.pdf, screening.json) and out/demo-verse004/"
         ;;
     test)
         ensure_venv
