@@ -249,7 +249,7 @@ class Deidentifier:
 
 
 def deidentified_header(dataset) -> dict:
-    """Report header fields taken from a (de-identified) dataset: what a report may show."""
+    """Report header fields taken from a dataset (de-identified or not): what a report's header shows."""
     return {
         "patient_name": str(dataset.get("PatientName", "") or "").replace("^", " ").strip(),
         "patient_id": str(dataset.get("PatientID", "") or ""),

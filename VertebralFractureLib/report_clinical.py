@@ -286,15 +286,9 @@ def header_from_ct(ct: Volume | None) -> dict:
     if files:
         import pydicom
 
-        dataset = pydicom.dcmread(files[0], stop_before_pixels=True)
-        header.update({
-            "patient_name": str(dataset.get("PatientName", "") or "").replace("^", " ").strip(),
-            "patient_id": str(dataset.get("PatientID", "") or ""),
-            "study_date": str(dataset.get("StudyDate", "") or ""),
-            "institution": str(dataset.get("InstitutionName", "") or ""),
-            "series_description": str(dataset.get("SeriesDescription", "") or ""),
-            "deidentified": str(dataset.get("PatientIdentityRemoved", "")) == "YES",
-        })
+        from .deid import deidentified_header
+
+        header.update(deidentified_header(pydicom.dcmread(files[0], stop_before_pixels=True)))
     return header
 
 
