@@ -69,7 +69,8 @@ class Progress:
             self._bar = None
 
 
-def _add_measure_arguments(parser: argparse.ArgumentParser) -> None:
+def add_measure_arguments(parser: argparse.ArgumentParser) -> None:
+    """--seg, --ct, --series, --labels, --out: the inputs of every command that starts from a label map."""
     parser.add_argument("--seg", required=True, metavar="LABELMAP",
                         help="vertebra label map (NIfTI, NRRD, MetaImage or Slicer .seg.nrrd)")
     parser.add_argument("--ct", metavar="CT", help="CT volume (NIfTI, NRRD, MetaImage or DICOM series folder); "
@@ -81,7 +82,7 @@ def _add_measure_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @command("measure", "measure vertebral body heights, grade fractures (Genant) from a label map")
-@arguments(_add_measure_arguments)
+@arguments(add_measure_arguments)
 def cmd_measure(args: argparse.Namespace) -> int:
     from . import io, measure, report
 

@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import Progress, arguments, command
+from .cli import Progress, add_measure_arguments, arguments, command
 
 
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seg", required=True, metavar="LABELMAP",
-                        help="vertebra label map (NIfTI, NRRD, MetaImage or Slicer .seg.nrrd)")
-    parser.add_argument("--ct", metavar="CT", help="CT volume or DICOM series folder (bone density needs it)")
-    parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID when the DICOM folder holds several")
-    parser.add_argument("--labels", default="auto", choices=["auto", "verse", "totalseg_v2", "totalseg_v1"],
-                        help="label convention of --seg (default: auto)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    add_measure_arguments(parser)
     parser.add_argument("--dicom-out", action="store_true",
                         help="also write DICOM SEG and SR (TID 1500); needs a DICOM series as --ct")
     parser.add_argument("--deidentify", action="store_true",
