@@ -285,12 +285,12 @@ def test_deidentified_export(dicom_case, dicom_series, tmp_path):
 
 
 def test_report_example_of_the_docs_runs(shared_file, tmp_path):
-    """The report example in docs/slicer.md's Scripting section runs as written (outside Slicer)."""
+    """The report example in the README's Scripting section runs as written (outside Slicer)."""
     repository = Path(__file__).resolve().parents[1]
-    section = (repository / "docs" / "slicer.md").read_text(encoding="utf-8").split("## Scripting", 1)[1]
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.DOTALL)
+    section = (repository / "README.md").read_text(encoding="utf-8").split("### Scripting", 1)[1]
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", section.split("\n### ", 1)[0], re.DOTALL)
               if "write_report" in b]
-    assert len(blocks) == 1, "docs/slicer.md has no report example in its Scripting section"
+    assert len(blocks) == 1, "the README has no report example in its Scripting section"
     data = shared_file(DICOM_SERIES).parents[1]
     env = dict(os.environ, VERTEBRAL_FRACTURE_DATA=str(data), PYTHONPATH=str(repository))
     result = subprocess.run([sys.executable, "-c", blocks[0]], cwd=tmp_path, env=env, capture_output=True, text=True,

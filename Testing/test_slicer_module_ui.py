@@ -1,6 +1,6 @@
 """The Slicer module's glue, checked without Slicer: its .ui loads (PySide6, offscreen) and holds every widget the
 module code names, the parameter node matches the widgets bound to it, the CMake lists name existing files, and
-the scripting example of docs/slicer.md runs.
+the scripting example of the README runs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 REPOSITORY = Path(__file__).resolve().parents[1]
 MODULE = REPOSITORY / "VertebralFracture" / "VertebralFracture.py"
 UI_FILE = REPOSITORY / "VertebralFracture" / "Resources" / "UI" / "VertebralFracture.ui"
-DOCS = REPOSITORY / "docs" / "slicer.md"
+DOCS = REPOSITORY / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -146,12 +146,12 @@ def _python_blocks(markdown: str) -> list[str]:
 
 
 def test_scripting_example_of_the_docs_runs(shared_file, tmp_path):
-    """The fenced ``python`` block under "Scripting" in docs/slicer.md runs as written (outside Slicer)."""
+    """The fenced ``python`` block under "Scripting" in the README runs as written (outside Slicer)."""
     pytest.importorskip("slicer", reason="slicer-core (PyPI) is needed for the MRML example")
     text = DOCS.read_text(encoding="utf-8")
-    section = text.split("## Scripting", 1)[1].split("\n## ", 1)[0]
+    section = text.split("### Scripting", 1)[1].split("\n### ", 1)[0]
     blocks = _python_blocks(section)
-    assert blocks, "docs/slicer.md has no python block in its Scripting section"
+    assert blocks, "the README has no python block in its Scripting section"
     data = shared_file("totalsegmentator-example/example_ct.nii.gz").parents[1]
     env = dict(os.environ, VERTEBRAL_FRACTURE_DATA=str(data), PYTHONPATH=str(REPOSITORY))
     result = subprocess.run([sys.executable, "-c", blocks[0]], cwd=tmp_path, env=env, capture_output=True, text=True,

@@ -62,7 +62,7 @@ class VertebralFracture(ScriptedLoadableModule):
             "Drag the height lines to correct points; override grades, fix levels, re-measure after editing "
             "segments, write the clinical report (bone density, referral recommendation, DICOM SEG + SR), save the "
             "scene or export curated training data. "
-            '<a href="https://github.com/VertebralFracture/VertebralFracture/blob/main/docs/slicer.md">Documentation</a>.'
+            '<a href="https://github.com/VertebralFracture/VertebralFracture/blob/main/README.md">Documentation</a>.'
         )
         self.parent.acknowledgementText = _(
             "Genant semi-quantitative grading (Genant et al., JBMR 1993). VerSe dataset layout (Sekuboyina et al., "
