@@ -135,7 +135,9 @@ def name_levels(masks: list[np.ndarray], finder, geometry, spacing_mm: float) ->
         offsets["ribs_low"] = (i, 19)
         evidence.append(f"lowest rib-bearing vertebra (ribs on vertebra {i + 1} of {count} from the top, none below): "
                         "named T12")
-    transitions_high = [i for i in range(1, count) if ribs[i] and not any(ribs[:i])]
+    # T1 only where two rib-free vertebrae (C6, C7) lie above and the next one down bears ribs too: in a short
+    # field of view a missed rib must not name a thoracolumbar vertebra T1.
+    transitions_high = [i for i in range(2, count - 1) if ribs[i] and ribs[i + 1] and not any(ribs[:i])]
     if transitions_high and "ribs_low" not in offsets:
         i = transitions_high[0]
         offsets["ribs_high"] = (i, 8)
