@@ -47,25 +47,6 @@ def _z_range(mask: np.ndarray) -> tuple[int, int]:
     return int(zs.min()), int(zs.max())
 
 
-def is_sacral(mask: np.ndarray, bodies: np.ndarray, spacing_mm: float) -> bool:
-    """True when the body candidate region joined to this segment is as wide as the sacral alae."""
-    z0, z1 = _z_range(mask)
-    slab = bodies[:, :, z0 : z1 + 1]
-    labelled, _ = ndimage.label(slab)
-    touched = np.unique(labelled[mask[:, :, z0 : z1 + 1]])
-    touched = touched[touched != 0]
-    if touched.size == 0:
-        return False
-    region = np.isin(labelled, touched)
-    # Width per slice, the widest slice counts: the alae span only part of S1's height.
-    widths = []
-    for k in range(region.shape[2]):
-        xs = np.nonzero(region[:, :, k].any(axis=1))[0]
-        if xs.size:
-            widths.append((xs.max() - xs.min() + 1) * spacing_mm)
-    return bool(widths) and float(np.percentile(widths, 75)) > SACRUM_WIDTH_MM
-
-
 def rib_sides(mask: np.ndarray, bone: np.ndarray, centre_x: np.ndarray, centre_y: np.ndarray, z_first: int,
               spacing_mm: float) -> list[str]:
     """Sides ("left", "right") on which a rib articulates with this vertebra."""
