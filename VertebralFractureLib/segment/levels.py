@@ -6,11 +6,11 @@ Anchors the classical backend looks for (cranial to caudal order of the separate
   lowest mobile vertebra above it is L5.
 - **Ribs**: bone that starts beside a thoracic body (posterolateral, where the costovertebral and costotransverse
   joints are) and runs far out laterally. The lowest rib-bearing vertebra with a rib-free vertebra below it is T12;
-  the highest with a rib-free vertebra above it is T1.
+  the highest, with two rib-free vertebrae above it, is T1.
 
 With one anchor, or two that agree, the levels are "confirmed". Two that disagree (a transitional vertebra, a
 missed disc) or none (a short crop) give "unconfirmed", with the reason in the evidence. The user can fix the
-count with :func:`renumber` (status "anchored").
+count with :func:`renumber_lowest_complete` or :func:`renumber_at_point` (status "anchored").
 """
 
 from __future__ import annotations
