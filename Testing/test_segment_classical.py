@@ -355,3 +355,13 @@ def test_tptbox_osteoporotic_l3_heights_match_the_reference_bodies(segmented, sh
     assert ours.complete and theirs.complete
     for name in ("anterior", "posterior"):
         assert abs(ours.heights_mm[name] - theirs.heights_mm[name]) <= 4.0, name
+
+
+def test_naming_t1_from_the_first_ribs_only_with_the_neck_in_view():
+    masks, finder, geometry, spacing = _rib_phantom([False, False, True, True, True])
+    naming = levels.name_levels(masks, finder, geometry, spacing)
+    assert naming.labels == [6, 7, 8, 9, 10] and naming.status == "confirmed"
+    # One rib-free vertebra above one rib-bearing one (a short thoracolumbar series with a missed rib): no T1.
+    masks, finder, geometry, spacing = _rib_phantom([False, True])
+    naming = levels.name_levels(masks, finder, geometry, spacing)
+    assert naming.status == "unconfirmed" and 8 not in naming.labels

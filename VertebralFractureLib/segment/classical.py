@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage, signal
 
-from .. import labels as labels_mod
 from ..errors import InputError, NoVertebraeError
 from ..io import Volume
 from . import ProgressCallback, SegmentationOutput, register_backend
@@ -750,16 +749,6 @@ def sacrum_top(bodies: np.ndarray, geometry: SpineGeometry, spacing_mm: float) -
     return float(geometry.arclength_mm[top])
 
 
-def _side_lateral_reach(bone: np.ndarray, geometry: SpineGeometry, spacing_mm: float) -> np.ndarray:
-    """Lateral distance (mm) from the centre curve for every voxel column, per slice (for the rib test)."""
-    nx = bone.shape[0]
-    xs = np.arange(nx, dtype=float)
-    reach = np.full((nx, bone.shape[2]), np.inf)
-    for n, k in enumerate(geometry.z_indices):
-        reach[:, k] = np.abs(xs - geometry.centre_xy[n, 0]) * spacing_mm
-    return reach
-
-
 @register_backend("classical")
 class ClassicalBackend:
     """Default backend: no weights, CPU only; vertebral bodies (not posterior elements) with VerSe ids."""
@@ -925,4 +914,4 @@ def labels_to_ct_grid(label_work: np.ndarray, grid: np.ndarray, ct: Volume) -> n
     return out
 
 
-__all__ = ["ClassicalBackend", "check_ct_hounsfield", "NotCTError", "labels_mod"]
+__all__ = ["ClassicalBackend", "check_ct_hounsfield", "NotCTError", "segment_working", "labels_to_ct_grid"]

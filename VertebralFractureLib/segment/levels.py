@@ -6,11 +6,11 @@ Anchors the classical backend looks for (cranial to caudal order of the separate
   lowest mobile vertebra above it is L5.
 - **Ribs**: bone that starts beside a thoracic body (posterolateral, where the costovertebral and costotransverse
   joints are) and runs far out laterally. The lowest rib-bearing vertebra with a rib-free vertebra below it is T12;
-  the highest with a rib-free vertebra above it is T1.
+  the highest, with two rib-free vertebrae above it, is T1.
 
 With one anchor, or two that agree, the levels are "confirmed". Two that disagree (a transitional vertebra, a
 missed disc) or none (a short crop) give "unconfirmed", with the reason in the evidence. The user can fix the
-count with :func:`renumber` (status "anchored").
+count with :func:`renumber_lowest_complete` or :func:`renumber_at_point` (status "anchored").
 """
 
 from __future__ import annotations
@@ -45,25 +45,6 @@ class LevelNaming:
 def _z_range(mask: np.ndarray) -> tuple[int, int]:
     zs = np.nonzero(mask.any(axis=(0, 1)))[0]
     return int(zs.min()), int(zs.max())
-
-
-def is_sacral(mask: np.ndarray, bodies: np.ndarray, spacing_mm: float) -> bool:
-    """True when the body candidate region joined to this segment is as wide as the sacral alae."""
-    z0, z1 = _z_range(mask)
-    slab = bodies[:, :, z0 : z1 + 1]
-    labelled, _ = ndimage.label(slab)
-    touched = np.unique(labelled[mask[:, :, z0 : z1 + 1]])
-    touched = touched[touched != 0]
-    if touched.size == 0:
-        return False
-    region = np.isin(labelled, touched)
-    # Width per slice, the widest slice counts: the alae span only part of S1's height.
-    widths = []
-    for k in range(region.shape[2]):
-        xs = np.nonzero(region[:, :, k].any(axis=1))[0]
-        if xs.size:
-            widths.append((xs.max() - xs.min() + 1) * spacing_mm)
-    return bool(widths) and float(np.percentile(widths, 75)) > SACRUM_WIDTH_MM
 
 
 def rib_sides(mask: np.ndarray, bone: np.ndarray, centre_x: np.ndarray, centre_y: np.ndarray, z_first: int,
@@ -135,7 +116,9 @@ def name_levels(masks: list[np.ndarray], finder, geometry, spacing_mm: float) ->
         offsets["ribs_low"] = (i, 19)
         evidence.append(f"lowest rib-bearing vertebra (ribs on vertebra {i + 1} of {count} from the top, none below): "
                         "named T12")
-    transitions_high = [i for i in range(1, count) if ribs[i] and not any(ribs[:i])]
+    # T1 only where two rib-free vertebrae (C6, C7) lie above and the next one down bears ribs too: in a short
+    # field of view a missed rib must not name a thoracolumbar vertebra T1.
+    transitions_high = [i for i in range(2, count - 1) if ribs[i] and ribs[i + 1] and not any(ribs[:i])]
     if transitions_high and "ribs_low" not in offsets:
         i = transitions_high[0]
         offsets["ribs_high"] = (i, 8)
