@@ -234,3 +234,20 @@ def test_highres_switch_selects_weights_and_spacing(tmp_path, shared_file):
     assert high.weights.name == "model.pt" and low.weights.name == "model_lowres.pt"
     assert np.allclose(np.linalg.norm(np.asarray(mb.preprocess(high, ct).affine)[:3, :3], axis=0), 1.5)
     assert np.allclose(np.linalg.norm(np.asarray(mb.preprocess(low, ct).affine)[:3, :3], axis=0), 3.0)
+
+
+def test_analyze_with_the_monai_backend_and_a_chosen_model(tmp_path, shared_file, capsys):
+    """analyze passes --model to the MONAI backend, then measures what the network labelled."""
+    import json
+
+    from VertebralFractureLib import cli
+
+    bundle = make_wholebody_bundle(tmp_path / "bundle", state_dict=_constant_class_state(23))  # T12 everywhere
+    out = tmp_path / "analysis"
+    code = cli.main(["analyze", "--ct", str(shared_file(TPTBOX_CT)), "--out", str(out), "--backend", "monai",
+                     "--model", str(bundle), "--device", "cpu", "-q"])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["inputs"]["segmentation"]["backend"].startswith("monai")
+    assert [v["level"] for v in results["vertebrae"]] == ["T12"]
+    assert (out / "segmentation.nii.gz").exists()

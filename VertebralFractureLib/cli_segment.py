@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .cli import Progress, _print_summary, arguments, command
+from .cli_deep import add_backend_arguments, backend_options
 from .errors import InputError, NoVertebraeError
 
 EXIT_NO_VERTEBRAE = 4
@@ -37,6 +38,7 @@ def _add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fix the level count: the vertebra containing (or nearest to) the RAS point X,Y,Z "
                              "in mm is LEVEL, e.g. L1:2.5,-30,95")
     parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID to read when the DICOM folder holds several")
+    add_backend_arguments(parser)
 
 
 @command("analyze", "find, separate and name the vertebrae in a CT, then measure and grade them")
@@ -63,15 +65,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     progress(0.0, "reading the CT")
     ct = io.read_ct(args.ct, args.series)
     if args.seg:
-        label_map = io.read_label_map(args.seg, args.labels)
-        io.check_overlap(ct, label_map.volume)
-        if not label_map.volume.same_grid(ct):
-            label_map = io.read_label_map(args.seg, args.labels, reference=ct)
+        label_map = io.read_label_map(args.seg, args.labels, reference=ct)
         output = SegmentationOutput(labels=label_map.volume, backend="given", full_vertebrae=True,
                                     levels_status="given", level_evidence=[f"levels as named in {args.seg}"])
     else:
         try:
-            backend = get_backend(args.backend)
+            backend = get_backend(args.backend, **backend_options(args))
         except ValueError as error:
             raise InputError(None, str(error)) from None
 
