@@ -106,6 +106,9 @@ def _print_summary(case, written: dict) -> None:
             print(f"{vertebra.level:>4}  incomplete ({vertebra.incomplete_reason})")
             continue
         heights = vertebra.heights_mm
+        if vertebra.genant_grade is None:
+            print(f"{vertebra.level:>4}  {vertebra.grade_reason}")
+            continue
         print(f"{vertebra.level:>4}  Ha {heights['anterior']:5.1f}  Hm {heights['middle']:5.1f}  "
               f"Hp {heights['posterior']:5.1f} mm  grade {vertebra.genant_grade} {vertebra.morphology}")
     patient = case.patient

@@ -78,6 +78,11 @@ class GradingRules:
     reference_levels: int = 2
     """How many levels above and below may serve as references for the expected heights."""
     relative_normal_height: dict = field(default_factory=lambda: dict(RELATIVE_NORMAL_HEIGHT))
+    max_anterior_to_posterior: float = 1.5
+    """Above this Ha/Hp the shape is no vertebral body's (normal L5, the most anteriorly tall, stays near 1.2-1.3):
+    the segmentation is wrong there, and the vertebra is flagged for review instead of graded."""
+    max_middle_to_walls: float = 1.25
+    """Above this Hm / max(Ha, Hp) the endplates would bulge outwards, which no fracture does: likewise flagged."""
 
 
 DEFAULT_RULES = GradingRules()
@@ -122,9 +127,20 @@ def expected_heights(
     return {name: max(values) for name, values in estimates.items()}
 
 
+def implausible_shape(heights: dict, rules: GradingRules = DEFAULT_RULES) -> str | None:
+    """Why these heights cannot be a vertebral body's (a segmentation error), or None."""
+    anterior, middle, posterior = heights["anterior"], heights["middle"], heights["posterior"]
+    if anterior > rules.max_anterior_to_posterior * posterior:
+        return f"anterior height {anterior:.1f} mm is {anterior / posterior:.1f} times the posterior {posterior:.1f} mm"
+    if middle > rules.max_middle_to_walls * max(anterior, posterior):
+        return f"middle height {middle:.1f} mm exceeds both wall heights ({anterior:.1f}, {posterior:.1f} mm)"
+    return None
+
+
 def grade_vertebrae(vertebrae: list[VertebraResult], rules: GradingRules = DEFAULT_RULES) -> None:
     """Fill ratios, expected heights, height loss, Genant grade, morphology and reason (in place)."""
-    measurable = [v for v in vertebrae if v.complete and v.heights_mm]
+    implausible = {v.label: implausible_shape(v.heights_mm, rules) for v in vertebrae if v.complete and v.heights_mm}
+    measurable = [v for v in vertebrae if v.complete and v.heights_mm and not implausible[v.label]]
     own = {v.label: own_shape_reductions(v.heights_mm, v.level, rules) for v in measurable}
     references = [v for v in measurable if max(own[v.label].values()) < rules.grade_thresholds[0]]
     for vertebra in vertebrae:
@@ -134,6 +150,13 @@ def grade_vertebrae(vertebrae: list[VertebraResult], rules: GradingRules = DEFAU
             vertebra.height_loss = None
             vertebra.expected_posterior_mm = None
             vertebra.grade_reason = f"not graded: {vertebra.incomplete_reason or 'no heights'}"
+            continue
+        if implausible[vertebra.label]:
+            vertebra.genant_grade = None
+            vertebra.morphology = None
+            vertebra.height_loss = None
+            vertebra.expected_posterior_mm = None
+            vertebra.grade_reason = f"not graded, review the segmentation: {implausible[vertebra.label]}"
             continue
         heights = vertebra.heights_mm
         shape = own[vertebra.label]

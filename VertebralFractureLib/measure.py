@@ -134,6 +134,8 @@ def measure_case(labels: Volume, ct: Volume | None = None, inputs: dict | None =
     for vertebra in vertebrae:
         if not vertebra.complete:
             case.warnings.append(f"{vertebra.level} not graded: {vertebra.incomplete_reason}")
+        elif vertebra.genant_grade is None:
+            case.warnings.append(f"{vertebra.level} {vertebra.grade_reason}")
     return case
 
 
