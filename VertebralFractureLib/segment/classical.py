@@ -72,6 +72,20 @@ ENDPLATE_CONTRAST_HU = 60.0
 ENDPLATE_PROMINENCE_HU = 25.0
 ENDPLATE_MIN_HU = 150.0
 DISC_PAIR_MAX_MM = 17.0
+BLOCK_CONTRAST_HU = 60.0
+"""A thin disc with its two endplates, blurred together, is this much brighter than the interiors of the bodies
+beside it (two cortical plates against cancellous bone)."""
+BLOCK_MAX_MM = 10.0
+"""Endplate, thin disc, endplate: at most this high at half contrast (a body's interior is 15-30 mm high)."""
+THIN_DISC_TRIM_MM = 2.5
+"""Half a thin thoracic disc plus partial volume: dark voxels this near a block disc's plane are disc."""
+BLOCK_SNAP_MM = 3.5
+"""Under half a thin disc's height plus an endplate: a disc position this close to a block lies in that block (a
+single endplate beside a thick lumbar disc lies farther from the disc's centre)."""
+DISC_TISSUE_MAX_HU = 110.0
+"""Disc tissue (70-110 HU) is never brighter: a position darker than this is taken for a disc, not a body."""
+INTERIOR_MAX_DIP_HU = 20.0
+"""Trabecular bone varies by less than this over a disc's height; a disc is darker than the bone beside it."""
 GAP_FACTOR = 1.6
 DISC_SEARCH_MM = 3.0
 DISC_TILTS_DEG = (0.0,)
@@ -502,10 +516,32 @@ def endplate_pair_discs(hu: np.ndarray, step_mm: float) -> list[float]:
     return found
 
 
-def _disc_contrast(hu: np.ndarray, index: int, step_mm: float) -> float:
+def endplate_blocks(hu: np.ndarray, step_mm: float) -> list[tuple[float, float]]:
+    """Thin thoracic discs blurred into their two endplates: one short bright block in the core profile, well above
+    the trabecular interiors of the bodies on both sides. Returns (position mm, block HU) per block."""
+    profile = ndimage.gaussian_filter1d(hu, sigma=max(0.5, 1.5 / step_mm), mode="nearest")
+    peaks, _ = signal.find_peaks(profile, prominence=BLOCK_CONTRAST_HU, width=(None, BLOCK_MAX_MM / step_mm),
+                                 rel_height=0.5)
+    return [(float((p + 0.5) * step_mm), float(profile[p])) for p in peaks]
+
+
+def _in_body_interior(hu: np.ndarray, u_mm: float, step_mm: float, block_hu: float) -> bool:
+    """True when the profile at ``u_mm`` is as dark as a body's interior next to an endplate block, brighter than
+    disc tissue, and no dip below its near surroundings (a disc is darker than the bone a few millimetres above and
+    below it). A thick flat disc can show no dip at 3-4.5 mm: its own darkness tells it apart."""
+    index = int(np.clip(u_mm / step_mm, 0, len(hu) - 1))
+    low = max(0, index - 1)
+    index = low + int(np.argmin(hu[low : index + 2]))
+    if hu[index] > block_hu - BLOCK_CONTRAST_HU or hu[index] <= DISC_TISSUE_MAX_HU:
+        return False
+    # Only the near sides: 6 mm and more away lie the endplate blocks that bound a thoracic body's interior.
+    return _disc_contrast(hu, index, step_mm, distances_mm=(3.0, 4.5)) < INTERIOR_MAX_DIP_HU
+
+
+def _disc_contrast(hu: np.ndarray, index: int, step_mm: float, distances_mm=(3.0, 4.5, 6.0, 7.5)) -> float:
     """How much darker the profile is at ``index`` than the darker of its two sides, a disc's height away."""
     best = -np.inf
-    for distance_mm in (3.0, 4.5, 6.0, 7.5):
+    for distance_mm in distances_mm:
         d = max(1, int(round(distance_mm / step_mm)))
         if index - d < 0 or index + d >= len(hu):
             continue
@@ -513,10 +549,12 @@ def _disc_contrast(hu: np.ndarray, index: int, step_mm: float) -> float:
     return float(best)
 
 
-def fill_missed_discs(discs: list[float], hu: np.ndarray, step_mm: float, length_mm: float) -> list[float]:
+def fill_missed_discs(discs: list[float], hu: np.ndarray, step_mm: float, length_mm: float,
+                      blocks: list[float] | None = None) -> list[float]:
     """Vertebral height changes slowly along the spine: a segment much longer than its neighbours holds a disc
     that no detector saw (a thin disc fused to its endplates by partial volume). Such a segment is split at the
-    most disc-like positions near its even subdivisions."""
+    most disc-like positions near its even subdivisions: an endplate block there (``blocks``, mm) if there is one,
+    else the position most darker than its sides."""
     if len(discs) < 3:
         return discs
     discs = list(discs)
@@ -541,6 +579,11 @@ def fill_missed_discs(discs: list[float], hu: np.ndarray, step_mm: float, length
                 low = int(max(0, (centre - 0.3 * period) / step_mm))
                 high = int(min(len(hu) - 1, (centre + 0.3 * period) / step_mm))
                 if high <= low:
+                    continue
+                # A thin disc blurred into its endplates is brighter, not darker, than the bodies beside it.
+                inside = [b for b in blocks or [] if low * step_mm <= b <= (high + 1) * step_mm]
+                if inside:
+                    added.append(min(inside, key=lambda b: abs(b - centre)))
                     continue
                 scores = [_disc_contrast(hu, i, step_mm) for i in range(low, high + 1)]
                 best = int(np.argmax(scores))
@@ -826,7 +869,17 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
     for extra in endplate_bounded_minima(hu_profile, spacing) + endplate_pair_discs(hu_profile, spacing):
         if all(abs(extra - d) >= MIN_PERIOD_MM for d in discs):
             discs.append(extra)
-    discs = fill_missed_discs(sorted(discs), hu_profile, spacing, length)
+    # Where the thin thoracic discs blur into their endplates the body area (taken around a curve that runs along
+    # the back of the kyphotic bodies) can dip in mid-body: an area minimum that lies in a body's interior (as
+    # bright as bone, no dip), with an endplate block beside it, is moved to the block.
+    blocks = endplate_blocks(hu_profile, spacing)
+    for block, block_hu in blocks:
+        near = [d for d in discs if abs(block - d) < MIN_PERIOD_MM]
+        if near and all(_in_body_interior(hu_profile, d, spacing, block_hu) for d in near):
+            discs = [d for d in discs if d not in near] + [block]
+    # A disc found by area or darkness close to an endplate block is that block's disc: the block is its centre.
+    discs = [next((b for b, _ in blocks if abs(b - d) <= BLOCK_SNAP_MM), d) for d in discs]
+    discs = fill_missed_discs(sorted(set(discs)), hu_profile, spacing, length, [b for b, _ in blocks])
     discs = [d for d in discs if MIN_END_PIECE_MM <= d <= length - MIN_END_PIECE_MM]
     sacral_u = None
     if sacrum is None:
@@ -835,7 +888,11 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
             index = int(np.clip(np.searchsorted(geometry.arclength_mm, sacral_u), 0, len(geometry.z_indices) - 1))
             if _ribs_above(finder, geometry, float(geometry.z_indices[index]), spacing):
                 sacral_u = None
-    planes = [refine_disc_plane(finder.smooth, geometry, d, spacing, search_mm=DISC_SEARCH_MM,
+    # A block's position is its disc's centre already; the darkest-plane search would walk off it into the darker
+    # body beside it.
+    block_positions = {b for b, _ in blocks}
+    planes = [refine_disc_plane(finder.smooth, geometry, d, spacing,
+                                search_mm=0.0 if d in block_positions else DISC_SEARCH_MM,
                                 tilts_deg=DISC_TILTS_DEG) for d in discs]
     sacral_plane = None
     if sacral_u is not None:
@@ -855,10 +912,14 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
         voxels, interval = voxels[keep], interval[keep]
     if planes:
         # Disc tissue filled into the body mask next to a disc plane is not body: it would lengthen the heights.
-        distance = np.abs(voxels.astype(float) * spacing @ np.array([p[1] for p in planes]).T
-                          - np.array([np.dot(p[0], p[1]) for p in planes])[None, :]).min(axis=1)
+        # A thin disc blurred into its endplates (an endplate block) holds no disc tissue beyond its endplates:
+        # there the dark voxels near the plane are the trabecular interior of a low-density body, kept.
+        per_plane = np.abs(voxels.astype(float) * spacing @ np.array([p[1] for p in planes]).T
+                           - np.array([np.dot(p[0], p[1]) for p in planes])[None, :])
+        trim = np.array([THIN_DISC_TRIM_MM if any(abs(p[2] - b) < 0.01 for b in block_positions) else DISC_TRIM_MM
+                         for p in planes])
         hu = finder.smooth[tuple(voxels.T)]
-        keep = ~((distance <= DISC_TRIM_MM) & (hu < DISC_TRIM_HU)) & (distance > DISC_GAP_MM)
+        keep = ~((per_plane <= trim[None, :]).any(axis=1) & (hu < DISC_TRIM_HU)) & (per_plane.min(axis=1) > DISC_GAP_MM)
         voxels, interval = voxels[keep], interval[keep]
     provisional = np.zeros(work.shape, dtype=np.int16)
     provisional[tuple(voxels.T)] = interval + 1
