@@ -118,6 +118,54 @@ def test_chest_t12_named_and_thoracic_bodies_separated(segmented, shared_file):
         assert 12.0 <= z.max() - z.min() <= 40.0, labels_mod.level_name(label)
 
 
+def test_chest_upper_thoracic_discs_on_their_endplate_blocks(segmented):
+    """The thin upper and mid thoracic discs, blurred into their endplates, are cut where they are: each body from T5
+    to T11 is one whole body (no two bodies joined across a missed disc, none cut short by a cut in mid-body), and
+    the measured heights of T6-T10 are those of normal thoracic bodies."""
+    from VertebralFractureLib import measure
+
+    ct, output = segmented(CHEST_CT)
+    array = output.labels.array
+    for level in ("T5", "T6", "T7", "T8", "T9", "T10", "T11"):
+        z = output.labels.ijk_to_world(np.argwhere(array == labels_mod.label_from_level(level)))[:, 2]
+        assert 16.5 <= np.ptp(z) <= 25.0, (level, np.ptp(z))
+    case = measure.measure_case(output.labels, ct)
+    for level in ("T6", "T7", "T8", "T9", "T10"):
+        vertebra = case.vertebra(level)
+        assert vertebra.complete, level
+        for name in ("anterior", "posterior"):
+            assert 14.0 <= vertebra.heights_mm[name] <= 26.0, (level, name, vertebra.heights_mm)
+
+
+def test_endplate_blocks_on_thoracic_and_lumbar_profiles():
+    """Core HU profiles with known discs (1.5 mm steps): thoracic bodies of 130 HU with 6 mm blocks of 240 HU
+    (endplate, thin disc, endplate) every 20 mm; lumbar bodies of 130 HU with 350 HU endplates around a 9 mm disc
+    of 80 HU. The blocks are found at the thoracic discs; a lumbar disc is never taken for a body's interior, a
+    thoracic body's middle is."""
+    from VertebralFractureLib.segment import classical
+
+    step = 1.5
+    u = (np.arange(160) + 0.5) * step
+    thoracic = np.full(u.shape, 130.0)
+    discs = [30.0, 50.0, 70.0, 90.0, 110.0, 130.0]
+    for d in discs:
+        thoracic[np.abs(u - d) <= 3.0] = 240.0
+    found = [b for b, _ in classical.endplate_blocks(thoracic, step)]
+    assert len(found) == len(discs)
+    assert all(abs(b - d) <= step for b, d in zip(found, discs))
+    block_hu = classical.endplate_blocks(thoracic, step)[2][1]
+    assert classical._in_body_interior(thoracic, 80.0, step, block_hu)
+    assert not classical._in_body_interior(thoracic, 70.0, step, block_hu)
+
+    lumbar = np.full(u.shape, 130.0)
+    for d in (60.0, 100.0):
+        lumbar[np.abs(u - d) <= 4.5] = 80.0
+        lumbar[(np.abs(u - d) > 4.5) & (np.abs(u - d) <= 6.0)] = 350.0
+    for _, block_hu in classical.endplate_blocks(lumbar, step):
+        for d in (60.0, 100.0):
+            assert not classical._in_body_interior(lumbar, d, step, block_hu)
+
+
 # --- DICOM series: 20 slices, thoracolumbar ---------------------------------------------------------------------
 
 def test_dicom_series_segments_and_cut_bodies_are_incomplete(shared_file, tmp_path, capsys):
