@@ -81,17 +81,25 @@ def add_measure_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
 
 
-@command("measure", "measure vertebral body heights, grade fractures (Genant) from a label map")
-@arguments(add_measure_arguments)
-def cmd_measure(args: argparse.Namespace) -> int:
-    from . import io, measure, report
+def read_measure_inputs(args: argparse.Namespace, progress) -> tuple:
+    """(ct or None, label map on the CT's grid, inputs record) from the options of :func:`add_measure_arguments`."""
+    from . import io
 
-    progress = Progress(not args.quiet)
     progress(0.0, "reading inputs")
     ct = io.read_ct(args.ct, args.series) if args.ct else None
     # On another grid than the CT, the label map is checked for overlap and resampled onto the CT's grid.
     label_map = io.read_label_map(args.seg, args.labels, reference=ct)
     inputs = {"seg": str(args.seg), "ct": None if args.ct is None else str(args.ct), "labels": label_map.convention}
+    return ct, label_map, inputs
+
+
+@command("measure", "measure vertebral body heights, grade fractures (Genant) from a label map")
+@arguments(add_measure_arguments)
+def cmd_measure(args: argparse.Namespace) -> int:
+    from . import measure, report
+
+    progress = Progress(not args.quiet)
+    ct, label_map, inputs = read_measure_inputs(args, progress)
     case = measure.measure_case(label_map.volume, ct, inputs=inputs, progress=progress)
     progress(0.95, "writing outputs")
     written = report.write_measure_outputs(case, args.out, label_map.volume, ct)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import Progress, add_measure_arguments, arguments, command
+from .cli import Progress, add_measure_arguments, arguments, command, read_measure_inputs
 
 
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,14 +28,12 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
 @command("report", "bone density screening, referral recommendation, report.html/pdf, DICOM SEG/SR")
 @arguments(_add_report_arguments)
 def cmd_report(args: argparse.Namespace) -> int:
-    from . import io, measure, screen
     from . import labels as labels_mod
+    from . import measure, screen
     from .errors import InputError
 
     progress = Progress(not args.quiet)
-    progress(0.0, "reading inputs")
-    ct = io.read_ct(args.ct, args.series) if args.ct else None
-    label_map = io.read_label_map(args.seg, args.labels, reference=ct)
+    ct, label_map, inputs = read_measure_inputs(args, progress)
     if args.dicom_out and ct is None:
         raise InputError(None, "--dicom-out needs --ct with a DICOM series folder")
     if args.dicom_out and not ct.meta.get("dicom_files"):
@@ -47,7 +45,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         if unknown or not levels:
             raise InputError(None, f"--levels {args.levels!r}: give vertebra levels such as L1,T12,L2")
         rules.screening_levels = tuple(labels_mod.level_name(labels_mod.label_from_level(v)) for v in levels)
-    inputs = {"seg": str(args.seg), "ct": None if args.ct is None else str(args.ct), "labels": label_map.convention}
     progress(0.1, "measuring vertebrae")
     case = measure.measure_case(label_map.volume, ct, inputs=inputs, progress=progress)
     progress(0.6, "screening bone density")

@@ -197,15 +197,21 @@ def apply_mapping(array: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
     return lookup[array.astype(np.int64)]
 
 
-def renumber_lowest_complete(labels_volume, level: str):
-    """``--anchor L3``: the lowest vertebra not cut by the field of view is ``level``; returns (volume, evidence)."""
-    array = labels_volume.array
+def _anchor_target_and_order(array, level: str, option: str) -> tuple[int, list[int]]:
+    """VerSe id the user named and the mobile vertebrae present, cranial to caudal; raises on a bad anchor."""
     target = labels_mod.label_from_level(level)
     if not labels_mod.is_vertebra(target):
-        raise ValueError(f"--anchor must name a mobile vertebra (C1-L5), not {level!r}")
+        raise ValueError(f"{option} must name a mobile vertebra (C1-L5), not {level!r}")
     order = _mobile_in_order(array)
     if not order:
         raise ValueError("no vertebra to renumber")
+    return target, order
+
+
+def renumber_lowest_complete(labels_volume, level: str):
+    """``--anchor L3``: the lowest vertebra not cut by the field of view is ``level``; returns (volume, evidence)."""
+    array = labels_volume.array
+    target, order = _anchor_target_and_order(array, level, "--anchor")
     complete = [label for label in order if not touches_border(array == label)]
     if not complete:
         raise ValueError("every vertebra is cut by the field of view; use --anchor-point to say which is which")
@@ -220,12 +226,7 @@ def renumber_at_point(labels_volume, level: str, point_ras) -> tuple:
     """``--anchor-point L1:x,y,z``: the vertebra containing the RAS point (else the one whose centroid is nearest)
     is ``level``; returns (volume, evidence)."""
     array = labels_volume.array
-    target = labels_mod.label_from_level(level)
-    if not labels_mod.is_vertebra(target):
-        raise ValueError(f"--anchor-point must name a mobile vertebra (C1-L5), not {level!r}")
-    order = _mobile_in_order(array)
-    if not order:
-        raise ValueError("no vertebra to renumber")
+    target, order = _anchor_target_and_order(array, level, "--anchor-point")
     ijk = np.round(labels_volume.world_to_ijk(np.asarray(point_ras, dtype=float))[0]).astype(int)
     anchor_label = None
     how = "contains"
