@@ -90,6 +90,12 @@ def read_measure_inputs(args: argparse.Namespace, progress) -> tuple:
     # On another grid than the CT, the label map is checked for overlap and resampled onto the CT's grid.
     label_map = io.read_label_map(args.seg, args.labels, reference=ct)
     inputs = {"seg": str(args.seg), "ct": None if args.ct is None else str(args.ct), "labels": label_map.convention}
+    from .qc import provenance_beside
+
+    # The segmentation written by ``analyze`` keeps its provenance (automatic, levels confirmed or not) for QC.
+    record = provenance_beside(args.seg)
+    if record is not None:
+        inputs["segmentation"] = record
     return ct, label_map, inputs
 
 
@@ -105,22 +111,38 @@ def cmd_measure(args: argparse.Namespace) -> int:
     written = report.write_measure_outputs(case, args.out, label_map.volume, ct)
     progress.close()
     _print_summary(case, written)
-    return 0
+    return exit_code(case)
+
+
+def exit_code(case) -> int:
+    """0, or :data:`qc.EXIT_QUALITY_FAILED` (5) when the segmentation failed quality control."""
+    from . import qc
+
+    return qc.EXIT_QUALITY_FAILED if case.quality is not None and case.quality.status == qc.FAILED else 0
 
 
 def _print_summary(case, written: dict) -> None:
+    from . import qc
+
+    if qc.headline(case):
+        print(qc.headline(case))
+        for item in case.quality.failed_checks:
+            print(f"  {item}")
     for vertebra in case.vertebrae:
         if not vertebra.complete:
             print(f"{vertebra.level:>4}  incomplete ({vertebra.incomplete_reason})")
             continue
         heights = vertebra.heights_mm
         if vertebra.genant_grade is None:
-            print(f"{vertebra.level:>4}  {vertebra.grade_reason}")
+            measured = "" if not heights else (f"Ha {heights['anterior']:5.1f}  Hm {heights['middle']:5.1f}  "
+                                               f"Hp {heights['posterior']:5.1f} mm  ")
+            print(f"{vertebra.level:>4}  {measured}{vertebra.not_assessed_reason or vertebra.grade_reason}")
             continue
         print(f"{vertebra.level:>4}  Ha {heights['anterior']:5.1f}  Hm {heights['middle']:5.1f}  "
               f"Hp {heights['posterior']:5.1f} mm  grade {vertebra.genant_grade} {vertebra.morphology}")
     patient = case.patient
-    fractured = ", ".join(patient.fractured_levels) or "none"
+    withheld = case.quality is not None and case.quality.findings_withheld
+    fractured = ", ".join(patient.fractured_levels) or ("not assessed" if withheld else "none")
     print(f"fractured: {fractured}; worst grade {patient.worst_grade}; L1 trabecular HU "
           f"{'n/a' if patient.l1_trabecular_hu is None else round(patient.l1_trabecular_hu)}")
     for name, path in written.items():

@@ -62,9 +62,15 @@ def cmd_report(args: argparse.Namespace) -> int:
                                                       dicom_out=args.dicom_out, deidentify=args.deidentify,
                                                       pseudonym=args.pseudonym)
     progress.close()
+    from .qc import headline
+    from .screen import RESEARCH_USE
+
+    if headline(case):
+        print(headline(case))
     print(screening.recommendation.statement)
     print(f"confidence: {screening.recommendation.confidence} "
           f"({'; '.join(screening.recommendation.confidence_reasons)})")
     for name, path in written.items():
         print(f"wrote {name}: {path}")
+    print(RESEARCH_USE)
     return 0

@@ -3,7 +3,8 @@
 Registered with the decorators of :mod:`.cli` when :func:`cli._load_command_modules` imports this module.
 
 Exit codes of ``analyze``: 0 done; 2 a bad input (one line names the file and the problem: unreadable, not a CT
-in Hounsfield units, ...); 4 no vertebrae found in the CT (one line says so; nothing is written).
+in Hounsfield units, ...); 4 no vertebrae found in the CT (one line says so; nothing is written); 5 the segmentation
+failed quality control (:mod:`.qc`: every output is written and says so at its top; no grade in them).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli import Progress, _print_summary, arguments, command
+from .cli import Progress, _print_summary, arguments, command, exit_code
 from .cli_deep import add_backend_arguments, backend_options
 from .errors import InputError, NoVertebraeError
 
@@ -128,7 +129,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     progress.close()
     print(f"levels {status}: " + "; ".join(evidence))
     _print_summary(case, written)
-    return 0
+    return exit_code(case)
 
 
 def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:

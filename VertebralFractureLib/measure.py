@@ -127,15 +127,19 @@ def _voxel_half_extent(volume: Volume, direction: np.ndarray) -> float:
 
 def measure_case(labels: Volume, ct: Volume | None = None, inputs: dict | None = None, progress=None) -> CaseResult:
     """Measure and grade every vertebra of a VerSe-id label volume (CT, when given, on the same grid)."""
+    from . import qc
+
     vertebrae = measure_vertebrae(labels, ct, progress)
     grade_mod.grade_vertebrae(vertebrae)
     summary = grade_mod.summarize(vertebrae)
     case = CaseResult(vertebrae=vertebrae, patient=summary, inputs=dict(inputs or {}))
+    # The one quality gate every front end passes: no grade leaves without a plausible segmentation behind it.
+    report = qc.apply_quality_gate(case)
     for vertebra in vertebrae:
         if not vertebra.complete:
             case.warnings.append(f"{vertebra.level} not graded: {vertebra.incomplete_reason}")
-        elif vertebra.genant_grade is None:
-            case.warnings.append(f"{vertebra.level} {vertebra.grade_reason}")
+        elif vertebra.genant_grade is None and report.status == qc.PASSED:
+            case.warnings.append(f"{vertebra.level} {vertebra.not_assessed_reason or vertebra.grade_reason}")
     return case
 
 

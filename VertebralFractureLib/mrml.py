@@ -445,24 +445,33 @@ def heights_from_points(points_ras: dict[str, list[float]]) -> dict[str, float]:
 
 
 def regrade(case: CaseResult) -> None:
-    """Grade every vertebra again from its heights (neighbours' expected heights stay consistent) and summarise."""
+    """Grade every vertebra again from its heights (neighbours' expected heights stay consistent), pass the grades
+    through quality control again (a withheld finding is not resurrected by a re-grade; a reviewer's explicit
+    grade override stays in force) and summarise."""
+    from . import qc
+
     case.vertebrae.sort(key=lambda v: labels_mod.rank(v.label))
     grade_mod.grade_vertebrae(case.vertebrae)
-    case.patient = grade_mod.summarize(case.vertebrae)
+    qc.apply_quality_gate(case)
 
 
 def summary_text(case: CaseResult) -> str:
     """The patient summary as a few lines of plain text (module panel, text node, batch logs)."""
+    from . import qc
+
     patient = case.patient
-    lines = []
-    graded = [v for v in case.vertebrae if v.complete]
+    lines = [qc.headline(case)] if qc.headline(case) else []
+    graded = [v for v in case.vertebrae if v.complete and v.final_grade is not None]
     fractured = [v for v in graded if (v.final_grade or 0) > 0]
+    withheld = case.quality is not None and case.quality.findings_withheld
     if fractured:
         parts = []
         for vertebra in fractured:
             note = " (reviewer)" if vertebra.grade_override is not None else ""
             parts.append(f"{vertebra.level} grade {vertebra.final_grade} {vertebra.final_morphology or ''}{note}")
         lines.append("Fractures: " + "; ".join(p.replace("  ", " ").strip() for p in parts))
+    elif withheld or not graded:
+        lines.append("Fractures: not assessed")
     else:
         lines.append("Fractures: none found")
     worst = max((v.final_grade or 0 for v in graded), default=None)
@@ -473,11 +482,13 @@ def summary_text(case: CaseResult) -> str:
     incomplete = [v for v in case.vertebrae if not v.complete]
     if incomplete:
         lines.append("Not graded: " + "; ".join(f"{v.level} ({v.incomplete_reason})" for v in incomplete))
+    not_assessed = [v for v in case.vertebrae if v.complete and v.final_grade is None and v.not_assessed_reason]
+    if not_assessed and not withheld:
+        lines.append("Not assessed: " + "; ".join(f"{v.level} ({v.not_assessed_reason})" for v in not_assessed))
     reviewed = sum(1 for v in case.vertebrae if v.reviewed)
     lines.append(f"Reviewed: {reviewed} of {len(case.vertebrae)} vertebrae")
-    status = case.inputs.get("levels_status")
-    if status:
-        lines.append(f"Level names: {status}")
+    if case.inputs.get("levels_status") or case.inputs.get("segmentation"):
+        lines.append(f"Level names: {qc.segmentation_provenance(case.inputs)[1]}")
     return "\n".join(lines)
 
 
@@ -538,6 +549,9 @@ class VertebralFractureCase:
             inputs = {"ct": volume_node.GetName(),
                       "seg": segmentation_node.GetName() if segmentation_node is not None else labels.path or None,
                       "labels": "segment names" if segmentation_node is not None else "verse"}
+            if segmentation_node is None and labels.meta.get("segmentation"):
+                # A backend's output (see process.SegmentationJob): quality control treats it as automatic.
+                inputs["segmentation"] = dict(labels.meta["segmentation"])
             case = measure_mod.measure_case(labels, ct if volume_is_ct else None, inputs=inputs, progress=progress)
         case.inputs.setdefault("volume_is_ct", bool(volume_is_ct))
         base = name or volume_node.GetName() or "CT"

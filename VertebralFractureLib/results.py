@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .qc import QualityReport
 
 POINT_NAMES = (
     "superior_anterior",
@@ -51,6 +55,8 @@ class VertebraResult:
     genant_grade: int | None = None
     morphology: str | None = None
     grade_reason: str = ""
+    not_assessed_reason: str | None = None
+    """Why the vertebra has no Genant grade although it was measured (quality control, level not gradable)."""
     # Review state (set by a reviewer; the automatic values above stay recorded beside it).
     grade_override: int | None = None
     morphology_override: str | None = None
@@ -119,6 +125,8 @@ class CaseResult:
     coordinate_system: str = "RAS"
     warnings: list[str] = field(default_factory=list)
     schema_version: str = SCHEMA_VERSION
+    quality: QualityReport | None = None
+    """Quality control of the segmentation behind the grades (:mod:`.qc`); None when it was not run."""
 
     def vertebra(self, level_or_label) -> VertebraResult:
         for vertebra in self.vertebrae:
@@ -134,10 +142,13 @@ class CaseResult:
             "patient": self.patient.to_dict(),
             "vertebrae": [v.to_dict() for v in self.vertebrae],
             "warnings": list(self.warnings),
+            "quality": None if self.quality is None else self.quality.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> CaseResult:
+        from .qc import QualityReport
+
         return cls(
             vertebrae=[VertebraResult.from_dict(v) for v in data.get("vertebrae", [])],
             patient=PatientSummary.from_dict(data.get("patient", {})),
@@ -145,4 +156,5 @@ class CaseResult:
             coordinate_system=data.get("coordinate_system", "RAS"),
             warnings=list(data.get("warnings", [])),
             schema_version=data.get("schema_version", SCHEMA_VERSION),
+            quality=QualityReport.from_dict(data.get("quality")),
         )
