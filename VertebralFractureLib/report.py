@@ -134,7 +134,7 @@ def _sample_plane(volume: Volume, origin, anterior, superior, u_range, v_range, 
     return values.reshape(grid_u.shape), u, v
 
 
-def overview_title(case: CaseResult) -> list[str]:
+def overview_title(case: CaseResult, width: int = 70) -> list[str]:
     """Lines written across the top of the overview: the quality-control headline (when findings are withheld) and
     the research-use line; the same strings the other outputs carry."""
     import textwrap
@@ -142,8 +142,8 @@ def overview_title(case: CaseResult) -> list[str]:
     from .qc import headline
     from .screen import RESEARCH_USE
 
-    lines = textwrap.wrap(headline(case), 70) if headline(case) else []
-    return lines + [RESEARCH_USE]
+    lines = textwrap.wrap(headline(case), width) if headline(case) else []
+    return lines + textwrap.wrap(RESEARCH_USE, width)
 
 
 def render_overview(
@@ -228,9 +228,11 @@ def render_overview(
     axes.text(u[-1] - 2, v[0] - 2, "A", color="white", fontsize=9, ha="left", va="top")
     axes.text(u[0] + 2, v[0] - 2, "P", color="white", fontsize=9, ha="right", va="top")
     axes.set_axis_off()
-    title = overview_title(case)
     withheld = case.quality is not None and case.quality.findings_withheld
-    figure.text(0.5, 0.995, "\n".join(title), ha="center", va="top", fontsize=8 if withheld else 7,
+    font_size = 8 if withheld else 7
+    # About 0.6 em per character: the lines fit the figure's width.
+    title = overview_title(case, width=int(figure.get_figwidth() * 72 / (0.62 * font_size)))
+    figure.text(0.5, 0.995, "\n".join(title), ha="center", va="top", fontsize=font_size,
                 fontweight="bold", color="white",
                 bbox={"boxstyle": "square,pad=0.3", "facecolor": "#b71c1c" if withheld else "#4a148c",
                       "alpha": 0.9, "edgecolor": "none"})

@@ -539,6 +539,7 @@ def write_pdf(path: Path, case: CaseResult, screening, header: dict, sagittal_fi
             wrapped = _wrap(line, 110)
             notes.text(0.07, y, wrapped, fontsize=8, va="top")
             y -= 0.015 * (wrapped.count("\n") + 1) + 0.005
+        notes.text(0.06, 0.03, RESEARCH_USE, fontsize=8.5, fontweight="bold", color="#6a1b9a")
         pdf.savefig(notes)
         plt.close(notes)
         info = pdf.infodict()
