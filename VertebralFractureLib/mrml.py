@@ -488,7 +488,7 @@ def summary_text(case: CaseResult) -> str:
     reviewed = sum(1 for v in case.vertebrae if v.reviewed)
     lines.append(f"Reviewed: {reviewed} of {len(case.vertebrae)} vertebrae")
     if case.inputs.get("levels_status") or case.inputs.get("segmentation"):
-        lines.append(f"Level names: {qc.segmentation_provenance(case.inputs)[1]}")
+        lines.append(f"Level names: {qc.segmentation_provenance(case)[1]}")
     return "\n".join(lines)
 
 

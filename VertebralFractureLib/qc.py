@@ -76,10 +76,11 @@ class QualityRules:
     max_body_height_mm: float = 45.0
     """Tallest wall above this is no vertebral body (the tallest, lumbar, stay near 30 mm; L5 Ha 30.3 ± 1.9 mm on CT,
     DOMAIN.md): two bodies merged, or a body with a disc."""
-    min_height_to_depth: float = 0.40
-    """Tallest wall over depth. Normal bodies 0.7-0.9 (Panjabi); a grade 3 fracture (> 40 % loss) of a body of
-    ratio 0.75 keeps >= 0.45 in its tallest wall (real sub-verse004 L1, grade 3: 0.44). Over-split bodies (the
-    classic failure: about 12 mm tall, 40 mm deep) fall to 0.3."""
+    min_height_to_depth: float = 0.30
+    """Tallest wall over depth. Normal bodies 0.7-0.9 (Panjabi); a body of ratio 0.75 keeps 0.30 after a 60 % loss
+    of every height (a crush well beyond the 40 % of grade 3; real sub-verse004 L1, grade 3: 0.44). Thinner is a
+    slab, not a body: the classic over-split failure (about 12 mm tall, 40 mm deep) reaches this limit, and its
+    halves are caught again by ``min_spacing_to_depth``."""
     max_height_to_depth: float = 1.3
     """Taller than deep by more than this: no C3-L5 body (cervical bodies, the tallest relative to depth, ~0.9-1.0)."""
     min_depth_mm: float = 12.0
@@ -203,17 +204,21 @@ class QualityReport:
 # --------------------------------------------------------------------------------------------------------------
 # Provenance of the segmentation
 # --------------------------------------------------------------------------------------------------------------
-def segmentation_provenance(inputs: dict) -> tuple[str, str]:
-    """(source "automatic" | "given", levels status) from a case's ``inputs`` record.
+def segmentation_provenance(case) -> tuple[str, str]:
+    """(source "automatic" | "given", levels status) of a case (or of its ``inputs`` record).
 
-    ``analyze`` records ``inputs["segmentation"] = {"backend": ..., "levels_status": ...}``; a label map the user
-    gives has backend "given" (or no record). The Slicer review records a renumbering as
-    ``inputs["levels_status"] = "anchored"``, which wins.
+    Typed fields ``case.segmentation_backend`` / ``case.levels_status`` win where the case has them; otherwise
+    ``inputs["segmentation"] = {"backend": ..., "levels_status": ...}`` as ``analyze`` records it (a label map the
+    user gives has backend "given", or no record), with ``inputs["levels_status"]`` (a Slicer renumbering) first.
     """
+    inputs = case if isinstance(case, dict) else (getattr(case, "inputs", None) or {})
     record = inputs.get("segmentation") if isinstance(inputs.get("segmentation"), dict) else {}
-    backend = record.get("backend") or "given"
+    typed_backend = None if isinstance(case, dict) else getattr(case, "segmentation_backend", None)
+    typed_status = None if isinstance(case, dict) else getattr(case, "levels_status", None)
+    backend = typed_backend or record.get("backend") or "given"
     source = "given" if backend == "given" else "automatic"
-    status = inputs.get("levels_status") or record.get("levels_status") or "given"
+    status = inputs.get("levels_status") if inputs.get("levels_status") == "anchored" else None
+    status = status or typed_status or inputs.get("levels_status") or record.get("levels_status") or "given"
     return source, status
 
 
@@ -361,7 +366,7 @@ def _withheld_by_qc(reason: str | None) -> bool:
 
 def assess_quality(case, rules: QualityRules = DEFAULT_RULES) -> QualityReport:
     """Check a measured, graded case; changes nothing (see :func:`apply_quality_gate`)."""
-    source, levels_status = segmentation_provenance(case.inputs)
+    source, levels_status = segmentation_provenance(case)
     levels_trusted = levels_status != "unconfirmed"
     previous = getattr(case, "quality", None)
     report = QualityReport(segmentation_source=source, levels_status=levels_status)
@@ -408,8 +413,12 @@ def assess_quality(case, rules: QualityRules = DEFAULT_RULES) -> QualityReport:
     return report
 
 
-def apply_quality_gate(case, rules: QualityRules = DEFAULT_RULES) -> QualityReport:
+def apply_quality_gate(case, labels=None, ct=None, rules: QualityRules = DEFAULT_RULES) -> QualityReport:
     """Check the case and withhold every fracture grade quality control does not stand behind (in place).
+
+    ``labels`` and ``ct`` (the label map and CT the case was measured on) are accepted for checks on the images;
+    the present checks read the measurements only, so the gate also runs where only the results exist (a saved
+    Slicer scene, results.json).
 
     Call right after grading (and after every re-grade). Withheld grades are kept in ``case.quality`` (for review)
     and replaced by ``genant_grade = None`` with ``not_assessed_reason``; the patient summary is recomputed from

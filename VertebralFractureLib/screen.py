@@ -797,16 +797,20 @@ def recommend(case: CaseResult, level: str | None, level_reason: str, measured_h
     # A measured vertebra below the osteoporosis band is never "no action", whichever level it is and however it
     # was measured (not a screening level, cut by the field of view, failed quality control): the wording says so.
     offset = contrast.offset_hu if contrast is not None else 0.0
-    low = sorted((v.trabecular_hu - offset, v) for v in case.vertebrae
-                 if v.trabecular_hu is not None and v.level != level
-                 and v.trabecular_hu - offset < thresholds.osteoporosis_below_hu)
+    def failed_qc(vertebra):
+        entry = None if quality is None else quality.vertebra(vertebra.label)
+        return entry is not None and bool(entry.problems)
+
+    # The most trustworthy low value is named: whole bodies before cut ones, plausible segmentations first.
+    low = sorted((((not v.complete, failed_qc(v), v.trabecular_hu - offset), v) for v in case.vertebrae
+                  if v.trabecular_hu is not None and v.level != level
+                  and v.trabecular_hu - offset < thresholds.osteoporosis_below_hu), key=lambda item: item[0])
     if low and max(actions, key=ACTION_ORDER.get) in ("none", "consider"):
-        value, vertebra = low[0]
+        (_, _, value), vertebra = low[0]
         notes = ["not the screening level"]
         if not vertebra.complete:
             notes.append("cut by the field of view")
-        vertebra_quality = None if quality is None else quality.vertebra(vertebra.label)
-        if vertebra_quality is not None and vertebra_quality.problems:
+        if failed_qc(vertebra):
             notes.append("its segmentation failed quality control")
         phrases.append(f"{vertebra.level} {value:.0f} HU ({', '.join(notes)}) is below "
                        f"{thresholds.osteoporosis_below_hu:g} HU: bone density may be low")

@@ -28,8 +28,8 @@ import traceback
 from pathlib import Path
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-SUMMARY_COLUMNS = ("case", "status", "error", "input", "segmentation", "levels", "fractured_levels", "worst_grade",
-                   "l1_trabecular_hu", "seconds", "output", "dataset_subject")
+SUMMARY_COLUMNS = ("case", "status", "error", "input", "segmentation", "levels", "quality", "fractured_levels",
+                   "worst_grade", "l1_trabecular_hu", "seconds", "output", "dataset_subject")
 
 log = logging.getLogger("VertebralFractureBatch")
 
@@ -146,6 +146,7 @@ def process_case(case: dict, args) -> dict:
     out_dir = args.output / case["name"]
     ct = io.read_ct(case["path"], case["series"])
     label_path = find_label_map(args.seg_dir, case["name"]) if args.seg_dir else None
+    provenance = None
     if label_path is not None:
         label_map = io.read_label_map(label_path, args.labels)
         io.check_overlap(ct, label_map.volume)
@@ -159,7 +160,12 @@ def process_case(case: dict, args) -> dict:
         labels = output.labels
         source = f"backend {args.backend}"
         io.write_nifti(labels, out_dir / "segmentation.nii.gz")
+        # Quality control treats a backend's output as automatic and needs to know whether its levels were anchored.
+        provenance = {"file": "segmentation.nii.gz", "backend": output.backend, "levels_status": output.levels_status,
+                      "level_evidence": list(output.level_evidence)}
     inputs = {"ct": str(case["path"]), "series": case["series"], "seg": source}
+    if provenance is not None:
+        inputs["segmentation"] = provenance
     result = measure.measure_case(labels, ct, inputs=inputs)
     _write_results(result, out_dir, labels, ct)
     subject = ""
@@ -173,6 +179,8 @@ def process_case(case: dict, args) -> dict:
     return {
         "case": case["name"], "status": "ok", "error": "", "input": str(case["path"]), "segmentation": source,
         "levels": " ".join(v.level for v in result.vertebrae),
+        # "failed" (segmentation failed quality control: no grades), "levels unconfirmed" or "passed".
+        "quality": "" if result.quality is None else result.quality.status,
         "fractured_levels": " ".join(patient.fractured_levels),
         "worst_grade": "" if patient.worst_grade is None else patient.worst_grade,
         "l1_trabecular_hu": "" if patient.l1_trabecular_hu is None else round(patient.l1_trabecular_hu, 1),
