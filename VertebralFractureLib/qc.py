@@ -98,6 +98,13 @@ class QualityRules:
     the mask holds a disc, a vessel or cortex (real bodies measure 35-78 HU on the shared CTs with
     TotalSegmentator's masks; the classical failures 100-280 HU). The screening already lowers its confidence at
     the same spread. Not applied to a given mask, where it reflects image noise rather than the mask."""
+    min_body_volume_ml: float = 4.0
+    max_body_volume_ml: float = 80.0
+    """Body volume range: adult bodies run from ~7 ml (C3, T1 on the shared masks) to ~50 ml (L5 of the example
+    CT's TotalSegmentator labels); beyond 80 ml the mask holds more than one body or soft tissue."""
+    min_spacing_to_height: float = 0.8
+    """Distance between adjacent body centroids over their mean tallest wall: adjacent bodies are a body height plus
+    a disc apart (0.97-1.3 on the shared masks); closer, the two bodies overlap (one body counted twice)."""
     min_spacing_to_depth: float = 0.5
     """Distance between the centroids of adjacent bodies over their mean depth. Adjacent bodies are a body height
     plus a disc apart: 0.7-1.0 of their depth at every level of the shared masks; halves of an over-split body are
@@ -283,6 +290,10 @@ def vertebra_problems(vertebra, source: str, levels_trusted: bool, rules: Qualit
     if levels_trusted and tallest > rules.max_height_for_level * NORMAL_POSTERIOR_HEIGHT_MM[vertebra.level]:
         problems.append(f"height {tallest:.1f} mm is {tallest / NORMAL_POSTERIOR_HEIGHT_MM[vertebra.level]:.1f} "
                         f"times the normal {vertebra.level} height ({NORMAL_POSTERIOR_HEIGHT_MM[vertebra.level]} mm)")
+    volume = vertebra.body_volume_ml
+    if volume is not None and not rules.min_body_volume_ml <= volume <= rules.max_body_volume_ml:
+        problems.append(f"body volume {volume:.1f} ml outside {rules.min_body_volume_ml:g}-"
+                        f"{rules.max_body_volume_ml:g} ml")
     shape = grade_mod.implausible_shape(heights)
     if shape:
         problems.append(f"shape no vertebral body has: {shape}")
@@ -316,7 +327,13 @@ def spacing_problems(case, rules: QualityRules = DEFAULT_RULES) -> dict[int, str
             continue
         distance = float(np.linalg.norm(np.subtract(upper.centroid_ras, lower.centroid_ras)))
         depth = 0.5 * (upper.depth_mm + lower.depth_mm)
-        if distance < rules.min_spacing_to_depth * depth:
+        height = 0.5 * sum(max(v.heights_mm["anterior"], v.heights_mm["posterior"]) for v in (upper, lower))
+        if distance < rules.min_spacing_to_height * height:
+            for vertebra, other in ((upper, lower), (lower, upper)):
+                problems[vertebra.label] = (f"centroid {distance:.1f} mm from {other.level}'s for bodies "
+                                            f"{height:.1f} mm tall (< {rules.min_spacing_to_height:g} of the height: "
+                                            "the bodies overlap)")
+        elif distance < rules.min_spacing_to_depth * depth:
             for vertebra, other in ((upper, lower), (lower, upper)):
                 problems[vertebra.label] = (f"centroid {distance:.1f} mm from {other.level}'s for bodies "
                                             f"{depth:.1f} mm deep (< {rules.min_spacing_to_depth:g} of the depth: "
