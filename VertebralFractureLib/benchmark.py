@@ -682,7 +682,7 @@ def format_summary(summary: dict) -> str:
                  f"({summary['exact_grade_agreements']}/{summary['vertebrae_evaluated']}); linearly weighted kappa "
                  f"{'n/a' if kappa is None else f'{kappa:.2f}'}; score: {summary['score']}")
     for item in summary["not_measured"]:
-        lines.append(f"not measured (missed): {item['scan']} {item['level']} (grade {item['true_grade']}): "
+        lines.append(f"not measured (counted as grade 0): {item['scan']} {item['level']} (grade {item['true_grade']}): "
                      f"{item['reason']}")
     for item in summary["not_assessed"]:
         lines.append(f"not assessed (left out): {item['scan']} {item['level']} (grade {item['true_grade']}): "
