@@ -337,7 +337,9 @@ def test_sample_download_needs_consent_then_runs_the_benchmark(local_server, tmp
     no_data, cache = tmp_path / "no-data", tmp_path / "cache"
     with pytest.raises(benchmark.SampleUnavailable, match="VERTEBRAL_FRACTURE_DOWNLOAD=1"):
         benchmark.locate_sample(sample, data_root=no_data, allow_download=False, cache_dir=cache)
-    assert not cache.exists()
+    skipped = benchmark.self_test(tmp_path / "self-test", sample, data_root=no_data, allow_download=False,
+                                  cache_dir=cache)
+    assert skipped.startswith("VerSe benchmark skipped") and not cache.exists()
     masks, table = benchmark.locate_sample(sample, data_root=no_data, allow_download=True, cache_dir=cache)
     assert (masks, table.name) == (cache, "vertebra_data.json")
     result = benchmark.run_sample_benchmark(tmp_path / "out", sample, data_root=no_data, allow_download=False,
@@ -363,3 +365,4 @@ def test_public_verse_sample(tmp_path):
     rows = read_rows(tmp_path / "vertebrae.csv")
     assert {int(r["label"]) for r in rows if r["true_grade"] != ""} == set(graded)
     assert {r["scan"] for r in rows} == {subject}
+    assert f"{len(graded)} graded vertebrae" in benchmark.self_test(tmp_path / "slicer-self-test")

@@ -860,3 +860,23 @@ def run_sample_benchmark(out_dir: str | Path, sample: PublicSample = VERSE_SAMPL
     result = run_benchmark(masks, grades, subjects=[sample.subject])
     write_outputs(result, out_dir)
     return result
+
+
+def self_test(out_dir: str | Path, sample: PublicSample = VERSE_SAMPLE, **locate_options) -> str:
+    """The Slicer module's self-test of the benchmark: the summary text, or why it was skipped.
+
+    Raises :class:`VertebralFractureError` when the outputs disagree with the grade table (a vertebra lost or
+    counted twice, or an output missing).
+    """
+    try:
+        _, grades = locate_sample(sample, **locate_options)
+    except SampleUnavailable as reason:
+        return f"VerSe benchmark skipped: {reason}"
+    result = run_sample_benchmark(out_dir, sample, **locate_options)
+    graded = len(read_grade_table(grades).get(sample.subject, {}))
+    counted = int(np.sum(result.summary["confusion_matrix"]["counts"]))
+    missing = [name for name in OUTPUT_FILES if not (Path(out_dir) / name).is_file()]
+    if not graded or counted != graded or result.summary["vertebrae_evaluated"] != graded or missing:
+        raise VertebralFractureError(f"benchmark self-test on {sample.subject}: {counted} vertebrae counted, "
+                                     f"{graded} graded in the table; missing outputs: {', '.join(missing) or 'none'}")
+    return format_summary(result.summary)
