@@ -98,6 +98,10 @@ class QualityRules:
     the mask holds a disc, a vessel or cortex (real bodies measure 35-78 HU on the shared CTs with
     TotalSegmentator's masks; the classical failures 100-280 HU). The screening already lowers its confidence at
     the same spread. Not applied to a given mask, where it reflects image noise rather than the mask."""
+    trabecular_iqr_over_cleanest: float = 1.5
+    """... and more than this multiple of the cleanest body's spread in the same scan, which measures the image's
+    own noise and texture (the TPTBox crop's correctly segmented L3 spreads 115-128 HU with any mask: noise; a
+    single body is its own reference and is never flagged for its spread)."""
     min_body_volume_ml: float = 4.0
     max_body_volume_ml: float = 80.0
     """Body volume range: adult bodies run from ~7 ml (C3, T1 on the shared masks) to ~50 ml (L5 of the example
@@ -258,8 +262,12 @@ def _assessable(vertebra) -> bool:
     return bool(vertebra.complete and vertebra.heights_mm and vertebra.level in CHECKED_LEVELS)
 
 
-def vertebra_problems(vertebra, source: str, levels_trusted: bool, rules: QualityRules = DEFAULT_RULES) -> list[str]:
-    """Why this measured vertebra cannot be a whole adult vertebral body (empty when it can)."""
+def vertebra_problems(vertebra, source: str, levels_trusted: bool, rules: QualityRules = DEFAULT_RULES,
+                      cleanest_iqr_hu: float | None = None) -> list[str]:
+    """Why this measured vertebra cannot be a whole adult vertebral body (empty when it can).
+
+    ``cleanest_iqr_hu``: the smallest trabecular HU spread of the case's measured bodies (the image's noise level).
+    """
     from . import grade as grade_mod
 
     if not _assessable(vertebra):
@@ -297,10 +305,13 @@ def vertebra_problems(vertebra, source: str, levels_trusted: bool, rules: Qualit
     shape = grade_mod.implausible_shape(heights)
     if shape:
         problems.append(f"shape no vertebral body has: {shape}")
-    if source == "automatic" and vertebra.trabecular_hu_iqr is not None \
-            and vertebra.trabecular_hu_iqr > rules.max_trabecular_iqr_hu:
-        problems.append(f"trabecular HU spread (IQR {vertebra.trabecular_hu_iqr:.0f} HU) > "
-                        f"{rules.max_trabecular_iqr_hu:g} HU: the mask holds a disc, a vessel or cortex")
+    spread = vertebra.trabecular_hu_iqr
+    if source == "automatic" and spread is not None:
+        limit = max(rules.max_trabecular_iqr_hu, rules.trabecular_iqr_over_cleanest * (cleanest_iqr_hu or spread))
+        if spread > limit:
+            problems.append(f"trabecular HU spread (IQR {spread:.0f} HU) > {limit:.0f} HU (and "
+                            f"{rules.trabecular_iqr_over_cleanest:g} times the cleanest body's): the mask holds a "
+                            "disc, a vessel or cortex")
     return problems
 
 
@@ -388,8 +399,10 @@ def assess_quality(case, rules: QualityRules = DEFAULT_RULES) -> QualityReport:
     previous = getattr(case, "quality", None)
     report = QualityReport(segmentation_source=source, levels_status=levels_status)
     spacing = spacing_problems(case, rules)
+    spreads = [v.trabecular_hu_iqr for v in case.vertebrae if _assessable(v) and v.trabecular_hu_iqr is not None]
+    cleanest = min(spreads) if spreads else None
     for vertebra in case.vertebrae:
-        problems = vertebra_problems(vertebra, source, levels_trusted, rules)
+        problems = vertebra_problems(vertebra, source, levels_trusted, rules, cleanest)
         if vertebra.label in spacing:
             problems.append(spacing[vertebra.label])
         report.vertebrae.append(VertebraQuality(level=vertebra.level, label=vertebra.label, problems=problems))
