@@ -272,6 +272,11 @@ def test_benchmark_command_bad_inputs(tmp_path, capsys, shared_file):
     masks = mask_path(shared_file, "sub-verse005").parent
     code = cli.main(["benchmark", "--masks", str(masks), "--grades", str(bad_table), "--out", str(out), "-q"])
     assert code == 2 and "is not a grade table" in capsys.readouterr().err and not out.exists()
+    other = tmp_path / "other.csv"
+    other.write_text("scan,label,genant_grade\nsub-verse999,20,1\n")
+    code = cli.main(["benchmark", "--masks", str(masks), "--grades", str(other), "--out", str(out), "-q"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "no mask matches a scan of the grade table" in error[-1] and not out.exists()
 
 
 # ----------------------------------------------------------------------------------------------- downloads

@@ -496,6 +496,11 @@ def run_benchmark(masks_dir: str | Path, grades: str | Path | dict, ct_dir: str 
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         scans.append(entry)
 
+    if not scans:
+        examples = ", ".join(sorted(table)[:3])
+        raise InputError(masks_dir, f"no mask matches a scan of the grade table (masks: "
+                                    f"{', '.join(unmatched_masks[:3])}{' ...' if len(unmatched_masks) > 3 else ''}; "
+                                    f"table: {examples}{' ...' if len(table) > 3 else ''})")
     # Table key of every scan: by name, else (split scans) by the labels its mask holds.
     keys = {e["scan"]: _table_key(e["scan"], table) for e in scans}
     unresolved = {s: {v.label for v in measured[s].vertebrae} for s, k in keys.items() if k is None and s in measured}
@@ -732,7 +737,8 @@ def render_roc(result: BenchmarkResult, destination: str | Path) -> None:
     axes.set_xlabel("1 - specificity")
     axes.set_ylabel("sensitivity")
     axes.set_title(f"Fracture score ({result.summary['score']}) against radiologists' grades", fontsize=9)
-    axes.legend(loc="lower right", fontsize=7)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="lower right", fontsize=7)
     figure.tight_layout()
     with open(destination, "wb") as handle:
         figure.savefig(handle, format="png")
