@@ -245,7 +245,7 @@ def test_release_layout_and_split_scans(shared_file, tmp_path):
     found = benchmark.find_masks(release)
     assert [benchmark.scan_name(p) for p in found] == ["sub-verse008", "sub-verse010"]
     assert sorted(benchmark.find_cts(release)) == ["sub-verse008", "sub-verse010"]
-    nested = benchmark.run_benchmark(release, shared_file(GRADES))
+    nested = benchmark.run_benchmark(release, shared_file(GRADES), jobs=2)  # in two processes
     flat = benchmark.run_benchmark(mask_path(shared_file, "sub-verse008").parent, shared_file(GRADES),
                                    subjects=["sub-verse008", "sub-verse010"])
     assert [(r.scan, r.level, r.predicted_grade, r.true_grade) for r in nested.rows] == [
