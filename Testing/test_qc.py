@@ -265,3 +265,13 @@ def test_chest_crop_end_to_end_contrast_and_no_false_fracture(shared_file, tmp_p
     if code == qc.EXIT_QUALITY_FAILED:
         assert screening["case"]["quality"]["status"] == "failed"
         assert '<div class="quality">' in html
+
+
+@pytest.mark.parametrize("status, withheld", [("conflicting", True), ("unconfirmed", True), ("confirmed", False),
+                                              ("anchored", False)])
+def test_only_anchored_level_names_carry_grades(measured, status, withheld):
+    case = measured("004", VERSE.format("004"))
+    case.inputs = {"segmentation": {"backend": "classical", "levels_status": status}}
+    report = qc.apply_quality_gate(case)
+    assert report.findings_withheld is withheld
+    assert (case.patient.fractured_levels == []) is withheld

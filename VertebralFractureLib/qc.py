@@ -38,13 +38,17 @@ EXIT_QUALITY_FAILED = 5
 """Exit code of ``analyze`` and ``measure`` when the segmentation failed quality control (outputs written, no
 grade in them), so a batch can count such cases."""
 
+TRUSTED_LEVEL_STATUSES = ("confirmed", "anchored", "given")
+"""Level names a grade may rest on: anchored in the image, fixed by the user, or named in a given label map.
+"unconfirmed" (no anchor) and "conflicting" (anchors disagree) withhold the findings."""
+
 PASSED = "passed"
 LEVELS_UNCONFIRMED = "levels unconfirmed"
 FAILED = "failed"
 
 FAILED_HEADLINE = "Segmentation failed quality control: not assessed — review, or use a deep backend"
-UNCONFIRMED_HEADLINE = ("Level names unconfirmed (nothing in view anchors the count): fracture findings withheld — "
-                        "confirm the levels (--anchor) to grade")
+UNCONFIRMED_HEADLINE = ("Level names unconfirmed (no agreeing anatomical anchor in view): fracture findings "
+                        "withheld — confirm the levels (--anchor) to grade")
 FAILED_REASON = "segmentation failed quality control: not assessed — review, or use a deep backend"
 UNCONFIRMED_REASON = "level names unconfirmed: fracture grade withheld — confirm the levels (--anchor) to grade"
 VERTEBRA_REASON_PREFIX = "not assessed (quality control): "
@@ -395,7 +399,7 @@ def _withheld_by_qc(reason: str | None) -> bool:
 def assess_quality(case, rules: QualityRules = DEFAULT_RULES) -> QualityReport:
     """Check a measured, graded case; changes nothing (see :func:`apply_quality_gate`)."""
     source, levels_status = segmentation_provenance(case)
-    levels_trusted = levels_status != "unconfirmed"
+    levels_trusted = levels_status in TRUSTED_LEVEL_STATUSES
     previous = getattr(case, "quality", None)
     report = QualityReport(segmentation_source=source, levels_status=levels_status)
     spacing = spacing_problems(case, rules)
@@ -431,7 +435,7 @@ def assess_quality(case, rules: QualityRules = DEFAULT_RULES) -> QualityReport:
     report.checks.append(QualityCheck("share of fractured levels", not too_many_fractures, detail))
     report.checks.append(QualityCheck(
         "level names", levels_trusted,
-        f"level names {levels_status}" + ("" if levels_trusted else ": no anatomical anchor in view")))
+        f"level names {levels_status}" + ("" if levels_trusted else ": no agreeing anatomical anchor in view")))
 
     report.failed_checks = [f"{c.name}: {c.detail}" for c in report.checks if not c.passed and c.name != "level names"]
     if report.failed_checks:
