@@ -207,10 +207,16 @@ def test_single_implausible_vertebra_is_not_assessed_alone(measured):
 
 def test_trabecular_spread_counts_for_automatic_segmentations_only(measured):
     case = measured("008", VERSE.format("008"))
+    for vertebra in case.vertebrae:
+        vertebra.trabecular_hu_iqr = 50.0
     case.vertebra("L2").trabecular_hu_iqr = 180.0
     assert qc.apply_quality_gate(case).vertebra(case.vertebra("L2").label).passed
     case.inputs = dict(AUTOMATIC)
     assert not qc.apply_quality_gate(case).vertebra(case.vertebra("L2").label).passed
+    # Every body spreads alike: the image is noisy, the masks are not at fault.
+    for vertebra in case.vertebrae:
+        vertebra.trabecular_hu_iqr = 150.0
+    assert qc.apply_quality_gate(case).vertebra(case.vertebra("L2").label).passed
 
 
 def _density_case(levels_hu: dict, complete: dict | None = None) -> CaseResult:
