@@ -242,7 +242,7 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         try:
             if state == process.FINISHED:
                 with slicer.util.tryWithErrorDisplay(_("Measuring failed."), waitCursor=True):
-                    case = self.logic.analyze(self._jobVolumeNode, labels=job.labels())
+                    case = self.logic.analyze(self._jobVolumeNode, labels=job.labels(), case=job.case())
                     self._showCase(case)
                     self.ui.statusLabel.text = _("Done")
             elif state == process.CANCELLED:
@@ -453,21 +453,29 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
 
     def segment(self, volumeNode, backend: str = "classical", device: str = "auto", onProgress=None,
                 timeout: float | None = None):
-        """Blocking segmentation (scripts, batch, tests): the VerSe-id label volume on the CT grid."""
+        """Blocking analysis in the child process (scripts, tests): (VerSe-id label volume on the CT grid, the
+        child's CaseResult with levels, level status, grades, warnings and quality findings)."""
         job = self.startSegmentation(volumeNode, backend, device, onProgress)
         try:
-            return job.wait(timeout)
+            labels = job.wait(timeout)
+            return labels, job.case()
         finally:
             job.cleanup()
 
     def analyze(self, volumeNode, segmentationNode=None, labels=None, backend: str = "classical",
-                device: str = "auto"):
-        """Measure and grade a CT; vertebrae from a segmentation node, a label volume, or segmented here."""
+                device: str = "auto", case=None):
+        """Measure and grade a CT; vertebrae from a segmentation node, a label volume, or segmented here.
+
+        ``case``: the results the command-line pipeline computed on ``labels`` (the child process), shown as they
+        are, so the module, the command line and batch report the same levels, grades, warnings and QC."""
         from VertebralFractureLib import mrml
 
         if segmentationNode is None and labels is None:
-            labels = self.segment(volumeNode, backend, device)
-        case = mrml.VertebralFractureCase.create(volumeNode, segmentation_node=segmentationNode, labels=labels)
+            labels, case = self.segment(volumeNode, backend, device)
+        if case is not None:
+            case.inputs["ct"] = volumeNode.GetName()
+        case = mrml.VertebralFractureCase.create(volumeNode, segmentation_node=segmentationNode, labels=labels,
+                                                 case=case)
         case.start_observing()
         self._cases[case.table_node.GetID()] = case
         return case

@@ -249,15 +249,10 @@ class Deidentifier:
 
 
 def deidentified_header(dataset) -> dict:
-    """Report header fields taken from a dataset (de-identified or not): what a report's header shows."""
-    return {
-        "patient_name": str(dataset.get("PatientName", "") or "").replace("^", " ").strip(),
-        "patient_id": str(dataset.get("PatientID", "") or ""),
-        "study_date": str(dataset.get("StudyDate", "") or ""),
-        "institution": str(dataset.get("InstitutionName", "") or ""),
-        "series_description": str(dataset.get("SeriesDescription", "") or ""),
-        "deidentified": str(dataset.get("PatientIdentityRemoved", "")) == "YES",
-    }
+    """Report header fields of a dataset (see :func:`.report_clinical.report_header`)."""
+    from .report_clinical import report_header
+
+    return report_header(dataset)
 
 
 _UID_PATTERN = None
@@ -326,7 +321,7 @@ def export_case(case, screening, labels, ct, out_dir: str | Path, pseudonym: str
         io.write_nifti(labels, out_dir / "labels.nii.gz")
         written["labels_nifti"] = str(out_dir / "labels.nii.gz")
         written.update({name: str(path) for name, path in
-                        measure_report.write_measure_outputs(case, out_dir, labels, ct).items()})
+                        measure_report.write_measure_files(case, out_dir, labels, ct, segmentation=False).items()})
     if ct is not None and not files:
         io.write_nifti(ct, out_dir / "ct.nii.gz")
         written["ct_nifti"] = str(out_dir / "ct.nii.gz")

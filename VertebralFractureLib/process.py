@@ -257,9 +257,10 @@ def run(command: list[str], wait: bool = True, **options) -> ProcessRunner:
 
 def analyze_command(ct_path: str | Path, out_dir: str | Path, backend: str | None = None,
                     device: str | None = None, python: str | None = None, extra: list[str] | None = None) -> list[str]:
-    """``PYTHON -m VertebralFractureLib analyze --ct CT --out DIR [--backend B] [--device D]``."""
+    """``PYTHON -m VertebralFractureLib analyze --ct CT --out DIR --no-report [--backend B] [--device D]``: the
+    measurements without the clinical report (the Slicer module writes that after review)."""
     command = [python or python_executable(), "-m", "VertebralFractureLib", "analyze", "--ct", str(ct_path),
-               "--out", str(out_dir)]
+               "--out", str(out_dir), "--no-report"]
     if backend:
         command += ["--backend", backend]
     if device:
@@ -271,7 +272,8 @@ class SegmentationJob:
     """Segment a CT :class:`~.io.Volume` in a child process and read back its VerSe-id label map.
 
     The CT is written to a temporary NIfTI (geometry kept), ``analyze`` writes ``segmentation.nii.gz`` on the CT
-    grid; :meth:`labels` reads it. The temporary folder goes away with :meth:`cleanup`.
+    grid and ``results.json``; :meth:`labels` and :meth:`case` read them. The temporary folder goes away with
+    :meth:`cleanup`.
     """
 
     def __init__(self, ct, backend: str | None = None, device: str | None = None, on_progress=None,
@@ -307,6 +309,18 @@ class SegmentationJob:
         if not path.exists():
             raise ProcessFailedError(f"{path}: the segmentation process wrote no label map")
         return read_label_map(path, "verse", reference=self.ct).volume
+
+    def case(self):
+        """The child's :class:`~.results.CaseResult` (levels and how they were named, grades, warnings, quality
+        findings), as the command line wrote it to results.json."""
+        import json
+
+        from .results import CaseResult
+
+        path = self.out_dir / "results.json"
+        if not path.exists():
+            raise ProcessFailedError(f"{path}: the segmentation process wrote no results")
+        return CaseResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
     def cleanup(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)
