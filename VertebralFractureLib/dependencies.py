@@ -75,3 +75,15 @@ def install_missing(pip_install, group: str = "core", skip: frozenset[str] = SLI
         pip_install(list(needed))
         importlib.invalidate_caches()
     return needed
+
+
+def ensure(group: str, pip_install, confirm=None, skip: frozenset[str] = SLICER_PROVIDED) -> bool:
+    """True when every requirement of ``group`` is met, installing the missing ones if ``confirm(missing)`` (None:
+    no question) agrees; what the Slicer module and the batch script run before importing the rest of the Lib."""
+    needed = missing(group, skip)
+    if not needed:
+        return True
+    if confirm is not None and not confirm(needed):
+        return False
+    install_missing(pip_install, group, skip)
+    return not missing(group, skip)

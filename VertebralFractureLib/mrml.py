@@ -1015,6 +1015,9 @@ def _fill_table(table_node, case: CaseResult) -> None:
             table_node.SetColumnUnitLabel(name, unit)
         table_node.SetColumnDescription(name, description)
     table_node.SetUseColumnTitleAsColumnHeader(True)
+    # Read-only in the table view: the rows are rewritten from the case on every change, so an edit typed into a
+    # cell would be silently lost; review goes through the module's controls and the height lines.
+    table_node.SetLocked(True)
     table_node.Modified()
 
 

@@ -40,6 +40,10 @@ PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
 IDLE, RUNNING, FINISHED, FAILED, CANCELLED = "idle", "running", "finished", "failed", "cancelled"
 
 
+WINDOWS_NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000)
+"""Windows process creation flag: no console window (the constant exists in :mod:`subprocess` on Windows only)."""
+
+
 class ProcessFailedError(VertebralFractureError):
     """The child process ended with a non-zero exit code; the message is its last error line."""
 
@@ -123,7 +127,8 @@ class ProcessRunner:
             # Its own session (and process group), so cancel can signal every descendant with one killpg.
             options["start_new_session"] = True
         else:
-            options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+            # No console window for the child on Windows (Slicer is a GUI application without a console).
+            options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | WINDOWS_NO_WINDOW
         log.info("starting: %s", " ".join(self.command))
         self._process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd, text=True,
@@ -239,7 +244,8 @@ class ProcessRunner:
                 os.killpg(process.pid, signal.SIGKILL)
         else:
             # taskkill /T ends the tree on Windows, where process groups do not carry signals.
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False,
+                           creationflags=WINDOWS_NO_WINDOW)
         process.wait()
         self.poll()
 

@@ -46,3 +46,9 @@ def renumbering(present: list[int], old_label: int, new_label: int) -> dict[int,
 def _typical_index(label: int) -> int:
     """Position on the typical sequence C1..L5, sacrum, coccyx (T13 takes L1's place, L6 L5's)."""
     return (list(range(1, 25)) + [labels_mod.SACRUM, labels_mod.COCCYX]).index(labels_mod.shift_level(label, 0))
+
+
+def level_choices() -> list[str]:
+    """Names a reviewer may give a vertebra (C1 ... L5 with the transitional T13 and L6), cranial to caudal."""
+    return [labels_mod.level_name(label) for label in sorted(
+        (v for v in range(1, 29) if labels_mod.is_vertebra(v)), key=labels_mod.rank)]
