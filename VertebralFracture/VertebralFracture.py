@@ -177,8 +177,7 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if self.parent.isEntered:
             self.initializeParameterNode()
 
-    def onSceneEndImport(self, caller, event) -> None:
-        # A loaded .mrb adds the parameter node before the case's table exists: show the case once all nodes do.
+    def onSceneEndImport(self, caller, event) -> None:  # a loaded .mrb's table exists only once the import ended
         if self.parent.isEntered:
             self.initializeParameterNode()
             self._setCase(self._parameterNode.caseTable if self._parameterNode else None)
@@ -429,8 +428,7 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
         return dependencies.ensure(group, slicer.util.pip_install, confirm)
 
     def ensureTorch(self, askConfirmation: bool = True) -> bool:
-        """PyTorch through Slicer's PyTorch extension (it picks the build matching the GPU driver), then MONAI,
-        installed after it so that pip keeps that torch."""
+        """PyTorch from the PyTorch extension (the build for the GPU driver), then MONAI, which keeps that torch."""
         try:
             import PyTorchUtils
         except ImportError:
@@ -456,8 +454,7 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
 
     def segment(self, volumeNode, backend: str = "classical", device: str = "auto", onProgress=None,
                 timeout: float | None = None):
-        """Blocking analysis in the child process (scripts, tests): (VerSe-id label volume on the CT grid, the
-        child's CaseResult with levels, level status, grades, warnings and quality findings)."""
+        """Blocking analysis in the child process: (VerSe-id label volume on the CT grid, the child's CaseResult)."""
         job = self.startSegmentation(volumeNode, backend, device, onProgress)
         try:
             labels = job.wait(timeout)
@@ -467,10 +464,8 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
 
     def analyze(self, volumeNode, segmentationNode=None, labels=None, backend: str = "classical",
                 device: str = "auto", case=None):
-        """Measure and grade a CT; vertebrae from a segmentation node, a label volume, or segmented here.
-
-        ``case``: the results the command-line pipeline computed on ``labels`` (the child process), shown as they
-        are, so the module, the command line and batch report the same levels, grades, warnings and QC."""
+        """Measure and grade a CT; vertebrae from a segmentation node, a label volume, or segmented here. ``case``: the
+        child's results on ``labels``, shown as they are (the same pipeline as the command line and batch)."""
         from VertebralFractureLib import mrml
 
         if segmentationNode is None and labels is None:
@@ -543,6 +538,7 @@ class VertebralFractureTest(ScriptedLoadableModuleTest):
         self.test_PanelWithGivenSegmentation()
         self.setUp()
         self.test_AutomaticSegmentation()
+        self.test_BenchmarkOnPublicVerSe()  # reads files only: no scene to clear
 
     def _exampleCtPath(self) -> str:
         local = os.environ.get("VERTEBRAL_FRACTURE_DATA")
@@ -647,3 +643,7 @@ class VertebralFractureTest(ScriptedLoadableModuleTest):
             self.assertIn(level, levels)
         self.assertTrue(all(v.genant_grade == 0 for v in case.case.vertebrae if v.complete))
         self.delayDisplay("Automatic segmentation passed")
+
+    def test_BenchmarkOnPublicVerSe(self):
+        from VertebralFractureLib.benchmark import self_test
+        self.delayDisplay(self_test(os.path.join(slicer.app.temporaryPath, "VertebralFractureBenchmark")))
