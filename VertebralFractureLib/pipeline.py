@@ -202,8 +202,8 @@ def finish_case(case: CaseResult, labels: Volume, ct: Volume | None, levels_stat
     case.levels_status, case.level_evidence = levels_status, list(level_evidence)
     case.segmentation_backend, case.full_vertebrae = backend, full_vertebrae
     case.warnings.extend(warnings)
-    if levels_status == "unconfirmed":
-        case.warnings.insert(0, "vertebra levels are unconfirmed (nothing in view anchors the count): "
+    if levels_status in ("unconfirmed", "conflicting"):
+        case.warnings.insert(0, f"vertebra levels are {levels_status} (nothing in view confirms the count): "
                                 + "; ".join(level_evidence) + "; fix them with --anchor or --anchor-point")
     if full_vertebrae is False:
         case.warnings.append("the segmentation holds vertebral bodies only (no posterior elements)")

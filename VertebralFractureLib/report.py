@@ -53,10 +53,15 @@ def staged_outputs(out_dir: str | Path):
 
 LEVELS_STATUS_TEXT = {
     "confirmed": "confirmed by an anatomical anchor in view",
+    "conflicting": "NOT CONFIRMED: the anchors in view disagree, the names may be off by one or more levels",
     "unconfirmed": "UNCONFIRMED: nothing in view anchors the count, the names may be off by one or more levels",
     "anchored": "fixed by the user",
     "given": "as named in the given segmentation",
 }
+
+
+LEVELS_DOUBTFUL = ("unconfirmed", "conflicting")
+"""Level statuses a reader must be warned about: the names may be off by one or more levels."""
 
 
 def levels_line(case: CaseResult) -> str | None:
@@ -245,7 +250,7 @@ def render_overview(
     if case.levels_status and case.levels_status != "confirmed":
         axes.text((u[0] + u[-1]) / 2, v[-1] + 2, f"level names {case.levels_status}", color="white", fontsize=8,
                   ha="center", va="bottom",
-                  bbox={"boxstyle": "round,pad=0.25", "facecolor": "#ef6c00" if case.levels_status == "unconfirmed"
+                  bbox={"boxstyle": "round,pad=0.25", "facecolor": "#ef6c00" if case.levels_status in LEVELS_DOUBTFUL
                         else "#546e7a", "alpha": 0.9, "edgecolor": "none"})
     axes.set_axis_off()
     with open(destination, "wb") as handle:

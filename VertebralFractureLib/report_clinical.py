@@ -21,7 +21,7 @@ from scipy import interpolate, ndimage
 from . import __version__
 from . import labels as labels_mod
 from .io import Volume, atomic_path
-from .report import levels_line
+from .report import LEVELS_DOUBTFUL, levels_line
 from .results import CaseResult
 
 GRADE_COLORS = {0: "#2e7d32", 1: "#f9a825", 2: "#ef6c00", 3: "#c62828", None: "#757575"}
@@ -402,8 +402,8 @@ def build_html(case: CaseResult, screening, header: dict, sagittal_png: bytes | 
     warnings = list(case.warnings)
     levels_text = levels_line(case)
     levels_html = "" if levels_text is None else (
-        f'<div class="levels" style="font-weight:{"bold" if case.levels_status == "unconfirmed" else "normal"};'
-        f'color:{"#c62828" if case.levels_status == "unconfirmed" else "inherit"}">{html.escape(levels_text)}</div>')
+        f'<div class="levels" style="font-weight:{"bold" if case.levels_status in LEVELS_DOUBTFUL else "normal"};'
+        f'color:{"#c62828" if case.levels_status in LEVELS_DOUBTFUL else "inherit"}">{html.escape(levels_text)}</div>')
     generated = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     t = screening.thresholds
     return f"""<!DOCTYPE html>
@@ -475,8 +475,8 @@ def write_pdf(path: Path, case: CaseResult, screening, header: dict, sagittal_fi
         if levels_text:
             wrapped = _wrap(levels_text, 120)
             page.text(0.06, y - 0.018, wrapped, fontsize=7.5, va="top",
-                      fontweight="bold" if case.levels_status == "unconfirmed" else "normal",
-                      color="#c62828" if case.levels_status == "unconfirmed" else "#546e7a")
+                      fontweight="bold" if case.levels_status in LEVELS_DOUBTFUL else "normal",
+                      color="#c62828" if case.levels_status in LEVELS_DOUBTFUL else "#546e7a")
             y -= 0.0125 * (wrapped.count("\n") + 1)
         y -= 0.045
         statement = _wrap(rec.statement, 78)

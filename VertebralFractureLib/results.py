@@ -20,9 +20,9 @@ POINT_NAMES = (
 HEIGHT_NAMES = ("anterior", "middle", "posterior")
 MORPHOLOGIES = ("normal", "wedge", "biconcave", "crush")
 SCHEMA_VERSION = "1.1"
-LEVELS_STATUSES = ("confirmed", "unconfirmed", "anchored", "given")
-"""How the level names were decided: an anatomical anchor in view, none (the count may be off), the user fixed
-the count, or they came with a given label map."""
+LEVELS_STATUSES = ("confirmed", "conflicting", "unconfirmed", "anchored", "given")
+"""How the level names were decided: the anchors in view agree, they disagree, none in view (the count may be
+off), the user fixed the count, or they came with a given label map."""
 
 
 def _rounded(values, digits=2):
