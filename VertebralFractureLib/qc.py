@@ -237,28 +237,6 @@ def segmentation_provenance(case) -> tuple[str, str]:
     return source, status
 
 
-def provenance_beside(seg_path) -> dict | None:
-    """The ``inputs["segmentation"]`` record of the ``results.json`` that ``analyze`` wrote beside this label map.
-
-    So the report of an analysed case (``analyze`` then ``report --seg OUT/segmentation.nii.gz``) keeps knowing that
-    the segmentation was automatic and whether its levels were confirmed. None when there is no such record.
-    """
-    import json
-    from pathlib import Path
-
-    path = Path(seg_path)
-    results = path.parent / "results.json"
-    if not path.is_file() or not results.is_file():
-        return None
-    try:
-        record = json.loads(results.read_text(encoding="utf-8")).get("inputs", {}).get("segmentation")
-    except (OSError, ValueError, AttributeError):
-        return None
-    if not isinstance(record, dict) or record.get("file") != path.name:
-        return None
-    return record
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Checks
 # --------------------------------------------------------------------------------------------------------------
