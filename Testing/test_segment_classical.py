@@ -511,3 +511,39 @@ def test_real_ct_levels_never_wrongly_confirmed(case, segmented, shared_file):
     else:
         assert output.level_evidence and any(word in " ".join(output.level_evidence)
                                              for word in ("unconfirmed", "not confirmed", "disagree"))
+
+
+def _sagittal_slab(ct: io.Volume, centre_ras: np.ndarray, width_mm: float) -> io.Volume:
+    """The CT resampled (trilinear) as a VerSe-style sagittal slab: PIR axes at 1 x 1 x 2 mm, ``width_mm`` wide
+    left to right around ``centre_ras``, the whole height and depth of the CT."""
+    from scipy import ndimage
+
+    low, high = ct.bounds_ras()
+    spacing = np.array([1.0, 1.0, 2.0])
+    shape = (int(high[1] - low[1]), int(high[2] - low[2]), int(width_mm / spacing[2]))
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3] = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]) * spacing
+    ijk_to_ras[:3, 3] = [centre_ras[0] - width_mm / 2, high[1], high[2]]
+    to_source = ct.ras_to_ijk @ ijk_to_ras
+    array = ndimage.affine_transform(ct.array.astype(np.float32), to_source[:3, :3], offset=to_source[:3, 3],
+                                     output_shape=shape, order=1, cval=-1024.0)
+    return io.Volume(array=array, ijk_to_ras=ijk_to_ras, path="sagittal slab")
+
+
+def test_sagittal_slab_levels_not_wrongly_confirmed(shared_file):
+    """The example CT cut to a 122 mm sagittal slab at 1 x 1 x 2 mm (the layout of many VerSe scans): the slab cuts
+    the sacral alae and the ribs, so nothing anchors the count and the names are not confirmed (the lowest segment,
+    S1, is taken for L5); no body is split in two."""
+    ct = io.read_ct(shared_file(EXAMPLE_CT))
+    reference = io.read_label_map(shared_file(EXAMPLE_BODIES), reference=ct).volume
+    centre = reference.ijk_to_world(np.argwhere(reference.array > 0).mean(axis=0))[0]
+    slab = _sagittal_slab(ct, centre, 122.0)
+    output = get_backend("classical").segment(slab)
+    assert output.levels_status == "unconfirmed", output.level_evidence
+    assert any("nothing anchors the count" in text for text in output.level_evidence)
+    # Not over-split: T12-L5 and S1 in view give at most seven bodies, each overlapping one reference body.
+    present = _present(output.labels)
+    assert 6 <= len(present) <= 7
+    on_slab = io.resample_labels_to(reference, slab).array
+    owners = [np.bincount(on_slab[output.labels.array == label]).argmax() for label in present]
+    assert len(set(owners) - {0}) == len([o for o in owners if o])
