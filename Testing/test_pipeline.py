@@ -86,6 +86,12 @@ def test_anchor_anchor_point_and_relabel_agree(gap_labels, shared_file, tmp_path
     pointed = json.loads((tmp_path / "point" / "results.json").read_text())
     assert [v["level"] for v in pointed["vertebrae"]] == expected
 
+    from VertebralFractureLib import review
+
+    given = pipeline.analyze(pipeline.AnalysisRequest(ct=shared_file(CT), seg=gap_labels["path"], screen=False))
+    review.apply_level_mapping(given.case, review.level_mapping(given.case, "L3", "L4"), "L3", "L4")
+    assert [v.level for v in given.case.vertebrae] == expected and given.case.levels_status == "anchored"
+
     mrml = pytest.importorskip("VertebralFractureLib.mrml", reason="slicer-core (PyPI) is needed for MRML")
     context = mrml.new_scene()
     volume_node = mrml.load_volume_node(context.scene, shared_file(CT), "CT")
