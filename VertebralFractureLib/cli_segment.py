@@ -23,8 +23,9 @@ def _add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ct", required=True, metavar="CT",
                         help="CT volume in Hounsfield units (NIfTI, NRRD, MetaImage or a DICOM series folder)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--backend", default="classical", choices=["classical", "monai", "totalsegmentator"],
-                        help="segmentation backend (default: classical, no downloaded weights, CPU)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "classical", "monai", "totalsegmentator"],
+                        help="segmentation backend (default: auto = TotalSegmentator when installed, else an "
+                             "installed MONAI model, else the weight-free classical backend)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="device for backends that use one (default: auto)")
     parser.add_argument("--seg", metavar="LABELMAP",
@@ -67,7 +68,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.seg:
         label_map = io.read_label_map(args.seg, args.labels, reference=ct)
         output = SegmentationOutput(labels=label_map.volume, backend="given", full_vertebrae=True,
-                                    levels_status="given", level_evidence=[f"levels as named in {args.seg}"])
+                                    levels_status="given", level_evidence=[f"levels as named in {args.seg}"],
+                                    backend_reason=f"label map given with --seg {args.seg}")
     else:
         try:
             backend = get_backend(args.backend, **backend_options(args))
@@ -106,6 +108,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         "segmentation": {
             "file": "segmentation.nii.gz",
             "backend": output.backend,
+            "backend_reason": output.backend_reason,
+            "backend_details": output.backend_details,
             "full_vertebrae": bool(output.full_vertebrae),
             "levels_status": status,
             "level_evidence": evidence,
@@ -126,6 +130,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     written = report.write_measure_outputs(case, out_dir, labels, ct)
     written = {"segmentation": str(out_dir / "segmentation.nii.gz"), **written}
     progress.close()
+    print(f"segmentation: {output.backend} ({output.backend_reason})")
     print(f"levels {status}: " + "; ".join(evidence))
     _print_summary(case, written)
     return 0

@@ -403,8 +403,12 @@ def segment_with_model(model: LoadedModel, ct: Volume, device="auto", amp: bool 
                 f"{torch_device.type}); not checked against anatomical anchors"]
     if progress:
         progress(1.0, "segmentation done")
+    details = {"model": model.name, "kind": model.kind, "version": model.details.get("version") or "",
+               "weights_sha256": model.weights_sha256, "spacing_mm": spacing, "device": torch_device.type,
+               "amp": bool(amp and torch_device.type == "cuda")}
     return SegmentationOutput(labels=on_ct, backend="monai", full_vertebrae=model.full_vertebrae,
-                              levels_status="unconfirmed", level_evidence=evidence, warnings=warnings)
+                              levels_status="unconfirmed", level_evidence=evidence, warnings=warnings,
+                              backend_details=details)
 
 
 @register_backend("monai")
