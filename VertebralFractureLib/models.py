@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -215,12 +214,10 @@ def find_model(name_or_path: str | Path | None) -> Path:
 # --------------------------------------------------------------------------------------------------- checksums
 
 
-def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def sha256_file(path: str | Path) -> str:
+    from .download import sha256_file as file_hash
+
+    return file_hash(path)
 
 
 def _normalise_hash(value: str) -> str:
