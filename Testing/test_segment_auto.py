@@ -71,3 +71,46 @@ def test_an_explicit_backend_says_it_was_asked_for(shared_file):
     output = get_backend("classical").segment(ct)
     assert output.backend == "classical" and output.backend_reason == "asked for with --backend classical"
     assert CLASSICAL_FALLBACK_WARNING not in output.warnings
+
+
+def test_the_panel_shows_which_backend_ran_from_results_json(shared_file):
+    from VertebralFractureLib import process
+
+    ct = io.read_ct(shared_file(TPT_CT))
+    job = process.SegmentationJob(ct, backend="auto", device="cpu")
+    try:
+        assert job.runner.command[-4:] == ["--backend", "auto", "--device", "cpu"]
+        assert job.backend_summary() == "segmentation backend not recorded"  # the child has not written it yet
+        job.out_dir.mkdir(parents=True)
+        segmentation = {"backend": "monai", "backend_reason": "automatic choice: the MONAI model "
+                        "wholeBody_ct_segmentation is installed (weights checksums recorded)",
+                        "backend_details": {"model": "Whole body CT segmentation", "version": "0.2.5"}}
+        (job.out_dir / "results.json").write_text(json.dumps({"inputs": {"segmentation": segmentation}}))
+        assert job.backend_summary() == ("segmented by monai [Whole body CT segmentation 0.2.5] (automatic choice: "
+                                         "the MONAI model wholeBody_ct_segmentation is installed (weights checksums "
+                                         "recorded))")
+    finally:
+        job.cleanup()
+
+
+def test_the_slicer_panel_offers_the_automatic_choice_by_default(shared_file):
+    """The module's method choices map onto --backend values, "Automatic" (auto) first and the default."""
+    import ast
+    from pathlib import Path
+
+    from VertebralFractureLib import process
+    from VertebralFractureLib.segment import BACKEND_CHOICES
+
+    source = (Path(__file__).resolve().parents[1] / "VertebralFracture" / "VertebralFracture.py").read_text()
+    field = next(node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.AnnAssign)
+                 and getattr(node.target, "id", None) == "backend")
+    choice = next(node for node in ast.walk(field.annotation)
+                  if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Choice")
+    choices = ast.literal_eval(choice.args[0])
+    assert choices[0] == "Automatic" and ast.literal_eval(field.value) == "Automatic"
+    assert [process.PANEL_BACKENDS.get(choice, choice) for choice in choices] == list(BACKEND_CHOICES)
+    job = process.SegmentationJob(io.read_ct(shared_file(TPT_CT)), backend="Automatic")
+    try:
+        assert job.runner.command[job.runner.command.index("--backend") + 1] == "auto"
+    finally:
+        job.cleanup()

@@ -88,7 +88,7 @@ class VertebralFractureParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     inputSegmentation: vtkMRMLSegmentationNode
-    backend: Annotated[str, Choice(["classical", "monai", "totalsegmentator"])] = "classical"
+    backend: Annotated[str, Choice(["Automatic", "classical", "monai", "totalsegmentator"])] = "Automatic"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     caseTable: vtkMRMLTableNode
     exportFolder: Path = Path.home() / "VertebralFracture-dataset"
@@ -244,7 +244,7 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 with slicer.util.tryWithErrorDisplay(_("Measuring failed."), waitCursor=True):
                     case = self.logic.analyze(self._jobVolumeNode, labels=job.labels())
                     self._showCase(case)
-                    self.ui.statusLabel.text = _("Done")
+                    self.ui.statusLabel.text = _("Done: {backend}").format(backend=job.backend_summary())
             elif state == process.CANCELLED:
                 self.ui.statusLabel.text = _("Cancelled")
             else:
@@ -441,7 +441,7 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
 
     # ---- analysis -----------------------------------------------------------------------------------------
 
-    def startSegmentation(self, volumeNode, backend: str = "classical", device: str = "auto", onProgress=None):
+    def startSegmentation(self, volumeNode, backend: str = "Automatic", device: str = "auto", onProgress=None):
         """Start segmenting in a child process (``PythonSlicer -m VertebralFractureLib analyze``); returns the job."""
         from VertebralFractureLib import mrml, process
 
@@ -451,7 +451,7 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
                                       on_progress=onProgress)
         return job.start()
 
-    def segment(self, volumeNode, backend: str = "classical", device: str = "auto", onProgress=None,
+    def segment(self, volumeNode, backend: str = "Automatic", device: str = "auto", onProgress=None,
                 timeout: float | None = None):
         """Blocking segmentation (scripts, batch, tests): the VerSe-id label volume on the CT grid."""
         job = self.startSegmentation(volumeNode, backend, device, onProgress)
@@ -460,7 +460,7 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
         finally:
             job.cleanup()
 
-    def analyze(self, volumeNode, segmentationNode=None, labels=None, backend: str = "classical",
+    def analyze(self, volumeNode, segmentationNode=None, labels=None, backend: str = "Automatic",
                 device: str = "auto"):
         """Measure and grade a CT; vertebrae from a segmentation node, a label volume, or segmented here."""
         from VertebralFractureLib import mrml

@@ -119,6 +119,18 @@ class _ExplicitBackend:
         return output
 
 
+def describe_backend(segmentation: dict) -> str:
+    """One line for people: "segmented by totalsegmentator (automatic choice: TotalSegmentator is installed)".
+
+    ``segmentation`` is ``results.json``'s ``inputs.segmentation`` (backend, backend_reason, backend_details)."""
+    backend = segmentation.get("backend") or "unknown backend"
+    details = segmentation.get("backend_details") or {}
+    model = " ".join(str(details[key]) for key in ("model", "version") if details.get(key))
+    text = f"segmented by {backend}" + (f" [{model}]" if model else "")
+    reason = segmentation.get("backend_reason")
+    return f"{text} ({reason})" if reason else text
+
+
 # ------------------------------------------------------------------------------------------------ automatic choice
 
 
