@@ -195,10 +195,10 @@ def test_builtin_entry_downloads_from_a_local_host_with_its_sha1(cache, monkeypa
     ct = shared_file("tptbox/sub-ct_label-22_ct.nii.gz")
     code = cli.main(["analyze", "--ct", str(ct), "--out", str(out), "--device", "cpu", "-q"])
     assert code == 0, capsys.readouterr().err
-    segmentation = json.loads((out / "results.json").read_text())["inputs"]["segmentation"]
-    assert segmentation["backend"] == "monai"
-    assert "wholeBody_ct_segmentation is installed" in segmentation["backend_reason"]
-    assert segmentation["backend_details"]["weights_sha256"] == models.sha256_file(weights)
+    results = json.loads((out / "results.json").read_text())
+    assert results["segmentation_backend"] == "monai"
+    assert "wholeBody_ct_segmentation is installed" in results["segmentation_backend_reason"]
+    assert results["segmentation_backend_details"]["weights_sha256"] == models.sha256_file(weights)
 
 
 @pytest.mark.parametrize("defect", ["sha1 mismatch", "partial download", "member outside the folder",

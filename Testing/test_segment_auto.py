@@ -46,9 +46,8 @@ def test_classical_fallback_is_named_and_warned_in_results(shared_file, tmp_path
     captured = capsys.readouterr()
     assert "segmentation: classical (automatic choice: no deep segmentation model is available" in captured.out
     results = json.loads((out / "results.json").read_text())
-    segmentation = results["inputs"]["segmentation"]
-    assert segmentation["backend"] == "classical"
-    assert segmentation["backend_reason"].startswith("automatic choice: no deep segmentation model is available")
+    assert results["segmentation_backend"] == "classical"
+    assert results["segmentation_backend_reason"].startswith("automatic choice: no deep segmentation model is")
     assert CLASSICAL_FALLBACK_WARNING in results["warnings"]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "classical" in r.getMessage()]
     assert warnings == [CLASSICAL_FALLBACK_WARNING] and "\n" not in warnings[0]  # one line on the console
@@ -82,13 +81,12 @@ def test_the_panel_shows_which_backend_ran_from_results_json(shared_file):
         assert job.runner.command[-4:] == ["--backend", "auto", "--device", "cpu"]
         assert job.backend_summary() == "segmentation backend not recorded"  # the child has not written it yet
         job.out_dir.mkdir(parents=True)
-        segmentation = {"backend": "monai", "backend_reason": "automatic choice: the MONAI model "
-                        "wholeBody_ct_segmentation is installed (weights checksums recorded)",
-                        "backend_details": {"model": "Whole body CT segmentation", "version": "0.2.5"}}
-        (job.out_dir / "results.json").write_text(json.dumps({"inputs": {"segmentation": segmentation}}))
-        assert job.backend_summary() == ("segmented by monai [Whole body CT segmentation 0.2.5] (automatic choice: "
-                                         "the MONAI model wholeBody_ct_segmentation is installed (weights checksums "
-                                         "recorded))")
+        results = {"segmentation_backend": "monai", "segmentation_backend_reason": "automatic choice: the MONAI "
+                   "model wholeBody_ct_segmentation is installed (weights checksums recorded)",
+                   "segmentation_backend_details": {"model": "Whole body CT segmentation", "version": "0.2.5"}}
+        (job.out_dir / "results.json").write_text(json.dumps(results))
+        assert job.backend_summary() == ("monai [Whole body CT segmentation 0.2.5] (automatic choice: the MONAI "
+                                         "model wholeBody_ct_segmentation is installed (weights checksums recorded))")
     finally:
         job.cleanup()
 

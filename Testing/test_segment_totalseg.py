@@ -115,13 +115,13 @@ def test_auto_picks_totalsegmentator_when_installed(fake_totalsegmentator, share
     calls, _weights = fake_totalsegmentator
     ct_path, seg_path = shared_file(EXAMPLE_CT), shared_file(TOTALSEG_OUTPUT)
     assert cli.main(["analyze", "--ct", str(ct_path), "--out", str(tmp_path / "auto"), "--device", "cpu", "-q"]) == 0
-    assert "segmentation: totalsegmentator (automatic choice: TotalSegmentator is installed)" in capsys.readouterr().out
+    assert ("segmentation: totalsegmentator [3 mm (fast)] (automatic choice: TotalSegmentator is installed)"
+            in capsys.readouterr().out)
     assert calls and calls[0]["fast"] is True
     auto = json.loads((tmp_path / "auto" / "results.json").read_text())
-    segmentation = auto["inputs"]["segmentation"]
-    assert segmentation["backend"] == "totalsegmentator"
-    assert segmentation["backend_reason"] == "automatic choice: TotalSegmentator is installed"
-    assert segmentation["backend_details"]["task"] == "total"
+    assert auto["segmentation_backend"] == "totalsegmentator"
+    assert auto["segmentation_backend_reason"] == "automatic choice: TotalSegmentator is installed"
+    assert auto["segmentation_backend_details"]["task"] == "total"
     assert cli.main(["analyze", "--ct", str(ct_path), "--seg", str(seg_path), "--out", str(tmp_path / "given"),
                      "-q"]) == 0
     given = json.loads((tmp_path / "given" / "results.json").read_text())
@@ -140,7 +140,7 @@ def test_totalsegmentator_labels_of_the_example_grade_no_fracture(fake_totalsegm
     assert cli.main(["analyze", "--ct", str(shared_file(EXAMPLE_CT)), "--out", str(tmp_path / "auto"),
                      "--device", "cpu", "-q"]) == 0
     results = json.loads((tmp_path / "auto" / "results.json").read_text())
-    assert results["inputs"]["segmentation"]["backend"] == "totalsegmentator"
+    assert results["segmentation_backend"] == "totalsegmentator"
     graded = {v["level"]: v.get("genant_grade") for v in results["vertebrae"] if v.get("genant_grade") is not None}
     assert set(graded) >= {"L1", "L2", "L3", "L4", "L5"}
     assert all(grade == 0 for grade in graded.values()), graded

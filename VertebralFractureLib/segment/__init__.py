@@ -51,7 +51,8 @@ class SegmentationOutput:
     full_vertebrae: bool
     """True when masks include the posterior elements, False for vertebral bodies only."""
     levels_status: str = "unconfirmed"
-    """"confirmed" (an anatomical anchor was found), "anchored" (the user fixed the count) or "unconfirmed"."""
+    """"confirmed" (anatomical anchors found and in agreement), "anchored" (the user fixed the count),
+    "conflicting" (anchors in view disagree: not confirmed) or "unconfirmed" (no anchor, or implausible spacing)."""
     level_evidence: list[str] = field(default_factory=list)
     """Human-readable reasons behind the level names (e.g. "sacrum below the lowest vertebra: L5")."""
     warnings: list[str] = field(default_factory=list)
@@ -59,6 +60,9 @@ class SegmentationOutput:
     """Why this backend segmented the CT (the automatic choice's reason, or "asked for with --backend NAME")."""
     backend_details: dict = field(default_factory=dict)
     """What exactly ran: model name and version, weights SHA-256, resolution, device (JSON-serialisable)."""
+    vertebra_warnings: dict[int, list[str]] = field(default_factory=dict)
+    """VerSe id -> notes on that vertebra's segmentation from the backend (e.g. a spacing to its neighbour that
+    does not fit its level: over-split body or missed disc); for quality control."""
 
 
 class SegmentationBackend(Protocol):
@@ -119,15 +123,13 @@ class _ExplicitBackend:
         return output
 
 
-def describe_backend(segmentation: dict) -> str:
-    """One line for people: "segmented by totalsegmentator (automatic choice: TotalSegmentator is installed)".
+def describe_backend(backend: str | None, reason: str | None = None, details: dict | None = None) -> str:
+    """One line for people: "totalsegmentator [3 mm (fast)] (automatic choice: TotalSegmentator is installed)".
 
-    ``segmentation`` is ``results.json``'s ``inputs.segmentation`` (backend, backend_reason, backend_details)."""
-    backend = segmentation.get("backend") or "unknown backend"
-    details = segmentation.get("backend_details") or {}
+    The arguments are a result's ``segmentation_backend``, ``segmentation_backend_reason`` and ``..._details``."""
+    details = details or {}
     model = " ".join(str(details[key]) for key in ("model", "version") if details.get(key))
-    text = f"segmented by {backend}" + (f" [{model}]" if model else "")
-    reason = segmentation.get("backend_reason")
+    text = (backend or "unknown backend") + (f" [{model}]" if model else "")
     return f"{text} ({reason})" if reason else text
 
 
@@ -163,6 +165,22 @@ def installed_monai_model(model=None) -> tuple[object | None, str]:
         return None, (f"the model in {folder} has no recorded weight checksums ({models.CHECKSUMS_FILE}); "
                       "run `models trust` on it or give it with --backend monai --model-sha256")
     return folder, ""
+
+
+def needs_torch(backend: str) -> bool:
+    """Whether a front end should install PyTorch and MONAI before running ``backend`` (a ``--backend`` value or the
+    Slicer panel's name): always for "monai"; for "auto" when a MONAI model has been downloaded but this Python
+    cannot run it yet (if the user declines, the automatic choice goes on without it)."""
+    from ..process import PANEL_BACKENDS
+
+    backend = PANEL_BACKENDS.get(backend, backend)
+    if backend == "monai":
+        return True
+    if backend != AUTO or (_importable("torch") and _importable("monai")):
+        return False
+    from .. import models
+
+    return bool(models.installed_models())
 
 
 def choose_backend(model=None) -> tuple[list[BackendCandidate], list[str]]:
