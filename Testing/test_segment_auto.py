@@ -112,3 +112,14 @@ def test_the_slicer_panel_offers_the_automatic_choice_by_default(shared_file):
         assert job.runner.command[job.runner.command.index("--backend") + 1] == "auto"
     finally:
         job.cleanup()
+
+
+def test_front_ends_install_torch_for_monai_and_for_a_downloaded_model_only(monkeypatch):
+    from VertebralFractureLib import segment
+
+    assert segment.needs_torch("monai") and not segment.needs_torch("classical")
+    assert not segment.needs_torch("Automatic")  # nothing downloaded: the automatic choice needs no torch
+    _install_bundle()
+    assert not segment.needs_torch("auto")  # torch and monai are importable here
+    monkeypatch.setattr(segment, "_importable", lambda module: module not in ("torch", "monai"))
+    assert segment.needs_torch("Automatic") and segment.needs_torch("auto")
