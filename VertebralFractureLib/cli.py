@@ -116,7 +116,7 @@ def request_from_args(args: argparse.Namespace, **overrides):
         "seg": getattr(args, "seg", None),
         "series": getattr(args, "series", None),
         "labels": getattr(args, "labels", "auto"),
-        "backend": getattr(args, "backend", "classical"),
+        "backend": getattr(args, "backend", "auto"),
         "device": getattr(args, "device", "auto"),
         "anchor": getattr(args, "anchor", None),
         "anchor_point": getattr(args, "anchor_point", None),
@@ -161,12 +161,16 @@ def print_analysis(analysis) -> None:
     screening, files written."""
     from . import qc
     from .report import levels_line
+    from .segment import describe_backend
 
     case = analysis.case
     if qc.headline(case):
         print(qc.headline(case))
         for item in case.quality.failed_checks:
             print(f"  {item}")
+    if case.segmentation_backend:
+        print("segmentation: " + describe_backend(case.segmentation_backend, case.segmentation_backend_reason,
+                                                  case.segmentation_backend_details))
     line = levels_line(case)
     if line:
         print(line)
