@@ -99,7 +99,8 @@ def test_totalseg_numbered_full_vertebrae(shared_file):
     )
     assert label_map.convention == "totalseg_v2"
     levels = [v.level for v in case.vertebrae]
-    assert levels == ["T11", "T12", "L1", "L2", "L3", "L4", "L5"]
+    assert levels == ["T11", "T12", "L1", "L2", "L3", "L4", "L5", "S"]
+    assert case.vertebra("S").genant_grade is None and case.vertebra("S").not_assessed_reason.startswith("sacrum")
     assert not case.vertebra("T11").complete  # 76 voxels at the edge of the field of view
     for level in ("L1", "L2", "L3", "L4"):
         assert case.vertebra(level).genant_grade == 0, case.vertebra(level).grade_reason

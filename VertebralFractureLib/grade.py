@@ -69,8 +69,33 @@ RELATIVE_NORMAL_HEIGHT = {
 }
 
 
+GRADED_LEVELS = ("T4", "T5", "T6", "T7", "T8", "T9", "T10", "T11", "T12", "T13", "L1", "L2", "L3", "L4", "L5", "L6")
+"""Levels Genant grading is defined for (Genant 1993; Eastell 1991 and McCloskey 1993 give normal ranges for T4-L5
+only). The transitional T13 and L6 are graded with the references of T12 and L5 (:data:`REFERENCE_LEVEL_OF`)."""
+UPPER_THORACIC_LEVELS = ("T1", "T2", "T3")
+"""Graded on request only (GradingRules.include_upper_thoracic): the shoulders hide them on radiographs, so no
+normative morphometry covers them."""
+REFERENCE_LEVEL_OF = {"T13": "T12", "L6": "L5"}
+"""Transitional vertebrae take the normal shape of the level they replace."""
+
+
+def not_assessed_reason(level: str, include_upper_thoracic: bool = False) -> str | None:
+    """Why Genant grading does not apply at this level, or None where it does."""
+    if level in GRADED_LEVELS or (include_upper_thoracic and level in UPPER_THORACIC_LEVELS):
+        return None
+    if level == "S":
+        return "sacrum: not a vertebral body that Genant grading applies to"
+    if level == "Co":
+        return "coccyx: not a vertebral body that Genant grading applies to"
+    if level in UPPER_THORACIC_LEVELS:
+        return f"{level}: Genant grading is defined for T4-L5 (T1-T3 on request)"
+    return f"{level}: Genant grading is not defined for the cervical spine (C1 has no body, C2 carries the dens)"
+
+
 @dataclass(frozen=True)
 class GradingRules:
+    include_upper_thoracic: bool = False
+    """Grade T1-T3 too (outside the levels normative morphometry covers)."""
     grade_thresholds: tuple[float, float, float] = GRADE_THRESHOLDS
     kyphosis_apex_levels: tuple[str, ...] = ("T5", "T6", "T7", "T8", "T9", "T10")
     kyphosis_apex_wedge_ratio: float = 0.90
@@ -140,10 +165,24 @@ def implausible_shape(heights: dict, rules: GradingRules = DEFAULT_RULES) -> str
 def grade_vertebrae(vertebrae: list[VertebraResult], rules: GradingRules = DEFAULT_RULES) -> None:
     """Fill ratios, expected heights, height loss, Genant grade, morphology and reason (in place)."""
     implausible = {v.label: implausible_shape(v.heights_mm, rules) for v in vertebrae if v.complete and v.heights_mm}
-    measurable = [v for v in vertebrae if v.complete and v.heights_mm and not implausible[v.label]]
+    # Thoracic levels above the graded range still serve as references for T4 and T5; cervical levels never do.
+    measurable = [
+        v
+        for v in vertebrae
+        if v.complete and v.heights_mm and not implausible[v.label] and labels_mod.rank(v.label) >= labels_mod.rank(8)
+    ]
     own = {v.label: own_shape_reductions(v.heights_mm, v.level, rules) for v in measurable}
     references = [v for v in measurable if max(own[v.label].values()) < rules.grade_thresholds[0]]
     for vertebra in vertebrae:
+        vertebra.not_assessed_reason = not_assessed_reason(vertebra.level, rules.include_upper_thoracic)
+        vertebra.fracture_score = None
+        if vertebra.not_assessed_reason:
+            vertebra.genant_grade = None
+            vertebra.morphology = None
+            vertebra.height_loss = None
+            vertebra.expected_posterior_mm = None
+            vertebra.grade_reason = f"not assessed: {vertebra.not_assessed_reason}"
+            continue
         if not (vertebra.complete and vertebra.heights_mm):
             vertebra.genant_grade = None
             vertebra.morphology = None

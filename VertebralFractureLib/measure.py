@@ -23,7 +23,11 @@ For every vertebra of a VerSe-id label map:
    :mod:`.screen` (away from the cortex and endplates, the posterior quarter of the depth excluded where the
    basivertebral vein enters).
 
-A body touching the edge of the image is reported as incomplete (cut by the field of view) and is not graded.
+A body is reported as incomplete (cut by the field of view) and is not graded only where the edge of the image
+truly truncates it: a substantial cross-section of the body lies in a boundary plane of the array
+(:data:`CUT_SECTION_FRACTION`). A body that merely touches the edge of an array cropped to the labels' bounding box
+(its outermost slice holds only the tip of its rounded surface) is measured, and a few stray voxels on the edge
+do not make it "cut".
 """
 
 from __future__ import annotations
@@ -61,6 +65,13 @@ CANAL_MIN_AREA_MM2 = 20.0
 BODY_ONLY_MAX_DEPTH_MM = 60.0
 """A vertebra mask with no canal and at most this antero-posterior extent is taken to be a body only."""
 NEIGHBOUR_MAX_DISTANCE_MM = 90.0
+CUT_SECTION_FRACTION = 0.3
+"""A body is cut by the field of view when its section in a boundary plane of the array is at least this fraction of
+its largest section parallel to that plane. A plane through a body holds a section close to its largest (0.84-1.0
+on VerSe masks truncated through a body); the outermost slice of a whole body, as in a mask cropped to its bounding
+box, only the tip of its rounded endplate or wall (at most 0.06 on the cropped VerSe'19 masks 007 and 008)."""
+CUT_MIN_SECTION_MM2 = 20.0
+"""Sections on the boundary smaller than this (a few stray voxels) never make a body "cut"."""
 
 
 @dataclass
@@ -134,7 +145,7 @@ def measure_case(labels: Volume, ct: Volume | None = None, inputs: dict | None =
     for vertebra in vertebrae:
         if not vertebra.complete:
             case.warnings.append(f"{vertebra.level} not graded: {vertebra.incomplete_reason}")
-        elif vertebra.genant_grade is None:
+        elif vertebra.genant_grade is None and not vertebra.not_assessed_reason:
             case.warnings.append(f"{vertebra.level} {vertebra.grade_reason}")
     return case
 
@@ -159,15 +170,42 @@ def measure_vertebrae(labels: Volume, ct: Volume | None = None, progress=None) -
     # Pass 1: frames from the full-vertebra centroids, then the bodies.
     _assign_superior_axes(work, lambda v: v.centroid)
     for index, vertebra in enumerate(work.values()):
+        if not _measured_level(vertebra.label):
+            continue
         report(0.1 + 0.4 * index / len(work), f"isolating the body of {labels_mod.level_name(vertebra.label)}")
         _isolate_body(vertebra, labels)
     # Pass 2: the curve through the body centroids gives the final cranio-caudal axes.
-    _assign_superior_axes(work, lambda v: v.points[v.body].mean(axis=0))
+    _assign_superior_axes(work, lambda v: v.centroid if v.body is None else v.points[v.body].mean(axis=0))
     results = []
     for index, vertebra in enumerate(work.values()):
+        if not _measured_level(vertebra.label):
+            results.append(_listed_only(labels, vertebra.label, objects[vertebra.label - 1]))
+            continue
         report(0.5 + 0.45 * index / len(work), f"measuring {labels_mod.level_name(vertebra.label)}")
         results.append(_measure(vertebra, labels, ct))
+    for label in (labels_mod.SACRUM, labels_mod.COCCYX):
+        if label < len(objects) + 1 and objects[label - 1] is not None:
+            results.append(_listed_only(labels, label, objects[label - 1]))
     return results
+
+
+def _measured_level(label: int) -> bool:
+    """Thoracic and lumbar vertebrae are measured (T1-T3 serve as references); the cervical spine is only listed."""
+    return labels_mod.rank(label) >= labels_mod.rank(labels_mod.label_from_level("T1"))
+
+
+def _listed_only(labels: Volume, label: int, bounding: tuple[slice, ...]) -> VertebraResult:
+    """A level outside the grading's scope (cervical spine, sacrum, coccyx): listed with its position and volume."""
+    voxels = np.argwhere(labels.array[bounding] == label) + np.array([s.start for s in bounding])
+    voxel_ml = float(abs(np.linalg.det(labels.ijk_to_ras[:3, :3]))) / 1000.0
+    level = labels_mod.level_name(label)
+    return VertebraResult(
+        label=label,
+        level=level,
+        centroid_ras=labels.ijk_to_world(voxels.mean(axis=0).astype(float))[0].tolist(),
+        body_volume_ml=len(voxels) * voxel_ml,
+        not_assessed_reason=grade_mod.not_assessed_reason(level),
+    )
 
 
 def _load_vertebra(labels: Volume, label: int, bounding: tuple[slice, ...]) -> _Vertebra:
@@ -373,11 +411,10 @@ def _measure(vertebra: _Vertebra, labels: Volume, ct: Volume | None) -> Vertebra
         body_volume_ml=body_volume,
         body_voxels=int(vertebra.body.sum()),
     )
-    body_voxels = np.argwhere(vertebra.mask)[vertebra.body] + np.array([s.start for s in vertebra.crop])
-    cut = np.any(body_voxels == 0, axis=1) | np.any(body_voxels == np.array(labels.shape) - 1, axis=1)
-    if vertebra.touches_edge and cut.any():
+    truncation = _truncation(vertebra, labels) if vertebra.touches_edge else None
+    if truncation:
         result.complete = False
-        result.incomplete_reason = "cut by the edge of the image"
+        result.incomplete_reason = f"cut by the edge of the image ({truncation})"
     elif body_volume < MIN_BODY_VOLUME_ML:
         result.complete = False
         result.incomplete_reason = f"body of {body_volume:.2f} ml is too small to be a whole vertebral body"
@@ -437,6 +474,23 @@ def _measure(vertebra: _Vertebra, labels: Volume, ct: Volume | None) -> Vertebra
     result.heights_mm = heights
     result.depth_mm = depth
     return result
+
+
+def _truncation(vertebra: _Vertebra, labels: Volume) -> str | None:
+    """How the field of view truncates the body (see :data:`CUT_SECTION_FRACTION`), or None when it is whole."""
+    body_voxels = np.argwhere(vertebra.mask)[vertebra.body] + np.array([s.start for s in vertebra.crop])
+    for axis, size in enumerate(labels.shape):
+        sections = np.bincount(body_voxels[:, axis], minlength=size)
+        largest = sections.max(initial=0)
+        pixel_mm2 = float(np.prod(np.delete(labels.spacing, axis)))
+        for side in (0, size - 1):
+            section = sections[side]
+            if section and section >= CUT_SECTION_FRACTION * largest and section * pixel_mm2 >= CUT_MIN_SECTION_MM2:
+                return (
+                    f"{section * pixel_mm2:.0f} mm2 of the body, {100 * section / largest:.0f} % of its largest "
+                    f"section, lies in the boundary plane"
+                )
+    return None
 
 
 def _trabecular(

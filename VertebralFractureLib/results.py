@@ -51,6 +51,10 @@ class VertebraResult:
     genant_grade: int | None = None
     morphology: str | None = None
     grade_reason: str = ""
+    fracture_score: float | None = None
+    """Continuous fracture likelihood (higher = more likely fractured), the score an ROC curve is drawn from."""
+    not_assessed_reason: str | None = None
+    """Why this level is outside the grading's scope (cervical spine, sacrum, coccyx, T1-T3 by default), or None."""
     # Review state (set by a reviewer; the automatic values above stay recorded beside it).
     grade_override: int | None = None
     morphology_override: str | None = None
@@ -79,8 +83,9 @@ class VertebraResult:
                 data[key] = round(float(data[key]), 2)
         if self.expected_heights_mm:
             data["expected_heights_mm"] = {k: round(float(v), 2) for k, v in self.expected_heights_mm.items()}
-        if data["height_loss"] is not None:
-            data["height_loss"] = round(float(data["height_loss"]), 3)
+        for key in ("height_loss", "fracture_score"):
+            if data[key] is not None:
+                data[key] = round(float(data[key]), 3)
         return data
 
     @classmethod
