@@ -99,3 +99,16 @@ def test_new_fields_round_trip():
     data = vertebra.to_dict()
     assert data["fracture_score"] == 0.123 and data["not_assessed_reason"] == "cervical"
     assert VertebraResult.from_dict(data).not_assessed_reason == "cervical"
+
+
+def test_a_notch_on_the_mid_sagittal_plane_is_not_a_fracture(shared_file):
+    """sub-verse007 T10 (radiologists: normal): on the single mid-sagittal plane its anterior line falls into a notch
+    of the mask (11.9 mm against 21.3 mm in the middle); over the central planes its heights are those of a normal
+    vertebra."""
+    labels = io.read_label_map(shared_file("verse19/sub-verse007_seg-vert_msk.nii.gz")).volume
+    case = measure.measure_case(labels)
+    t10 = case.vertebra("T10")
+    assert t10.genant_grade == 0, t10.grade_reason
+    assert t10.heights_mm["anterior"] > 0.9 * t10.heights_mm["posterior"]
+    grades = {v.level: v.genant_grade for v in case.vertebrae}
+    assert grades["T12"] >= 2 and grades["L1"] >= 2  # radiologists: grade 2 both

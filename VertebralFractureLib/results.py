@@ -40,6 +40,10 @@ class VertebraResult:
     axes_ras: dict[str, list[float]] | None = None
     depth_mm: float | None = None
     body_volume_ml: float | None = None
+    voxel_extent_mm: float | None = None
+    """Extent of one voxel along the vertebra's superior axis: how finely the mask places an endplate."""
+    midsagittal_area_mm2: float | None = None
+    """Area of the body's section on the central sagittal planes (median over the planes the heights come from)."""
     body_voxels: int = 0
     trabecular_hu: float | None = None
     trabecular_hu_iqr: float | None = None
@@ -78,7 +82,16 @@ class VertebraResult:
         if self.axes_ras:
             data["axes_ras"] = {k: _rounded(v, 4) for k, v in self.axes_ras.items()}
         data["ratios"] = {k: (None if v is None else round(float(v), 3)) for k, v in self.ratios.items()}
-        for key in ("depth_mm", "body_volume_ml", "trabecular_hu", "trabecular_hu_iqr", "expected_posterior_mm"):
+        rounded = (
+            "depth_mm",
+            "body_volume_ml",
+            "voxel_extent_mm",
+            "midsagittal_area_mm2",
+            "trabecular_hu",
+            "trabecular_hu_iqr",
+            "expected_posterior_mm",
+        )
+        for key in rounded:
             if data[key] is not None:
                 data[key] = round(float(data[key]), 2)
         if self.expected_heights_mm:
