@@ -60,8 +60,8 @@ def test_implausible_shapes_are_flagged_not_graded(heights):
 
 
 def test_two_criteria_a_reduction_within_the_normal_spread_does_not_count():
-    # A 20 % posterior loss against the neighbours: 3.1 SD on a 1 mm mask (counted: grade 1 after the 1.2 scale),
-    # 2.1 SD on 3 mm slices, where each endplate is only known to a voxel (not counted).
+    # A 20 % posterior loss against the neighbours: 3.2 SD on a 1 mm mask (counted: grade 1 after the 1.2 scale),
+    # 2.8 SD on 3 mm slices, where each endplate is only known to a voxel (not counted).
     def spine(voxel_mm):
         return [_vertebra(level, label, a, m, p, voxel_extent_mm=voxel_mm) for level, label, a, m, p in
                 [("L1", 20, 27.0, 26.0, 27.5), ("L2", 21, 24.0, 23.5, 22.8), ("L3", 22, 28.0, 27.0, 28.5)]]

@@ -191,16 +191,16 @@ def normal_ratios(level: str, rules: GradingRules = DEFAULT_RULES) -> dict[str, 
 
 
 def measurement_sd(vertebra: VertebraResult) -> float:
-    """SD of a ratio of two of this vertebra's heights from the mask's voxel size alone (as a fraction).
+    """SD of a ratio of this vertebra's heights from the mask's voxel size alone (as a fraction).
 
-    Each endplate lies anywhere within one voxel along the superior axis (uniform: variance voxel^2 / 12), so a
-    height has variance voxel^2 / 6 and a ratio of two independent heights a relative variance of twice that over
-    the height squared.
+    An endplate on a binary mask lies anywhere within one voxel along the superior axis (uniform: SD voxel / sqrt(12)).
+    Each height is a median over many lines and planes, and the two heights of a ratio share their endplates'
+    quantization, so most of it cancels; what remains is taken as one endplate's uncertainty over the smallest height.
     """
     if not vertebra.voxel_extent_mm or not vertebra.heights_mm:
         return 0.0
     height = min(vertebra.heights_mm.values())
-    return float(np.sqrt(2.0 * vertebra.voxel_extent_mm**2 / 6.0) / max(height, 1.0))
+    return float(vertebra.voxel_extent_mm / np.sqrt(12.0) / max(height, 1.0))
 
 
 def own_shape_reductions(heights: dict, level: str, rules: GradingRules = DEFAULT_RULES) -> dict[str, float]:
