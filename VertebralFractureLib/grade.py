@@ -351,7 +351,7 @@ def _grade_one(vertebra: VertebraResult, shape: dict, expected: dict | None, rul
         parts.append("against neighbours: " + ", ".join(f"{name} {100 * loss[name]:.0f} %" for name in loss))
     else:
         parts.append("no normal neighbour within two levels: height loss not assessable")
-    if score > reduction:
+    if score > reduction and rules.reduction_scale * score >= rules.grade_thresholds[0]:
         parts.append(f"a {100 * score:.0f} % reduction lies within {rules.sd_criterion:g} SD of normal")
     vertebra.grade_reason = f"largest reduction {100 * reduction:.0f} % ({worst_height} height); " + "; ".join(
         parts + notes
