@@ -150,6 +150,10 @@ class CaseResult:
     """Why the vertebrae carry their names, one reason per item."""
     segmentation_backend: str | None = None
     """"classical", "monai", "totalsegmentator", "given" (a label map from elsewhere) ..."""
+    segmentation_backend_reason: str | None = None
+    """Why that backend segmented the CT: the automatic choice's reason, "asked for with --backend NAME", ..."""
+    segmentation_backend_details: dict = field(default_factory=dict)
+    """What exactly ran: model, version, weights SHA-256, resolution, device (see ``segment.SegmentationOutput``)."""
     full_vertebrae: bool | None = None
     """True when the masks hold the posterior elements, False for vertebral bodies only."""
     level_corrections: list[dict] = field(default_factory=list)
@@ -169,6 +173,8 @@ class CaseResult:
             "levels_status": self.levels_status,
             "level_evidence": list(self.level_evidence),
             "segmentation_backend": self.segmentation_backend,
+            "segmentation_backend_reason": self.segmentation_backend_reason,
+            "segmentation_backend_details": dict(self.segmentation_backend_details),
             "full_vertebrae": self.full_vertebrae,
             "level_corrections": [dict(c) for c in self.level_corrections],
             "patient": self.patient.to_dict(),
@@ -197,6 +203,9 @@ class CaseResult:
             levels_status=typed("levels_status"),
             level_evidence=list(typed("level_evidence", []) or []),
             segmentation_backend=typed("segmentation_backend", legacy.get("backend")),
+            segmentation_backend_reason=typed("segmentation_backend_reason", legacy.get("backend_reason")),
+            segmentation_backend_details=dict(typed("segmentation_backend_details",
+                                                    legacy.get("backend_details")) or {}),
             full_vertebrae=typed("full_vertebrae"),
             level_corrections=list(typed("level_corrections", []) or []),
         )
