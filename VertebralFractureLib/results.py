@@ -47,6 +47,10 @@ class VertebraResult:
     axes_ras: dict[str, list[float]] | None = None
     depth_mm: float | None = None
     body_volume_ml: float | None = None
+    voxel_extent_mm: float | None = None
+    """Extent of one voxel along the vertebra's superior axis: how finely the mask places an endplate."""
+    midsagittal_area_mm2: float | None = None
+    """Area of the body's section on the central sagittal planes (median over the planes the heights come from)."""
     body_voxels: int = 0
     trabecular_hu: float | None = None
     trabecular_hu_iqr: float | None = None
@@ -58,8 +62,11 @@ class VertebraResult:
     genant_grade: int | None = None
     morphology: str | None = None
     grade_reason: str = ""
+    fracture_score: float | None = None
+    """Continuous fracture likelihood (higher = more likely fractured), the score an ROC curve is drawn from."""
     not_assessed_reason: str | None = None
-    """Why the vertebra has no Genant grade although it was measured (quality control, level not gradable)."""
+    """Why the vertebra has no Genant grade although it was measured: outside the grading's scope (cervical spine,
+    sacrum, coccyx, T1-T3 by default) or withheld by quality control (:mod:`.qc`); None when graded."""
     # Review state (set by a reviewer; the automatic values above stay recorded beside it).
     grade_override: int | None = None
     morphology_override: str | None = None
@@ -83,13 +90,23 @@ class VertebraResult:
         if self.axes_ras:
             data["axes_ras"] = {k: _rounded(v, 4) for k, v in self.axes_ras.items()}
         data["ratios"] = {k: (None if v is None else round(float(v), 3)) for k, v in self.ratios.items()}
-        for key in ("depth_mm", "body_volume_ml", "trabecular_hu", "trabecular_hu_iqr", "expected_posterior_mm"):
+        rounded = (
+            "depth_mm",
+            "body_volume_ml",
+            "voxel_extent_mm",
+            "midsagittal_area_mm2",
+            "trabecular_hu",
+            "trabecular_hu_iqr",
+            "expected_posterior_mm",
+        )
+        for key in rounded:
             if data[key] is not None:
                 data[key] = round(float(data[key]), 2)
         if self.expected_heights_mm:
             data["expected_heights_mm"] = {k: round(float(v), 2) for k, v in self.expected_heights_mm.items()}
-        if data["height_loss"] is not None:
-            data["height_loss"] = round(float(data["height_loss"]), 3)
+        for key in ("height_loss", "fracture_score"):
+            if data[key] is not None:
+                data[key] = round(float(data[key]), 3)
         return data
 
     @classmethod
