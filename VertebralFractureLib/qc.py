@@ -42,6 +42,10 @@ TRUSTED_LEVEL_STATUSES = ("confirmed", "anchored", "given")
 """Level names a grade may rest on: anchored in the image, fixed by the user, or named in a given label map.
 "unconfirmed" (no anchor) and "conflicting" (anchors disagree) withhold the findings."""
 
+MODEL_NAMED_BACKENDS = ("totalsegmentator", "monai")
+"""Deep backends name each vertebra from its own appearance (a learned identity, not a count from one anchor; wrong
+in about 1-2 % of cases for TotalSegmentator, DOMAIN.md): their names carry grades though they report no anchor."""
+
 PASSED = "passed"
 LEVELS_UNCONFIRMED = "levels unconfirmed"
 FAILED = "failed"
@@ -377,7 +381,8 @@ def _withheld_by_qc(reason: str | None) -> bool:
 def assess_quality(case, rules: QualityRules = DEFAULT_RULES) -> QualityReport:
     """Check a measured, graded case; changes nothing (see :func:`apply_quality_gate`)."""
     source, levels_status = segmentation_provenance(case)
-    levels_trusted = levels_status in TRUSTED_LEVEL_STATUSES
+    backend = getattr(case, "segmentation_backend", None) or (case.inputs.get("segmentation") or {}).get("backend")
+    levels_trusted = levels_status in TRUSTED_LEVEL_STATUSES or backend in MODEL_NAMED_BACKENDS
     previous = getattr(case, "quality", None)
     report = QualityReport(segmentation_source=source, levels_status=levels_status)
     spacing = spacing_problems(case, rules)
