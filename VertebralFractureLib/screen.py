@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from . import labels as labels_mod
 from .io import Volume
+from .qc import VERTEBRA_REASON_PREFIX
 from .results import CaseResult, PatientSummary, VertebraResult
 
 GRADE_NAMES = {0: "normal", 1: "mild", 2: "moderate", 3: "severe"}
@@ -700,7 +701,9 @@ def recommend(case: CaseResult, level: str | None, level_reason: str, measured_h
     quality = getattr(case, "quality", None)
     withheld = quality is not None and quality.findings_withheld
     graded = [v for v in case.vertebrae if v.final_grade is not None]
-    not_assessed = [v for v in case.vertebrae if v.complete and v.final_grade is None and v.not_assessed_reason]
+    # Withheld by quality control (levels outside the grading's scope, such as the sacrum, are no loss).
+    not_assessed = [v for v in case.vertebrae if v.complete and v.final_grade is None
+                    and (v.not_assessed_reason or "").startswith(VERTEBRA_REASON_PREFIX)]
     if not_assessed and not withheld:
         penalty += 1
         confidence_reasons.append("not assessed: " + "; ".join(f"{v.level} ({v.not_assessed_reason})"
