@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,9 +157,12 @@ def _read_nifti(path: Path) -> Volume:
         ) from None
     if len(image.shape) < 3:
         raise InputError(path, f"is a {len(image.shape)}-D image of shape {tuple(image.shape)}; a 3-D volume is needed")
+    slope, intercept = image.dataobj.slope, image.dataobj.inter
+    scaled = (slope not in (None, 1) and np.isfinite(slope)) or (intercept not in (None, 0) and np.isfinite(intercept))
+    check_memory(path, image.shape, 8 if scaled else image.get_data_dtype().itemsize)
     try:
-        array = np.asanyarray(image.dataobj)
-    except Exception as error:  # truncated gzip gives EOFError, corrupt data zlib.error or OSError
+        array = _read_nifti_voxels(image, path)
+    except (EOFError, OSError, ValueError, zlib.error) as error:  # truncated, corrupt or failing the gzip CRC
         raise InputError(
             path, f"is truncated or corrupt: its voxel data cannot be read ({_first_line(error)})"
         ) from None
@@ -169,11 +173,80 @@ def _read_nifti(path: Path) -> Volume:
     return Volume(array=array, ijk_to_ras=affine, path=str(path))
 
 
+def _read_nifti_voxels(image, path: Path) -> np.ndarray:
+    """The voxels of a NIfTI image; a .nii.gz is read through one gzip stream to its end, so its CRC-32 and length
+    are checked (nibabel alone stops after the voxels and never reaches the checksum: a flipped bit would pass)."""
+    import gzip
+
+    import nibabel as nib
+
+    if not path.name.lower().endswith(".gz"):
+        return np.asanyarray(image.dataobj)
+    with gzip.open(path, "rb") as stream:
+        holder = nib.FileHolder(fileobj=stream)
+        streamed = type(image).from_file_map({"header": holder, "image": holder})
+        array = np.asanyarray(streamed.dataobj)
+        while stream.read(1 << 20):  # the rest of the stream, then the CRC-32 and length check at its end
+            pass
+    return array
+
+
+MEMORY_COPY_BYTES_PER_VOXEL = 8
+"""Beyond the stored voxels, the pipeline holds about two float32 copies of a volume (the CT in HU and a working or
+resampled copy; a label map's VerSe ids and their resampling take less)."""
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the machine can still give (psutil if installed, else /proc/meminfo, else sysconf); None if unknown."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(path: str | Path, shape, itemsize: int) -> None:
+    """Refuse an image whose header declares more voxels than this machine's memory holds, before reading it."""
+    voxels = math.prod(int(n) for n in shape)
+    needed = voxels * (int(itemsize) + MEMORY_COPY_BYTES_PER_VOXEL)
+    available = available_memory_bytes()
+    if available is not None and needed > available:
+        size = "x".join(str(int(n)) for n in shape)
+        raise InputError(path, f"declares {size} voxels: reading and measuring it needs about "
+                               f"{needed / 2**30:.1f} GiB of memory, this machine has {available / 2**30:.1f} GiB "
+                               "available (crop or downsample the image)")
+
+
+def _itk_pixel_bytes(pixel_id: int) -> int:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayViewFromImage(sitk.Image([1, 1], pixel_id)).itemsize
+
+
 def _read_itk_file(path: Path) -> Volume:
     import SimpleITK as sitk
 
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise InputError(path, f"is not a readable image ({_first_line(error)})") from None
+    check_memory(path, reader.GetSize(), _itk_pixel_bytes(reader.GetPixelID()))
+    try:
+        image = reader.Execute()
     except RuntimeError as error:
         raise InputError(path, f"is not a readable image ({_first_line(error)})") from None
     if image.GetDimension() == 4:
@@ -230,6 +303,7 @@ def dicom_header_summary(path: str | Path) -> dict:
         "series_instance_uid": text("SeriesInstanceUID"),
         "study_instance_uid": text("StudyInstanceUID"),
         "rescale_type": text("RescaleType"),
+        "rescale_present": "RescaleIntercept" in header and "RescaleSlope" in header,
     }
 
 
@@ -294,7 +368,7 @@ def read_volume(path: str | Path, series_uid: str | None = None) -> Volume:
 
 
 def read_ct(path: str | Path, series_uid: str | None = None) -> Volume:
-    """Read a CT volume as float32 Hounsfield units; refuses NaN/inf voxels."""
+    """Read a CT volume as float32 Hounsfield units; refuses NaN/inf voxels and values that are not HU."""
     volume = read_volume(path, series_uid)
     array = volume.array
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
@@ -303,7 +377,65 @@ def read_ct(path: str | Path, series_uid: str | None = None) -> Volume:
     if array.dtype.kind not in "iuf":
         raise InputError(path, f"has voxel type {array.dtype}, not a number type")
     volume.array = array.astype(np.float32, copy=False)
+    check_ct_hounsfield(volume)
     return volume
+
+
+class NotCTError(InputError):
+    """The volume is not a CT in Hounsfield units (MR, raw scanner values, normalized intensities)."""
+
+
+AIR_OR_FAT_MAX_HU = -200.0
+"""A body CT always holds air, lung or fat (-1000, -500, -100 HU), so some voxel lies below this."""
+MIN_HU_SPAN = 500.0
+"""Between the 0.5th and 99.9th percentile a CT spans air or fat to bone: hundreds of HU."""
+HU_SAMPLE_PER_AXIS = 64
+"""The percentiles and the dense share are taken on every n-th voxel, at most this many per axis."""
+DENSE_BONE_HU = 600.0
+DENSE_BONE_MAX_FRACTION = 0.20
+"""Only cortical bone, contrast-filled vessels and metal exceed 600 HU: a few per cent of a CT's voxels (at most
+2 % in the shared CTs, a tight crop around a vertebra included). Raw stored values (HU + 1024) put all soft
+tissue there (35-100 % of the voxels)."""
+
+
+def check_ct_hounsfield(ct: Volume) -> None:
+    """Refuse volumes that are not CT in Hounsfield units, with the reason (every command that reads a CT).
+
+    A DICOM modality other than CT is refused outright. Otherwise the value range must look like HU: a body CT
+    always holds air, lung or fat (below -200 HU), its range spans more than 500 HU, and only a small share of it is
+    denser than cortical bone; MR magnitude images and CT stored without the rescale (0..4095, or HU + 1024) fail
+    one of these, normalized images span a few units.
+    """
+    dicom = ct.meta.get("dicom") or {}
+    modality = dicom.get("modality")
+    if modality and modality.upper() != "CT":
+        raise NotCTError(ct.path, f"is a DICOM {modality} series, not CT; the vertebra segmentation needs CT in "
+                                  "Hounsfield units")
+    rescale_type = (dicom.get("rescale_type") or "").upper()
+    if rescale_type and rescale_type not in ("HU", "US"):
+        raise NotCTError(ct.path, f"DICOM rescale type is {rescale_type!r}, not Hounsfield units (HU)")
+    missing_rescale = dicom and not dicom.get("rescale_present", True)
+    prefix = "has no RescaleIntercept/RescaleSlope and " if missing_rescale else ""
+    array = ct.array
+    sample = array[tuple(slice(None, None, -(-n // HU_SAMPLE_PER_AXIS)) for n in array.shape)]
+    low, high = np.percentile(sample, [0.5, 99.9])
+    minimum = float(array.min())
+    if high - low < MIN_HU_SPAN:
+        raise NotCTError(ct.path, f"{prefix}values span only {low:.3g}..{high:.3g}; a CT in Hounsfield units spans "
+                                  "air or fat to bone (hundreds of HU): this looks like a normalized or non-CT image")
+    if minimum > AIR_OR_FAT_MAX_HU:
+        raise NotCTError(ct.path, f"{prefix}has no value below {minimum:.0f}: no air, lung or fat in Hounsfield units "
+                                  "(-1000, -500, -100 HU), so it is not a CT in HU (an MR image, or CT values "
+                                  "stored without the rescale slope/intercept?)")
+    dense = float(np.count_nonzero(sample > DENSE_BONE_HU)) / sample.size
+    if dense > DENSE_BONE_MAX_FRACTION:
+        raise NotCTError(ct.path, f"{prefix}has {100 * dense:.0f} % of its voxels above {DENSE_BONE_HU:.0f}: in "
+                                  "Hounsfield units only cortical bone, contrast and metal are that dense (a few per "
+                                  "cent of a CT), so it is not a CT in HU (values stored without the rescale "
+                                  "intercept, HU + 1024?)")
+    if missing_rescale:
+        log.warning("%s: the DICOM files have no RescaleIntercept/RescaleSlope; their values look like Hounsfield "
+                    "units and are used as such", ct.path)
 
 
 def _read_segmentation_nrrd(path: Path) -> tuple[Volume, dict[int, int]]:
