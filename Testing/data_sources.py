@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import urllib.request
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -24,17 +22,10 @@ def data_root() -> Path:
 
 
 def _download(url: str, destination: Path, sha256: str) -> None:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.with_suffix(destination.suffix + ".part")
-    digest = hashlib.sha256()
-    with urllib.request.urlopen(url, timeout=60) as response, open(temporary, "wb") as handle:
-        for chunk in iter(lambda: response.read(1 << 20), b""):
-            digest.update(chunk)
-            handle.write(chunk)
-    if digest.hexdigest() != sha256:
-        temporary.unlink()
-        raise RuntimeError(f"{url}: SHA-256 {digest.hexdigest()} does not match the pinned {sha256}")
-    temporary.replace(destination)
+    """Pinned download, checked and written atomically by the package's own downloader."""
+    from VertebralFractureLib.download import fetch_file
+
+    fetch_file(url, sha256, destination)
 
 
 def locate_shared_file(relative: str) -> tuple[Path | None, str]:

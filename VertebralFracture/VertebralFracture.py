@@ -537,6 +537,7 @@ class VertebralFractureTest(ScriptedLoadableModuleTest):
         self.test_PanelWithGivenSegmentation()
         self.setUp()
         self.test_AutomaticSegmentation()
+        self.test_BenchmarkOnPublicVerSe()  # reads files only: no scene to clear
 
     def _exampleCtPath(self) -> str:
         local = os.environ.get("VERTEBRAL_FRACTURE_DATA")
@@ -642,3 +643,7 @@ class VertebralFractureTest(ScriptedLoadableModuleTest):
             self.assertIn(level, levels)
         self.assertTrue(all(v.genant_grade == 0 for v in case.case.vertebrae if v.complete))
         self.delayDisplay("Automatic segmentation passed")
+
+    def test_BenchmarkOnPublicVerSe(self):
+        from VertebralFractureLib.benchmark import self_test
+        self.delayDisplay(self_test(os.path.join(slicer.app.temporaryPath, "VertebralFractureBenchmark")))

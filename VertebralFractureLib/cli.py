@@ -147,7 +147,7 @@ def _load_command_modules() -> None:
     """Modules that add commands of their own register them on import."""
     import importlib
 
-    for module in ("cli_segment", "cli_screen", "cli_deep"):
+    for module in ("cli_segment", "cli_screen", "cli_deep", "cli_benchmark"):
         try:
             importlib.import_module(f"{__package__}.{module}")
         except ModuleNotFoundError as error:

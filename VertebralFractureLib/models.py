@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -194,12 +191,10 @@ def find_model(name_or_path: str | Path | None) -> Path:
 # --------------------------------------------------------------------------------------------------- checksums
 
 
-def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def sha256_file(path: str | Path) -> str:
+    from .download import sha256_file as file_hash
+
+    return file_hash(path)
 
 
 def _normalise_hash(value: str) -> str:
@@ -352,20 +347,12 @@ def download(name: str, *, consent: bool = False, sha256: str | None = None, for
 
 def _fetch(url: str, destination: Path, progress=None) -> str:
     """Stream ``url`` (https, http or file) into ``destination``; returns the SHA-256 of what was written."""
-    digest = hashlib.sha256()
+    from .download import DownloadError, stream_to_file
+
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(destination, "wb") as handle:
-            total = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                digest.update(chunk)
-                handle.write(chunk)
-                done += len(chunk)
-                if progress and total:
-                    progress(done / total, f"downloading {done / 1e6:.0f}/{total / 1e6:.0f} MB")
-    except (urllib.error.URLError, OSError) as error:
-        raise ModelError(f"{url}: download failed ({getattr(error, 'reason', error)})") from None
-    return digest.hexdigest()
+        return stream_to_file(url, destination, progress)
+    except DownloadError as error:
+        raise ModelError(str(error)) from None
 
 
 def _replace_folder(source: Path, final: Path) -> None:
