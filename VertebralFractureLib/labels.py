@@ -250,10 +250,9 @@ def decide_convention(extents: dict[int, LabelExtent], declared: str = "auto") -
     reasons = {convention: _exclusion(convention, extents) for convention in CONVENTIONS}
     candidates = [convention for convention, reason in reasons.items() if reason is None]
     if not candidates:
-        if all(reason == "no vertebra id" for reason in reasons.values()):
-            raise ConventionError("label map has no vertebra labels in any convention (verse, totalseg_v2, "
-                                  "totalseg_v1)")
         detail = "; ".join(f"{c}: {r}" for c, r in reasons.items())
+        if not any(order_problem(c, extents) for c in CONVENTIONS if _vertebra_readings(c, extents)):
+            raise ConventionError(f"label map has no vertebra labels in any convention ({detail})")
         raise ConventionError(f"no label convention names its values as vertebrae running head to foot ({detail})")
     if len(candidates) == 1:
         return candidates[0]
