@@ -245,7 +245,7 @@ def test_release_layout_and_split_scans(shared_file, tmp_path):
     found = benchmark.find_masks(release)
     assert [benchmark.scan_name(p) for p in found] == ["sub-verse008", "sub-verse010"]
     assert sorted(benchmark.find_cts(release)) == ["sub-verse008", "sub-verse010"]
-    nested = benchmark.run_benchmark(release, shared_file(GRADES))
+    nested = benchmark.run_benchmark(release, shared_file(GRADES), jobs=2)  # in two processes
     flat = benchmark.run_benchmark(mask_path(shared_file, "sub-verse008").parent, shared_file(GRADES),
                                    subjects=["sub-verse008", "sub-verse010"])
     assert [(r.scan, r.level, r.predicted_grade, r.true_grade) for r in nested.rows] == [
@@ -272,6 +272,11 @@ def test_benchmark_command_bad_inputs(tmp_path, capsys, shared_file):
     masks = mask_path(shared_file, "sub-verse005").parent
     code = cli.main(["benchmark", "--masks", str(masks), "--grades", str(bad_table), "--out", str(out), "-q"])
     assert code == 2 and "is not a grade table" in capsys.readouterr().err and not out.exists()
+    other = tmp_path / "other.csv"
+    other.write_text("scan,label,genant_grade\nsub-verse999,20,1\n")
+    code = cli.main(["benchmark", "--masks", str(masks), "--grades", str(other), "--out", str(out), "-q"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "no mask matches a scan of the grade table" in error[-1] and not out.exists()
 
 
 # ----------------------------------------------------------------------------------------------- downloads

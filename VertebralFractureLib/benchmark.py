@@ -453,12 +453,47 @@ def _measure_scan(mask: Path, ct: Path | None):
     return measure.measure_case(label_map.volume, ct_volume, inputs=inputs)
 
 
+def _measure_safely(mask: Path, ct: Path | None) -> tuple[object, str | None, float]:
+    """(case or None, error or None, seconds) of one scan; a failure is recorded, never raised."""
+    started = time.perf_counter()
+    case, problem = None, None
+    try:
+        case = _measure_scan(mask, ct)
+    except VertebralFractureError as error:
+        problem = str(error)
+    except Exception as error:  # a bug on one scan of many must not hide the figures of the others
+        log.exception("measuring %s failed", mask)
+        problem = f"measurement failed: {type(error).__name__}: {error}"
+    return case, problem, round(time.perf_counter() - started, 2)
+
+
+def _measure_all(todo: list[tuple[Path, Path | None]], jobs: int, report) -> list[tuple]:
+    """:func:`_measure_safely` over every (mask, CT), in order; in ``jobs`` processes when more than one."""
+    if jobs <= 1 or len(todo) <= 1:
+        outcomes = []
+        for mask, ct in todo:
+            outcomes.append(_measure_safely(mask, ct))
+            report(len(outcomes), scan_name(mask))
+        return outcomes
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    outcomes: list = [None] * len(todo)
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(_measure_safely, mask, ct): index for index, (mask, ct) in enumerate(todo)}
+        for done, future in enumerate(as_completed(futures), start=1):
+            index = futures[future]
+            outcomes[index] = future.result()
+            report(done, scan_name(todo[index][0]))
+    return outcomes
+
+
 def run_benchmark(masks_dir: str | Path, grades: str | Path | dict, ct_dir: str | Path | None = None,
                   subjects: Sequence[str] | None = None, cross_validate: bool = False,
-                  progress=None) -> BenchmarkResult:
+                  progress=None, jobs: int = 1) -> BenchmarkResult:
     """Measure every mask of ``masks_dir``, join the grade table, compute the figures (see the module docstring).
 
     ``subjects``: only scans of these subjects (or scan ids). ``grades``: a table path or {scan: {label: grade}}.
+    ``jobs``: scans measured in parallel processes.
     """
     report = progress or (lambda fraction, message: None)
     started = time.perf_counter()
@@ -476,26 +511,28 @@ def run_benchmark(masks_dir: str | Path, grades: str | Path | dict, ct_dir: str 
     scans: list[dict] = []
     unmatched_masks: list[str] = []
     measured: dict[str, object] = {}
-    for index, mask in enumerate(masks):
+    todo = []
+    for mask in masks:
         scan = scan_name(mask)
         if _table_key(scan, table) is None and subject_of(scan) not in graded_subjects:
             unmatched_masks.append(scan)
             continue
-        report(0.9 * index / len(masks), f"measuring {scan} ({index + 1}/{len(masks)})")
         ct = cts.get(scan)
-        entry = {"scan": scan, "mask": str(mask), "ct": None if ct is None else str(ct), "table_key": None,
-                 "error": None, "seconds": None}
-        t0 = time.perf_counter()
-        try:
-            measured[scan] = _measure_scan(mask, ct)
-        except VertebralFractureError as error:
-            entry["error"] = str(error)
-        except Exception as error:  # a bug on one scan of many must not hide the figures of the others
-            log.exception("measuring %s failed", scan)
-            entry["error"] = f"measurement failed: {type(error).__name__}: {error}"
-        entry["seconds"] = round(time.perf_counter() - t0, 2)
-        scans.append(entry)
+        scans.append({"scan": scan, "mask": str(mask), "ct": None if ct is None else str(ct), "table_key": None,
+                      "error": None, "seconds": None})
+        todo.append((mask, ct))
+    outcomes = _measure_all(todo, jobs, lambda done, scan: report(0.9 * done / max(1, len(todo)),
+                                                                   f"measured {scan} ({done}/{len(todo)})"))
+    for entry, (case, error, seconds) in zip(scans, outcomes):
+        entry["error"], entry["seconds"] = error, seconds
+        if case is not None:
+            measured[entry["scan"]] = case
 
+    if not scans:
+        examples = ", ".join(sorted(table)[:3])
+        raise InputError(masks_dir, f"no mask matches a scan of the grade table (masks: "
+                                    f"{', '.join(unmatched_masks[:3])}{' ...' if len(unmatched_masks) > 3 else ''}; "
+                                    f"table: {examples}{' ...' if len(table) > 3 else ''})")
     # Table key of every scan: by name, else (split scans) by the labels its mask holds.
     keys = {e["scan"]: _table_key(e["scan"], table) for e in scans}
     unresolved = {s: {v.label for v in measured[s].vertebrae} for s, k in keys.items() if k is None and s in measured}
@@ -732,7 +769,8 @@ def render_roc(result: BenchmarkResult, destination: str | Path) -> None:
     axes.set_xlabel("1 - specificity")
     axes.set_ylabel("sensitivity")
     axes.set_title(f"Fracture score ({result.summary['score']}) against radiologists' grades", fontsize=9)
-    axes.legend(loc="lower right", fontsize=7)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="lower right", fontsize=7)
     figure.tight_layout()
     with open(destination, "wb") as handle:
         figure.savefig(handle, format="png")

@@ -20,6 +20,8 @@ def _add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--subjects", metavar="ID,ID", default=None,
                         help="only these subjects or scans (default: every mask in --masks)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="measure N scans at a time in separate processes (default 1)")
     parser.add_argument("--cross-validate", action="store_true",
                         help="also fit the score threshold for grade>=1 and grade>=2 leaving one subject out and "
                              "report the pooled held-out figures beside the literature thresholds'")
@@ -33,7 +35,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     progress = Progress(not args.quiet)
     subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
     result = benchmark.run_benchmark(args.masks, args.grades, ct_dir=args.ct, subjects=subjects,
-                                     cross_validate=args.cross_validate, progress=progress)
+                                     cross_validate=args.cross_validate, progress=progress,
+                                     jobs=max(1, args.jobs))
     progress(0.97, "writing outputs")
     written = benchmark.write_outputs(result, args.out)
     progress.close()

@@ -115,8 +115,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     progress(0.75, "measuring")
     case = measure.measure_case(labels, ct, inputs=inputs)
     case.warnings.extend(output.warnings)
-    if status == "unconfirmed":
-        case.warnings.insert(0, "vertebra levels are unconfirmed (nothing in view anchors the count): "
+    if status in ("unconfirmed", "conflicting"):
+        case.warnings.insert(0, f"vertebra levels are {status} (nothing in view confirms the count): "
                                 + "; ".join(evidence) + "; fix them with --anchor or --anchor-point")
     if not output.full_vertebrae:
         case.warnings.append("the segmentation holds vertebral bodies only (no posterior elements)")

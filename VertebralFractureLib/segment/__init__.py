@@ -25,10 +25,14 @@ class SegmentationOutput:
     full_vertebrae: bool
     """True when masks include the posterior elements, False for vertebral bodies only."""
     levels_status: str = "unconfirmed"
-    """"confirmed" (an anatomical anchor was found), "anchored" (the user fixed the count) or "unconfirmed"."""
+    """"confirmed" (anatomical anchors found and in agreement), "anchored" (the user fixed the count),
+    "conflicting" (anchors in view disagree: not confirmed) or "unconfirmed" (no anchor, or implausible spacing)."""
     level_evidence: list[str] = field(default_factory=list)
     """Human-readable reasons behind the level names (e.g. "sacrum below the lowest vertebra: L5")."""
     warnings: list[str] = field(default_factory=list)
+    vertebra_warnings: dict[int, list[str]] = field(default_factory=dict)
+    """VerSe id -> notes on that vertebra's segmentation from the backend (e.g. a spacing to its neighbour that
+    does not fit its level: over-split body or missed disc); for quality control."""
 
 
 class SegmentationBackend(Protocol):

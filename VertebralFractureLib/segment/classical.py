@@ -16,8 +16,9 @@ that is axis-aligned in RAS (x right, y anterior, z superior) with isotropic vox
 5. **Discs** are the minima of the body cross-section area along that curve; bodies are cut there by planes normal
    to the curve.
 
-Naming uses anatomy in the field of view (see :mod:`.levels`): the sacrum below the lowest mobile vertebra (L5) and
-the lowest rib-bearing vertebra (T12); without either the levels are reported as unconfirmed.
+Naming uses anatomy in the field of view (see :mod:`.levels`): the sacrum below the lowest mobile vertebra (L5), the
+lowest rib-bearing vertebra (T12) and the first rib-bearing vertebra below the neck (T1). Anchors that disagree give
+"conflicting", none (or a body spacing that does not fit the levels named) "unconfirmed".
 """
 
 from __future__ import annotations
@@ -790,7 +791,9 @@ class ClassicalBackend:
             warnings.append(f"the classical backend runs on the CPU (device {device!r} ignored)")
         progress(1.0, "segmentation done")
         return SegmentationOutput(labels=ct.with_array(labels), backend=self.name, full_vertebrae=False,
-                                  levels_status=naming.status, level_evidence=naming.evidence, warnings=warnings)
+                                  levels_status=naming.status, level_evidence=naming.evidence, warnings=warnings,
+                                  vertebra_warnings={label: list(notes) for label, notes in naming.body_warnings.items()
+                                                     if label in present})
 
 
 def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback | None = None):

@@ -4,13 +4,23 @@ Anchors the classical backend looks for (cranial to caudal order of the separate
 
 - **Sacrum**: the column below the lowest disc widens into the sacral alae (much wider than any lumbar body); the
   lowest mobile vertebra above it is L5.
-- **Ribs**: bone that starts beside a thoracic body (posterolateral, where the costovertebral and costotransverse
-  joints are) and runs far out laterally. The lowest rib-bearing vertebra with a rib-free vertebra below it is T12;
-  the highest, with two rib-free vertebrae above it, is T1.
+- **Last rib** (T12): the lowest rib-bearing vertebra with a rib-free vertebra below it.
+- **Neck** (T1): the first rib-bearing vertebra below rib-free cervical vertebrae (counted from the neck when it is
+  in view).
 
-With one anchor, or two that agree, the levels are "confirmed". Two that disagree (a transitional vertebra, a
-missed disc) or none (a short crop) give "unconfirmed", with the reason in the evidence. The user can fix the
-count with :func:`renumber_lowest_complete` or :func:`renumber_at_point` (status "anchored").
+A rib is bone that starts behind and beside a vertebral body (its head and neck, at the costovertebral and
+costotransverse joints), stays thin (a bar about 1 cm across) and runs far out laterally; see :func:`rib_sides`.
+
+Status of the level names (:attr:`LevelNaming.status`, carried to ``SegmentationOutput.levels_status``):
+
+- ``"confirmed"``: at least one anchor, every anchor in view gives the same count, and the spacing of the bodies fits
+  the expected height of each named level (:func:`spacing_notes`).
+- ``"conflicting"``: two anchors give different counts (a transitional vertebra, a missed disc, a false rib); the
+  evidence says which anchors and what each gives. Never used as if confirmed.
+- ``"unconfirmed"``: no anchor in view, or the spacing of the bodies is implausible for the levels they are named
+  (an over-split body or a missed disc shifts every name counted across it).
+
+The user can fix the count with :func:`renumber_lowest_complete` or :func:`renumber_at_point` (status "anchored").
 """
 
 from __future__ import annotations
@@ -30,6 +40,55 @@ RIB_LATERAL_MM = 65.0
 """A rib reaches further out than any lumbar transverse process."""
 RIB_MAX_ML = 80.0
 """A rib (or two joined by partial volume) within the search window; the ilium is far larger."""
+RIB_MAX_ML_PER_MM = 0.3
+"""A rib is a thin bar (about 1 cm2 in cross-section: Gray's Anatomy, 42nd ed., ch. 53): within the window it holds
+about 0.05-0.15 ml of bone per mm it runs out laterally, two ribs joined by partial volume under 0.3. An enhancing
+kidney, contrast in the bowel, the aorta or the heart hold ml per mm: not ribs, whatever their reach."""
+RIB_NECK_MAX_ANTERIOR_MM = 5.0
+"""The head and neck of a rib lie behind the body's centre (costal facets at the pedicle roots, the neck running
+back to the transverse process): no part of a rib within ``RIB_MEDIAL_MM[1]`` of the body centre lies further
+forward than this. The aorta, azygos vein, crura and kidneys lie beside or in front of the body."""
+RIB_WINDOW_BELOW_MM = 80.0
+"""Ribs descend as they run out (the lower ribs by 5-8 cm at their lateral reach): a vertebra's ribs are followed
+this far below its lowest voxel."""
+RIB_WINDOW_ABOVE_MM = 10.0
+"""A rib head lies at the level of its vertebra's upper endplate and the disc above (costal demifacets)."""
+T1_MIN_RIB_FREE_ABOVE = 2
+"""T1 is only named from the neck when at least this many rib-free (cervical) vertebrae lie above the first
+rib-bearing one and the next vertebra bears ribs too: at the top of a short thoracolumbar crop a single missed rib
+must not name a vertebra T1."""
+
+SEGMENT_PERIOD_MM = {
+    "C": 18.0,
+    "T_upper": 21.0,
+    "T_middle": 24.0,
+    "T_lower": 28.0,
+    "L": 36.0,
+}
+"""Expected centre-to-centre distance of consecutive vertebral bodies (body height plus one disc) per region, mm.
+Body heights from Panjabi et al., Spine 1991;16:861-869 (cervical, about 14 mm), Spine 1991;16:888-901 (thoracic:
+about 16 mm at T1 rising to 23 mm at T12), Spine 1992;17:299-306 (lumbar, 26-28 mm); disc heights from Gilad and
+Nissan, Spine 1986;11:154-157 (cervical 4-6 mm, thoracic 3-6 mm rising caudally, lumbar 8-12 mm)."""
+SPACING_RATIO_RANGE = (0.65, 1.5)
+"""A measured spacing outside this fraction of the expected one is not a normal adult variant (individual heights
+vary by about +-15 %, a grade 3 fracture of one body by up to -40 % of its half of the spacing): below, one body was
+split in two (half the expected spacing); above, a disc was missed (twice the expected spacing)."""
+SPACING_END_MARGIN_MM = 6.0
+"""A body within this distance of either end of the spine in view may be cut by the field of view: its centre is
+not where the whole body's would be, so its spacing is not judged."""
+
+
+def expected_period_mm(label: int) -> float:
+    """Expected spacing (mm) between the centre of vertebra ``label`` (VerSe id) and the next one down."""
+    if label <= 7:
+        return SEGMENT_PERIOD_MM["C"]
+    if label <= 11:
+        return SEGMENT_PERIOD_MM["T_upper"]
+    if label <= 15:
+        return SEGMENT_PERIOD_MM["T_middle"]
+    if label <= 19:
+        return SEGMENT_PERIOD_MM["T_lower"]
+    return SEGMENT_PERIOD_MM["L"]
 
 
 @dataclass
@@ -40,6 +99,10 @@ class LevelNaming:
     evidence: list[str] = field(default_factory=list)
     rib_bearing: list[bool] = field(default_factory=list)
     sacrum_found: bool = False
+    anchors: dict[str, str] = field(default_factory=dict)
+    """Anchor name ("sacrum", "last rib", "neck") -> the level it gives the most cranial vertebra."""
+    body_warnings: dict[int, list[str]] = field(default_factory=dict)
+    """VerSe id -> notes on that body's segmentation (implausible spacing: over-split or a missed disc)."""
 
 
 def _z_range(mask: np.ndarray) -> tuple[int, int]:
@@ -49,54 +112,103 @@ def _z_range(mask: np.ndarray) -> tuple[int, int]:
 
 def rib_sides(mask: np.ndarray, bone: np.ndarray, centre_x: np.ndarray, centre_y: np.ndarray, z_first: int,
               spacing_mm: float) -> list[str]:
-    """Sides ("left", "right") on which a rib articulates with this vertebra."""
+    """Sides ("left", "right") on which a rib articulates with this vertebra.
+
+    A rib: a piece of bone beside the body (at least ``RIB_MEDIAL_MM[0]`` from its centre) whose most medial part
+    (head and neck) lies within this vertebra's height, behind the body's centre, within ``RIB_MEDIAL_MM[1]`` of it;
+    that reaches out at least ``RIB_LATERAL_MM``; and that stays thin (``RIB_MAX_ML_PER_MM``) and small
+    (``RIB_MAX_ML``). Contrast-filled vessels, enhancing kidneys and bowel fail the thinness or the position test.
+    """
     z0, z1 = _z_range(mask)
-    window_low = max(0, z0 - int(round(50.0 / spacing_mm)))
-    window_high = min(bone.shape[2], z1 + 1 + int(round(10.0 / spacing_mm)))
+    window_low = max(0, z0 - int(round(RIB_WINDOW_BELOW_MM / spacing_mm)))
+    window_high = min(bone.shape[2], z1 + 1 + int(round(RIB_WINDOW_ABOVE_MM / spacing_mm)))
     sub = bone[:, :, window_low:window_high]
     nx, ny, nz = sub.shape
     ks = np.arange(window_low, window_high)
     index = np.clip(ks - z_first, 0, len(centre_x) - 1)
     xs = np.arange(nx, dtype=float)[:, None, None]
     ys = np.arange(ny, dtype=float)[None, :, None]
-    dx = (xs - centre_x[index][None, None, :]) * spacing_mm
-    dy = (ys - centre_y[index][None, None, :]) * spacing_mm
+    dx = np.broadcast_to((xs - centre_x[index][None, None, :]) * spacing_mm, sub.shape)
+    dy = np.broadcast_to((ys - centre_y[index][None, None, :]) * spacing_mm, sub.shape)
     lateral = np.abs(dx)
     outside = sub & (lateral >= RIB_MEDIAL_MM[0])
     labelled, count = ndimage.label(outside, structure=np.ones((3, 3, 3)))
     if count == 0:
         return []
+    indices = np.arange(1, count + 1)
     voxel_ml = spacing_mm**3 / 1000.0
     sizes = np.bincount(labelled.ravel(), minlength=count + 1) * voxel_ml
-    reach = ndimage.maximum(np.broadcast_to(lateral, sub.shape), labelled, index=np.arange(1, count + 1))
-    reach = np.concatenate([[0.0], np.asarray(reach, dtype=float)])
+    reach = np.concatenate([[0.0], np.asarray(ndimage.maximum(lateral, labelled, indices), dtype=float)])
+    min_lateral = np.concatenate([[np.inf], np.asarray(ndimage.minimum(lateral, labelled, indices), dtype=float)])
+    # How far forward the component's medial part (within RIB_MEDIAL_MM[1] of the body centre) reaches.
+    medial_part = np.where(lateral <= RIB_MEDIAL_MM[1], labelled, 0)
+    forward = np.concatenate([[np.inf], np.asarray(ndimage.maximum(dy, medial_part, indices), dtype=float)])
+    forward = np.nan_to_num(forward, nan=-np.inf)
     in_slab = np.zeros(sub.shape, dtype=bool)
     in_slab[:, :, z0 - window_low : z1 - window_low + 1] = True
-    medial = (outside & in_slab & (lateral <= RIB_MEDIAL_MM[1]) & (dy <= 5.0) & (dy >= -45.0))
+    medial = (outside & in_slab & (lateral <= RIB_MEDIAL_MM[1]) & (dy <= RIB_NECK_MAX_ANTERIOR_MM) & (dy >= -45.0))
     # A rib articulates with this vertebra when its most medial part (head and neck) lies within this vertebra's
     # height; the rib of the vertebra above descends past this one further out.
-    lateral_full = np.broadcast_to(lateral, sub.shape)
-    min_lateral = np.concatenate([[np.inf], np.asarray(ndimage.minimum(lateral_full, labelled,
-                                                                       np.arange(1, count + 1)), dtype=float)])
-    near_end = lateral_full <= min_lateral[labelled] + 4.0
+    near_end = lateral <= min_lateral[labelled] + 4.0
     zs = np.broadcast_to(np.arange(nz)[None, None, :], sub.shape)
-    medial_z = np.concatenate([[np.nan], np.asarray(ndimage.mean(zs, labelled * near_end,
-                                                                 np.arange(1, count + 1)), dtype=float)])
+    medial_z = np.concatenate([[np.nan], np.asarray(ndimage.mean(zs, labelled * near_end, indices), dtype=float)])
     slab_low, slab_high = z0 - window_low, z1 - window_low
+    run_out = np.maximum(reach - min_lateral, spacing_mm)
     sides = []
     for side, sign in (("right", 1.0), ("left", -1.0)):
         candidates = np.unique(labelled[medial & (np.sign(dx) == sign)])
         candidates = candidates[candidates != 0]
         if any(reach[c] >= RIB_LATERAL_MM and sizes[c] <= RIB_MAX_ML and min_lateral[c] <= RIB_MEDIAL_MM[1]
+               and sizes[c] / run_out[c] <= RIB_MAX_ML_PER_MM and forward[c] <= RIB_NECK_MAX_ANTERIOR_MM
                and slab_low - 1 <= medial_z[c] <= slab_high + 1 for c in candidates):
             sides.append(side)
     return sides
 
 
+def body_positions_mm(masks: list[np.ndarray], geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Position along the spine's centre curve (mm from its caudal end) of each body's centre, and whether the body
+    reaches within ``SPACING_END_MARGIN_MM`` of an end of the curve (possibly cut by the field of view)."""
+    z_first = int(geometry.z_indices[0])
+    arclength = np.asarray(geometry.arclength_mm, dtype=float)
+    positions, at_end = [], []
+    step = float(arclength[-1]) / max(1, len(arclength) - 1)
+    margin = int(round(SPACING_END_MARGIN_MM / max(step, 1e-6)))
+    for mask in masks:
+        zs = np.nonzero(mask.any(axis=(0, 1)))[0]
+        weights = mask.sum(axis=(0, 1))[zs].astype(float)
+        centre = float((zs * weights).sum() / weights.sum()) - z_first
+        positions.append(float(np.interp(centre, np.arange(len(arclength)), arclength)))
+        at_end.append(bool(zs.min() - z_first <= margin or zs.max() - z_first >= len(arclength) - 1 - margin))
+    return np.asarray(positions), np.asarray(at_end)
+
+
+def spacing_notes(labels: list[int], positions_mm: np.ndarray, at_end: np.ndarray) -> dict[int, list[str]]:
+    """Bodies (cranial first, VerSe ids) whose spacing to the next body down does not fit the levels they are named:
+    id -> notes. Pairs that involve a body possibly cut by the field of view are not judged."""
+    notes: dict[int, list[str]] = {}
+    for n in range(len(labels) - 1):
+        upper, lower = labels[n], labels[n + 1]
+        if not upper or not lower or at_end[n] or at_end[n + 1]:
+            continue
+        measured = abs(float(positions_mm[n] - positions_mm[n + 1]))
+        expected = 0.5 * (expected_period_mm(upper) + expected_period_mm(lower))
+        ratio = measured / expected
+        if ratio < SPACING_RATIO_RANGE[0]:
+            why = "closer than a body's height: one body split in two, or a false disc"
+        elif ratio > SPACING_RATIO_RANGE[1]:
+            why = "further apart than one body and disc: a missed disc (two bodies joined)"
+        else:
+            continue
+        text = (f"{_safe_name(upper)}-{_safe_name(lower)} centres {measured:.0f} mm apart, expected about "
+                f"{expected:.0f} mm: {why}")
+        for label in (upper, lower):
+            notes.setdefault(label, []).append(text)
+    return notes
+
+
 def name_levels(masks: list[np.ndarray], finder, geometry, spacing_mm: float) -> LevelNaming:
-    """Give VerSe ids to bodies ordered cranial to caudal, from the anchors in view."""
+    """Give VerSe ids to bodies ordered cranial to caudal, from the anchors in view (see the module docstring)."""
     evidence: list[str] = []
-    # The sacrum: drop sacral segments at the caudal end (they are not mobile vertebrae).
     # The sacrum was found (and cut off) while separating the bodies.
     sacrum_found = bool(getattr(geometry, "sacrum_found", False))
     if not masks:
@@ -106,23 +218,23 @@ def name_levels(masks: list[np.ndarray], finder, geometry, spacing_mm: float) ->
     ribs = [bool(rib_sides(m, finder.bone, centre_x, centre_y, int(geometry.z_indices[0]), spacing_mm))
             for m in masks]
     count = len(masks)
-    offsets = {}  # index of the anchor vertebra -> its VerSe id
+    offsets = {}  # anchor -> (index of the anchor vertebra, its VerSe id)
     if sacrum_found:
         offsets["sacrum"] = (count - 1, 24)
         evidence.append("sacrum below the lowest mobile vertebra: named L5")
     transitions_low = [i for i in range(count - 1) if ribs[i] and not any(ribs[i + 1 :])]
     if transitions_low:
         i = transitions_low[0]
-        offsets["ribs_low"] = (i, 19)
+        offsets["last rib"] = (i, 19)
         evidence.append(f"lowest rib-bearing vertebra (ribs on vertebra {i + 1} of {count} from the top, none below): "
                         "named T12")
-    # T1 only where two rib-free vertebrae (C6, C7) lie above and the next one down bears ribs too: in a short
-    # field of view a missed rib must not name a thoracolumbar vertebra T1.
-    transitions_high = [i for i in range(2, count - 1) if ribs[i] and ribs[i + 1] and not any(ribs[:i])]
-    if transitions_high and "ribs_low" not in offsets:
+    transitions_high = [i for i in range(T1_MIN_RIB_FREE_ABOVE, count - 1)
+                        if ribs[i] and ribs[i + 1] and not any(ribs[:i])]
+    if transitions_high:
         i = transitions_high[0]
-        offsets["ribs_high"] = (i, 8)
-        evidence.append("highest rib-bearing vertebra with a rib-free vertebra above: named T1")
+        offsets["neck"] = (i, 8)
+        evidence.append(f"first rib-bearing vertebra below {i} rib-free cervical vertebrae (vertebra {i + 1} of "
+                        f"{count} from the top): named T1")
     status = "confirmed"
     if not offsets:
         status = "unconfirmed"
@@ -132,19 +244,20 @@ def name_levels(masks: list[np.ndarray], finder, geometry, spacing_mm: float) ->
                             "lowest is assumed to be T12 (unconfirmed; fix with --anchor)")
         else:
             offsets["assumed"] = (count - 1, 24)
-            evidence.append("no sacrum, no ribs and no C2 in view: nothing anchors the count; the lowest vertebra "
+            evidence.append("no sacrum, no ribs and no neck in view: nothing anchors the count; the lowest vertebra "
                             "is assumed to be L5 (unconfirmed; fix with --anchor)")
     # Each anchor gives the id of the first (most cranial) vertebra; they must agree.
     starts = {key: value - index for key, (index, value) in offsets.items()}
-    chosen_key = "sacrum" if "sacrum" in starts else next(iter(starts))
+    chosen_key = next(key for key in ("sacrum", "last rib", "neck", "assumed") if key in starts)
     start = starts[chosen_key]
     if len(set(starts.values())) > 1:
-        status = "unconfirmed"
-        evidence.append("anchors disagree (" + ", ".join(f"{k} gives the top vertebra "
+        status = "conflicting"
+        evidence.append("anchors disagree (" + ", ".join(f"the {k} gives the top vertebra "
                                                          f"{_safe_name(v)}" for k, v in starts.items())
-                        + f"): a transitional vertebra or a missed disc; named from the {chosen_key}")
+                        + f"): a transitional vertebra, a missed or false disc, or a false rib; provisionally named "
+                          f"from the {chosen_key}, not confirmed")
     elif len(starts) > 1:
-        evidence.append("anchors agree")
+        evidence.append("anchors agree (" + ", ".join(starts) + ")")
     labels = []
     for index in range(count):
         label = start + index
@@ -152,8 +265,17 @@ def name_levels(masks: list[np.ndarray], finder, geometry, spacing_mm: float) ->
     dropped = [i for i, label in enumerate(labels) if label == 0]
     if dropped:
         evidence.append(f"{len(dropped)} segment(s) fall outside C1-L5 with this count and are left unlabelled")
+    positions, at_end = body_positions_mm(masks, geometry)
+    body_warnings = spacing_notes(labels, positions, at_end)
+    if body_warnings:
+        pairs = sorted({text for notes in body_warnings.values() for text in notes})
+        evidence.append("body spacing implausible for the levels named (" + "; ".join(pairs) + ")")
+        if status == "confirmed":
+            status = "unconfirmed"
+            evidence.append("the count across an implausible spacing cannot be trusted: levels not confirmed")
+    anchors = {key: _safe_name(value) for key, value in starts.items() if key != "assumed"}
     return LevelNaming(masks=masks, labels=labels, status=status, evidence=evidence, rib_bearing=ribs,
-                       sacrum_found=sacrum_found)
+                       sacrum_found=sacrum_found, anchors=anchors, body_warnings=body_warnings)
 
 
 def _safe_name(label: int) -> str:
