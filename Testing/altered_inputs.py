@@ -188,14 +188,27 @@ def dicom_truncated_slice(root: Path, scratch: Path) -> Path:
 
 
 def dicom_damaged_frame(root: Path, scratch: Path) -> Path:
-    """The middle slice's JPEG 2000 code stream with 64 bytes overwritten in its middle (a damaged transfer)."""
+    """The middle slice's JPEG 2000 code stream with its last 30 % zeroed (an interrupted transfer into a
+    preallocated file): OpenJPEG and GDCM decode it without an error, to wrong values."""
+    from pydicom.encaps import encapsulate, generate_frames
+
     folder = copy_dicom(root, scratch, "dicom_damaged_frame")
     file = _middle(folder)
-    data = bytearray(file.read_bytes())
     dataset = pydicom.dcmread(file)
-    fragment_start = bytes(data).index(b"\xff\x4f\xff\x51")  # SOC + SIZ markers open the J2K code stream
-    fragment_length = len(dataset.PixelData) - 64
-    start = fragment_start + fragment_length // 2
+    frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
+    kept = int(len(frame) * 0.7)
+    dataset.PixelData = encapsulate([frame[:kept] + b"\0" * (len(frame) - kept)])
+    dataset.save_as(file)
+    return folder
+
+
+def dicom_overwritten_frame(root: Path, scratch: Path) -> Path:
+    """64 bytes in the middle of the middle slice's JPEG 2000 code stream overwritten, its markers intact: lossless
+    JPEG 2000 has no checksum, so no reader can see this damage."""
+    folder = copy_dicom(root, scratch, "dicom_overwritten_frame")
+    file = _middle(folder)
+    data = bytearray(file.read_bytes())
+    start = bytes(data).index(b"\xff\x4f\xff\x51") + len(pydicom.dcmread(file).PixelData) // 2
     data[start:start + 64] = bytes((value * 37 + 11) % 256 for value in range(64))
     file.write_bytes(bytes(data))
     return folder

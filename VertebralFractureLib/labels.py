@@ -48,7 +48,6 @@ CONVENTION_TO_VERSE = {
     TOTALSEG_V1: _TOTALSEG_V1_TO_VERSE,
 }
 
-_SEGMENT_NAME = re.compile(r"(?:^|[^A-Za-z])([CTL])[ _-]?(\d{1,2})(?![0-9])", re.IGNORECASE)
 
 
 def level_name(label: int) -> str:
@@ -67,19 +66,35 @@ def label_from_level(name: str) -> int:
     return label
 
 
+_VERTEBRA_WORDS = {"vertebra", "vertebrae", "vertebral", "body", "bone", "level"}
+"""Words a vertebra segment's name may hold beside its level ("vertebrae_L1", "L5 vertebra", "T12 vertebral body");
+any other word ("disc L1-L2", "T12 rib", "L1 canal") means the segment is something else."""
+_LEVEL_TOKEN = re.compile(r"^([ctl])(\d{1,2})$|^(s1|sacrum|coccyx)$")
+
+
 def label_from_segment_name(name: str) -> int | None:
-    """VerSe id from a segment name such as "L1", "vertebrae_L1", "Vertebra T12"; None if it names no vertebra."""
-    text = name.strip()
-    if re.search(r"sacrum|(^|[^A-Za-z])S1($|[^0-9])", text, re.IGNORECASE):
-        return SACRUM
-    if re.search(r"coccyx", text, re.IGNORECASE):
-        return COCCYX
-    match = _SEGMENT_NAME.search(text)
-    if not match:
+    """VerSe id from a segment name such as "L1", "vertebrae_L1", "Vertebra T12"; None if it names no vertebra.
+
+    The name must hold exactly one level and otherwise only words of :data:`_VERTEBRA_WORDS`: "disc L1-L2" (two
+    levels and "disc") or "T12 rib" name no vertebra.
+    """
+    words = [word for word in re.split(r"[^a-z0-9]+", name.strip().lower()) if word]
+    joined = []
+    for word in words:  # "L 1" -> "l1"
+        if joined and joined[-1] in ("c", "t", "l") and word.isdigit():
+            joined[-1] += word
+        else:
+            joined.append(word)
+    levels = [word for word in joined if _LEVEL_TOKEN.match(word)]
+    others = [word for word in joined if not _LEVEL_TOKEN.match(word) and word not in _VERTEBRA_WORDS]
+    if len(levels) != 1 or others:
         return None
-    region, number = match.group(1).upper(), int(match.group(2))
-    candidate = f"{region}{number}"
-    return _IDS.get(candidate)
+    level = levels[0]
+    if level in ("s1", "sacrum"):
+        return SACRUM
+    if level == "coccyx":
+        return COCCYX
+    return _IDS.get(level.upper())
 
 
 def rank(label: int) -> float:
