@@ -3,6 +3,7 @@
 #   bash dev.sh demo   the main job on the sample CT in ../shared/data, outputs in out/demo/
 #   bash dev.sh test   run the whole test suite
 #   bash dev.sh bench  print benchmark figures
+#   bash dev.sh wheel-check  build the wheel, install it (not editable) in a clean venv, run the installed command
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3.11}
@@ -27,10 +28,9 @@ case "${1:-}" in
         # write the clinical report. Then the same grading on a VerSe mask with known fractures.
         ensure_venv
         CT="$DATA/totalsegmentator-example/example_ct.nii.gz"
-        .venv/bin/python -m VertebralFractureLib analyze --ct "$CT" --out out/demo
-        .venv/bin/python -m VertebralFractureLib report --seg out/demo/segmentation.nii.gz --ct "$CT" --out out/demo
+        .venv/bin/python -m VertebralFractureLib analyze -i "$CT" -o out/demo
         .venv/bin/python -m VertebralFractureLib measure \
-            --seg "$DATA/verse19/sub-verse004_seg-vert_msk.nii.gz" --out out/demo-verse004
+            --seg "$DATA/verse19/sub-verse004_seg-vert_msk.nii.gz" -o out/demo-verse004
         echo "Outputs: out/demo/ (segmentation.nii.gz, results.json, vertebrae.csv, overview.png, report.html,"
         echo "report.pdf, screening.json) and out/demo-verse004/"
         ;;
@@ -50,8 +50,33 @@ case "${1:-}" in
             .venv/bin/python "Testing/benchmarks/$name.py" --data "$DATA"
         done
         ;;
+    wheel-check)
+        # The package as a user installs it: `pip install` of the built wheel (lower-bound dependencies, resolved
+        # with the lock as constraints so CI gets the tested versions), in a venv that never saw the source tree.
+        ensure_venv
+        CT="$DATA/totalsegmentator-example/example_ct.nii.gz"
+        work=$(mktemp -d "${TMPDIR:-/tmp}/vf-wheel-XXXXXX")
+        trap 'rm -rf "$work"' EXIT
+        .venv/bin/python -m pip wheel --quiet --no-deps --no-build-isolation -w "$work/dist" .
+        "$PYTHON" -m venv "$work/venv"
+        "$work/venv/bin/python" -m pip install --quiet -c requirements-lock.txt "$work"/dist/*.whl
+        # Run from an empty folder so that nothing of the checkout can be imported by accident.
+        mkdir "$work/run"
+        (cd "$work/run" && time "$work/venv/bin/vertebral-fracture" analyze -i "$CT" -o "$work/out" -q)
+        for name in segmentation.nii.gz results.json vertebrae.csv overview.png report.html report.pdf \
+                    screening.json; do
+            [ -s "$work/out/$name" ] || { echo "wheel check: $name missing" >&2; exit 1; }
+        done
+        "$work/venv/bin/python" -c "import json, sys; d = json.load(open(sys.argv[1])); \
+assert d['levels_status'] and d['vertebrae'], d" "$work/out/results.json"
+        printf 'case,ct\nexample,%s\n' "$(realpath "$CT")" > "$work/cases.csv"
+        (cd "$work/run" && "$work/venv/bin/vertebral-fracture" batch -i "$work/cases.csv" -o "$work/batch" \
+            --no-report -q) || { echo "wheel check: batch failed" >&2; exit 1; }
+        [ -s "$work/batch/example/results.json" ] || { echo "wheel check: batch wrote no results" >&2; exit 1; }
+        echo "wheel check: the installed vertebral-fracture wrote every output"
+        ;;
     *)
-        echo "usage: bash dev.sh demo|test|bench" >&2
+        echo "usage: bash dev.sh demo|test|bench|wheel-check" >&2
         exit 2
         ;;
 esac

@@ -63,7 +63,7 @@ def test_batch_processes_every_case_and_records_failures(folders):
     assert [v["level"] for v in results["vertebrae"]] == ["T12", "L1", "L2", "L3", "L4", "L5"]
 
     dicom = rows["thoracolumbar_dicom"]
-    assert dicom["status"] == "ok", dicom["error"]
+    assert dicom["status"] == "ok", dicom["reason"]
     assert dicom["segmentation"].endswith("thoracolumbar_dicom.nii.gz")
     assert set(dicom["levels"].split()) == {"T11", "T12"}  # both cut by the 20-slice field of view
     assert dicom["worst_grade"] == ""
@@ -73,23 +73,28 @@ def test_batch_processes_every_case_and_records_failures(folders):
 
     broken = rows["broken"]
     assert broken["status"] == "failed"
-    assert "broken.nii.gz" in broken["error"] and "\n" not in broken["error"]
+    assert "broken.nii.gz" in broken["reason"] and "\n" not in broken["reason"]
     assert (out / "broken" / "error.txt").exists()
     assert not (out / "broken" / "results.json").exists()
 
 
+@pytest.mark.skipif(importlib.util.find_spec("totalsegmentator") is not None,
+                    reason="TotalSegmentator is installed here: its backend would not fail")
 def test_case_without_a_label_map_goes_to_the_backend(folders):
     inputs, segs, out = folders
     (segs / "l3crop_seg-vert_msk.nii.gz").unlink()
     (inputs / "broken.nii.gz").unlink()
     batch = _load_batch()
-    code = batch.main(["--input", str(inputs), "--output", str(out), "--seg-dir", str(segs), "--backend", "none-such",
-                       "-q"])
+    code = batch.main(["--input", str(inputs), "--output", str(out), "--seg-dir", str(segs), "--backend",
+                       "totalsegmentator", "--no-report", "-q"])
     assert code == 1
     rows = _summary(out)
     assert rows["lumbar"]["status"] == "ok"
     assert rows["l3crop"]["status"] == "failed"
-    assert "unknown segmentation backend 'none-such'" in rows["l3crop"]["error"]
+    assert "the totalsegmentator backend needs" in rows["l3crop"]["reason"]
+    # An unknown backend is an argument error: nothing runs.
+    assert batch.main(["-i", str(inputs), "-o", str(out / "again"), "--backend", "none-such", "-q"]) == 2
+    assert not (out / "again").exists()
 
 
 def test_label_map_matching_by_case_name(tmp_path):

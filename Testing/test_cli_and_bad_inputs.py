@@ -39,7 +39,8 @@ def test_measure_writes_results(shared_file, tmp_path, capsys):
     rows = list(csv.DictReader((out / "vertebrae.csv").open()))
     assert [r["level"] for r in rows] == ["T12", "L1", "L2", "L3", "L4", "L5"]
     assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in out.iterdir()) == ["overview.png", "results.json", "vertebrae.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["overview.png", "results.json", "segmentation.nii.gz",
+                                                    "vertebrae.csv"]
     assert "L1" in stdout
 
 
@@ -200,13 +201,17 @@ def test_two_series_listed_and_selectable(tmp_path, good_seg, shared_file, capsy
 
 
 def test_failed_write_leaves_nothing(shared_file, tmp_path, monkeypatch, capsys):
+    import errno
+
     from VertebralFractureLib import report
 
-    def broken(*args, **kwargs):
-        raise OSError("disk full")
+    def disk_full(case, labels, ct, destination, **options):
+        raise OSError(errno.ENOSPC, "No space left on device", str(destination))
 
-    monkeypatch.setattr(report, "render_overview", broken)
+    monkeypatch.setattr(report, "render_overview", disk_full)
     out = tmp_path / "out"
-    with pytest.raises(OSError):
-        cli.main(["measure", "--seg", str(shared_file(SEG)), "--out", str(out), "-q"])
-    assert list(out.iterdir()) == []
+    code = cli.main(["measure", "--seg", str(shared_file(SEG)), "--out", str(out), "-q"])
+    stderr = capsys.readouterr().err.strip()
+    assert code == 2 and len(stderr.splitlines()) == 1
+    assert stderr.startswith("error: ") and "overview.png: No space left on device" in stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -264,7 +264,7 @@ def test_fixing_the_level_count_renumbers_segments_points_and_rows(scene_with_ca
     # Review state travels with the vertebra, not with the name.
     assert case.vertebra("L2").reviewed and case.vertebra("L2").heights_mm == heights_l3
     assert case.vertebra("L3").grade_override == 1
-    assert case.case.inputs["levels_status"] == "anchored"
+    assert case.case.levels_status == "anchored" and case.case.level_corrections == [{"from": "L1", "to": "T12"}]
     segment = case.segmentation_node.GetSegmentation().GetSegment(segments[labels.label_from_level("L2")])
     assert np.allclose(segment.GetColor(), mrml.level_color(labels.label_from_level("L2")))
 

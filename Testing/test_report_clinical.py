@@ -132,7 +132,7 @@ def test_report_command_writes_every_output(shared_file, tmp_path, capsys):
                  "--kvp", "120", "-q"])
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == ["overview.png", "report.html", "report.pdf", "results.json",
-                                                     "screening.json", "vertebrae.csv"]
+                                                     "screening.json", "segmentation.nii.gz", "vertebrae.csv"]
     data = json.loads((out / "screening.json").read_text())
     assert data["screening"]["level"] == "L1" and data["screening"]["kvp"] == 120.0
     assert data["case"]["patient"]["l1_trabecular_hu"] == data["screening"]["measured_hu"]

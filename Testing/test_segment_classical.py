@@ -77,12 +77,12 @@ def test_example_analyze_command_grades_normal_spine(shared_file, tmp_path, caps
     code = cli.main(["analyze", "--ct", str(shared_file(EXAMPLE_CT)), "--out", str(out), "-q"])
     stdout = capsys.readouterr().out
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["overview.png", "results.json", "segmentation.nii.gz",
-                                                     "vertebrae.csv"]
+    # The whole job: measurements and the clinical report.
+    assert sorted(p.name for p in out.iterdir()) == ["overview.png", "report.html", "report.pdf", "results.json",
+                                                     "screening.json", "segmentation.nii.gz", "vertebrae.csv"]
     results = json.loads((out / "results.json").read_text())
-    segmentation = results["inputs"]["segmentation"]
-    assert segmentation["backend"] == "classical" and segmentation["levels_status"] == "confirmed"
-    assert segmentation["full_vertebrae"] is False and segmentation["level_evidence"]
+    assert results["segmentation_backend"] == "classical" and results["levels_status"] == "confirmed"
+    assert results["full_vertebrae"] is False and results["level_evidence"]
     graded = [v for v in results["vertebrae"] if v["complete"]]
     assert [v["level"] for v in graded] == ["L1", "L2", "L3", "L4", "L5"]
     assert all(v["genant_grade"] == 0 for v in graded)
@@ -94,7 +94,7 @@ def test_example_analyze_command_grades_normal_spine(shared_file, tmp_path, caps
     ct = io.read_ct(shared_file(EXAMPLE_CT))
     assert written.same_grid(ct)
     assert _present(written) == [19, 20, 21, 22, 23, 24]
-    assert "levels confirmed" in stdout
+    assert "Level names confirmed" in stdout
 
 
 # --- Chest crop: whole thoracic spine, 1.5 mm, contrast ------------------------------------------------------------
@@ -185,7 +185,7 @@ def test_dicom_series_segments_and_cut_bodies_are_incomplete(shared_file, tmp_pa
             assert vertebra["complete"] is False and "edge" in vertebra["incomplete_reason"]
     assert any(not v["complete"] for v in results["vertebrae"])
     # Nothing anchors the count in 40 mm of spine: said so, not guessed silently.
-    assert results["inputs"]["segmentation"]["levels_status"] == "unconfirmed"
+    assert results["levels_status"] == "unconfirmed"
     assert any("unconfirmed" in warning for warning in results["warnings"])
 
 
@@ -218,7 +218,7 @@ def test_tptbox_anchor_options_on_the_command_line(shared_file, tmp_path, capsys
         capsys.readouterr()
         assert code == 0
         results = json.loads((out / "results.json").read_text())
-        assert results["inputs"]["segmentation"]["levels_status"] == "anchored"
+        assert results["levels_status"] == "anchored"
         assert [v["level"] for v in results["vertebrae"]] == ["L2", "L3", "L4"]
         result = evaluate.evaluate_labels(io.read_volume(out / "segmentation.nii.gz"), reference)
         assert result["identification_rate"] == 1.0
@@ -310,7 +310,7 @@ def test_renumber_lowest_complete_and_at_point():
     far = centre + np.array([0.0, 0.0, -300.0])
     renamed, evidence = levels.renumber_at_point(volume, "L1", far)
     assert np.array_equal(renamed.array == 20, volume.array == 24) and "nearest" in evidence
-    with pytest.raises(ValueError, match="below it"):
+    with pytest.raises(ValueError, match="not a mobile vertebra"):
         levels.renumber_at_point(volume, "L5", centre + np.array([0.0, 0.0, 24.0]))
     assert levels.parse_anchor_point("L1:1.5,-2,3e1") == ("L1", [1.5, -2.0, 30.0])
     with pytest.raises(ValueError):
@@ -324,8 +324,8 @@ def test_analyze_with_a_given_segmentation(shared_file, tmp_path, capsys):
     capsys.readouterr()
     assert code == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["inputs"]["segmentation"]["backend"] == "given"
-    assert results["inputs"]["segmentation"]["levels_status"] == "given"
+    assert results["segmentation_backend"] == "given"
+    assert results["levels_status"] == "given"
     written = io.read_volume(out / "segmentation.nii.gz")
     given = io.read_label_map(shared_file(EXAMPLE_BODIES)).volume
     assert written.same_grid(given) and np.array_equal(written.array, given.array)

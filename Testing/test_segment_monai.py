@@ -248,6 +248,6 @@ def test_analyze_with_the_monai_backend_and_a_chosen_model(tmp_path, shared_file
                      "--model", str(bundle), "--device", "cpu", "-q"])
     assert code == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
-    assert results["inputs"]["segmentation"]["backend"].startswith("monai")
+    assert results["segmentation_backend"].startswith("monai")
     assert [v["level"] for v in results["vertebrae"]] == ["T12"]
     assert (out / "segmentation.nii.gz").exists()

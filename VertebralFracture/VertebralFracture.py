@@ -6,6 +6,7 @@ reviewer does lives in MRML nodes (see ``VertebralFractureLib.mrml``), so saving
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -30,16 +31,16 @@ EXAMPLE_CT_URL = ("https://raw.githubusercontent.com/wasserth/TotalSegmentator/"
                   "0effae9d718aab0c118ce1f8982dcd16b9e32a50/tests/reference_files/example_ct.nii.gz")
 EXAMPLE_CT_SHA256 = "dbd3ae6d614d1d7ef3a46925c30c70038ed52da6b37fdd6afdc7b9b71387e3e1"
 
-# Python packages the Lib needs beyond what Slicer ships: import name -> pip requirement. SimpleITK is Slicer's own
-# and is never installed or replaced; PyTorch comes from the PyTorch extension (only the MONAI backend needs it).
-REQUIRED_PACKAGES = {
-    "numpy": "numpy>=1.26",
-    "scipy": "scipy>=1.12",
-    "skimage": "scikit-image>=0.22",
-    "nibabel": "nibabel>=5.0",
-    "pydicom": "pydicom>=3.0",
-    "slicerio": "slicerio>=1.1",
-}
+
+
+def _makeLibImportable() -> None:
+    """A source checkout (Additional module paths) has the Lib beside this folder; an installed one is on the path."""
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "VertebralFractureLib" / "__init__.py").exists() and str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+
+
+_makeLibImportable()
 GRADE_CHOICES = (None, 0, 1, 2, 3)
 MORPHOLOGY_CHOICES = (None, "normal", "wedge", "biconcave", "crush")
 
@@ -131,6 +132,7 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
@@ -144,7 +146,9 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.saveSceneButton.connect("clicked(bool)", self.onSaveScene)
         self.ui.writeReportButton.connect("clicked(bool)", self.onWriteReport)
-        self.ui.newLevelComboBox.addItems(self.logic.levelNames())
+        from VertebralFractureLib.renumber import level_choices  # numpy only: safe before the dependency check
+
+        self.ui.newLevelComboBox.addItems(level_choices())
 
         self.initializeParameterNode()
 
@@ -172,6 +176,11 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+
+    def onSceneEndImport(self, caller, event) -> None:  # a loaded .mrb's table exists only once the import ended
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+            self._setCase(self._parameterNode.caseTable if self._parameterNode else None)
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
@@ -242,7 +251,7 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         try:
             if state == process.FINISHED:
                 with slicer.util.tryWithErrorDisplay(_("Measuring failed."), waitCursor=True):
-                    case = self.logic.analyze(self._jobVolumeNode, labels=job.labels())
+                    case = self.logic.analyze(self._jobVolumeNode, labels=job.labels(), case=job.case())
                     self._showCase(case)
                     self.ui.statusLabel.text = _("Done")
             elif state == process.CANCELLED:
@@ -372,6 +381,8 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if self._case is None:
             return
         parameters = self._parameterNode
+        if parameters.reportDicom and not self.logic.ensureDependencies(group="dicom"):
+            return
         with slicer.util.tryWithErrorDisplay(_("Writing the report failed."), waitCursor=True):
             self._case.write_report(parameters.reportFolder, dicom_out=parameters.reportDicom,
                                     deidentify=parameters.reportDeidentify, pseudonym=parameters.reportPseudonym)
@@ -403,31 +414,21 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return VertebralFractureParameterNode(super().getParameterNode())
 
-    # ---- dependencies -------------------------------------------------------------------------------------
+    def ensureDependencies(self, askConfirmation: bool = True, group: str = "core") -> bool:
+        """Install what ``VertebralFractureLib/requirements/GROUP.txt`` lists and is missing, if the user agrees."""
+        from VertebralFractureLib import dependencies
 
-    @staticmethod
-    def missingPackages() -> list:
-        import importlib.util
+        def confirm(missing) -> bool:
+            message = _("Vertebral Fracture needs these Python packages: {packages}. Install them now?").format(
+                packages=", ".join(missing))
+            if group == "dicom":
+                message += " " + _("highdicom needs pydicom 3: Slicer's pydicom 2.4 will be upgraded.")
+            return not askConfirmation or slicer.util.confirmOkCancelDisplay(message)
 
-        return [requirement for name, requirement in REQUIRED_PACKAGES.items()
-                if importlib.util.find_spec(name) is None]
-
-    def ensureDependencies(self, askConfirmation: bool = True) -> bool:
-        """Install missing Python packages on first use, after the user agrees (never at import)."""
-        missing = self.missingPackages()
-        if not missing:
-            return True
-        message = _("Vertebral Fracture needs these Python packages: {packages}. Install them now?").format(
-            packages=", ".join(missing))
-        if askConfirmation and not slicer.util.confirmOkCancelDisplay(message):
-            return False
-        with slicer.util.WaitCursor():
-            logging.info("Installing %s", ", ".join(missing))
-            slicer.util.pip_install(missing)
-        return not self.missingPackages()
+        return dependencies.ensure(group, slicer.util.pip_install, confirm)
 
     def ensureTorch(self, askConfirmation: bool = True) -> bool:
-        """PyTorch through Slicer's PyTorch extension (it picks the build matching the GPU driver)."""
+        """PyTorch from the PyTorch extension (the build for the GPU driver), then MONAI, which keeps that torch."""
         try:
             import PyTorchUtils
         except ImportError:
@@ -435,9 +436,9 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
                                        "Extensions Manager, restart Slicer, and try again."))
             return False
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if torchLogic.torchInstalled():
-            return True
-        return torchLogic.installTorch(askConfirmation) is not None
+        if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation) is None:
+            return False
+        return self.ensureDependencies(askConfirmation, group="deep")
 
     # ---- analysis -----------------------------------------------------------------------------------------
 
@@ -453,21 +454,26 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
 
     def segment(self, volumeNode, backend: str = "classical", device: str = "auto", onProgress=None,
                 timeout: float | None = None):
-        """Blocking segmentation (scripts, batch, tests): the VerSe-id label volume on the CT grid."""
+        """Blocking analysis in the child process: (VerSe-id label volume on the CT grid, the child's CaseResult)."""
         job = self.startSegmentation(volumeNode, backend, device, onProgress)
         try:
-            return job.wait(timeout)
+            labels = job.wait(timeout)
+            return labels, job.case()
         finally:
             job.cleanup()
 
     def analyze(self, volumeNode, segmentationNode=None, labels=None, backend: str = "classical",
-                device: str = "auto"):
-        """Measure and grade a CT; vertebrae from a segmentation node, a label volume, or segmented here."""
+                device: str = "auto", case=None):
+        """Measure and grade a CT; vertebrae from a segmentation node, a label volume, or segmented here. ``case``: the
+        child's results on ``labels``, shown as they are (the same pipeline as the command line and batch)."""
         from VertebralFractureLib import mrml
 
         if segmentationNode is None and labels is None:
-            labels = self.segment(volumeNode, backend, device)
-        case = mrml.VertebralFractureCase.create(volumeNode, segmentation_node=segmentationNode, labels=labels)
+            labels, case = self.segment(volumeNode, backend, device)
+        if case is not None:
+            case.inputs["ct"] = volumeNode.GetName()
+        case = mrml.VertebralFractureCase.create(volumeNode, segmentation_node=segmentationNode, labels=labels,
+                                                 case=case)
         case.start_observing()
         self._cases[case.table_node.GetID()] = case
         return case
@@ -507,13 +513,6 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
             statement=recommendation["statement"], confidence=recommendation["confidence"], folder=folder)
         return text if case.screening_current() else text + " " + _("Grades changed since: write the report again.")
 
-    @staticmethod
-    def levelNames() -> list:
-        from VertebralFractureLib import labels
-
-        return [labels.level_name(label) for label in sorted(
-            (v for v in range(1, 29) if labels.is_vertebra(v)), key=labels.rank)]
-
 
 #
 # Test
@@ -529,6 +528,8 @@ class VertebralFractureTest(ScriptedLoadableModuleTest):
 
     def setUp(self):
         slicer.mrmlScene.Clear()
+        # ctest runs each test_* method on its own, in alphabetical order: every one needs the packages first.
+        self.assertTrue(VertebralFractureLogic().ensureDependencies(askConfirmation=False))
 
     def runTest(self):
         self.setUp()
@@ -545,9 +546,9 @@ class VertebralFractureTest(ScriptedLoadableModuleTest):
             return os.path.join(local, "totalsegmentator-example", "example_ct.nii.gz")
         target = os.path.join(slicer.app.cachePath, "VertebralFracture", "example_ct.nii.gz")
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        path = slicer.util.downloadFile(EXAMPLE_CT_URL, target, checksum=f"SHA256:{EXAMPLE_CT_SHA256}")
-        self.assertTrue(path, f"download of {EXAMPLE_CT_URL} failed or its SHA-256 differs")
-        return path
+        downloaded = slicer.util.downloadFile(EXAMPLE_CT_URL, target, checksum=f"SHA256:{EXAMPLE_CT_SHA256}")
+        self.assertTrue(downloaded, f"download of {EXAMPLE_CT_URL} failed or its SHA-256 differs")
+        return target
 
     def _exampleLabels(self, ctPath: str):
         """The example's vertebral-body label map when it lies beside the CT (shared test data), else None."""
@@ -565,7 +566,6 @@ class VertebralFractureTest(ScriptedLoadableModuleTest):
         ctPath = self._exampleCtPath()
         volumeNode = slicer.util.loadVolume(ctPath)
         logic = VertebralFractureLogic()
-        self.assertTrue(logic.ensureDependencies(askConfirmation=False))
         labels = self._exampleLabels(ctPath)
         case = logic.analyze(volumeNode, labels=labels)
         levels = [v.level for v in case.case.vertebrae]

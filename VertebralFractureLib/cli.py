@@ -69,46 +69,94 @@ class Progress:
             self._bar = None
 
 
+LABEL_CONVENTIONS = ["auto", "verse", "totalseg_v2", "totalseg_v1"]
+
+
+def add_output_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--out", required=True, metavar="DIR",
+                        help="output folder; it receives the run's files as one set, replacing an earlier run's")
+
+
 def add_measure_arguments(parser: argparse.ArgumentParser) -> None:
     """--seg, --ct, --series, --labels, --out: the inputs of every command that starts from a label map."""
     parser.add_argument("--seg", required=True, metavar="LABELMAP",
                         help="vertebra label map (NIfTI, NRRD, MetaImage or Slicer .seg.nrrd)")
-    parser.add_argument("--ct", metavar="CT", help="CT volume (NIfTI, NRRD, MetaImage or DICOM series folder); "
-                                                    "gives trabecular HU and the overview image")
+    parser.add_argument("-i", "--ct", metavar="CT", help="CT volume (NIfTI, NRRD, MetaImage or DICOM series folder); "
+                                                          "gives trabecular HU and the overview image")
     parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID to read when the DICOM folder holds several")
-    parser.add_argument("--labels", default="auto", choices=["auto", "verse", "totalseg_v2", "totalseg_v1"],
+    parser.add_argument("--labels", default="auto", choices=LABEL_CONVENTIONS,
                         help="label convention of --seg (default: auto; .seg.nrrd files are read by segment name)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    add_output_argument(parser)
 
 
-def read_measure_inputs(args: argparse.Namespace, progress) -> tuple:
-    """(ct or None, label map on the CT's grid, inputs record) from the options of :func:`add_measure_arguments`."""
-    from . import io
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the screening and the clinical report (``analyze``, ``report``, ``batch``)."""
+    parser.add_argument("--dicom-out", action="store_true",
+                        help="also write DICOM SEG and SR (TID 1500); needs a DICOM series as --ct")
+    parser.add_argument("--deidentify", action="store_true",
+                        help="export for sharing: de-identified DICOM (PS3.15 basic profile), report and JSON "
+                             "without names, IDs, dates, institution or original UIDs")
+    parser.add_argument("--pseudonym", default="", help="patient name/ID to put in de-identified outputs")
+    parser.add_argument("--kvp", type=float, default=None,
+                        help="tube voltage in kV when the CT file has no DICOM header (NIfTI, NRRD)")
+    parser.add_argument("--contrast-phase", choices=["non-contrast", "arterial", "portal-venous", "unknown"],
+                        default=None, help="state the contrast phase instead of detecting it from the aorta and the "
+                                           "DICOM header (unknown: contrast was given, phase not known)")
+    parser.add_argument("--levels", metavar="L1,T12,L2", default=None,
+                        help="screening levels in order of preference (default: L1,T12,L2)")
 
-    progress(0.0, "reading inputs")
-    ct = io.read_ct(args.ct, args.series) if args.ct else None
-    # On another grid than the CT, the label map is checked for overlap and resampled onto the CT's grid.
-    label_map = io.read_label_map(args.seg, args.labels, reference=ct)
-    inputs = {"seg": str(args.seg), "ct": None if args.ct is None else str(args.ct), "labels": label_map.convention}
-    return ct, label_map, inputs
+
+def request_from_args(args: argparse.Namespace, **overrides):
+    """The :class:`~.pipeline.AnalysisRequest` of a command's parsed options."""
+    from .pipeline import AnalysisRequest
+
+    levels = getattr(args, "levels", None)
+    fields = {
+        "ct": getattr(args, "ct", None),
+        "seg": getattr(args, "seg", None),
+        "series": getattr(args, "series", None),
+        "labels": getattr(args, "labels", "auto"),
+        "backend": getattr(args, "backend", "classical"),
+        "device": getattr(args, "device", "auto"),
+        "anchor": getattr(args, "anchor", None),
+        "anchor_point": getattr(args, "anchor_point", None),
+        "report": not getattr(args, "no_report", False),
+        "dicom_out": getattr(args, "dicom_out", False),
+        "deidentify": getattr(args, "deidentify", False),
+        "pseudonym": getattr(args, "pseudonym", ""),
+        "kvp": getattr(args, "kvp", None),
+        "contrast_phase": getattr(args, "contrast_phase", None),
+        "screening_levels": None if levels is None else tuple(
+            level.strip().upper() for level in levels.split(",") if level.strip()),
+    }
+    if hasattr(args, "model"):
+        from .cli_deep import backend_options
+
+        fields["backend_options"] = backend_options(args)
+    fields.update(overrides)
+    return AnalysisRequest(**fields)
 
 
 @command("measure", "measure vertebral body heights, grade fractures (Genant) from a label map")
 @arguments(add_measure_arguments)
 def cmd_measure(args: argparse.Namespace) -> int:
-    from . import measure, report
+    from . import pipeline
 
     progress = Progress(not args.quiet)
-    ct, label_map, inputs = read_measure_inputs(args, progress)
-    case = measure.measure_case(label_map.volume, ct, inputs=inputs, progress=progress)
-    progress(0.95, "writing outputs")
-    written = report.write_measure_outputs(case, args.out, label_map.volume, ct)
+    analysis = pipeline.analyze(request_from_args(args, screen=False, report=False), args.out, progress)
     progress.close()
-    _print_summary(case, written)
+    print_analysis(analysis)
     return 0
 
 
-def _print_summary(case, written: dict) -> None:
+def print_analysis(analysis) -> None:
+    """The run's summary on stdout: levels and how they were named, grades, screening, files written."""
+    from .report import levels_line
+
+    case = analysis.case
+    line = levels_line(case)
+    if line:
+        print(line)
     for vertebra in case.vertebrae:
         if not vertebra.complete:
             print(f"{vertebra.level:>4}  incomplete ({vertebra.incomplete_reason})")
@@ -123,7 +171,14 @@ def _print_summary(case, written: dict) -> None:
     fractured = ", ".join(patient.fractured_levels) or "none"
     print(f"fractured: {fractured}; worst grade {patient.worst_grade}; L1 trabecular HU "
           f"{'n/a' if patient.l1_trabecular_hu is None else round(patient.l1_trabecular_hu)}")
-    for name, path in written.items():
+    for warning in case.warnings:
+        print(f"warning: {warning}")
+    screening = analysis.screening
+    if screening is not None:
+        print(screening.recommendation.statement)
+        print(f"confidence: {screening.recommendation.confidence} "
+              f"({'; '.join(screening.recommendation.confidence_reasons)})")
+    for name, path in analysis.written.items():
         print(f"wrote {name}: {path}")
 
 
@@ -147,12 +202,21 @@ def _load_command_modules() -> None:
     """Modules that add commands of their own register them on import."""
     import importlib
 
-    for module in ("cli_segment", "cli_screen", "cli_deep", "cli_benchmark"):
+    for module in ("cli_segment", "cli_screen", "cli_deep", "cli_batch", "cli_benchmark"):
         try:
             importlib.import_module(f"{__package__}.{module}")
         except ModuleNotFoundError as error:
             if error.name != f"{__package__}.{module}":
                 raise
+
+
+def os_error_line(error: OSError) -> str:
+    """``PATH: problem`` for an OSError (the second path of a rename too)."""
+    problem = error.strerror or str(error) or type(error).__name__
+    if error.filename is None:
+        return problem
+    paths = str(error.filename) + (f" -> {error.filename2}" if error.filename2 else "")
+    return f"{paths}: {problem}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.function(args) or 0)
     except VertebralFractureError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        # File-system trouble (read-only, disk full, a file where a folder must be, a name too long, a symlink
+        # loop): the path and the system's words for the problem, on one line.
+        print(f"error: {os_error_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

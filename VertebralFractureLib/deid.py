@@ -118,6 +118,18 @@ DICOM_UID_ROOT = "1.2.840.10008."
 DATE_TIME_VRS = ("DA", "DT", "TM")
 
 
+def save_dataset(dataset, path) -> None:
+    """Write a dataset as a DICOM Part 10 file (preamble, file meta) under pydicom 3 and under the pydicom 2.4 that
+    Slicer 5.8-5.10 bundle, where ``save_as`` has no ``enforce_file_format`` (``write_like_original=False`` is the
+    same request there)."""
+    import pydicom
+
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        dataset.save_as(path, enforce_file_format=True)
+    else:
+        dataset.save_as(path, write_like_original=False)
+
+
 class Deidentifier:
     """Applies the basic profile; one instance per export so that UIDs are replaced consistently across files.
 
@@ -243,21 +255,16 @@ class Deidentifier:
             clean = self.dataset(source)
             destination = out_dir / f"{prefix}_{index:04d}.dcm"
             with atomic_path(destination) as temporary:
-                clean.save_as(temporary, enforce_file_format=True)
+                save_dataset(clean, temporary)
             written.append(destination)
         return written
 
 
 def deidentified_header(dataset) -> dict:
-    """Report header fields taken from a dataset (de-identified or not): what a report's header shows."""
-    return {
-        "patient_name": str(dataset.get("PatientName", "") or "").replace("^", " ").strip(),
-        "patient_id": str(dataset.get("PatientID", "") or ""),
-        "study_date": str(dataset.get("StudyDate", "") or ""),
-        "institution": str(dataset.get("InstitutionName", "") or ""),
-        "series_description": str(dataset.get("SeriesDescription", "") or ""),
-        "deidentified": str(dataset.get("PatientIdentityRemoved", "")) == "YES",
-    }
+    """Report header fields of a dataset (see :func:`.report_clinical.report_header`)."""
+    from .report_clinical import report_header
+
+    return report_header(dataset)
 
 
 _UID_PATTERN = None
@@ -301,7 +308,7 @@ def export_case(case, screening, labels, ct, out_dir: str | Path, pseudonym: str
         series_dir.mkdir(parents=True, exist_ok=True)
         for index, dataset in enumerate(clean, start=1):
             with atomic_path(series_dir / f"CT_{index:04d}.dcm") as temporary:
-                dataset.save_as(temporary, enforce_file_format=True)
+                save_dataset(dataset, temporary)
         written["dicom_series"] = str(series_dir)
         header = deidentified_header(clean[0])
         if dicom_outputs and labels is not None:
@@ -326,7 +333,7 @@ def export_case(case, screening, labels, ct, out_dir: str | Path, pseudonym: str
         io.write_nifti(labels, out_dir / "labels.nii.gz")
         written["labels_nifti"] = str(out_dir / "labels.nii.gz")
         written.update({name: str(path) for name, path in
-                        measure_report.write_measure_outputs(case, out_dir, labels, ct).items()})
+                        measure_report.write_measure_files(case, out_dir, labels, ct, segmentation=False).items()})
     if ct is not None and not files:
         io.write_nifti(ct, out_dir / "ct.nii.gz")
         written["ct_nifti"] = str(out_dir / "ct.nii.gz")

@@ -46,9 +46,11 @@ from vtk.util import numpy_support
 from . import grade as grade_mod
 from . import labels as labels_mod
 from . import measure as measure_mod
+from . import report as report_mod
 from .curate import export_verse_case, next_subject_id, verse_centroids  # also offered here, for Slicer scripts
 from .errors import InputError
 from .io import Volume
+from .renumber import renumbering
 from .results import HEIGHT_NAMES, MORPHOLOGIES, POINT_NAMES, CaseResult, VertebraResult
 
 log = logging.getLogger(__name__)
@@ -475,15 +477,10 @@ def summary_text(case: CaseResult) -> str:
         lines.append("Not graded: " + "; ".join(f"{v.level} ({v.incomplete_reason})" for v in incomplete))
     reviewed = sum(1 for v in case.vertebrae if v.reviewed)
     lines.append(f"Reviewed: {reviewed} of {len(case.vertebrae)} vertebrae")
-    status = case.inputs.get("levels_status")
-    if status:
-        lines.append(f"Level names: {status}")
+    levels = report_mod.levels_line(case)
+    if levels:
+        lines.insert(0, levels)
     return "\n".join(lines)
-
-
-def _typical_index(label: int) -> int:
-    order = list(range(1, 25)) + [labels_mod.SACRUM, labels_mod.COCCYX]
-    return order.index({labels_mod.T13: 20, labels_mod.L6: 24}.get(int(label), int(label)))
 
 
 def _level_of(value) -> int:
@@ -539,6 +536,10 @@ class VertebralFractureCase:
                       "seg": segmentation_node.GetName() if segmentation_node is not None else labels.path or None,
                       "labels": "segment names" if segmentation_node is not None else "verse"}
             case = measure_mod.measure_case(labels, ct if volume_is_ct else None, inputs=inputs, progress=progress)
+            from .pipeline import finish_case
+
+            finish_case(case, labels, ct if volume_is_ct else None, "given",
+                        [f"levels as named in {inputs['seg'] or 'the given label map'}"], "given", True)
         case.inputs.setdefault("volume_is_ct", bool(volume_is_ct))
         base = name or volume_node.GetName() or "CT"
         table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{base} vertebrae table"))
@@ -735,18 +736,9 @@ class VertebralFractureCase:
         """
         old_label, new_label = _level_of(level), _level_of(new_level)
         self.vertebra(old_label)  # raises KeyError if the case has no such vertebra
-        steps = _typical_index(new_label) - _typical_index(old_label)
-        if steps == 0 and old_label == new_label:
+        if old_label == new_label:
             return
-        vertebra_labels = [v.label for v in self.case.vertebrae]
-        mapping = {label: labels_mod.shift_level(label, steps) for label in vertebra_labels}
-        mapping[old_label] = new_label  # exact target, also for transitional names (T13, L6)
-        for old, new in mapping.items():
-            if not labels_mod.is_vertebra(new):
-                raise ValueError(f"{labels_mod.level_name(old)} would become {labels_mod.level_name(new)}, which is "
-                                 "not a mobile vertebra; check the level you chose")
-        if len(set(mapping.values())) != len(mapping):
-            raise ValueError("renumbering would give two vertebrae the same level")
+        mapping = renumbering([v.label for v in self.case.vertebrae], old_label, new_label)
         segments = vertebra_segments(self.segmentation_node)
         fixed = {label for label in segments if label not in mapping}
         clash = fixed & set(mapping.values())
@@ -770,9 +762,11 @@ class VertebralFractureCase:
                 vertebra.level = labels_mod.level_name(vertebra.label)
         finally:
             self._updating = False
-        history = self.case.inputs.setdefault("level_corrections", [])
-        history.append({"from": labels_mod.level_name(old_label), "to": labels_mod.level_name(new_label)})
-        self.case.inputs["levels_status"] = "anchored"
+        self.case.level_corrections.append({"from": labels_mod.level_name(old_label),
+                                            "to": labels_mod.level_name(new_label)})
+        self.case.level_evidence.append(f"reviewer: {labels_mod.level_name(old_label)} is "
+                                        f"{labels_mod.level_name(new_label)}")
+        self.case.levels_status = "anchored"
         regrade(self.case)
         self._publish()
         log.info("levels renumbered: %s is now %s", labels_mod.level_name(old_label), labels_mod.level_name(new_label))
@@ -858,7 +852,7 @@ class VertebralFractureCase:
         ``contrast_phase``, e.g. "portal venous", state them for other volumes or override them).
         """
         from . import io as io_mod
-        from . import report_clinical, screen
+        from . import pipeline, screen
 
         volume_node = self.volume_node
         if volume_node is None or self.segmentation_node is None:
@@ -906,9 +900,8 @@ class VertebralFractureCase:
         screening = screen.screen_case(labels, ct, self.case, dicom=header or None)
         stored = {"screening": screening.to_dict(), "grades": _grades_in_force(self.case), "written": {}}
         # The writers scrub (de-identified export) or annotate (DICOM warnings) the case they get: give them a copy.
-        written = report_clinical.write_screening_outputs(
-            CaseResult.from_dict(self.case.to_dict()), screening, labels, ct, out_dir, dicom_out=dicom_out,
-            deidentify=deidentify, pseudonym=pseudonym)
+        written = pipeline.publish(CaseResult.from_dict(self.case.to_dict()), screening, labels, ct, out_dir,
+                                   dicom_out=dicom_out, deidentify=deidentify, pseudonym=pseudonym)
         written = {name: Path(path) for name, path in written.items()}
         stored["written"] = {name: str(path) for name, path in written.items()}
         self.table_node.SetAttribute(SCREENING_ATTRIBUTE, json.dumps(stored))
@@ -1022,6 +1015,9 @@ def _fill_table(table_node, case: CaseResult) -> None:
             table_node.SetColumnUnitLabel(name, unit)
         table_node.SetColumnDescription(name, description)
     table_node.SetUseColumnTitleAsColumnHeader(True)
+    # Read-only in the table view: the rows are rewritten from the case on every change, so an edit typed into a
+    # cell would be silently lost; review goes through the module's controls and the height lines.
+    table_node.SetLocked(True)
     table_node.Modified()
 
 

@@ -40,6 +40,10 @@ PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
 IDLE, RUNNING, FINISHED, FAILED, CANCELLED = "idle", "running", "finished", "failed", "cancelled"
 
 
+WINDOWS_NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000)
+"""Windows process creation flag: no console window (the constant exists in :mod:`subprocess` on Windows only)."""
+
+
 class ProcessFailedError(VertebralFractureError):
     """The child process ended with a non-zero exit code; the message is its last error line."""
 
@@ -123,7 +127,8 @@ class ProcessRunner:
             # Its own session (and process group), so cancel can signal every descendant with one killpg.
             options["start_new_session"] = True
         else:
-            options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+            # No console window for the child on Windows (Slicer is a GUI application without a console).
+            options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | WINDOWS_NO_WINDOW
         log.info("starting: %s", " ".join(self.command))
         self._process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd, text=True,
@@ -239,7 +244,8 @@ class ProcessRunner:
                 os.killpg(process.pid, signal.SIGKILL)
         else:
             # taskkill /T ends the tree on Windows, where process groups do not carry signals.
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False,
+                           creationflags=WINDOWS_NO_WINDOW)
         process.wait()
         self.poll()
 
@@ -257,9 +263,10 @@ def run(command: list[str], wait: bool = True, **options) -> ProcessRunner:
 
 def analyze_command(ct_path: str | Path, out_dir: str | Path, backend: str | None = None,
                     device: str | None = None, python: str | None = None, extra: list[str] | None = None) -> list[str]:
-    """``PYTHON -m VertebralFractureLib analyze --ct CT --out DIR [--backend B] [--device D]``."""
+    """``PYTHON -m VertebralFractureLib analyze --ct CT --out DIR --no-report [--backend B] [--device D]``: the
+    measurements without the clinical report (the Slicer module writes that after review)."""
     command = [python or python_executable(), "-m", "VertebralFractureLib", "analyze", "--ct", str(ct_path),
-               "--out", str(out_dir)]
+               "--out", str(out_dir), "--no-report"]
     if backend:
         command += ["--backend", backend]
     if device:
@@ -271,7 +278,8 @@ class SegmentationJob:
     """Segment a CT :class:`~.io.Volume` in a child process and read back its VerSe-id label map.
 
     The CT is written to a temporary NIfTI (geometry kept), ``analyze`` writes ``segmentation.nii.gz`` on the CT
-    grid; :meth:`labels` reads it. The temporary folder goes away with :meth:`cleanup`.
+    grid and ``results.json``; :meth:`labels` and :meth:`case` read them. The temporary folder goes away with
+    :meth:`cleanup`.
     """
 
     def __init__(self, ct, backend: str | None = None, device: str | None = None, on_progress=None,
@@ -307,6 +315,18 @@ class SegmentationJob:
         if not path.exists():
             raise ProcessFailedError(f"{path}: the segmentation process wrote no label map")
         return read_label_map(path, "verse", reference=self.ct).volume
+
+    def case(self):
+        """The child's :class:`~.results.CaseResult` (levels and how they were named, grades, warnings, quality
+        findings), as the command line wrote it to results.json."""
+        import json
+
+        from .results import CaseResult
+
+        path = self.out_dir / "results.json"
+        if not path.exists():
+            raise ProcessFailedError(f"{path}: the segmentation process wrote no results")
+        return CaseResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
     def cleanup(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)

@@ -1,7 +1,8 @@
-"""Measurement outputs: ``results.json``, ``vertebrae.csv`` and a sagittal ``overview.png``.
+"""Measurement outputs: ``results.json``, ``vertebrae.csv``, a sagittal ``overview.png`` and the label map
+``segmentation.nii.gz`` they were measured on.
 
-All files of one call are written into a staging folder first and moved into place only when every one of them
-was written, so a failure never leaves a partial set behind.
+:func:`write_measure_files` writes into a folder as is (a staging folder of :class:`.outputs.OutputSet`);
+:func:`write_measure_outputs` publishes them as one set, so a failure never leaves a partial or mixed set behind.
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ import contextlib
 import csv
 import io as stdio
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ GRADE_COLOURS = {None: "#9e9e9e", 0: "#2e7d32", 1: "#f9a825", 2: "#ef6c00", 3: "
 HEIGHT_COLOURS = {"anterior": "#00b8d4", "middle": "#ffd600", "posterior": "#d500f9"}
 
 CSV_COLUMNS = (
-    ["level", "label", "complete", "genant_grade", "morphology", "height_loss"]
+    ["level", "label", "levels_status", "complete", "genant_grade", "morphology", "height_loss"]
     + [f"{name}_height_mm" for name in HEIGHT_NAMES]
     + [
         "wedge_ratio",
@@ -46,16 +44,33 @@ CSV_COLUMNS = (
 
 @contextlib.contextmanager
 def staged_outputs(out_dir: str | Path):
-    """Yield a staging folder; on success move its files into ``out_dir`` (replacing), on failure remove it."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
-    try:
+    """Yield a staging folder; on success its files replace ``out_dir``'s as one set (see :mod:`.outputs`)."""
+    from .outputs import OutputSet
+
+    with OutputSet(out_dir) as staging:
         yield staging
-        for item in sorted(staging.iterdir()):
-            os.replace(item, out_dir / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+
+LEVELS_STATUS_TEXT = {
+    "confirmed": "confirmed by an anatomical anchor in view",
+    "conflicting": "NOT CONFIRMED: the anchors in view disagree, the names may be off by one or more levels",
+    "unconfirmed": "UNCONFIRMED: nothing in view anchors the count, the names may be off by one or more levels",
+    "anchored": "fixed by the user",
+    "given": "as named in the given segmentation",
+}
+
+
+LEVELS_DOUBTFUL = ("unconfirmed", "conflicting")
+"""Level statuses a reader must be warned about: the names may be off by one or more levels."""
+
+
+def levels_line(case: CaseResult) -> str | None:
+    """One line on how the vertebrae got their names, for every place a reader sees the results."""
+    if not case.levels_status:
+        return None
+    text = LEVELS_STATUS_TEXT.get(case.levels_status, case.levels_status)
+    evidence = "; ".join(case.level_evidence)
+    return f"Level names {text}" + (f" ({evidence})" if evidence else "")
 
 
 def case_to_json(case: CaseResult) -> str:
@@ -70,6 +85,7 @@ def case_to_csv(case: CaseResult) -> str:
         row = {
             "level": vertebra.level,
             "label": vertebra.label,
+            "levels_status": case.levels_status,
             "complete": vertebra.complete,
             "genant_grade": vertebra.genant_grade,
             "morphology": vertebra.morphology,
@@ -100,14 +116,34 @@ def _round(value, digits=2):
     return None if value is None else round(float(value), digits)
 
 
+def write_measure_files(case: CaseResult, folder: str | Path, labels: Volume, ct: Volume | None = None,
+                        segmentation: bool = True) -> dict:
+    """Write results.json, vertebrae.csv, overview.png (and the label map as segmentation.nii.gz) into
+    ``folder``; returns {name: path}."""
+    from . import io
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    if segmentation:
+        io.write_nifti(labels.with_array(labels.array.astype("int16")), folder / "segmentation.nii.gz")
+        written["segmentation"] = folder / "segmentation.nii.gz"
+    io.write_text_atomic(folder / "results.json", case_to_json(case))
+    io.write_text_atomic(folder / "vertebrae.csv", case_to_csv(case))
+    render_overview(case, labels, ct, folder / "overview.png")
+    written.update({name: folder / name for name in ("results.json", "vertebrae.csv", "overview.png")})
+    return written
+
+
 def write_measure_outputs(case: CaseResult, out_dir: str | Path, labels: Volume, ct: Volume | None = None) -> dict:
-    """Write results.json, vertebrae.csv and overview.png into ``out_dir``; returns {name: path}."""
-    out_dir = Path(out_dir)
-    with staged_outputs(out_dir) as staging:
-        (staging / "results.json").write_text(case_to_json(case), encoding="utf-8")
-        (staging / "vertebrae.csv").write_text(case_to_csv(case), encoding="utf-8")
-        render_overview(case, labels, ct, staging / "overview.png")
-    return {name: out_dir / name for name in ("results.json", "vertebrae.csv", "overview.png")}
+    """Publish segmentation.nii.gz, results.json, vertebrae.csv and overview.png as the one set in ``out_dir``
+    (any earlier set there, a report included, is replaced); returns {name: path}."""
+    from .outputs import OutputSet
+
+    output_set = OutputSet(out_dir)
+    with output_set as staging:
+        written = write_measure_files(case, staging, labels, ct)
+    return {name: output_set.path(Path(path).name) for name, path in written.items()}
 
 
 def spine_plane(case: CaseResult) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -211,6 +247,11 @@ def render_overview(
         )
     axes.text(u[-1] - 2, v[0] - 2, "A", color="white", fontsize=9, ha="left", va="top")
     axes.text(u[0] + 2, v[0] - 2, "P", color="white", fontsize=9, ha="right", va="top")
+    if case.levels_status and case.levels_status != "confirmed":
+        axes.text((u[0] + u[-1]) / 2, v[-1] + 2, f"level names {case.levels_status}", color="white", fontsize=8,
+                  ha="center", va="bottom",
+                  bbox={"boxstyle": "round,pad=0.25", "facecolor": "#ef6c00" if case.levels_status in LEVELS_DOUBTFUL
+                        else "#546e7a", "alpha": 0.9, "edgecolor": "none"})
     axes.set_axis_off()
     with open(destination, "wb") as handle:
         figure.savefig(handle, format="png", dpi=110)

@@ -21,6 +21,7 @@ from scipy import interpolate, ndimage
 from . import __version__
 from . import labels as labels_mod
 from .io import Volume, atomic_path
+from .report import LEVELS_DOUBTFUL, levels_line
 from .results import CaseResult
 
 GRADE_COLORS = {0: "#2e7d32", 1: "#f9a825", 2: "#ef6c00", 3: "#c62828", None: "#757575"}
@@ -286,10 +287,20 @@ def header_from_ct(ct: Volume | None) -> dict:
     if files:
         import pydicom
 
-        from .deid import deidentified_header
-
-        header.update(deidentified_header(pydicom.dcmread(files[0], stop_before_pixels=True)))
+        header.update(report_header(pydicom.dcmread(files[0], stop_before_pixels=True)))
     return header
+
+
+def report_header(dataset) -> dict:
+    """Report header fields taken from a DICOM dataset (de-identified or not): what a report's header shows."""
+    return {
+        "patient_name": str(dataset.get("PatientName", "") or "").replace("^", " ").strip(),
+        "patient_id": str(dataset.get("PatientID", "") or ""),
+        "study_date": str(dataset.get("StudyDate", "") or ""),
+        "institution": str(dataset.get("InstitutionName", "") or ""),
+        "series_description": str(dataset.get("SeriesDescription", "") or ""),
+        "deidentified": str(dataset.get("PatientIdentityRemoved", "")) == "YES",
+    }
 
 
 def _fmt(value, digits=1, suffix=""):
@@ -389,6 +400,10 @@ def build_html(case: CaseResult, screening, header: dict, sagittal_png: bytes | 
     scale = (f'<img alt="Bone density against thresholds" src="data:image/png;base64,'
              f'{base64.b64encode(scale_png).decode()}">' if scale_png else "")
     warnings = list(case.warnings)
+    levels_text = levels_line(case)
+    levels_html = "" if levels_text is None else (
+        f'<div class="levels" style="font-weight:{"bold" if case.levels_status in LEVELS_DOUBTFUL else "normal"};'
+        f'color:{"#c62828" if case.levels_status in LEVELS_DOUBTFUL else "inherit"}">{html.escape(levels_text)}</div>')
     generated = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     t = screening.thresholds
     return f"""<!DOCTYPE html>
@@ -398,7 +413,7 @@ def build_html(case: CaseResult, screening, header: dict, sagittal_png: bytes | 
 <div class="meta">Patient: <b>{html.escape(who)}</b> &nbsp;·&nbsp; ID: {html.escape(pid)} &nbsp;·&nbsp;
 Study date: {html.escape(study_date)} &nbsp;·&nbsp; Series: {html.escape(header.get("series_description") or "–")}
 &nbsp;·&nbsp; Generated {generated} by VertebralFracture {html.escape(__version__)}</div>
-<div class="box" style="border-color:{color}"><div class="statement">{html.escape(rec.statement)}</div>
+{levels_html}<div class="box" style="border-color:{color}"><div class="statement">{html.escape(rec.statement)}</div>
 <div>Confidence: <span class="conf" style="background:{conf_color}">{html.escape(rec.confidence)}</span></div>
 <div><b>Based on</b>{_html_list(rec.reasons or ["no measurement"])}</div>
 <div><b>Confidence reflects</b>{_html_list(rec.confidence_reasons)}</div></div>
@@ -456,6 +471,13 @@ def write_pdf(path: Path, case: CaseResult, screening, header: dict, sagittal_fi
         page.text(0.06, y, f"Patient: {who}   ID: {header.get('patient_id') or '–'}   Study date: "
                            f"{header.get('study_date') or '–'}   VertebralFracture {__version__}", fontsize=8,
                   color="#546e7a")
+        levels_text = levels_line(case)
+        if levels_text:
+            wrapped = _wrap(levels_text, 120)
+            page.text(0.06, y - 0.018, wrapped, fontsize=7.5, va="top",
+                      fontweight="bold" if case.levels_status in LEVELS_DOUBTFUL else "normal",
+                      color="#c62828" if case.levels_status in LEVELS_DOUBTFUL else "#546e7a")
+            y -= 0.0125 * (wrapped.count("\n") + 1)
         y -= 0.045
         statement = _wrap(rec.statement, 78)
         page.text(0.06, y, statement, fontsize=10.5, fontweight="bold", va="top",
@@ -547,49 +569,3 @@ def write_clinical_report(case: CaseResult, screening, out_dir: str | Path, labe
     write_pdf(out_dir / "report.pdf", case, screening, header,
               (lambda: sagittal(7.5)) if sagittal_png else (lambda: None), scale_png)
     return {"report_html": str(out_dir / "report.html"), "report_pdf": str(out_dir / "report.pdf")}
-
-
-def write_screening_outputs(case: CaseResult, screening, labels: Volume, ct: Volume | None, out_dir: str | Path,
-                            dicom_out: bool = False, deidentify: bool = False, pseudonym: str = "",
-                            measure_outputs: bool = True) -> dict:
-    """Everything the ``report`` command writes, for the CLI and the Slicer module alike; returns {name: path}.
-
-    Normal mode: ``report.html``, ``report.pdf``, ``screening.json`` (+ ``results.json``, ``vertebrae.csv``,
-    ``overview.png`` with ``measure_outputs``) and, with ``dicom_out``, DICOM SEG + SR. ``deidentify``: the
-    de-identified export of :func:`deid.export_case`. All files are written into a staging folder and moved into
-    ``out_dir`` only when every one was written.
-    """
-    import json
-
-    from . import io
-    from .errors import InputError
-    from .report import staged_outputs
-
-    out = Path(out_dir)
-    if dicom_out and (ct is None or not ct.meta.get("dicom_files")):
-        raise InputError(None if ct is None else ct.path,
-                         "is not a DICOM series: DICOM SEG and SR need the source DICOM files")
-    if deidentify and (out / "dicom").exists() and any((out / "dicom").iterdir()):
-        raise InputError(out, "already holds a dicom/ folder; choose a new output folder for a de-identified export")
-    with staged_outputs(out) as staging:
-        if deidentify:
-            from . import deid
-
-            written = deid.export_case(case, screening, labels, ct, staging, pseudonym=pseudonym,
-                                       dicom_outputs=dicom_out)
-        else:
-            written = {}
-            if dicom_out:
-                from . import dicom_outputs
-
-                written.update(dicom_outputs.write_dicom_outputs(case, labels, ct, staging, screening))
-            written.update(write_clinical_report(case, screening, staging, labels, ct))
-            data = {"case": case.to_dict(), "screening": screening.to_dict(), "deidentified": False}
-            io.write_text_atomic(staging / "screening.json", json.dumps(data, indent=2))
-            written["screening_json"] = str(staging / "screening.json")
-            if measure_outputs:
-                from . import report
-
-                written.update(report.write_measure_outputs(case, staging, labels, ct))
-        written = {name: out / Path(path).relative_to(staging) for name, path in written.items()}
-    return written

@@ -19,7 +19,10 @@ POINT_NAMES = (
 )
 HEIGHT_NAMES = ("anterior", "middle", "posterior")
 MORPHOLOGIES = ("normal", "wedge", "biconcave", "crush")
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+LEVELS_STATUSES = ("confirmed", "conflicting", "unconfirmed", "anchored", "given")
+"""How the level names were decided: the anchors in view agree, they disagree, none in view (the count may be
+off), the user fixed the count, or they came with a given label map."""
 
 
 def _rounded(values, digits=2):
@@ -111,7 +114,11 @@ class PatientSummary:
 
 @dataclass
 class CaseResult:
-    """Everything measured on one case."""
+    """Everything measured on one case.
+
+    ``inputs`` records where the data came from (file paths, label convention, DICOM series); what the front ends
+    exchange about the segmentation and its level names has typed fields of its own.
+    """
 
     vertebrae: list[VertebraResult]
     patient: PatientSummary
@@ -119,6 +126,16 @@ class CaseResult:
     coordinate_system: str = "RAS"
     warnings: list[str] = field(default_factory=list)
     schema_version: str = SCHEMA_VERSION
+    levels_status: str | None = None
+    """One of :data:`LEVELS_STATUSES` (None: not recorded, results of schema 1.0 without it)."""
+    level_evidence: list[str] = field(default_factory=list)
+    """Why the vertebrae carry their names, one reason per item."""
+    segmentation_backend: str | None = None
+    """"classical", "monai", "totalsegmentator", "given" (a label map from elsewhere) ..."""
+    full_vertebrae: bool | None = None
+    """True when the masks hold the posterior elements, False for vertebral bodies only."""
+    level_corrections: list[dict] = field(default_factory=list)
+    """Renumberings a reviewer made, in order: ``{"from": "L3", "to": "L4"}``."""
 
     def vertebra(self, level_or_label) -> VertebraResult:
         for vertebra in self.vertebrae:
@@ -131,6 +148,11 @@ class CaseResult:
             "schema_version": self.schema_version,
             "coordinate_system": self.coordinate_system,
             "inputs": self.inputs,
+            "levels_status": self.levels_status,
+            "level_evidence": list(self.level_evidence),
+            "segmentation_backend": self.segmentation_backend,
+            "full_vertebrae": self.full_vertebrae,
+            "level_corrections": [dict(c) for c in self.level_corrections],
             "patient": self.patient.to_dict(),
             "vertebrae": [v.to_dict() for v in self.vertebrae],
             "warnings": list(self.warnings),
@@ -138,11 +160,25 @@ class CaseResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> CaseResult:
+        inputs = dict(data.get("inputs", {}))
+        # Schema 1.0 kept these in ``inputs``: the CLI under inputs["segmentation"], the Slicer module at its top.
+        legacy = inputs.get("segmentation") if isinstance(inputs.get("segmentation"), dict) else {}
+
+        def typed(name, default=None):
+            if name in data:
+                return data[name]
+            return legacy.get(name, inputs.get(name, default))
+
         return cls(
             vertebrae=[VertebraResult.from_dict(v) for v in data.get("vertebrae", [])],
             patient=PatientSummary.from_dict(data.get("patient", {})),
-            inputs=data.get("inputs", {}),
+            inputs=inputs,
             coordinate_system=data.get("coordinate_system", "RAS"),
             warnings=list(data.get("warnings", [])),
             schema_version=data.get("schema_version", SCHEMA_VERSION),
+            levels_status=typed("levels_status"),
+            level_evidence=list(typed("level_evidence", []) or []),
+            segmentation_backend=typed("segmentation_backend", legacy.get("backend")),
+            full_vertebrae=typed("full_vertebrae"),
+            level_corrections=list(typed("level_corrections", []) or []),
         )

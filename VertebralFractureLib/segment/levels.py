@@ -295,21 +295,11 @@ def _mobile_in_order(array: np.ndarray) -> list[int]:
 
 
 def anchor_mapping(order: list[int], anchor_label: int, anchor_level: int) -> dict[int, int]:
-    """Old -> new ids when the vertebra now labelled ``anchor_label`` is ``anchor_level``; the others keep their
-    order along the spine (consecutive segments are consecutive vertebrae)."""
-    position = order.index(anchor_label)
-    mapping = {}
-    for index, label in enumerate(order):
-        try:
-            new = labels_mod.shift_level(anchor_level, index - position)
-        except ValueError:
-            raise ValueError(f"with {labels_mod.level_name(anchor_level)} there, vertebra {index + 1} of "
-                             f"{len(order)} would fall outside the spine") from None
-        if not labels_mod.is_vertebra(new):
-            raise ValueError(f"with {labels_mod.level_name(anchor_level)} there, the vertebra below it would be "
-                             f"the {labels_mod.level_name(new)}; choose a higher anchor")
-        mapping[label] = new
-    return mapping
+    """Old -> new ids when the vertebra now labelled ``anchor_label`` is ``anchor_level``: the shared rule of
+    :func:`..renumber.renumbering` (every vertebra moves by the same number of levels)."""
+    from ..renumber import renumbering
+
+    return renumbering(order, anchor_label, anchor_level)
 
 
 def apply_mapping(array: np.ndarray, mapping: dict[int, int]) -> np.ndarray:

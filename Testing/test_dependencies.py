@@ -1,0 +1,77 @@
+"""Dependencies declared once (requirements/*.txt, read by pyproject and the Slicer module), checked by installed
+version, and the code paths that must work with Slicer 5.10's bundled packages (pydicom 2.4)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from VertebralFractureLib import deid, dependencies
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+SLICER_5_10 = {"numpy": "2.0.2", "scipy": "1.13.1", "pydicom": "2.4.4", "SimpleITK": "2.4.1"}
+"""Python packages Slicer 5.10 bundles that the Lib needs (no matplotlib, nibabel, highdicom, scikit-image)."""
+
+
+@pytest.fixture()
+def slicer_5_10(monkeypatch):
+    monkeypatch.setattr(dependencies, "installed_version", lambda name: SLICER_5_10.get(name))
+
+
+def test_pyproject_reads_the_same_requirement_files():
+    project = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())
+    dynamic = project["tool"]["setuptools"]["dynamic"]
+    assert dynamic["dependencies"]["file"] == ["VertebralFractureLib/requirements/core.txt"]
+    for group in ("dicom", "deep"):
+        assert dynamic["optional-dependencies"][group]["file"] == [f"VertebralFractureLib/requirements/{group}.txt"]
+    assert "dependencies" not in project["project"]  # declared nowhere else
+    names = [name for name, _ in dependencies.requirements("core")]
+    assert {"nibabel", "matplotlib", "pydicom", "pylibjpeg"} <= set(names)
+    assert all(minimum for _, minimum in dependencies.requirements("core"))  # lower bounds, no == pins
+
+
+def test_fresh_slicer_lists_what_it_lacks_and_keeps_its_own_builds(slicer_5_10):
+    missing = dependencies.missing("core", skip=dependencies.SLICER_PROVIDED)
+    names = {requirement.split(">=")[0] for requirement in missing}
+    assert {"matplotlib", "nibabel", "scikit-image", "pylibjpeg"} <= names
+    assert not names & {"numpy", "scipy", "SimpleITK", "pydicom"}  # bundled, new enough (pydicom 2.4 is supported)
+    assert dependencies.missing("dicom", skip=dependencies.SLICER_PROVIDED) == ["highdicom>=0.26"]
+    assert dependencies.missing("deep", skip=dependencies.SLICER_PROVIDED) == ["monai>=1.4"]  # torch: extension
+
+
+def test_too_old_counts_as_missing(monkeypatch):
+    monkeypatch.setattr(dependencies, "installed_version", lambda name: {"pydicom": "2.3.1"}.get(name, "99"))
+    assert dependencies.missing("core") == ["pydicom>=2.4"]
+
+
+def test_ensure_asks_then_installs_with_one_pip_call(slicer_5_10, monkeypatch):
+    calls = []
+    assert dependencies.ensure("core", calls.append, confirm=lambda missing: False) is False
+    assert calls == []
+    installed = dict(SLICER_5_10)
+
+    def pip_install(requirements):
+        calls.append(requirements)
+        installed.update({r.split(">=")[0]: "99" for r in requirements})
+
+    monkeypatch.setattr(dependencies, "installed_version", installed.get)
+    assert dependencies.ensure("core", pip_install, confirm=lambda missing: True) is True
+    assert len(calls) == 1 and isinstance(calls[0], list) and "matplotlib>=3.8" in calls[0]
+    assert not any(r.startswith(("numpy", "scipy", "SimpleITK")) for r in calls[0])
+
+
+def test_deidentified_files_are_written_with_pydicom_2_api(monkeypatch, tmp_path):
+    import pydicom
+
+    written = {}
+
+    class Pydicom24Dataset:
+        def save_as(self, filename, write_like_original=True):
+            written[str(filename)] = write_like_original
+
+    monkeypatch.setattr(pydicom, "__version__", "2.4.4")
+    deid.save_dataset(Pydicom24Dataset(), tmp_path / "a.dcm")
+    assert written == {str(tmp_path / "a.dcm"): False}
