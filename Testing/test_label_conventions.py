@@ -74,6 +74,9 @@ def test_levels_upside_down_refused_under_declared_convention(root, tmp_path, ca
     out = tmp_path / "out"
     code, _, stderr = run(["measure", "--seg", str(upside_down), "--labels", "verse", "--out", str(out)], capsys)
     assert_refused(code, stderr, out, "verse_upside_down.nii.gz", "--labels verse", "head to foot")
+    # With auto, the ids 18-24 would fit TotalSegmentator v1 (L5..T11) only by dropping 16 and 17 as organs.
+    with pytest.raises(io.InputError, match="--labels verse|totalseg_v1"):
+        io.read_label_map(upside_down)
     # A v1 map declared as VerSe names T11 (id 18) at the bottom, L5 (id 24) at the top: refused the same way.
     with pytest.raises(io.InputError, match="head to foot"):
         io.read_label_map(altered.totalseg_v1_map(root, tmp_path), "verse")

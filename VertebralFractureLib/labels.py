@@ -270,13 +270,13 @@ def decide_convention(extents: dict[int, LabelExtent], declared: str = "auto") -
             raise ConventionError(f"label map has no vertebra labels in any convention ({detail})")
         raise ConventionError(f"no label convention names its values as vertebrae running head to foot ({detail})")
     if len(candidates) == 1:
-        return candidates[0]
+        return _checked_against_verse(candidates[0], extents, reasons)
     misfits = {convention: _pitch_misfit(convention, extents) for convention in candidates}
     known = sorted((misfit, convention) for convention, misfit in misfits.items() if misfit is not None)
     if len(known) == len(candidates):
         (best, chosen), (runner_up, _) = known[0], known[1]
         if best <= math.log(PITCH_FIT_MAX_RATIO) and runner_up - best >= math.log(PITCH_DECISION_MARGIN_RATIO):
-            return chosen
+            return _checked_against_verse(chosen, extents, reasons)
     values = sorted(set().union(*(_vertebra_readings(c, extents) for c in candidates)))
     readings = "; ".join(
         f"{c}: {', '.join(level_name(CONVENTION_TO_VERSE[c][v]) for v in sorted(_vertebra_readings(c, extents)))}"
@@ -285,6 +285,21 @@ def decide_convention(extents: dict[int, LabelExtent], declared: str = "auto") -
     raise ConventionError(
         f"label values {', '.join(str(v) for v in values)} fit several conventions in head-to-foot order "
         f"({readings}); choose one with --labels {'|'.join(candidates)}"
+    )
+
+
+def _checked_against_verse(chosen: str, extents: dict[int, LabelExtent], reasons: dict[str, str | None]) -> str:
+    """A TotalSegmentator reading of a map whose values are all VerSe ids may not drop any of them as organs: that
+    is a VerSe map whose levels are out of order (e.g. numbered upside down) as much as a TotalSegmentator map."""
+    if chosen == VERSE or max(extents) > max(_NAMES):
+        return chosen
+    dropped = sorted(set(extents) - set(_spine_readings(chosen, extents)))
+    if not dropped:
+        return chosen
+    raise ConventionError(
+        f"label values {', '.join(str(v) for v in sorted(extents))} are all VerSe ids but as VerSe {reasons[VERSE]}, "
+        f"and as {chosen} ids {', '.join(str(v) for v in dropped)} would not be vertebrae; choose one with "
+        f"--labels verse|{chosen}"
     )
 
 
