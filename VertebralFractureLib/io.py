@@ -729,11 +729,6 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
     return LabelMap(volume=label_volume, convention=used, present=present)
 
 
-EXTENT_SAMPLE_VOXELS = 16_000_000
-"""Label maps larger than this are sampled on every n-th voxel for the centroids (a few voxels of error against
-centroid distances of 15 mm and more); labels the sample misses are located on the full array."""
-
-
 def label_extents(volume: Volume) -> dict[int, labels_mod.LabelExtent]:
     """Voxel count, centroid (RAS mm) and edge contact of every non-zero label.
 
@@ -741,29 +736,21 @@ def label_extents(volume: Volume) -> dict[int, labels_mod.LabelExtent]:
     give the centroid's voxel coordinates and whether a label reaches the first or last plane.
     """
     array = volume.array
-    step = max(1, int(math.ceil((array.size / EXTENT_SAMPLE_VOXELS) ** (1 / 3))))
-    sample = array[::step, ::step, ::step]
     size = int(array.max(initial=0)) + 1
     centroid_ijk = np.zeros((3, size))
     touches = np.zeros(size, dtype=bool)
     counts = np.zeros(size, dtype=np.int64)
     for axis in range(3):
-        stacked = np.moveaxis(sample, axis, 0)
-        # ravel("K") copies each plane in memory order: fast for C- and Fortran-ordered arrays alike.
-        planes = np.stack([np.bincount(plane.ravel("K"), minlength=size) for plane in stacked])
+        # A view with the axis first; ravel("K") copies each plane in memory order, fast for C and Fortran order.
+        planes = np.stack([np.bincount(plane.ravel("K"), minlength=size) for plane in np.moveaxis(array, axis, 0)])
         counts = planes.sum(axis=0)
-        centroid_ijk[axis] = step * (np.arange(planes.shape[0]) @ planes) / np.maximum(counts, 1)
-        first, last = np.take(array, 0, axis=axis), np.take(array, -1, axis=axis)
-        touches[np.bincount(first.ravel("K"), minlength=size) > 0] = True
-        touches[np.bincount(last.ravel("K"), minlength=size) > 0] = True
-    full_counts = np.bincount(array.ravel("K"), minlength=size) if step > 1 else counts
-    for label in np.flatnonzero((full_counts > 0) & (counts == 0)):
-        centroid_ijk[:, label] = np.mean(np.nonzero(array == label), axis=1)
+        centroid_ijk[axis] = (np.arange(planes.shape[0]) @ planes) / np.maximum(counts, 1)
+        touches |= (planes[0] > 0) | (planes[-1] > 0)
     centroids = volume.ijk_to_world(centroid_ijk.T)
     return {
-        int(label): labels_mod.LabelExtent(int(full_counts[label]), tuple(float(v) for v in centroids[label]),
+        int(label): labels_mod.LabelExtent(int(counts[label]), tuple(float(v) for v in centroids[label]),
                                            bool(touches[label]))
-        for label in np.flatnonzero(full_counts) if label != 0
+        for label in np.flatnonzero(counts) if label != 0
     }
 
 
