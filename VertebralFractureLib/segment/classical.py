@@ -39,40 +39,69 @@ log = logging.getLogger(__name__)
 
 # Physical constants of the method (mm and HU); each is a property of CT anatomy, not of one scan.
 MIN_WORKING_SPACING_MM = 1.5
+"""The working grid is never finer: a 15-30 mm high body is 10-20 voxels high, enough for discs and endplates, and
+the CPU time stays a few seconds (finer CTs are resampled, coarser ones kept up to 3 mm)."""
 BONE_HU = 120.0
 """Cortical bone and dense trabecular bone lie above; fat, muscle, disc and CSF below (disc about 70-100 HU)."""
 VESSEL_HU = 420.0
 """Contrast-filled lumen (arterial phase 250-600 HU) or metal over a thick region; trabecular bone stays below."""
 VESSEL_CORE_RADIUS_MM = 4.0
+"""A vessel lumen (aorta 20-30 mm, heart chambers) holds a ball of this radius above ``VESSEL_HU``; cortical bone
+(1-3 mm thick) never does, so only thick bright regions are taken for vessels."""
 OPENING_RADIUS_MM = 6.0
 """Removes pedicles, laminae, processes, ribs (narrower than 12 mm); a body (25-55 mm wide) survives."""
 TRACK_RADIUS_MM = 18.0
+"""Mean-shift window following the body column slice by slice: about a body's half-width (25-55 mm wide), so it
+stays on the body and does not jump to a neighbouring structure."""
 CURVE_SMOOTHING_MM = 12.0
+"""Gaussian smoothing of the centre curve along z: under half a vertebra's height, so lordosis and kyphosis are
+followed but a slice pulled aside by an attached structure is not."""
 CORE_RADIUS_MM = 16.0
 """Cross-section area is counted within this distance of the curve (inside every adult body, clear of the arch)."""
 BODY_RADIUS_MM = 32.0
+"""Body-candidate voxels further than this from the centre curve (in the plane normal to it) are not body: the
+largest lumbar body reaches about 30 mm from its centre (55-60 mm wide)."""
 MIN_PERIOD_MM = 14.0
 """Smallest body-plus-disc height (upper cervical); two discs are never closer."""
 MIN_BODY_ML = 0.8
+"""A piece smaller than this is not a body (a C3 body is about 3 ml; a sliver cut by the field of view or an
+endplate edge is smaller)."""
 DISC_TRIM_MM = 5.0
 """Disc tissue within this distance of a disc plane is trimmed from the bodies..."""
 DISC_TRIM_HU = 125.0
+"""...where it is darker than this (disc 70-110 HU; the endplate beside it is brighter)."""
 DISC_GAP_MM = 1.6
 """Every disc plane leaves at least this gap on both sides: neighbouring bodies never touch (discs are 4-14 mm)."""
 BODY_SURFACE_SIGMA_VOX = 1.0
-"""...where it is darker than this (disc 70-110 HU; the endplate beside it is brighter)."""
+"""Smoothing (voxels) of a body's surface before it is thresholded back: a one-voxel notch in a wall would move a
+measured corner by a voxel's height."""
 END_CAP_MAX_CM2 = 25.0
+"""A hole in the first or last axial plane larger than this is not a body's cross-section (lumbar bodies are
+12-20 cm2): it is the pelvis or the thorax."""
 END_CAP_MIN_HU = 0.0
+"""A body's cross-section holds marrow and trabecular bone (above 0 HU even when osteoporotic); the canal's fat and
+CSF and the lungs are darker on average."""
 END_CAP_CLOSING_MM = 5.0
+"""Gaps in a cut body's cortex up to this size (basivertebral foramen, partial volume) are bridged to close its
+cross-section in the end planes."""
 DISC_FLANK_MM = 6.0
 """An endplate lies within this distance above and below a disc's centre (discs are 4-14 mm high)."""
 DISC_FLANK_PLANE_MM = (3.0, 4.5, 6.0, 7.5)
 """Endplates or trabecular bone lie this far above and below a disc's mid-plane (thin thoracic to lumbar discs)."""
 DISC_MAX_HU = 180.0
+"""A dip in the core profile brighter than this is trabecular bone, not a disc (disc 70-110 HU plus partial volume of
+the endplates)."""
 ENDPLATE_CONTRAST_HU = 60.0
+"""Endplates on both sides of a disc are at least this much brighter than the disc in the core profile (cortical
+plates against 70-110 HU disc tissue)."""
 ENDPLATE_PROMINENCE_HU = 25.0
+"""An endplate peak stands out from the profile around it by at least this much (smaller wiggles are noise and
+trabecular texture)."""
 ENDPLATE_MIN_HU = 150.0
+"""An endplate peak is at least this bright (cortical bone blurred over the 8 mm core disk)."""
 DISC_PAIR_MAX_MM = 17.0
+"""Endplate, disc, endplate span at most this (thickest thin-disc pair: two 2 mm plates and a 12 mm disc), shorter
+than a body between its two endplates."""
 BLOCK_CONTRAST_HU = 60.0
 """A thin disc with its two endplates, blurred together, is this much brighter than the interiors of the bodies
 beside it (two cortical plates against cancellous bone)."""
@@ -88,18 +117,30 @@ DISC_TISSUE_MAX_HU = 110.0
 INTERIOR_MAX_DIP_HU = 20.0
 """Trabecular bone varies by less than this over a disc's height; a disc is darker than the bone beside it."""
 GAP_FACTOR = 1.6
+"""A segment longer than this many times its neighbours' median holds a missed disc (vertebral height changes by
+under 15 % from one level to the next)."""
 DISC_SEARCH_MM = 3.0
+"""A disc plane is searched this far along the curve around its detected position (about half a thin disc plus
+the profile's smoothing)."""
 DISC_TILTS_DEG = (0.0,)
 """Disc planes stay normal to the smoothed centre curve: a free tilt follows the endplates' concavity and
 moves a posterior corner by a voxel, which the height measurement feels (tested: +-10 and +-20 degrees).
 """
 MIN_END_PIECE_MM = 4.0
+"""A disc this close to an end of the spine in view would leave a piece too thin to be a body: not cut there."""
 AREA_END_MARGIN_MM = 12.0
+"""Body-area minima this close to the ends of the spine in view are not trusted as discs: the field of view cuts the
+body there (about half a body's height)."""
 STAR_MAX_RADIUS_MM = 35.0
+"""Rays from a body's centre look for its cortex this far out (the widest lumbar body's half-width plus margin)."""
 STAR_MIN_GAIN = 0.05
+"""A section is completed from its cortex only when that adds more than this share of its area: smaller additions
+would be pedicle bases."""
 HOLE_BONE_HU = 70.0
 """An axial hole in the bone brighter than this on average is trabecular bone; the canal (CSF 0-30 HU) is darker."""
 MIDLINE_SIGMA_MM = 35.0
+"""Width of the left-right prior around the body's midline where the spine is looked for (the spine lies within a
+few cm of it even in scoliosis; kidneys, femurs and the iliac wings lie further out)."""
 
 
 @dataclass
@@ -567,6 +608,29 @@ def fill_missed_discs(discs: list[float], hu: np.ndarray, step_mm: float, length
     return discs
 
 
+def separate_close_discs(discs: list[float], hu: np.ndarray, step_mm: float,
+                         blocks: list[float] | None = None) -> list[float]:
+    """Two discs closer than ``MIN_PERIOD_MM`` (the smallest body-plus-disc height of the spine) cannot both be
+    discs: the piece between them would be a body split in two. Of each such pair the less disc-like one is dropped:
+    an endplate block (a thin disc seen between its endplates) is kept over a position found otherwise, else the
+    position darker than its sides by more (:func:`_disc_contrast`)."""
+    blocks = blocks or []
+    discs = sorted(discs)
+
+    def strength(u_mm: float) -> tuple[int, float]:
+        index = int(np.clip(u_mm / step_mm, 0, len(hu) - 1))
+        return (int(any(abs(u_mm - b) < 1e-6 for b in blocks)), _disc_contrast(hu, index, step_mm))
+
+    while len(discs) > 1:
+        gaps = np.diff(discs)
+        n = int(np.argmin(gaps))
+        if gaps[n] >= MIN_PERIOD_MM:
+            break
+        weaker = n if strength(discs[n]) < strength(discs[n + 1]) else n + 1
+        discs.pop(weaker)
+    return discs
+
+
 def refine_disc_plane(smooth: np.ndarray, geometry: SpineGeometry, u_mm: float, spacing_mm: float,
                       search_mm: float = 6.0, tilts_deg=(0.0,)) -> tuple:
     """The plane of the disc near ``u_mm`` along the curve: (point mm, unit normal toward cranial, u).
@@ -851,6 +915,7 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
     # A disc found by area or darkness close to an endplate block is that block's disc: the block is its centre.
     discs = [next((b for b, _ in blocks if abs(b - d) <= BLOCK_SNAP_MM), d) for d in discs]
     discs = fill_missed_discs(sorted(set(discs)), hu_profile, spacing, length, [b for b, _ in blocks])
+    discs = separate_close_discs(discs, hu_profile, spacing, [b for b, _ in blocks])
     discs = [d for d in discs if MIN_END_PIECE_MM <= d <= length - MIN_END_PIECE_MM]
     sacral_u = None
     if sacrum is None:

@@ -17,8 +17,8 @@ Status of the level names (:attr:`LevelNaming.status`, carried to ``Segmentation
   the expected height of each named level (:func:`spacing_notes`).
 - ``"conflicting"``: two anchors give different counts (a transitional vertebra, a missed disc, a false rib); the
   evidence says which anchors and what each gives. Never used as if confirmed.
-- ``"unconfirmed"``: no anchor in view, or the spacing of the bodies is implausible for the levels they are named
-  (an over-split body or a missed disc shifts every name counted across it).
+- ``"unconfirmed"``: no anchor in view, or the spacing or height of the bodies is implausible for the levels they
+  are named (an over-split body or a missed disc shifts every name counted across it).
 
 The user can fix the count with :func:`renumber_lowest_complete` or :func:`renumber_at_point` (status "anchored").
 """
@@ -73,22 +73,82 @@ SPACING_RATIO_RANGE = (0.65, 1.5)
 """A measured spacing outside this fraction of the expected one is not a normal adult variant (individual heights
 vary by about +-15 %, a grade 3 fracture of one body by up to -40 % of its half of the spacing): below, one body was
 split in two (half the expected spacing); above, a disc was missed (twice the expected spacing)."""
+BODY_HEIGHT_MM = {
+    "C": 14.0,
+    "T_upper": 17.0,
+    "T_middle": 19.0,
+    "T_lower": 22.0,
+    "L": 27.0,
+}
+"""Expected vertebral body height per region, mm (same sources as ``SEGMENT_PERIOD_MM``: Panjabi 1991, 1992)."""
+BODY_HEIGHT_RATIO_RANGE = (0.6, 1.35)
+"""A body's measured height (5th to 95th percentile of its extent along the centre curve, within
+``BODY_CORE_RADIUS_MM`` of it) outside this fraction of its level's expected height is not one whole body: below, a
+piece of a body (a false disc, or a grade 3 crush, which quality control must see anyway); above, two bodies joined
+across a missed disc, or a body with part of its neighbour. Normal variation is about +-15 %; the percentile extent
+of a whole body is a few mm under its true height on a 1.5-3 mm grid."""
+BODY_CORE_RADIUS_MM = 16.0
+"""Within this distance of the centre curve a section is inside every adult body, clear of the arch and ribs."""
 SPACING_END_MARGIN_MM = 6.0
 """A body within this distance of either end of the spine in view may be cut by the field of view: its centre is
 not where the whole body's would be, so its spacing is not judged."""
 
 
+def _region(label: int) -> str:
+    if label <= 7:
+        return "C"
+    if label <= 11:
+        return "T_upper"
+    if label <= 15:
+        return "T_middle"
+    if label <= 19:
+        return "T_lower"
+    return "L"
+
+
 def expected_period_mm(label: int) -> float:
     """Expected spacing (mm) between the centre of vertebra ``label`` (VerSe id) and the next one down."""
-    if label <= 7:
-        return SEGMENT_PERIOD_MM["C"]
-    if label <= 11:
-        return SEGMENT_PERIOD_MM["T_upper"]
-    if label <= 15:
-        return SEGMENT_PERIOD_MM["T_middle"]
-    if label <= 19:
-        return SEGMENT_PERIOD_MM["T_lower"]
-    return SEGMENT_PERIOD_MM["L"]
+    return SEGMENT_PERIOD_MM[_region(label)]
+
+
+def expected_body_height_mm(label: int) -> float:
+    """Expected height (mm) of the body of vertebra ``label`` (VerSe id)."""
+    return BODY_HEIGHT_MM[_region(label)]
+
+
+def body_heights_mm(masks: list[np.ndarray], geometry, spacing_mm: float) -> np.ndarray:
+    """Each body's height along the spine's centre curve: 5th to 95th percentile of the position along the curve of
+    its voxels within ``BODY_CORE_RADIUS_MM`` of the curve (mm; 0 when none lie that close)."""
+    from .classical import along_curve
+
+    heights = []
+    for mask in masks:
+        voxels = np.argwhere(mask)
+        inside = (voxels[:, 2] >= geometry.z_indices[0]) & (voxels[:, 2] <= geometry.z_indices[-1])
+        u, radial = along_curve(geometry, voxels[inside], spacing_mm)
+        u = u[radial <= BODY_CORE_RADIUS_MM]
+        heights.append(float(np.percentile(u, 95) - np.percentile(u, 5)) if u.size else 0.0)
+    return np.asarray(heights)
+
+
+def height_notes(labels: list[int], heights_mm: np.ndarray, at_end: np.ndarray) -> dict[int, list[str]]:
+    """Bodies (VerSe ids) whose height does not fit the level they are named: id -> notes. Bodies possibly cut by the
+    field of view are not judged."""
+    notes: dict[int, list[str]] = {}
+    for label, height, cut in zip(labels, heights_mm, at_end):
+        if not label or cut:
+            continue
+        expected = expected_body_height_mm(label)
+        ratio = height / expected
+        if ratio < BODY_HEIGHT_RATIO_RANGE[0]:
+            why = "part of a body (split by a false disc) or a severe crush"
+        elif ratio > BODY_HEIGHT_RATIO_RANGE[1]:
+            why = "taller than one body: two bodies joined across a missed disc, or part of a neighbour"
+        else:
+            continue
+        notes.setdefault(label, []).append(f"{_safe_name(label)} body {height:.0f} mm along the spine, expected about "
+                                           f"{expected:.0f} mm: {why}")
+    return notes
 
 
 @dataclass
@@ -102,7 +162,7 @@ class LevelNaming:
     anchors: dict[str, str] = field(default_factory=dict)
     """Anchor name ("sacrum", "last rib", "neck") -> the level it gives the most cranial vertebra."""
     body_warnings: dict[int, list[str]] = field(default_factory=dict)
-    """VerSe id -> notes on that body's segmentation (implausible spacing: over-split or a missed disc)."""
+    """VerSe id -> notes on that body's segmentation (implausible spacing or height: over-split or a missed disc)."""
 
 
 def _z_range(mask: np.ndarray) -> tuple[int, int]:
@@ -267,9 +327,11 @@ def name_levels(masks: list[np.ndarray], finder, geometry, spacing_mm: float) ->
         evidence.append(f"{len(dropped)} segment(s) fall outside C1-L5 with this count and are left unlabelled")
     positions, at_end = body_positions_mm(masks, geometry)
     body_warnings = spacing_notes(labels, positions, at_end)
+    for label, notes in height_notes(labels, body_heights_mm(masks, geometry, spacing_mm), at_end).items():
+        body_warnings.setdefault(label, []).extend(notes)
     if body_warnings:
         pairs = sorted({text for notes in body_warnings.values() for text in notes})
-        evidence.append("body spacing implausible for the levels named (" + "; ".join(pairs) + ")")
+        evidence.append("body spacing or height implausible for the levels named (" + "; ".join(pairs) + ")")
         if status == "confirmed":
             status = "unconfirmed"
             evidence.append("the count across an implausible spacing cannot be trusted: levels not confirmed")
