@@ -4,6 +4,8 @@
 #   bash dev.sh test   run the whole test suite
 #   bash dev.sh bench  print benchmark figures
 #   bash dev.sh wheel-check  build the wheel, install it (not editable) in a clean venv, run the installed command
+#   bash dev.sh slicer-check a venv with Slicer 5.10's bundled packages: the module's dependency install, then the
+#                            child command, the batch script, the report and de-identification in it
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3.11}
@@ -75,8 +77,53 @@ assert d['levels_status'] and d['vertebrae'], d" "$work/out/results.json"
         [ -s "$work/batch/example/results.json" ] || { echo "wheel check: batch wrote no results" >&2; exit 1; }
         echo "wheel check: the installed vertebral-fracture wrote every output"
         ;;
+    slicer-check)
+        # Slicer 5.10 bundles numpy 2.0.2, scipy 1.13.1, pydicom 2.4.4 and SimpleITK, and no matplotlib, nibabel or
+        # highdicom. The module's dependency logic must install what is missing without replacing those builds, and
+        # everything the module runs must then work with them.
+        work=$(mktemp -d "${TMPDIR:-/tmp}/vf-slicer-XXXXXX")
+        trap 'rm -rf "$work"' EXIT
+        "$PYTHON" -m venv "$work/venv"
+        py="$work/venv/bin/python"
+        "$py" -m pip install --quiet numpy==2.0.2 scipy==1.13.1 pydicom==2.4.4 SimpleITK==2.4.1
+        export PYTHONPATH="$PWD"
+        "$py" - <<'PY'
+import subprocess
+import sys
+
+from VertebralFractureLib import dependencies
+
+bundled = ("numpy", "scipy", "pydicom", "SimpleITK")
+before = {name: dependencies.installed_version(name) for name in bundled}
+missing = dependencies.missing("core", skip=dependencies.SLICER_PROVIDED)
+assert {"matplotlib>=3.8", "nibabel>=5.0"} <= set(missing), missing
+
+
+def pip_install(arguments):  # what slicer.util.pip_install does with a list
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", *arguments])
+
+
+assert dependencies.ensure("core", pip_install, confirm=lambda needed: True), dependencies.missing("core")
+after = {name: dependencies.installed_version(name) for name in bundled}
+assert after == before, f"Slicer's own packages changed: {before} -> {after}"
+print(f"installed {', '.join(missing)}; kept {after}")
+PY
+        EXAMPLE="$DATA/totalsegmentator-example"
+        cli=("$py" -m VertebralFractureLib)
+        # The module's child process, the report, the batch script and de-identification, under pydicom 2.4.
+        "${cli[@]}" analyze -i "$EXAMPLE/example_ct.nii.gz" -o "$work/child" --no-report -q >/dev/null
+        "${cli[@]}" report --seg "$work/child/segmentation.nii.gz" -i "$EXAMPLE/example_ct.nii.gz" -o "$work/child" \
+            -q >/dev/null
+        [ -s "$work/child/report.pdf" ] || { echo "slicer check: no report" >&2; exit 1; }
+        printf 'case,ct\nexample,%s\n' "$(realpath "$EXAMPLE/example_ct.nii.gz")" > "$work/cases.csv"
+        "$py" VertebralFracture/Batch/VertebralFractureBatch.py -i "$work/cases.csv" -o "$work/batch" --no-report -q
+        "${cli[@]}" report --seg "$EXAMPLE/example_seg_dicom.nii.gz" -i "$EXAMPLE/example_ct_dicom" \
+            -o "$work/deid" --deidentify --pseudonym CASE-1 -q >/dev/null
+        ls "$work/deid/dicom/"*.dcm >/dev/null || { echo "slicer check: no de-identified series" >&2; exit 1; }
+        echo "slicer check: dependency install, child command, report, batch and de-identification work"
+        ;;
     *)
-        echo "usage: bash dev.sh demo|test|bench|wheel-check" >&2
+        echo "usage: bash dev.sh demo|test|bench|wheel-check|slicer-check" >&2
         exit 2
         ;;
 esac

@@ -175,7 +175,7 @@ def test_benchmark_figures_agree_with_its_csv(five_subjects):
     assert benchmark.confusion_matrix(truth, predicted).tolist() == summary["confusion_matrix"]["counts"]
     for cutoff in (1, 2):
         key = f"grade>={cutoff}"
-        figures = summary["literature_thresholds"][key]
+        figures = summary["predicted_grade"][key]
         tp = sum(t >= cutoff and p >= cutoff for t, p in zip(truth, predicted))
         fn = sum(t >= cutoff and p < cutoff for t, p in zip(truth, predicted))
         tn = sum(t < cutoff and p < cutoff for t, p in zip(truth, predicted))
@@ -194,7 +194,7 @@ def test_benchmark_figures_agree_with_its_csv(five_subjects):
     assert summary["linear_weighted_kappa"] == pytest.approx(
         benchmark.weighted_kappa(benchmark.confusion_matrix(truth, predicted)), abs=1e-3)
     text = (five_subjects / "summary.txt").read_text()
-    assert "LOSO fitted" in text and "literature thresholds" in text
+    assert "LOSO threshold" in text and "predicted grade" in text
 
 
 def test_benchmark_lists_unknown_scan_and_label(five_subjects):
@@ -224,8 +224,8 @@ def test_vertebra_cut_by_the_field_of_view_counts_as_missed(shared_file, tmp_pat
     l1 = next(r for r in result.rows if r.level == "L1")
     assert (l1.status, l1.true_grade, l1.grade_for_figures, l1.fracture_score) == ("not measured", 3, 0, None)
     assert l1.reason
-    assert result.summary["literature_thresholds"]["grade>=2"]["fn"] == 1
-    assert result.summary["literature_thresholds"]["grade>=2"]["tp"] == 0
+    assert result.summary["predicted_grade"]["grade>=2"]["fn"] == 1
+    assert result.summary["predicted_grade"]["grade>=2"]["tp"] == 0
     assert result.summary["not_measured"][0]["level"] == "L1"
     expected = [r for r in radiologists(shared_file) if r["subject"] == "sub-verse010"]
     assert result.summary["vertebrae_evaluated"] == len(expected)

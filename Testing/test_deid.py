@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from pathlib import Path
 
@@ -205,3 +206,12 @@ def test_deidentify_without_dicom_input(shared_file, tmp_path):
             if path.name.endswith(".gz"):
                 data = gzip.decompress(data)
             assert b"Zyxwvutski" not in data and b"MRN83726154" not in data
+
+
+def test_input_paths_do_not_travel_in_the_level_evidence(exported, identified_series):
+    """File and folder names may name the patient: the level evidence quoting the given label map is scrubbed."""
+    for name in ("results.json", "screening.json", "report.html", "vertebrae.csv"):
+        text = (exported / name).read_text(encoding="utf-8")
+        assert "example_seg_dicom" not in text and str(identified_series) not in text, name
+    results = json.loads((exported / "results.json").read_text())
+    assert results["levels_status"] == "given" and results["level_evidence"] == ["levels as named in (de-identified)"]

@@ -53,9 +53,11 @@ def test_ensure_asks_then_installs_with_one_pip_call(slicer_5_10, monkeypatch):
     assert calls == []
     installed = dict(SLICER_5_10)
 
-    def pip_install(requirements):
-        calls.append(requirements)
-        installed.update({r.split(">=")[0]: "99" for r in requirements})
+    def pip_install(arguments):
+        calls.append(arguments)
+        constraints = Path(arguments[arguments.index("-c") + 1]).read_text()
+        assert "numpy==2.0.2" in constraints and "scipy==1.13.1" in constraints  # Slicer's builds stay
+        installed.update({r.split(">=")[0]: "99" for r in arguments if ">=" in r})
 
     monkeypatch.setattr(dependencies, "installed_version", installed.get)
     assert dependencies.ensure("core", pip_install, confirm=lambda missing: True) is True

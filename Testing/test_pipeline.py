@@ -86,6 +86,12 @@ def test_anchor_anchor_point_and_relabel_agree(gap_labels, shared_file, tmp_path
     pointed = json.loads((tmp_path / "point" / "results.json").read_text())
     assert [v["level"] for v in pointed["vertebrae"]] == expected
 
+    from VertebralFractureLib import review
+
+    given = pipeline.analyze(pipeline.AnalysisRequest(ct=shared_file(CT), seg=gap_labels["path"], screen=False))
+    review.apply_level_mapping(given.case, review.level_mapping(given.case, "L3", "L4"), "L3", "L4")
+    assert [v.level for v in given.case.vertebrae] == expected and given.case.levels_status == "anchored"
+
     mrml = pytest.importorskip("VertebralFractureLib.mrml", reason="slicer-core (PyPI) is needed for MRML")
     context = mrml.new_scene()
     volume_node = mrml.load_volume_node(context.scene, shared_file(CT), "CT")
@@ -331,3 +337,21 @@ def test_pipeline_returns_one_typed_result(gap_labels, shared_file):
     assert analysis.level_evidence[-1].startswith("user anchor")
     assert analysis.screening is not None and analysis.written == {}
     assert [v.level for v in analysis.case.vertebrae] == ["L1", "L2", "L4"]
+
+
+def test_trabecular_hu_is_measured_once(gap_labels, shared_file, monkeypatch):
+    from VertebralFractureLib import screen
+
+    measured = []
+    original = screen.measure_density
+
+    def counting(ct, body_mask, anterior, settings, level, label):
+        measured.append(level)
+        return original(ct, body_mask, anterior, settings, level, label)
+
+    monkeypatch.setattr(screen, "measure_density", counting)
+    analysis = pipeline.analyze(pipeline.AnalysisRequest(ct=shared_file(CT), seg=gap_labels["path"]))
+    assert sorted(measured) == sorted(set(measured)) and "L1" in measured  # each level once: measure, then screen
+    l1 = analysis.case.vertebra("L1")
+    assert l1.trabecular_hu == analysis.screening.densities["L1"].median_hu == analysis.case.patient.l1_trabecular_hu
+    assert "_trabecular" not in l1.to_dict() and json.dumps(analysis.case.to_dict())  # never serialised

@@ -156,6 +156,11 @@ def quality_verdict(case) -> tuple[bool, str]:
     quality = getattr(case, "quality", None)
     if quality is None:
         return True, ""
+    if hasattr(quality, "status") and hasattr(quality, "failed_checks"):  # a .qc.QualityReport
+        from . import qc
+
+        text = "; ".join(quality.failed_checks) or getattr(quality, "headline", "") or ""
+        return quality.status != qc.FAILED, text
     if hasattr(quality, "to_dict"):
         quality = quality.to_dict()
     if not isinstance(quality, dict):
@@ -203,7 +208,11 @@ def process_case(case: Case, options) -> dict:
         ct=case.path, series=case.series, seg=seg, labels=options.labels, backend=options.backend,
         device=options.device, report=not options.no_report, screen=not options.no_report,
         dicom_out=options.dicom_out, kvp=options.kvp, contrast_phase=options.contrast_phase)
-    analysis = pipeline.analyze(request, out_dir)
+    add_scene = None
+    if options.save_scene:
+        def add_scene(analysis, staging):
+            return {"scene": save_review_scene(case.name, staging, analysis)}
+    analysis = pipeline.analyze(request, out_dir, also_write=add_scene)
     row = summary_row(case, analysis.case, out_dir, analysis.screening)
     row["segmentation"] = str(seg) if seg is not None else f"backend {analysis.backend}"
     if options.export_dataset is not None:
@@ -211,8 +220,6 @@ def process_case(case: Case, options) -> dict:
 
         row["dataset_subject"] = curate.export_verse_case(options.export_dataset, analysis.ct, analysis.labels,
                                                           analysis.case)["ct"].parent.name
-    if options.save_scene:
-        save_review_scene(case.name, out_dir, analysis)
     return row
 
 
@@ -240,8 +247,9 @@ def finished_row(case: Case, options) -> dict | None:
     return row
 
 
-def save_review_scene(name: str, out_dir: Path, analysis) -> None:
-    """A scene a reviewer opens in Slicer: CT, named segments, height lines, table (MRML core only)."""
+def save_review_scene(name: str, out_dir: Path, analysis) -> Path:
+    """``out_dir/NAME.mrb``, a scene a reviewer opens in Slicer: CT, named segments, height lines, table (MRML core
+    only); returns its path."""
     import slicer
 
     from . import mrml
@@ -255,9 +263,10 @@ def save_review_scene(name: str, out_dir: Path, analysis) -> None:
         scene.Clear()
     volume_node = mrml.add_volume_node(scene, analysis.ct, name)
     mrml.VertebralFractureCase.create(volume_node, labels=analysis.labels, case=analysis.case)
-    mrml.save_scene(scene, out_dir / f"{name}.mrb")
+    path = mrml.save_scene(scene, out_dir / f"{name}.mrb")
     if context is None:
         scene.Clear()
+    return path
 
 
 def record_failure(case: Case, options, error: BaseException) -> dict:

@@ -20,7 +20,7 @@ are not in their mask, are listed, never an error.
 Leave-one-subject-out cross-validation (:func:`leave_one_subject_out`) evaluates any rule with fitted parameters:
 each subject's vertebrae are predicted by a rule fitted on the other subjects only, and the held-out predictions
 of all subjects are pooled. ``--cross-validate`` fits the score threshold for grade >= 1 and for grade >= 2 that
-way (Youden's J) and reports those figures beside the fixed literature thresholds of the grading.
+way (Youden's J) and reports those figures beside the figures of the predicted grade (the grading's own rules).
 """
 
 from __future__ import annotations
@@ -609,13 +609,13 @@ def summarize(rows: list[VertebraRow], cross_validate: bool = False) -> dict:
                            for r in rows if r.status == STATUS_UNKNOWN_LABEL],
         "score": "fracture_score" if any(r.fracture_score is not None and r.height_loss != r.fracture_score
                                          for r in evaluated) else "height_loss",
-        "literature_thresholds": {},
+        "predicted_grade": {},
         "auc": {},
     }
     for cutoff in FRACTURE_CUTOFFS:
         positive = [t >= cutoff for t in truth]
         figures = binary_figures(positive, [p >= cutoff for p in predicted])
-        summary["literature_thresholds"][f"grade>={cutoff}"] = {k: _rounded(v) if "ity" in k else v
+        summary["predicted_grade"][f"grade>={cutoff}"] = {k: _rounded(v) if "ity" in k else v
                                                                 for k, v in figures.items()}
         summary["auc"][f"grade>={cutoff}"] = _rounded(roc_auc(scores, positive))
     if cross_validate:
@@ -702,16 +702,16 @@ def format_summary(summary: dict) -> str:
     lines.append(f"{'':<33}{'sensitivity [95% CI]':<26}{'specificity [95% CI]':<26}AUC")
     for cutoff in FRACTURE_CUTOFFS:
         key = f"grade>={cutoff}"
-        figures = summary["literature_thresholds"][key]
+        figures = summary["predicted_grade"][key]
         auc = summary["auc"][key]
-        lines.append(f"{key + ' literature thresholds':<33}{_format_rate(figures, 'sensitivity'):<26}"
+        lines.append(f"{key + ' predicted grade':<33}{_format_rate(figures, 'sensitivity'):<26}"
                      f"{_format_rate(figures, 'specificity'):<26}{'n/a' if auc is None else f'{auc:.3f}'}")
         if "cross_validated" in summary:
             loso = summary["cross_validated"][key]
             thresholds = loso["fitted_thresholds"]
             fitted = "" if thresholds["median"] is None else (
                 f"(threshold {thresholds['min']:.3f}-{thresholds['max']:.3f})")
-            lines.append(f"{key + ' LOSO fitted':<33}{_format_rate(loso, 'sensitivity'):<26}"
+            lines.append(f"{key + ' LOSO threshold':<33}{_format_rate(loso, 'sensitivity'):<26}"
                          f"{_format_rate(loso, 'specificity'):<26}{fitted}")
     accuracy = summary["exact_grade_accuracy"]
     kappa = summary["linear_weighted_kappa"]
@@ -741,7 +741,7 @@ def format_summary(summary: dict) -> str:
 
 
 def render_roc(result: BenchmarkResult, destination: str | Path) -> None:
-    """ROC curves of the continuous score at grade >= 1 and grade >= 2, with the literature operating points."""
+    """ROC curves of the continuous score at grade >= 1 and >= 2, with the operating points of the predicted grade."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -760,7 +760,7 @@ def render_roc(result: BenchmarkResult, destination: str | Path) -> None:
         fpr, tpr, _ = roc_curve(scores, positive)
         counts = f"{sum(positive)} positive, {len(positive) - sum(positive)} negative"
         axes.plot(fpr, tpr, color=colour, linewidth=1.6, label=f"{key.replace('>=', ' ≥ ')}: AUC {auc:.3f} ({counts})")
-        point = result.summary["literature_thresholds"][key]
+        point = result.summary["predicted_grade"][key]
         if point["sensitivity"] is not None and point["specificity"] is not None:
             axes.plot([1 - point["specificity"]], [point["sensitivity"]], "o", color=colour, markersize=6,
                       markeredgecolor="black", label=f"{key.replace('>=', ' ≥ ')}: predicted grade")

@@ -320,8 +320,18 @@ def export_case(case, screening, labels, ct, out_dir: str | Path, pseudonym: str
             written["dicom_seg"] = str(out_dir / "vertebrae_seg.dcm")
             written["dicom_sr"] = str(out_dir / "measurements_sr.dcm")
     # Free text that travels with the case: original paths and UIDs must not.
+    # File paths (which may name the patient) also appear inside the level evidence and the warnings quoting it.
+    paths = sorted({str(value) for value in case.inputs.values() if isinstance(value, str) and value}, key=len,
+                   reverse=True)
+
+    def scrub(text: str) -> str:
+        for path in paths:
+            text = text.replace(path, "(de-identified)")
+        return _scrub_uids(text, deidentifier)
+
     case.inputs = {key: ("(de-identified)" if value else value) for key, value in case.inputs.items()}
-    case.warnings = [_scrub_uids(w, deidentifier) for w in case.warnings]
+    case.level_evidence = [scrub(e) for e in case.level_evidence]
+    case.warnings = [scrub(w) for w in case.warnings]
     screening.caveats = [_scrub_uids(c, deidentifier) for c in screening.caveats]
     written.update(report_clinical.write_clinical_report(case, screening, out_dir, labels, ct, header=header))
     # Curated training data: the label map (and a non-DICOM CT) as NIfTI, written from the arrays with a fresh

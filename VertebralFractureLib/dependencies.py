@@ -7,8 +7,11 @@ The Slicer module and the batch script install what :func:`missing` lists, with 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import os
 import re
+import tempfile
 from pathlib import Path
 
 REQUIREMENTS_FOLDER = Path(__file__).with_name("requirements")
@@ -69,12 +72,31 @@ def missing(group: str = "core", skip: frozenset[str] = frozenset()) -> list[str
 
 def install_missing(pip_install, group: str = "core", skip: frozenset[str] = SLICER_PROVIDED) -> list[str]:
     """Install what :func:`missing` lists with ``pip_install`` (``slicer.util.pip_install``, given a list: each
-    item one argument, so ``>=`` needs no quoting); returns what was installed. Ask the user before calling this."""
+    item one argument, so ``>=`` needs no quoting), with the installed versions of ``skip`` as constraints;
+    returns what was installed. Ask the user before calling this."""
     needed = missing(group, skip)
     if needed:
-        pip_install(list(needed))
+        with _keep_installed(skip) as constraints:
+            pip_install((["-c", constraints] if constraints else []) + list(needed))
         importlib.invalidate_caches()
     return needed
+
+
+@contextlib.contextmanager
+def _keep_installed(names: frozenset[str]):
+    """A pip constraints file pinning the installed versions of ``names`` (Slicer's numpy, scipy, SimpleITK): a
+    new package may not pull another build of them under Slicer. Yields its path, or None when none is installed."""
+    pins = [f"{name}=={version}" for name in sorted(names) if (version := installed_version(name))]
+    if not pins:
+        yield None
+        return
+    handle, path = tempfile.mkstemp(prefix="vertebral-fracture-keep-", suffix=".txt")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write("\n".join(pins) + "\n")
+        yield path
+    finally:
+        os.unlink(path)
 
 
 def ensure(group: str, pip_install, confirm=None, skip: frozenset[str] = SLICER_PROVIDED) -> bool:

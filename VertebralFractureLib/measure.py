@@ -443,7 +443,7 @@ def _trabecular(
     result: VertebraResult, vertebra: _Vertebra, labels: Volume, ct: Volume, frame: Frame, origin: np.ndarray
 ) -> None:
     """Median HU of the body's interior: the trabecular region of :mod:`.screen` (one definition for both)."""
-    from .screen import RoiSettings, measure_density
+    from .screen import RoiSettings, TrabecularMeasurement, measure_density
 
     grid = np.zeros(vertebra.mask.shape, dtype=bool)
     voxels = np.argwhere(vertebra.mask)[vertebra.body]
@@ -452,7 +452,10 @@ def _trabecular(
     cropped = ct.with_array(ct.array[vertebra.crop])
     cropped.ijk_to_ras = ct.ijk_to_ras.copy()
     cropped.ijk_to_ras[:3, 3] = ct.ijk_to_world(offset)[0]
-    density, _ = measure_density(cropped, grid, frame.anterior, RoiSettings(), result.level, result.label)
+    settings = RoiSettings()
+    density, region = measure_density(cropped, grid, frame.anterior, settings, result.level, result.label)
+    # Screening of the same CT reuses it (not a dataclass field: never serialised): trabecular HU is measured once.
+    result._trabecular = TrabecularMeasurement(ct.array, settings, density, vertebra.crop, region)
     result.trabecular_hu = density.median_hu
     result.trabecular_hu_iqr = density.iqr_hu
     result.trabecular_voxels = density.voxels

@@ -1,4 +1,5 @@
-"""Adapters between MRML nodes and the Lib's volumes and results, and the review rules on them.
+"""Adapters between MRML nodes and the Lib's volumes and results; the review rules they apply are Slicer-free, in
+:mod:`.review` (and :mod:`.renumber`).
 
 The only module of the Lib that imports ``slicer`` (MRML core: in 3D Slicer, or the PyPI package ``slicer-core``
 outside it). No Qt: the Slicer module's widget and the tests drive the same logic.
@@ -30,7 +31,6 @@ All of it is ordinary MRML, so saving the scene (.mrb) saves the review and load
 
 from __future__ import annotations
 
-import colorsys
 import json
 import logging
 import os
@@ -46,12 +46,12 @@ from vtk.util import numpy_support
 from . import grade as grade_mod
 from . import labels as labels_mod
 from . import measure as measure_mod
-from . import report as report_mod
+from . import review
 from .curate import export_verse_case, next_subject_id, verse_centroids  # also offered here, for Slicer scripts
 from .errors import InputError
 from .io import Volume
-from .renumber import renumbering
-from .results import HEIGHT_NAMES, MORPHOLOGIES, POINT_NAMES, CaseResult, VertebraResult
+from .results import HEIGHT_NAMES, POINT_NAMES, CaseResult, VertebraResult
+from .review import grades_in_force, heights_from_points, level_color, level_of, regrade, summary_text
 
 log = logging.getLogger(__name__)
 
@@ -301,24 +301,6 @@ def dicom_files_of_volume(volume_node, dicom_database=None) -> list[str]:
 # Segmentations
 
 
-def level_color(label: int) -> tuple[float, float, float]:
-    """A fixed colour per VerSe id: one hue family per region, lightness alternating so neighbours differ."""
-    label = int(label)
-    if label == labels_mod.SACRUM:
-        return (0.85, 0.75, 0.45)
-    if label == labels_mod.COCCYX:
-        return (0.75, 0.65, 0.40)
-    if label <= 7:  # cervical: blues
-        hue, index = 0.58, label - 1
-    elif label <= 19 or label == labels_mod.T13:  # thoracic: greens
-        hue, index = 0.33, (label - 8) if label != labels_mod.T13 else 12
-    else:  # lumbar (and L6): oranges to reds
-        hue, index = 0.07, label - 20
-    hue = (hue + 0.025 * (index % 4)) % 1.0
-    lightness = 0.45 if index % 2 else 0.62
-    return tuple(float(c) for c in colorsys.hls_to_rgb(hue, lightness, 0.65))
-
-
 def _segments(segmentation_node) -> list[tuple[str, object]]:
     segmentation = segmentation_node.GetSegmentation()
     return [(segmentation.GetNthSegmentID(i), segmentation.GetNthSegment(i))
@@ -423,7 +405,7 @@ def fill_segmentation_from_labels(segmentation_node, labels: Volume, reference_v
 
 def update_segment_from_mask(segmentation_node, level, mask: Volume) -> None:
     """Replace one vertebra segment's voxels by a binary mask (what a Segment Editor edit does), by level name."""
-    label = _level_of(level)
+    label = level_of(level)
     segment_id = vertebra_segments(segmentation_node).get(label)
     if segment_id is None:
         raise KeyError(f"{segmentation_node.GetName()} has no segment for {labels_mod.level_name(label)}")
@@ -434,62 +416,6 @@ def update_segment_from_mask(segmentation_node, level, mask: Volume) -> None:
 
 # --------------------------------------------------------------------------------------------------------------
 # Review state
-
-
-def heights_from_points(points_ras: dict[str, list[float]]) -> dict[str, float]:
-    """Ha, Hm, Hp as distances between the superior and inferior points (the definition measure.py uses)."""
-    heights = {}
-    for name in HEIGHT_NAMES:
-        top = np.asarray(points_ras[f"superior_{name}"], dtype=float)
-        bottom = np.asarray(points_ras[f"inferior_{name}"], dtype=float)
-        heights[name] = float(np.linalg.norm(top - bottom))
-    return heights
-
-
-def regrade(case: CaseResult) -> None:
-    """Grade every vertebra again from its heights (neighbours' expected heights stay consistent) and summarise."""
-    case.vertebrae.sort(key=lambda v: labels_mod.rank(v.label))
-    grade_mod.grade_vertebrae(case.vertebrae)
-    case.patient = grade_mod.summarize(case.vertebrae)
-
-
-def summary_text(case: CaseResult) -> str:
-    """The patient summary as a few lines of plain text (module panel, text node, batch logs)."""
-    patient = case.patient
-    lines = []
-    graded = [v for v in case.vertebrae if v.complete]
-    fractured = [v for v in graded if (v.final_grade or 0) > 0]
-    if fractured:
-        parts = []
-        for vertebra in fractured:
-            note = " (reviewer)" if vertebra.grade_override is not None else ""
-            parts.append(f"{vertebra.level} grade {vertebra.final_grade} {vertebra.final_morphology or ''}{note}")
-        lines.append("Fractures: " + "; ".join(p.replace("  ", " ").strip() for p in parts))
-    else:
-        lines.append("Fractures: none found")
-    worst = max((v.final_grade or 0 for v in graded), default=None)
-    lines.append(f"Worst Genant grade: {'n/a' if worst is None else worst}")
-    hu = patient.l1_trabecular_hu
-    lines.append(f"L1 trabecular attenuation: {'n/a' if hu is None else f'{hu:.0f} HU'}")
-    lines.append(f"Graded levels: {', '.join(v.level for v in graded) or 'none'}")
-    incomplete = [v for v in case.vertebrae if not v.complete]
-    if incomplete:
-        lines.append("Not graded: " + "; ".join(f"{v.level} ({v.incomplete_reason})" for v in incomplete))
-    reviewed = sum(1 for v in case.vertebrae if v.reviewed)
-    lines.append(f"Reviewed: {reviewed} of {len(case.vertebrae)} vertebrae")
-    levels = report_mod.levels_line(case)
-    if levels:
-        lines.insert(0, levels)
-    return "\n".join(lines)
-
-
-def _level_of(value) -> int:
-    """VerSe id from a level name ("L1"), a VerSe id, or a VertebraResult."""
-    if isinstance(value, VertebraResult):
-        return value.label
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    return labels_mod.label_from_level(str(value))
 
 
 class VertebralFractureCase:
@@ -591,7 +517,7 @@ class VertebralFractureCase:
         nodes = [n for n in nodes if n is not None]
         if level is None:
             return nodes
-        label = _level_of(level)
+        label = level_of(level)
         return [n for n in nodes if n.GetAttribute(LABEL_ATTRIBUTE) == str(label)]
 
     def line_node(self, level, height: str):
@@ -606,7 +532,7 @@ class VertebralFractureCase:
         return self.table_node.GetAttribute(FOLDER_ATTRIBUTE) or f"{self.table_node.GetName()} review"
 
     def vertebra(self, level) -> VertebraResult:
-        return self.case.vertebra(_level_of(level))
+        return self.case.vertebra(level_of(level))
 
     def nodes(self) -> list:
         """Every node of the case (for saving, showing, or removing it)."""
@@ -710,17 +636,11 @@ class VertebralFractureCase:
 
     def set_grade_override(self, level, grade: int | None) -> None:
         """Reviewer's Genant grade (0-3), or None to go back to the automatic grade (which stays recorded)."""
-        if grade is not None and int(grade) not in (0, 1, 2, 3):
-            raise ValueError(f"Genant grade must be 0, 1, 2 or 3, not {grade!r}")
-        self.vertebra(level).grade_override = None if grade is None else int(grade)
-        self.case.patient = grade_mod.summarize(self.case.vertebrae)
+        review.set_grade_override(self.case, level, grade)
         self._publish()
 
     def set_morphology_override(self, level, morphology: str | None) -> None:
-        if morphology is not None and morphology not in MORPHOLOGIES:
-            raise ValueError(f"morphology must be one of {', '.join(MORPHOLOGIES)}, not {morphology!r}")
-        self.vertebra(level).morphology_override = morphology
-        self.case.patient = grade_mod.summarize(self.case.vertebrae)
+        review.set_morphology_override(self.case, level, morphology)
         self._publish()
 
     def set_reviewed(self, level, reviewed: bool = True) -> None:
@@ -734,11 +654,10 @@ class VertebralFractureCase:
         keep their places, only the names change). The sacrum and coccyx, when segmented, are anatomical anchors
         and keep their names, so a shift that would land a vertebra on them is refused.
         """
-        old_label, new_label = _level_of(level), _level_of(new_level)
-        self.vertebra(old_label)  # raises KeyError if the case has no such vertebra
-        if old_label == new_label:
+        old_label, new_label = level_of(level), level_of(new_level)
+        mapping = review.level_mapping(self.case, old_label, new_label)
+        if not mapping:
             return
-        mapping = renumbering([v.label for v in self.case.vertebrae], old_label, new_label)
         segments = vertebra_segments(self.segmentation_node)
         fixed = {label for label in segments if label not in mapping}
         clash = fixed & set(mapping.values())
@@ -757,17 +676,9 @@ class VertebralFractureCase:
             for node in self.line_nodes():
                 old = int(node.GetAttribute(LABEL_ATTRIBUTE))
                 self._name_line(node, mapping.get(old, old), node.GetAttribute(HEIGHT_ATTRIBUTE))
-            for vertebra in self.case.vertebrae:
-                vertebra.label = mapping[vertebra.label]
-                vertebra.level = labels_mod.level_name(vertebra.label)
+            review.apply_level_mapping(self.case, mapping, old_label, new_label)
         finally:
             self._updating = False
-        self.case.level_corrections.append({"from": labels_mod.level_name(old_label),
-                                            "to": labels_mod.level_name(new_label)})
-        self.case.level_evidence.append(f"reviewer: {labels_mod.level_name(old_label)} is "
-                                        f"{labels_mod.level_name(new_label)}")
-        self.case.levels_status = "anchored"
-        regrade(self.case)
         self._publish()
         log.info("levels renumbered: %s is now %s", labels_mod.level_name(old_label), labels_mod.level_name(new_label))
 
@@ -836,7 +747,7 @@ class VertebralFractureCase:
     def screening_current(self) -> bool:
         """True when the stored screening saw the grades and morphologies in force now."""
         stored = self.screening()
-        return stored is not None and stored.get("grades") == _grades_in_force(self.case)
+        return stored is not None and stored.get("grades") == grades_in_force(self.case)
 
     def write_report(self, out_dir: str | Path, dicom_out: bool = False, deidentify: bool = False,
                      pseudonym: str = "", dicom_files: list | None = None, kvp: float | None = None,
@@ -898,7 +809,7 @@ class VertebralFractureCase:
         ct = ct if volume_is_ct else None
         # Screening fills trabecular HU of the live case; grades are read, never changed.
         screening = screen.screen_case(labels, ct, self.case, dicom=header or None)
-        stored = {"screening": screening.to_dict(), "grades": _grades_in_force(self.case), "written": {}}
+        stored = {"screening": screening.to_dict(), "grades": grades_in_force(self.case), "written": {}}
         # The writers scrub (de-identified export) or annotate (DICOM warnings) the case they get: give them a copy.
         written = pipeline.publish(CaseResult.from_dict(self.case.to_dict()), screening, labels, ct, out_dir,
                                    dicom_out=dicom_out, deidentify=deidentify, pseudonym=pseudonym)
@@ -916,11 +827,6 @@ class VertebralFractureCase:
         """Write this case in VerSe layout under ``folder`` (see :func:`export_verse_case`)."""
         labels = labels_from_segmentation(self.segmentation_node, self.volume_node)
         return export_verse_case(folder, volume_from_node(self.volume_node), labels, self.case, subject)
-
-
-def _grades_in_force(case: CaseResult) -> dict[str, list]:
-    """Level -> [grade, morphology] in force: what a screening saw, to tell when it is out of date."""
-    return {v.level: [v.final_grade, v.final_morphology] for v in case.vertebrae}
 
 
 def write_screening_report(case_or_table_node, out_dir: str | Path, dicom_out: bool = False,

@@ -322,10 +322,12 @@ def publish(case: CaseResult, screening, labels: Volume, ct: Volume | None, out_
 
 
 def analyze(request: AnalysisRequest, out_dir: str | Path | None = None, progress=None,
-            wait_s: float = 0.0) -> Analysis:
+            wait_s: float = 0.0, also_write=None) -> Analysis:
     """Run the whole analysis and, with ``out_dir``, publish its outputs there as one set.
 
     The output folder is locked before any work, so a second run on it is refused at once (or waits ``wait_s``).
+    ``also_write(analysis, staging) -> {name: path}`` adds files of a front end's own (batch: the review scene) to
+    the set before it is published.
     """
     from .outputs import OutputSet
 
@@ -340,6 +342,8 @@ def analyze(request: AnalysisRequest, out_dir: str | Path | None = None, progres
         written = write_files(analysis.case, analysis.screening, analysis.labels, analysis.ct, staging,
                               report=request.report and request.screen, dicom_out=request.dicom_out,
                               deidentify=request.deidentify, pseudonym=request.pseudonym)
+        if also_write is not None:
+            written.update(also_write(analysis, staging) or {})
     analysis.written = {name: output_set.path(Path(path).relative_to(staging).as_posix())
                         for name, path in written.items()}
     return analysis

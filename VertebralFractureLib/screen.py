@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -117,6 +118,18 @@ ACTION_ORDER = {"indeterminate": -1, "none": 0, "consider": 1, "dxa": 2, "refer"
 # --------------------------------------------------------------------------------------------------------------
 # Results
 # --------------------------------------------------------------------------------------------------------------
+class TrabecularMeasurement(NamedTuple):
+    """One vertebra's trabecular density as :func:`measure_density` found it, kept with what it was measured on
+    (the CT's voxel array, the ROI settings, the crop of the full grid and the region inside it) so a later step on
+    the same CT reuses it instead of measuring again."""
+
+    ct_array: np.ndarray
+    settings: RoiSettings
+    density: DensityMeasurement
+    crop: tuple
+    region: np.ndarray
+
+
 @dataclass
 class DensityMeasurement:
     level: str
@@ -760,12 +773,17 @@ def screen_case(labels: Volume, ct: Volume | None, case: CaseResult | None = Non
                 continue
             if vertebra.label > len(boxes) or boxes[vertebra.label - 1] is None:
                 continue
-            box = tuple(slice(max(b.start - 2, 0), min(b.stop + 2, n))
-                        for b, n in zip(boxes[vertebra.label - 1], labels.shape))
-            mask = labels.array[box] == vertebra.label
-            axis = _spine_axis_at(case, vertebra.label)
-            density, region = measure_density(_crop(ct, box), mask, anterior_axis(vertebra, axis), roi,
-                                              vertebra.level, vertebra.label)
+            measured = getattr(vertebra, "_trabecular", None)
+            if measured is not None and measured.ct_array is ct.array and measured.settings == roi:
+                # Measured with the body by measure.measure_case on this very CT: the same region, not again.
+                density, box, region = measured.density, measured.crop, measured.region
+            else:
+                box = tuple(slice(max(b.start - 2, 0), min(b.stop + 2, n))
+                            for b, n in zip(boxes[vertebra.label - 1], labels.shape))
+                mask = labels.array[box] == vertebra.label
+                axis = _spine_axis_at(case, vertebra.label)
+                density, region = measure_density(_crop(ct, box), mask, anterior_axis(vertebra, axis), roi,
+                                                  vertebra.level, vertebra.label)
             if roi_array is None:
                 roi_array = np.zeros(labels.shape, dtype=np.int16)
             roi_array[box][region] = vertebra.label

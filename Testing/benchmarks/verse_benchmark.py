@@ -1,4 +1,4 @@
-"""The benchmark command on the shared graded VerSe'19 subjects, literature thresholds beside LOSO-fitted ones.
+"""The benchmark command on the shared graded VerSe'19 subjects: predicted grade beside LOSO score thresholds.
 
     .venv/bin/python Testing/benchmarks/verse_benchmark.py [--data ../shared/data] [--out out/benchmark]
 """
