@@ -327,8 +327,6 @@ def _check_dicom_pixel_data(dataset, file: Path) -> None:
     marker gives it away. Damage inside a frame that keeps the markers cannot be seen: lossless JPEG 2000 carries
     no checksum.
     """
-    from pydicom.encaps import generate_frames
-
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     transfer_syntax = dataset.file_meta.get("TransferSyntaxUID")
     if transfer_syntax is None or not transfer_syntax.is_encapsulated:
@@ -341,7 +339,7 @@ def _check_dicom_pixel_data(dataset, file: Path) -> None:
     if str(transfer_syntax) not in _JPEG_FAMILY_SYNTAXES:
         return
     try:
-        encoded = list(generate_frames(dataset.PixelData, number_of_frames=frames))
+        encoded = _encapsulated_frames(dataset.PixelData, frames)
     except Exception as error:  # pydicom raises ValueError or its own errors for broken encapsulation
         raise InputError(file, f"has damaged compressed pixel data ({_first_line(error)})") from None
     for index, frame in enumerate(encoded):
@@ -395,6 +393,17 @@ def scan_dicom_folder(folder: Path) -> dict[str, object]:
 def _has_dicom_preamble(file: Path) -> bool:
     with open(file, "rb") as handle:
         return handle.read(132)[128:132] == b"DICM"
+
+
+def _encapsulated_frames(pixel_data: bytes, frames: int) -> list[bytes]:
+    """The encoded frames of encapsulated pixel data (pydicom 3, or pydicom 2.4 as Slicer bundles it)."""
+    try:
+        from pydicom.encaps import generate_frames
+    except ImportError:
+        from pydicom.encaps import generate_pixel_data_frame
+
+        return list(generate_pixel_data_frame(pixel_data, frames))
+    return list(generate_frames(pixel_data, number_of_frames=frames))
 
 
 def check_dicom_series(folder: Path, files: list[str], headers: dict) -> dict:
