@@ -33,6 +33,13 @@ def shared_file():
     return locate
 
 
+@pytest.fixture(autouse=True)
+def _private_model_cache(tmp_path_factory, monkeypatch):
+    """Every test starts with an empty model cache: `analyze --backend auto` must not pick a model the developer
+    happens to have installed (tests that need one install it into their own cache)."""
+    monkeypatch.setenv("VERTEBRAL_FRACTURE_CACHE", str(tmp_path_factory.mktemp("model-cache")))
+
+
 @pytest.fixture()
 def tmp_out(tmp_path):
     out = tmp_path / "out"

@@ -104,6 +104,21 @@ def make_wholebody_bundle(folder: Path, init_filters: int = 8, roi_size: int = 3
     return folder
 
 
+def constant_class_state(channel: int, init_filters: int = 8) -> dict:
+    """Tiny SegResNet weights whose output is ``channel`` everywhere: last conv zeroed, bias favours that channel."""
+    import torch
+    from monai.networks.nets import SegResNet
+
+    network = SegResNet(spatial_dims=3, in_channels=1, out_channels=105, init_filters=init_filters,
+                        blocks_down=(1, 1, 1, 1), blocks_up=(1, 1, 1), dropout_prob=0.2)
+    state = network.state_dict()
+    state["conv_final.2.conv.weight"].zero_()
+    bias = torch.zeros(105)
+    bias[channel] = 5.0
+    state["conv_final.2.conv.bias"] = bias
+    return state
+
+
 def zip_folder(folder: Path, archive: Path, wrapper: str | None = None) -> Path:
     """Zip ``folder`` (inside a wrapper folder, as Model Zoo archives are) into ``archive``."""
     folder = Path(folder)

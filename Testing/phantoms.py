@@ -28,7 +28,7 @@ from scipy.spatial.transform import Rotation
 from VertebralFractureLib import labels as labels_mod
 from VertebralFractureLib.grade import RELATIVE_NORMAL_HEIGHT
 from VertebralFractureLib.io import Volume
-from VertebralFractureLib.measure import SIDE_LINE_OFFSETS_MM
+from VertebralFractureLib.measure import HEIGHT_BANDS, LINE_FRACTIONS, PLANE_BAND_FRACTION, PLANE_STEP_MM
 
 BODY_WIDTH_MM = 44.0
 BODY_DEPTH_MM = 34.0
@@ -49,11 +49,6 @@ class PhantomTruth:
 
 def _grade_of(reduction: float) -> int:
     return sum(reduction >= t for t in (0.20, 0.25, 0.40))
-
-
-def _band(fraction_from_posterior: np.ndarray, h: np.ndarray, low: float, high: float, pick):
-    inside = (fraction_from_posterior >= low - 1e-9) & (fraction_from_posterior <= high + 1e-9)
-    return float(pick(h[inside]))
 
 
 def _height_profile(kind: str, reduction: float, height: float, s: np.ndarray, x: np.ndarray) -> tuple:
@@ -161,25 +156,22 @@ def make_spine(
     )
 
     truth = PhantomTruth(trabecular_hu=trabecular_hu, superior_axis_ras=anatomy @ np.array([0.0, 0.0, 1.0]))
-    fractions = np.round(np.arange(0.10, 0.9001, 0.025), 4)
+    # Truth at the measurement's definition: parasagittal planes across the central band of the body's width, each
+    # with its own walls (the ellipse is shallower off the midline), medians of the endplates over the planes.
+    count = int(PLANE_BAND_FRACTION * BODY_WIDTH_MM / 2 / PLANE_STEP_MM)
+    plane_x = PLANE_STEP_MM * np.arange(-count, count + 1)
+    shallower = np.sqrt(1.0 - (plane_x / (BODY_WIDTH_MM / 2)) ** 2)
+    s_on_planes = 0.5 + (LINE_FRACTIONS[None, :] - 0.5) * shallower[:, None]
+    x_on_planes = np.broadcast_to(plane_x[:, None], s_on_planes.shape)
     for level in levels:
         kind, reduction = deformities.get(level, ("normal", 0.0))
         height = heights[level]
-        # Truth at the measurement's definition, on the mid-sagittal line (x = 0, side lines averaged as measure does).
-        line_heights = []
-        for f in fractions:
-            tops, bottoms = [], []
-            for dx in SIDE_LINE_OFFSETS_MM:
-                t, bt = _height_profile(kind, reduction, height, np.array([f]), np.array([dx]))
-                tops.append(float(t[0]))
-                bottoms.append(float(bt[0]))
-            line_heights.append(np.mean(tops) - np.mean(bottoms))
-        line_heights = np.array(line_heights)
-        truth.heights_mm[level] = {
-            "anterior": _band(fractions, line_heights, 0.75, 0.90, np.max),
-            "middle": _band(fractions, line_heights, 0.35, 0.65, np.min),
-            "posterior": _band(fractions, line_heights, 0.10, 0.25, np.max),
-        }
+        tops, bottoms = _height_profile(kind, reduction, height, s_on_planes, x_on_planes)
+        line_heights = np.median(tops, axis=0) - np.median(bottoms, axis=0)
+        truth.heights_mm[level] = {}
+        for name, (low, high) in HEIGHT_BANDS:
+            band = line_heights[(LINE_FRACTIONS >= low - 1e-9) & (LINE_FRACTIONS <= high + 1e-9)]
+            truth.heights_mm[level][name] = float(np.sort(band)[len(band) // 2])
         truth.grades[level] = _grade_of(reduction)
         truth.morphology[level] = kind if truth.grades[level] >= 1 else "normal"
     if noise_hu:

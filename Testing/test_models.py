@@ -1,7 +1,10 @@
-"""The models command and cache: consent, pinned SHA-256, atomic install; served from file:// and 127.0.0.1."""
+"""The models command and cache: consent, the publisher's pinned hash, atomic install; served from file:// and from
+an HTTP server on 127.0.0.1 that stands in for the Model Zoo's host."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import http.server
 import json
 import threading
@@ -39,6 +42,58 @@ def _use_registry(tmp_path, monkeypatch, entries: list[dict]):
 
 def _entry(name, url, sha256):
     return {"name": name, "title": f"test bundle {name}", "url": url, "sha256": sha256, "version": "0.1.9"}
+
+
+def _sha1(path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+class _ModelHost(http.server.BaseHTTPRequestHandler):
+    """Serves ``files`` by name; a name in ``truncated`` announces its full length but sends half and hangs up."""
+
+    files: dict[str, bytes] = {}
+    truncated: set[str] = set()
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        name = self.path.rsplit("/", 1)[-1]
+        if name not in self.files:
+            self.send_error(404)
+            return
+        body = self.files[name]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/zip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if name in self.truncated else body)
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def model_host():
+    """An HTTP server on 127.0.0.1 in a thread; returns (base URL, files dict, truncated set)."""
+    handler = type("Host", (_ModelHost,), {"files": {}, "truncated": set()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v2/models/files", handler.files, handler.truncated
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _point_builtin_entry_at(monkeypatch, url: str, sha1: str):
+    """The built-in wholeBody_ct_segmentation entry, with its URL and SHA-1 moved to the local host."""
+    entry = models.REGISTRY["wholeBody_ct_segmentation"]
+    monkeypatch.setitem(models.REGISTRY, entry.name, dataclasses.replace(entry, url=url, hash_val=sha1))
+
+
+def _cache_is_empty(cache) -> bool:
+    folder = cache / "models"
+    return not folder.exists() or not any(folder.iterdir())
 
 
 def test_cache_folder_follows_the_environment(cache, monkeypatch):
@@ -94,20 +149,103 @@ def test_cli_download_over_http_from_localhost(tmp_path, cache, monkeypatch, bun
 def test_checksum_mismatch_discards_the_download(tmp_path, cache, monkeypatch, bundle_archive, capsys):
     _use_registry(tmp_path, monkeypatch, [_entry("wb", bundle_archive.as_uri(), "ab" * 32)])
     assert cli.main(["models", "download", "wb", "--yes", "-q"]) == 2
-    assert "does not match the pinned" in capsys.readouterr().err
+    assert "SHA256 does not match the pinned" in capsys.readouterr().err
     assert not any((cache / "models").iterdir())  # nothing installed, no partial file
 
 
-def test_no_pinned_sha256_is_refused_unless_given(tmp_path, cache, monkeypatch, bundle_archive):
-    # The built-in entry for the public bundle has no published SHA-256: refused before any network access.
-    with pytest.raises(models.ModelError, match="no SHA-256 is pinned for wholeBody_ct_segmentation"):
-        models.download("wholeBody_ct_segmentation", consent=True)
-    assert models.REGISTRY["wholeBody_ct_segmentation"].url.startswith("https://github.com/Project-MONAI/")
+def test_builtin_entry_pins_the_model_zoo_url_and_sha1():
+    """The Model Zoo's models/model_info.json entry "wholeBody_ct_segmentation_v0.2.5": its source and checksum."""
+    entry = models.REGISTRY["wholeBody_ct_segmentation"]
+    assert entry.archive_hash() == ("sha1", "d3be077219fea4ac9630efddd81c19e0676bf206")
+    assert entry.url == ("https://api.ngc.nvidia.com/v2/models/nvidia/monaihosting/wholebody_ct_segmentation/"
+                         "versions/0.2.5/files/wholeBody_ct_segmentation_v0.2.5.zip")
+    assert entry.version == "0.2.5" and "model_info.json" in entry.hash_source
+
+
+def test_builtin_entry_downloads_from_a_local_host_with_its_sha1(cache, monkeypatch, tmp_path, model_host, capsys,
+                                                                shared_file):
+    """`models download wholeBody_ct_segmentation --yes` against a stand-in host: no hash to give by hand; the
+    weights' SHA-256 is recorded and the backend loads them (weights only) by name; `analyze` then picks it."""
+    pytest.importorskip("monai")
+    from deep_builders import constant_class_state, make_wholebody_bundle, zip_folder
+
+    bundle = make_wholebody_bundle(tmp_path / "build" / "wholeBody_ct_segmentation",
+                                   state_dict=constant_class_state(23), checksums=False)  # T12 everywhere
+    archive = zip_folder(bundle, tmp_path / "wholeBody_ct_segmentation_v0.2.5.zip")
+    base, files, _truncated = model_host
+    files[archive.name] = archive.read_bytes()
+    _point_builtin_entry_at(monkeypatch, f"{base}/{archive.name}", _sha1(archive))
+
+    assert cli.main(["models", "download", "wholeBody_ct_segmentation", "--yes", "-q"]) == 0
+    folder = cache / "models" / "wholeBody_ct_segmentation"
+    assert "installed wholeBody_ct_segmentation" in capsys.readouterr().out
+    source = json.loads((folder / "source.json").read_text())
+    assert source["archive_hash_type"] == "sha1" and source["archive_hash"] == _sha1(archive)
+    weights = folder / "models" / "model_lowres.pt"
+    assert models.read_checksums(folder) == {"models/model_lowres.pt": models.sha256_file(weights)}
+    assert source["weights_sha256"] == models.read_checksums(folder)
+    assert sorted(p.name for p in (cache / "models").iterdir()) == ["wholeBody_ct_segmentation"]
+
+    from VertebralFractureLib.segment import monai_backend
+
+    loaded = monai_backend.load_model(None)  # the default model, from the cache, checksum verified
+    assert loaded.folder == folder and loaded.weights_sha256 == models.sha256_file(weights)
+
+    out = tmp_path / "analysis"
+    ct = shared_file("tptbox/sub-ct_label-22_ct.nii.gz")
+    code = cli.main(["analyze", "--ct", str(ct), "--out", str(out), "--device", "cpu", "-q"])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["segmentation_backend"] == "monai"
+    assert "wholeBody_ct_segmentation is installed" in results["segmentation_backend_reason"]
+    assert results["segmentation_backend_details"]["weights_sha256"] == models.sha256_file(weights)
+
+
+@pytest.mark.parametrize("defect", ["sha1 mismatch", "partial download", "member outside the folder",
+                                    "symbolic link member", "not a zip"])
+def test_bad_downloads_are_refused_and_leave_nothing(defect, cache, monkeypatch, tmp_path, model_host, capsys,
+                                                     bundle_archive):
+    base, files, truncated = model_host
+    archive = bundle_archive
+    if defect == "member outside the folder":
+        archive = tmp_path / "slip.zip"
+        with zipfile.ZipFile(archive, "w") as handle:
+            handle.writestr("wholeBody_ct_segmentation/configs/inference.json", "{}")
+            handle.writestr("../../outside.txt", "x")
+    elif defect == "symbolic link member":
+        archive = tmp_path / "link.zip"
+        with zipfile.ZipFile(archive, "w") as handle:
+            link = zipfile.ZipInfo("wholeBody_ct_segmentation/models/model.pt")
+            link.external_attr = (0o120777 << 16)
+            handle.writestr(link, "/etc/passwd")
+    elif defect == "not a zip":
+        archive = tmp_path / "page.zip"
+        archive.write_text("<html>not found</html>")
+    files[archive.name] = archive.read_bytes()
+    if defect == "partial download":
+        truncated.add(archive.name)
+    sha1 = "0" * 40 if defect == "sha1 mismatch" else _sha1(archive)
+    _point_builtin_entry_at(monkeypatch, f"{base}/{archive.name}", sha1)
+
+    assert cli.main(["models", "download", "wholeBody_ct_segmentation", "--yes", "-q"]) == 2
+    captured = capsys.readouterr()
+    error = captured.err.strip()
+    assert error.startswith("error:") and "\n" not in error and "nothing was installed" in error, error
+    expected = {"sha1 mismatch": "SHA1 does not match the pinned", "partial download": "download failed",
+                "member outside the folder": "outside the install folder",
+                "symbolic link member": "outside the install folder", "not a zip": "not a zip archive"}[defect]
+    assert expected in error
+    assert _cache_is_empty(cache)  # no archive, no staging folder, no half-unpacked bundle
+    assert not (tmp_path / "outside.txt").exists() and not (cache / "outside.txt").exists()
+
+
+def test_user_given_sha256_replaces_the_pinned_hash(tmp_path, cache, monkeypatch, bundle_archive):
     _use_registry(tmp_path, monkeypatch, [_entry("wb", bundle_archive.as_uri(), None)])
-    with pytest.raises(models.ModelError, match="--sha256"):
+    with pytest.raises(models.ModelError, match="no hash is pinned for wb"):
         models.download("wb", consent=True)
     folder = models.download("wb", consent=True, sha256=models.sha256_file(bundle_archive).upper())
     assert models.model_kind(folder) == "monai-bundle"
+    assert json.loads((folder / "source.json").read_text())["archive_hash_type"] == "sha256"
 
 
 def test_download_needs_consent(tmp_path, cache, monkeypatch, bundle_archive):
@@ -124,16 +262,6 @@ def test_download_needs_consent(tmp_path, cache, monkeypatch, bundle_archive):
     assert not (cache / "models" / "wb").exists()
     assert models.download("wb").is_dir()
     assert bundle_archive.as_uri() in questions[0] and str(cache / "models" / "wb") in questions[0]
-
-
-def test_archive_escaping_the_install_folder_is_refused(tmp_path, cache, monkeypatch):
-    archive = tmp_path / "evil.zip"
-    with zipfile.ZipFile(archive, "w") as handle:
-        handle.writestr("../outside.txt", "x")
-    _use_registry(tmp_path, monkeypatch, [_entry("evil", archive.as_uri(), models.sha256_file(archive))])
-    with pytest.raises(models.ModelError, match="outside the install folder"):
-        models.download("evil", consent=True)
-    assert not (cache / "outside.txt").exists() and not (cache / "models" / "evil").exists()
 
 
 def test_unreachable_url_is_a_one_line_error(tmp_path, cache, monkeypatch, capsys):

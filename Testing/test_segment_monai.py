@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 
 from deep_builders import WHOLEBODY_CHANNELS, make_wholebody_bundle  # noqa: E402
+from deep_builders import constant_class_state as _constant_class_state  # noqa: E402
 
 from VertebralFractureLib import io, labels, models  # noqa: E402
 from VertebralFractureLib.errors import InputError, VertebralFractureError  # noqa: E402
@@ -20,20 +21,6 @@ from VertebralFractureLib.segment import monai_backend as mb  # noqa: E402
 
 TPTBOX_CT = "tptbox/sub-ct_label-22_ct.nii.gz"
 TPTBOX_MASK = "tptbox/sub-ct_seg-vert_label-22_msk.nii.gz"
-
-
-def _constant_class_state(channel: int, init_filters: int = 8) -> dict:
-    """SegResNet weights whose output is ``channel`` everywhere: last conv zeroed, bias favours that channel."""
-    from monai.networks.nets import SegResNet
-
-    network = SegResNet(spatial_dims=3, in_channels=1, out_channels=105, init_filters=init_filters,
-                        blocks_down=(1, 1, 1, 1), blocks_up=(1, 1, 1), dropout_prob=0.2)
-    state = network.state_dict()
-    state["conv_final.2.conv.weight"].zero_()
-    bias = torch.zeros(105)
-    bias[channel] = 5.0
-    state["conv_final.2.conv.bias"] = bias
-    return state
 
 
 def test_wholebody_channel_names_map_to_verse_ids():

@@ -89,7 +89,7 @@ class VertebralFractureParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     inputSegmentation: vtkMRMLSegmentationNode
-    backend: Annotated[str, Choice(["classical", "monai", "totalsegmentator"])] = "classical"
+    backend: Annotated[str, Choice(["Automatic", "classical", "monai", "totalsegmentator"])] = "Automatic"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     caseTable: vtkMRMLTableNode
     exportFolder: Path = Path.home() / "VertebralFracture-dataset"
@@ -253,7 +253,7 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 with slicer.util.tryWithErrorDisplay(_("Measuring failed."), waitCursor=True):
                     case = self.logic.analyze(self._jobVolumeNode, labels=job.labels(), case=job.case())
                     self._showCase(case)
-                    self.ui.statusLabel.text = _("Done")
+                    self.ui.statusLabel.text = _("Done: {backend}").format(backend=job.backend_summary())
             elif state == process.CANCELLED:
                 self.ui.statusLabel.text = _("Cancelled")
             else:
@@ -442,17 +442,17 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
 
     # ---- analysis -----------------------------------------------------------------------------------------
 
-    def startSegmentation(self, volumeNode, backend: str = "classical", device: str = "auto", onProgress=None):
+    def startSegmentation(self, volumeNode, backend: str = "Automatic", device: str = "auto", onProgress=None):
         """Start segmenting in a child process (``PythonSlicer -m VertebralFractureLib analyze``); returns the job."""
-        from VertebralFractureLib import mrml, process
+        from VertebralFractureLib import mrml, process, segment
 
-        if backend == "monai" and not self.ensureTorch():
+        if segment.needs_torch(backend) and not self.ensureTorch() and backend == "monai":
             raise RuntimeError(_("PyTorch is not available"))
         job = process.SegmentationJob(mrml.volume_from_node(volumeNode), backend=backend, device=device,
                                       on_progress=onProgress)
         return job.start()
 
-    def segment(self, volumeNode, backend: str = "classical", device: str = "auto", onProgress=None,
+    def segment(self, volumeNode, backend: str = "Automatic", device: str = "auto", onProgress=None,
                 timeout: float | None = None):
         """Blocking analysis in the child process: (VerSe-id label volume on the CT grid, the child's CaseResult)."""
         job = self.startSegmentation(volumeNode, backend, device, onProgress)
@@ -462,7 +462,7 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
         finally:
             job.cleanup()
 
-    def analyze(self, volumeNode, segmentationNode=None, labels=None, backend: str = "classical",
+    def analyze(self, volumeNode, segmentationNode=None, labels=None, backend: str = "Automatic",
                 device: str = "auto", case=None):
         """Measure and grade a CT; vertebrae from a segmentation node, a label volume, or segmented here. ``case``: the
         child's results on ``labels``, shown as they are (the same pipeline as the command line and batch)."""

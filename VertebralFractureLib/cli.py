@@ -116,7 +116,7 @@ def request_from_args(args: argparse.Namespace, **overrides):
         "seg": getattr(args, "seg", None),
         "series": getattr(args, "series", None),
         "labels": getattr(args, "labels", "auto"),
-        "backend": getattr(args, "backend", "classical"),
+        "backend": getattr(args, "backend", "auto"),
         "device": getattr(args, "device", "auto"),
         "anchor": getattr(args, "anchor", None),
         "anchor_point": getattr(args, "anchor_point", None),
@@ -152,8 +152,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
 def print_analysis(analysis) -> None:
     """The run's summary on stdout: levels and how they were named, grades, screening, files written."""
     from .report import levels_line
+    from .segment import describe_backend
 
     case = analysis.case
+    if case.segmentation_backend:
+        print("segmentation: " + describe_backend(case.segmentation_backend, case.segmentation_backend_reason,
+                                                  case.segmentation_backend_details))
     line = levels_line(case)
     if line:
         print(line)

@@ -21,8 +21,8 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seg-dir", type=Path, help="folder of label maps matched to the cases by name")
     parser.add_argument("--labels", default="auto", choices=LABEL_CONVENTIONS,
                         help="label convention of the label maps (default: auto)")
-    parser.add_argument("--backend", default="classical", choices=["classical", "monai", "totalsegmentator"],
-                        help="segmentation backend for cases without a label map (default: classical)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "classical", "monai", "totalsegmentator"],
+                        help="segmentation backend for cases without a label map (default: auto, as for analyze)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--no-report", action="store_true",
                         help="measurements only: no screening, no report.html/pdf, no screening.json")

@@ -27,19 +27,26 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all-channels", action="store_true",
                         help="monai backend: blend every output channel of the network (exact argmax over all "
                              "structures; about 4x the memory for the whole-body bundle)")
-    parser.add_argument("--fast", action="store_true", help="totalsegmentator backend: its 3 mm model")
-    parser.add_argument("--allow-download", action="store_true",
-                        help="totalsegmentator backend: let it download its weights if they are missing")
+    parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                        help="totalsegmentator backend: its 3 mm model (--fast) or its 1.5 mm model (--no-fast); "
+                             "default: 3 mm for CTs with slices 2.5 mm apart or more, else 1.5 mm")
+    parser.add_argument("--no-download", dest="allow_download", action="store_false",
+                        help="totalsegmentator backend: do not let it download missing weights (it does by default)")
+    parser.add_argument("--allow-download", dest="allow_download", action="store_true", help=argparse.SUPPRESS)
 
 
 def backend_options(args: argparse.Namespace) -> dict:
     """Keyword options for :func:`VertebralFractureLib.segment.get_backend` from :func:`add_backend_arguments`."""
     backend = getattr(args, "backend", "monai")
+    monai = {"model": args.model, "model_sha256": args.model_sha256, "highres": False if args.lowres else None,
+             "amp": not args.no_amp, "all_channels": args.all_channels}
+    totalsegmentator = {"fast": args.fast, "allow_download": args.allow_download}
     if backend == "monai":
-        return {"model": args.model, "model_sha256": args.model_sha256, "highres": False if args.lowres else None,
-                "amp": not args.no_amp, "all_channels": args.all_channels}
+        return monai
     if backend == "totalsegmentator":
-        return {"fast": args.fast, "allow_download": args.allow_download}
+        return totalsegmentator
+    if backend == "auto":
+        return {**monai, **totalsegmentator}
     return {}
 
 
@@ -52,8 +59,8 @@ def _add_models_arguments(parser: argparse.ArgumentParser) -> None:
     download = verbs.add_parser("download", help="download and install a public model (asks first)")
     download.add_argument("name", help="registry name, e.g. wholeBody_ct_segmentation")
     download.add_argument("--yes", action="store_true", help="consent to the download without being asked")
-    download.add_argument("--sha256", metavar="HEX", help="expected SHA-256 of the archive (needed when the "
-                                                         "registry pins none)")
+    download.add_argument("--sha256", metavar="HEX", help="expected SHA-256 of the archive, replacing the hash the "
+                                                         "registry pins (a mirror, a newer archive)")
     download.add_argument("--force", action="store_true", help="reinstall even if already installed")
     remove = verbs.add_parser("remove", help="delete an installed model from the cache folder")
     remove.add_argument("name")
@@ -94,15 +101,14 @@ def cmd_models(args: argparse.Namespace) -> int:
         print("available for download (only on request):")
         names = {m.name for m in installed}
         for entry in entries.values():
-            pinned = "SHA-256 pinned" if entry.sha256 else "no SHA-256 pinned: needs --sha256"
+            pinned_hash = entry.archive_hash()
+            pinned = f"{pinned_hash[0].upper()} pinned" if pinned_hash else "no hash pinned: needs --sha256"
             mark = "installed" if entry.name in names else pinned
             print(f"  {entry.name:<28} {entry.title} [{mark}]")
         return 0
     if args.verb == "download":
-        progress = Progress(not args.quiet)
         folder = models.download(args.name, consent=args.yes, sha256=args.sha256, force=args.force,
-                                 progress=progress)
-        progress.close()
+                                 progress=not args.quiet)
         print(json.dumps({"installed": str(folder)}) if as_json else f"installed {args.name} in {folder}")
         return 0
     if args.verb == "remove":
@@ -130,7 +136,8 @@ def _add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ct", required=True, metavar="CT", help="CT volume (NIfTI, NRRD, MetaImage or DICOM folder)")
     parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID when the DICOM folder holds several")
     parser.add_argument("--out", required=True, metavar="FILE", help="label map to write (.nii.gz), on the CT grid")
-    parser.add_argument("--backend", default="monai", choices=["monai", "totalsegmentator"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "monai", "totalsegmentator"],
+                        help="auto: TotalSegmentator when installed, else an installed MONAI model (default)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_backend_arguments(parser)
 
@@ -150,6 +157,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     io.write_nifti(output.labels, args.out)
     progress.close()
     present = [int(v) for v in np.unique(output.labels.array) if v != 0]
+    print(f"segmentation: {output.backend} ({output.backend_reason})")
     print(f"levels: {', '.join(labels.level_name(v) for v in labels.neighbours_in_order(present)) or 'none'}")
     for line in output.level_evidence + output.warnings:
         print(line)

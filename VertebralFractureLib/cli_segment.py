@@ -35,8 +35,9 @@ def add_analyze_arguments(parser: argparse.ArgumentParser, single_case: bool = T
         parser.add_argument("-i", "--ct", required=True, metavar="CT",
                             help="CT volume in Hounsfield units (NIfTI, NRRD, MetaImage or a DICOM series folder)")
         add_output_argument(parser)
-    parser.add_argument("--backend", default="classical", choices=["classical", "monai", "totalsegmentator"],
-                        help="segmentation backend (default: classical, no downloaded weights, CPU)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "classical", "monai", "totalsegmentator"],
+                        help="segmentation backend (default: auto = TotalSegmentator when installed, else an "
+                             "installed MONAI model, else the weight-free classical backend)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="device for backends that use one (default: auto)")
     if single_case:

@@ -1,6 +1,7 @@
 """Downloads from public locations: streamed, checked against a pinned SHA-256, written atomically.
 
-Used by :mod:`.models` (model archives) and :mod:`.benchmark` (the public VerSe sample). Nothing here decides
+Used by :mod:`.benchmark` (the public VerSe sample; model archives go through MONAI's ``download_url``, see
+:mod:`.models`) and for file hashes. Nothing here decides
 whether a download is allowed: callers ask for consent first. A file is only ever seen under its final name after
 its SHA-256 matched; a failed or interrupted download leaves nothing behind.
 """

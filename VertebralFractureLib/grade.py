@@ -1,36 +1,47 @@
-"""Genant semi-quantitative grade and morphology from quantitative-morphometry heights.
+"""Genant semi-quantitative grade, morphology and a continuous fracture score from morphometry heights.
 
-All rules and thresholds live here.
+All rules and thresholds live here, each named and cited.
 
-Genant et al., JBMR 1993: a vertebra is graded by its height reduction against the height it is expected to have:
-grade 0 < 20 %, grade 1 (mild) 20–25 %, grade 2 (moderate) 25–40 %, grade 3 (severe) > 40 %.
+Heights Ha, Hm, Hp (anterior, middle, posterior; see measure.py) give six reductions, each against what a normal
+vertebra *of that level* has:
 
-Five height reductions are measured (Ha, Hm, Hp: anterior, middle, posterior heights, see measure.py):
+* **own shape** (McCloskey 1993, Eastell 1991): ``1 - ratio / normal_ratio`` for the wedge ratio Ha/Hp and the
+  biconcavity ratios Hm/Hp and Hm/Ha, with per-level normal means (:data:`NORMAL_SHAPE`): normal mid-thoracic
+  vertebrae are wedged (Ha/Hp about 0.90), normal lower lumbar ones are anteriorly taller (L5 about 1.1), and the
+  middle of a normal endplate is lower than its rim. The biconcave reduction is the larger of the two (the middle
+  height against the wall that kept its height).
+* **against the neighbours** (Genant's "expected height"; McCloskey's predicted posterior height): for each of Ha,
+  Hm, Hp, ``1 - H / H_expected``, the expected height coming from adjacent levels (up to two above and two below)
+  that are themselves of normal shape, each scaled by the normal ratio of the two levels' heights
+  (:data:`RELATIVE_NORMAL_HEIGHT`); the largest estimate is used, so a short (crushed) neighbour does not lower the
+  expectation. This is the only way a crush fracture (all heights lost) shows.
 
-* **own shape, wedge**: ``1 - (Ha/Hp) / r_a`` — the anterior height against the posterior height, where ``r_a`` is
-  the ratio a normal vertebra of that level has: normal mid-thoracic vertebrae at the kyphosis apex are slightly
-  wedged (Ha/Hp about 0.85–0.95, DOMAIN.md), so at T5–T10 ``r_a`` is 0.90, elsewhere 1.0. Anteriorly taller
-  vertebrae (L5) are not a reduction.
-* **own shape, biconcave**: ``1 - Hm / ((Ha + Hp) / 2)`` — the middle height against the height a vertebra with
-  flat endplates would have there, halfway between its walls (this is Hm/Hp where Ha = Hp, and stays right for the
-  trapezoid lumbar vertebrae of a lordosis).
-* **against the neighbours**, for each of Ha, Hm, Hp: ``1 - H / H_expected``. The expected height comes from the
-  adjacent levels (up to two above and two below) that are themselves of normal shape, each scaled by the normal
-  ratio of the two levels' heights (vertebrae grow taller caudally, about 3–4 % a level through the thoracic spine,
-  little in the lumbar spine; :data:`RELATIVE_NORMAL_HEIGHT`); the largest estimate is used, so one short
-  (fractured) neighbour does not lower the expectation. This is Genant's "reduction against the expected height" and
-  the only way a crush fracture (all heights lost) shows.
+**Two criteria** (McCloskey 1993: a deformity must meet an SD criterion and a second criterion, which cuts false
+positives where normal shapes vary widely): a reduction counts only when its ratio is also at least
+:data:`SD_CRITERION` standard deviations below the level's normal mean. The SD is the population's
+(:data:`NORMAL_SHAPE_SD`, :data:`NEIGHBOUR_RATIO_SD`) combined with the measurement's own: a binary mask places each
+endplate only to within one voxel along the spine (:func:`measurement_sd`), which on 3 mm slices is as large as the
+population's. The largest reduction that counts gives the **Genant grade** through Genant's bands
+(Genant 1993: 20, 25, 40 %), after :data:`REDUCTION_SCALE` (see there). A **severe** call (grade 3) must agree with an
+independent measure: the body's mid-sagittal area must be at least :data:`SEVERE_AREA_DEFICIT` below the area
+expected from its normal neighbours; otherwise the vertebra is graded 2.
 
-The largest reduction gives the grade. The morphology names the height that lost most: anterior — wedge, middle —
-biconcave, posterior (or all heights alike) — crush. Below 20 % the vertebra is "normal". Comparing a vertebra's
-own heights only (min/max) would over-call normal spines: the height differences of a normal lumbar spine reach
-0.16–0.22 that way. Here a wall-height ratio counts only against what is normal for that level, and loss of height
-only against the neighbours.
+The **fracture score** is the largest reduction of the six (before scaling, whether or not it meets the SD
+criterion): continuous, higher for more likely fractured vertebrae, the score an ROC curve is drawn from.
+
+The morphology names the height that lost most: anterior - wedge, middle - biconcave, posterior (or all heights
+alike against the neighbours) - crush. Comparing a vertebra's own heights only (min/max) would over-call normal
+spines: the height differences of a normal lumbar spine reach 0.16-0.22 that way.
+
+Grading is defined for T4-L5 (:data:`GRADED_LEVELS`); cervical levels, the sacrum and the coccyx are listed as not
+assessed, T1-T3 on request.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from . import labels as labels_mod
 from .results import PatientSummary, VertebraResult
@@ -69,12 +80,89 @@ RELATIVE_NORMAL_HEIGHT = {
 }
 
 
+NORMAL_SHAPE = {
+    # level: (Ha/Hp mean, Hm/Hp mean); SDs in NORMAL_SHAPE_SD.
+    "T4": (0.92, 0.93),
+    "T5": (0.91, 0.93),
+    "T6": (0.90, 0.93),
+    "T7": (0.89, 0.93),
+    "T8": (0.90, 0.93),
+    "T9": (0.96, 0.93),
+    "T10": (0.96, 0.93),
+    "T11": (0.94, 0.92),
+    "T12": (0.95, 0.92),
+    "L1": (0.96, 0.91),
+    "L2": (0.99, 0.91),
+    "L3": (1.02, 0.91),
+    "L4": (1.04, 0.91),
+    "L5": (1.11, 0.91),
+}
+"""Normal vertebral shape by level, as measured here (heights inside the walls, at 20 % and 80 % of the depth).
+
+Ha/Hp, T9-L5: from the CT wedge angles of normal vertebral bodies in women (Eur Spine J 2010, quoted in DOMAIN.md:
+T9 2.8, T10 2.6, T11 4.6, T12 3.5, L1 2.6, L2 0.7, L3 -1.1, L4 -3.1, L5 -7.8 degrees, positive = anterior shorter),
+converted with ``Ha/Hp = 1 - 0.6 D tan(angle) / Hp`` for the 0.6 D between the two height lines (typical depth D
+28-35 mm, Hp 21-26 mm); L5 agrees with the CT heights of normal L5 (Ha 30.3, Hp 26.3 mm). T4-T8: the normal wedging
+at the kyphosis apex (Ha/Hp about 0.85-0.95, DOMAIN.md; Eastell 1991 and McCloskey 1993 report per-level means of this
+order on radiographs). Hm/Hp: radiographic normal central-to-posterior ratios of about 0.91-0.93 (Eastell 1991,
+McCloskey 1993, EVOS: values differ by sex and centre). **The per-level values were not verified in the primary
+texts here**; they were checked against the vertebrae the radiologists graded 0 in the shared VerSe masks
+(Testing/benchmarks/validate_grades.py prints their z-scores). Hm/Ha follows as (Hm/Hp) / (Ha/Hp)."""
+NORMAL_SHAPE_SD = 0.05
+"""SD of a normal height ratio, as a fraction of its mean: radiographic morphometry reports SDs of Ha/Hp and Hm/Hp of
+about 0.04-0.06 at every level (Eastell 1991; McCloskey 1993; EVOS); not verified per level in the primary texts."""
+NEIGHBOUR_RATIO_SD = 0.06
+"""SD of a height against the height predicted from the neighbours (McCloskey 1993's posterior-height criterion;
+about 0.05-0.07 in the EVOS Hp/Hp-above and Hp/Hp-below ratios); not verified in the primary texts."""
+SD_CRITERION = 3.0
+"""A reduction counts only where its ratio is at least this many SDs below the normal mean (McCloskey 1993; Eastell
+1991 grade 1 deformity: 3 SD)."""
+REDUCTION_SCALE = 1.2
+"""Factor from a reduction measured here to the reduction a radiologist's Genant grade reflects: the only number
+fitted to grades. Heights read on a mask, inside the walls and as medians over several planes, show less loss than a
+radiologist's visual estimate on the mid-sagittal image. Fitted on the 30 graded vertebrae of the five shared VerSe'19
+subjects (smallest mean absolute grade error over 1.00-2.00): 1.20 on all five, 1.15-1.20 leaving each subject out;
+the leave-one-subject-out figures are printed by Testing/benchmarks/validate_grades.py and given in the README."""
+SEVERE_AREA_DEFICIT = 0.15
+"""A grade 3 call needs the mid-sagittal area at least this far below its expected value: a deformity of 40 % at its
+worst height removes at least about 15 % of the section (a biconcave dip over the central third of the depth:
+2/3 x 40 % over about half the depth; a wedge: 40 % / 2 over the anterior part; a crush: 40 %)."""
+
+
+GRADED_LEVELS = ("T4", "T5", "T6", "T7", "T8", "T9", "T10", "T11", "T12", "T13", "L1", "L2", "L3", "L4", "L5", "L6")
+"""Levels Genant grading is defined for (Genant 1993; Eastell 1991 and McCloskey 1993 give normal ranges for T4-L5
+only). The transitional T13 and L6 are graded with the references of T12 and L5 (:data:`REFERENCE_LEVEL_OF`)."""
+UPPER_THORACIC_LEVELS = ("T1", "T2", "T3")
+"""Graded on request only (GradingRules.include_upper_thoracic): the shoulders hide them on radiographs, so no
+normative morphometry covers them."""
+REFERENCE_LEVEL_OF = {"T13": "T12", "L6": "L5"}
+"""Transitional vertebrae take the normal shape of the level they replace."""
+
+
+def not_assessed_reason(level: str, include_upper_thoracic: bool = False) -> str | None:
+    """Why Genant grading does not apply at this level, or None where it does."""
+    if level in GRADED_LEVELS or (include_upper_thoracic and level in UPPER_THORACIC_LEVELS):
+        return None
+    if level == "S":
+        return "sacrum: not a vertebral body that Genant grading applies to"
+    if level == "Co":
+        return "coccyx: not a vertebral body that Genant grading applies to"
+    if level in UPPER_THORACIC_LEVELS:
+        return f"{level}: Genant grading is defined for T4-L5 (T1-T3 on request)"
+    return f"{level}: Genant grading is not defined for the cervical spine (C1 has no body, C2 carries the dens)"
+
+
 @dataclass(frozen=True)
 class GradingRules:
+    include_upper_thoracic: bool = False
+    """Grade T1-T3 too (outside the levels normative morphometry covers)."""
     grade_thresholds: tuple[float, float, float] = GRADE_THRESHOLDS
-    kyphosis_apex_levels: tuple[str, ...] = ("T5", "T6", "T7", "T8", "T9", "T10")
-    kyphosis_apex_wedge_ratio: float = 0.90
-    normal_wedge_ratio: float = 1.0
+    normal_shape: dict = field(default_factory=lambda: dict(NORMAL_SHAPE))
+    normal_shape_sd: float = NORMAL_SHAPE_SD
+    neighbour_ratio_sd: float = NEIGHBOUR_RATIO_SD
+    sd_criterion: float = SD_CRITERION
+    reduction_scale: float = REDUCTION_SCALE
+    severe_area_deficit: float = SEVERE_AREA_DEFICIT
     reference_levels: int = 2
     """How many levels above and below may serve as references for the expected heights."""
     relative_normal_height: dict = field(default_factory=lambda: dict(RELATIVE_NORMAL_HEIGHT))
@@ -95,36 +183,60 @@ def grade_from_reduction(reduction: float | None, rules: GradingRules = DEFAULT_
     return sum(1 for threshold in rules.grade_thresholds if reduction >= threshold)
 
 
-def expected_wedge_ratio(level: str, rules: GradingRules = DEFAULT_RULES) -> float:
-    return rules.kyphosis_apex_wedge_ratio if level in rules.kyphosis_apex_levels else rules.normal_wedge_ratio
+def normal_ratios(level: str, rules: GradingRules = DEFAULT_RULES) -> dict[str, float]:
+    """Normal Ha/Hp, Hm/Hp and Hm/Ha of a level (transitional levels take their neighbour's; T1-T3 take T4's)."""
+    level = REFERENCE_LEVEL_OF.get(level, level)
+    wedge, middle = rules.normal_shape.get(level, rules.normal_shape["T4"])
+    return {"wedge": wedge, "middle_to_posterior": middle, "middle_to_anterior": middle / wedge}
+
+
+def measurement_sd(vertebra: VertebraResult) -> float:
+    """SD of a ratio of this vertebra's heights from the mask's voxel size alone (as a fraction).
+
+    An endplate on a binary mask lies anywhere within one voxel along the superior axis (uniform: SD voxel / sqrt(12)).
+    Each height is a median over many lines and planes, and the two heights of a ratio share their endplates'
+    quantization, so most of it cancels; what remains is taken as one endplate's uncertainty over the smallest height.
+    """
+    if not vertebra.voxel_extent_mm or not vertebra.heights_mm:
+        return 0.0
+    height = min(vertebra.heights_mm.values())
+    return float(vertebra.voxel_extent_mm / np.sqrt(12.0) / max(height, 1.0))
 
 
 def own_shape_reductions(heights: dict, level: str, rules: GradingRules = DEFAULT_RULES) -> dict[str, float]:
-    """Wedge and biconcave reductions from a vertebra's own heights (0 when not reduced)."""
+    """Wedge and biconcave reductions against the level's normal shape (0 when not reduced)."""
     anterior, middle, posterior = heights["anterior"], heights["middle"], heights["posterior"]
-    wedge = 1.0 - (anterior / posterior) / expected_wedge_ratio(level, rules)
-    biconcave = 1.0 - middle / (0.5 * (anterior + posterior))
+    normal = normal_ratios(level, rules)
+    wedge = 1.0 - (anterior / posterior) / normal["wedge"]
+    biconcave = max(
+        1.0 - (middle / posterior) / normal["middle_to_posterior"],
+        1.0 - (middle / anterior) / normal["middle_to_anterior"],
+    )
     return {"wedge": max(0.0, wedge), "biconcave": max(0.0, biconcave)}
 
 
 def expected_heights(
     vertebra: VertebraResult, references: list[VertebraResult], rules: GradingRules = DEFAULT_RULES
 ) -> dict[str, float] | None:
-    """Heights expected from reference levels within ``reference_levels`` (largest scaled estimate per height)."""
+    """Heights (and mid-sagittal area) expected from reference levels within ``reference_levels``: the largest scaled
+    estimate, so a crushed neighbour (whose shape is normal: fractures cluster) does not lower the expectation."""
     own_rank = labels_mod.rank(vertebra.label)
     scale = rules.relative_normal_height
-    estimates = {name: [] for name in ("anterior", "middle", "posterior")}
+    estimates = {name: [] for name in ("anterior", "middle", "posterior", "area")}
     for reference in references:
         if reference.label == vertebra.label:
             continue
         if abs(labels_mod.rank(reference.label) - own_rank) > rules.reference_levels + 0.6:
             continue
         ratio = scale.get(vertebra.level, 1.0) / scale.get(reference.level, 1.0)
-        for name in estimates:
+        for name in ("anterior", "middle", "posterior"):
             estimates[name].append(reference.heights_mm[name] * ratio)
+        if reference.midsagittal_area_mm2:
+            # The section grows with the height and, between adjacent levels, about as much with the depth.
+            estimates["area"].append(reference.midsagittal_area_mm2 * ratio**2)
     if not estimates["posterior"]:
         return None
-    return {name: max(values) for name, values in estimates.items()}
+    return {name: max(values) for name, values in estimates.items() if values}
 
 
 def implausible_shape(heights: dict, rules: GradingRules = DEFAULT_RULES) -> str | None:
@@ -140,10 +252,26 @@ def implausible_shape(heights: dict, rules: GradingRules = DEFAULT_RULES) -> str
 def grade_vertebrae(vertebrae: list[VertebraResult], rules: GradingRules = DEFAULT_RULES) -> None:
     """Fill ratios, expected heights, height loss, Genant grade, morphology and reason (in place)."""
     implausible = {v.label: implausible_shape(v.heights_mm, rules) for v in vertebrae if v.complete and v.heights_mm}
-    measurable = [v for v in vertebrae if v.complete and v.heights_mm and not implausible[v.label]]
+    # Thoracic levels above the graded range still serve as references for T4 and T5; cervical levels never do.
+    measurable = [
+        v
+        for v in vertebrae
+        if v.complete and v.heights_mm and not implausible[v.label] and labels_mod.rank(v.label) >= labels_mod.rank(8)
+    ]
     own = {v.label: own_shape_reductions(v.heights_mm, v.level, rules) for v in measurable}
-    references = [v for v in measurable if max(own[v.label].values()) < rules.grade_thresholds[0]]
+    references = [
+        v for v in measurable if rules.reduction_scale * max(own[v.label].values()) < rules.grade_thresholds[0]
+    ]
     for vertebra in vertebrae:
+        vertebra.not_assessed_reason = not_assessed_reason(vertebra.level, rules.include_upper_thoracic)
+        vertebra.fracture_score = None
+        if vertebra.not_assessed_reason:
+            vertebra.genant_grade = None
+            vertebra.morphology = None
+            vertebra.height_loss = None
+            vertebra.expected_posterior_mm = None
+            vertebra.grade_reason = f"not assessed: {vertebra.not_assessed_reason}"
+            continue
         if not (vertebra.complete and vertebra.heights_mm):
             vertebra.genant_grade = None
             vertebra.morphology = None
@@ -158,44 +286,76 @@ def grade_vertebrae(vertebrae: list[VertebraResult], rules: GradingRules = DEFAU
             vertebra.expected_posterior_mm = None
             vertebra.grade_reason = f"not graded, review the segmentation: {implausible[vertebra.label]}"
             continue
-        heights = vertebra.heights_mm
-        shape = own[vertebra.label]
-        expected = expected_heights(vertebra, references, rules)
-        loss = {name: 0.0 for name in ("anterior", "middle", "posterior")}
-        if expected:
-            loss = {name: max(0.0, 1.0 - heights[name] / expected[name]) for name in loss}
-        # Each height's reduction is the larger of its shape-based and neighbour-based estimates.
-        by_height = {
-            "anterior": max(shape["wedge"], loss["anterior"]),
-            "middle": max(shape["biconcave"], loss["middle"]),
-            "posterior": loss["posterior"],
-        }
-        worst_height, reduction = max(by_height.items(), key=lambda item: item[1])
-        morphology = MORPHOLOGY_OF_HEIGHT[worst_height]
-        # All heights lost alike with the shape kept: a crush, whichever height lost a little more.
-        if expected and min(loss.values()) >= 0.8 * reduction and max(shape.values()) < rules.grade_thresholds[0]:
-            morphology = "crush"
-        grade = grade_from_reduction(reduction, rules)
-        vertebra.ratios = {
-            "wedge": heights["anterior"] / heights["posterior"],
-            "biconcavity": heights["middle"] / heights["posterior"],
-            "middle_to_walls": heights["middle"] / (0.5 * (heights["anterior"] + heights["posterior"])),
-            "crush": None if not expected else heights["posterior"] / expected["posterior"],
-            "expected_wedge": expected_wedge_ratio(vertebra.level, rules),
-        }
-        vertebra.expected_posterior_mm = None if not expected else expected["posterior"]
-        vertebra.expected_heights_mm = expected
-        vertebra.height_loss = reduction
-        vertebra.genant_grade = grade
-        vertebra.morphology = morphology if grade >= 1 else "normal"
-        parts = [f"wedge shape {100 * shape['wedge']:.0f} %", f"biconcave shape {100 * shape['biconcave']:.0f} %"]
-        if expected:
-            parts.append("against neighbours: " + ", ".join(f"{name} {100 * loss[name]:.0f} %" for name in loss))
-        else:
-            parts.append("no normal neighbour within two levels: height loss not assessable")
-        vertebra.grade_reason = f"largest reduction {100 * reduction:.0f} % ({worst_height} height); " + "; ".join(
-            parts
+        _grade_one(vertebra, own[vertebra.label], expected_heights(vertebra, references, rules), rules)
+
+
+def _grade_one(vertebra: VertebraResult, shape: dict, expected: dict | None, rules: GradingRules) -> None:
+    heights = vertebra.heights_mm
+    loss = {name: 0.0 for name in ("anterior", "middle", "posterior")}
+    if expected:
+        loss = {name: max(0.0, 1.0 - heights[name] / expected[name]) for name in loss}
+    # Each height's reduction is the larger of its shape-based and neighbour-based estimates; the SD criterion
+    # (McCloskey's second criterion) decides whether it counts.
+    measured_sd = measurement_sd(vertebra)
+    shape_sd = float(np.hypot(rules.normal_shape_sd, measured_sd))
+    neighbour_sd = float(np.hypot(rules.neighbour_ratio_sd, measured_sd))
+    candidates = {
+        "anterior": [(shape["wedge"], shape["wedge"] / shape_sd), (loss["anterior"], loss["anterior"] / neighbour_sd)],
+        "middle": [
+            (shape["biconcave"], shape["biconcave"] / shape_sd),
+            (loss["middle"], loss["middle"] / neighbour_sd),
+        ],
+        "posterior": [(loss["posterior"], loss["posterior"] / neighbour_sd)],
+    }
+    score = max(reduction for options in candidates.values() for reduction, _ in options)
+    counted = {
+        name: max((reduction for reduction, sds in options if sds >= rules.sd_criterion), default=0.0)
+        for name, options in candidates.items()
+    }
+    worst_height, reduction = max(counted.items(), key=lambda item: item[1])
+    scaled = rules.reduction_scale * reduction
+    grade = grade_from_reduction(scaled, rules)
+    morphology = MORPHOLOGY_OF_HEIGHT[worst_height]
+    # All heights lost alike with the shape kept: a crush, whichever height lost a little more.
+    if expected and min(loss.values()) >= 0.8 * reduction and max(shape.values()) * rules.reduction_scale < (
+        rules.grade_thresholds[0]
+    ):
+        morphology = "crush"
+    area_deficit = None
+    if expected and expected.get("area") and vertebra.midsagittal_area_mm2:
+        area_deficit = max(0.0, 1.0 - vertebra.midsagittal_area_mm2 / expected["area"])
+    notes = []
+    if grade == 3 and area_deficit is not None and area_deficit < rules.severe_area_deficit:
+        grade = 2
+        notes.append(
+            f"graded 2, not 3: the mid-sagittal area is only {100 * area_deficit:.0f} % below its neighbours' "
+            f"(a severe deformity removes at least {100 * rules.severe_area_deficit:.0f} %)"
         )
+    vertebra.ratios = {
+        "wedge": heights["anterior"] / heights["posterior"],
+        "biconcavity": heights["middle"] / heights["posterior"],
+        "middle_to_anterior": heights["middle"] / heights["anterior"],
+        "middle_to_walls": heights["middle"] / (0.5 * (heights["anterior"] + heights["posterior"])),
+        "crush": None if not expected else heights["posterior"] / expected["posterior"],
+        "expected_wedge": normal_ratios(vertebra.level, rules)["wedge"],
+        "area_deficit": area_deficit,
+    }
+    vertebra.expected_posterior_mm = None if not expected else expected["posterior"]
+    vertebra.expected_heights_mm = None if not expected else {k: v for k, v in expected.items() if k != "area"}
+    vertebra.height_loss = scaled
+    vertebra.fracture_score = score
+    vertebra.genant_grade = grade
+    vertebra.morphology = morphology if grade >= 1 else "normal"
+    parts = [f"wedge shape {100 * shape['wedge']:.0f} %", f"biconcave shape {100 * shape['biconcave']:.0f} %"]
+    if expected:
+        parts.append("against neighbours: " + ", ".join(f"{name} {100 * loss[name]:.0f} %" for name in loss))
+    else:
+        parts.append("no normal neighbour within two levels: height loss not assessable")
+    if score > reduction and rules.reduction_scale * score >= rules.grade_thresholds[0]:
+        parts.append(f"a {100 * score:.0f} % reduction lies within {rules.sd_criterion:g} SD of normal")
+    vertebra.grade_reason = f"largest reduction {100 * reduction:.0f} % ({worst_height} height); " + "; ".join(
+        parts + notes
+    )
 
 
 def summarize(vertebrae: list[VertebraResult]) -> PatientSummary:

@@ -10,20 +10,26 @@ For every vertebra of a VerSe-id label map:
 2. **Body.** When the mask includes posterior elements, the body is the part anterior to the spinal canal: the canal
    is the hole in the vertebra's footprint projected along the superior axis; its anterior edge is the body's
    posterior wall. Masks of bodies only are used as they are.
-3. **Six points.** In the mid-sagittal plane (through the body's median right-left position) the body's anterior
-   and posterior margins are found on the mask. Lines parallel to the superior axis cross the body every 2.5 % of its
-   depth; along each, the mask is sampled with trilinear interpolation every 0.2 mm and the endplates are the 0.5
-   crossings (lines 1.5 mm to either side are averaged in). The **posterior** height is the tallest line 10–25 % of
-   the depth in front of the posterior margin, the **anterior** height the tallest line 10–25 % behind the anterior
-   margin (inside the rounded rim and osteophytes a mask's edge includes, where the cortex of the wall stands), the
-   **middle** height the lowest line in the central 35–65 % (the deepest point of the endplates, where a biconcave
-   fracture shows). Heights are the distances between the superior and inferior points, so a moved point changes its
-   height exactly.
+3. **Six points.** The body is sampled (trilinear, 0.5 mm across its depth, 0.2 mm along the superior axis) on
+   parasagittal planes 1 mm apart across the central 40 % of its width. On each plane the section is cleaned
+   (clefts shorter than 2 mm along the superior axis bridged, holes filled, detached pieces dropped); its posterior
+   and anterior walls are the median first and last inside positions over the central part of its height, and the
+   superior and inferior endplates are found at every 2.5 % of that plane's depth. Planes much lower than the
+   others at the centre are dropped; the endplates and walls are the medians over the remaining planes, so a loss
+   counts only where it shows on most planes, and a notch or hole on one plane does not. The **posterior**,
+   **middle** and **anterior** heights are the medians of the lines 10-30 %, 40-60 % and 70-90 % of the depth in
+   front of the posterior wall (inside the rounded rims); their superior and inferior points, in the central
+   plane, are those of the line holding the median. Heights are the distances between the points, so a moved
+   point changes its height exactly. The median section area over the planes is the body's mid-sagittal area.
 4. **Volume** of the body in ml; **trabecular attenuation**: median HU of the interior region defined in
    :mod:`.screen` (away from the cortex and endplates, the posterior quarter of the depth excluded where the
    basivertebral vein enters).
 
-A body touching the edge of the image is reported as incomplete (cut by the field of view) and is not graded.
+A body is reported as incomplete (cut by the field of view) and is not graded only where the edge of the image
+truly truncates it: a substantial cross-section of the body lies in a boundary plane of the array
+(:data:`CUT_SECTION_FRACTION`). A body that merely touches the edge of an array cropped to the labels' bounding box
+(its outermost slice holds only the tip of its rounded surface) is measured, and a few stray voxels on the edge
+do not make it "cut".
 """
 
 from __future__ import annotations
@@ -45,22 +51,40 @@ log = logging.getLogger(__name__)
 LINE_FRACTIONS = np.round(np.arange(0.10, 0.9001, 0.025), 4)
 """Measurement lines across the body's depth, as fractions from the posterior (0) to the anterior (1) margin."""
 HEIGHT_BANDS = (
-    ("anterior", (0.75, 0.90), max),
-    ("middle", (0.35, 0.65), min),
-    ("posterior", (0.10, 0.25), max),
+    ("anterior", (0.70, 0.90)),
+    ("middle", (0.40, 0.60)),
+    ("posterior", (0.10, 0.30)),
 )
-"""Where each height is taken: the wall heights are the tallest line in the band beside the wall (clear of the
-rounded rim), the middle height the lowest line in the central band (the deepest point of the endplates)."""
+"""The thirds of the depth each height is read in (clear of the rounded rim at either wall, as in HealthiVert-GAN's
+per-third heights and TotalSegmentator's 15/50/85 % lines): the height is the median of the band's lines, and its
+two points are those of the line that holds that median (nine lines a band, so the median is one of them)."""
+PLANE_BAND_FRACTION = 0.40
+"""Heights are read on parasagittal planes across the central 40 % of the body's width (HealthiVert-GAN's band; a
+single mid-sagittal plane falls into any notch or hole of a mask there)."""
+PLANE_STEP_MM = 1.0
+PLANE_MIN_RELATIVE_HEIGHT = 0.7
+"""Planes whose central height is below this fraction of the median plane's are dropped (HealthiVert-GAN drops
+columns shorter than 0.7 times the centre's: the plane grazes a rounded edge or a defect of the mask)."""
 SAMPLE_STEP_MM = 0.2
-SIDE_LINE_OFFSETS_MM = (-1.5, 0.0, 1.5)
-"""Lateral offsets of the lines averaged into each measurement line (smooths a mask's voxel staircase)."""
+"""Step along the superior axis at which each plane samples the mask (trilinear)."""
+DEPTH_STEP_MM = 0.5
+"""Step across the body's depth on each plane."""
 GAP_BRIDGE_MM = 2.0
-"""Holes in a mask shorter than this along a line are bridged (segmentation holes, not anatomy)."""
+"""Clefts in a mask shorter than this along the superior axis are bridged (segmentation holes, not anatomy)."""
+MIN_SECTION_MM2 = 20.0
+"""A plane whose section of the body is smaller than this grazes its edge and is not measured."""
 MIN_BODY_VOLUME_ML = 1.0
 CANAL_MIN_AREA_MM2 = 20.0
 BODY_ONLY_MAX_DEPTH_MM = 60.0
 """A vertebra mask with no canal and at most this antero-posterior extent is taken to be a body only."""
 NEIGHBOUR_MAX_DISTANCE_MM = 90.0
+CUT_SECTION_FRACTION = 0.3
+"""A body is cut by the field of view when its section in a boundary plane of the array is at least this fraction of
+its largest section parallel to that plane. A plane through a body holds a section close to its largest (0.84-1.0
+on VerSe masks truncated through a body); the outermost slice of a whole body, as in a mask cropped to its bounding
+box, only the tip of its rounded endplate or wall (at most 0.06 on the cropped VerSe'19 masks 007 and 008)."""
+CUT_MIN_SECTION_MM2 = 20.0
+"""Sections on the boundary smaller than this (a few stray voxels) never make a body "cut"."""
 
 
 @dataclass
@@ -125,16 +149,22 @@ def _voxel_half_extent(volume: Volume, direction: np.ndarray) -> float:
     return 0.5 * float(np.sum(np.abs(volume.ijk_to_ras[:3, :3].T @ direction)))
 
 
-def measure_case(labels: Volume, ct: Volume | None = None, inputs: dict | None = None, progress=None) -> CaseResult:
+def measure_case(
+    labels: Volume,
+    ct: Volume | None = None,
+    inputs: dict | None = None,
+    progress=None,
+    rules: grade_mod.GradingRules | None = None,
+) -> CaseResult:
     """Measure and grade every vertebra of a VerSe-id label volume (CT, when given, on the same grid)."""
     vertebrae = measure_vertebrae(labels, ct, progress)
-    grade_mod.grade_vertebrae(vertebrae)
+    grade_mod.grade_vertebrae(vertebrae, rules or grade_mod.DEFAULT_RULES)
     summary = grade_mod.summarize(vertebrae)
     case = CaseResult(vertebrae=vertebrae, patient=summary, inputs=dict(inputs or {}))
     for vertebra in vertebrae:
         if not vertebra.complete:
             case.warnings.append(f"{vertebra.level} not graded: {vertebra.incomplete_reason}")
-        elif vertebra.genant_grade is None:
+        elif vertebra.genant_grade is None and not vertebra.not_assessed_reason:
             case.warnings.append(f"{vertebra.level} {vertebra.grade_reason}")
     return case
 
@@ -159,15 +189,42 @@ def measure_vertebrae(labels: Volume, ct: Volume | None = None, progress=None) -
     # Pass 1: frames from the full-vertebra centroids, then the bodies.
     _assign_superior_axes(work, lambda v: v.centroid)
     for index, vertebra in enumerate(work.values()):
+        if not _measured_level(vertebra.label):
+            continue
         report(0.1 + 0.4 * index / len(work), f"isolating the body of {labels_mod.level_name(vertebra.label)}")
         _isolate_body(vertebra, labels)
     # Pass 2: the curve through the body centroids gives the final cranio-caudal axes.
-    _assign_superior_axes(work, lambda v: v.points[v.body].mean(axis=0))
+    _assign_superior_axes(work, lambda v: v.centroid if v.body is None else v.points[v.body].mean(axis=0))
     results = []
     for index, vertebra in enumerate(work.values()):
+        if not _measured_level(vertebra.label):
+            results.append(_listed_only(labels, vertebra.label, objects[vertebra.label - 1]))
+            continue
         report(0.5 + 0.45 * index / len(work), f"measuring {labels_mod.level_name(vertebra.label)}")
         results.append(_measure(vertebra, labels, ct))
+    for label in (labels_mod.SACRUM, labels_mod.COCCYX):
+        if label < len(objects) + 1 and objects[label - 1] is not None:
+            results.append(_listed_only(labels, label, objects[label - 1]))
     return results
+
+
+def _measured_level(label: int) -> bool:
+    """Thoracic and lumbar vertebrae are measured (T1-T3 serve as references); the cervical spine is only listed."""
+    return labels_mod.rank(label) >= labels_mod.rank(labels_mod.label_from_level("T1"))
+
+
+def _listed_only(labels: Volume, label: int, bounding: tuple[slice, ...]) -> VertebraResult:
+    """A level outside the grading's scope (cervical spine, sacrum, coccyx): listed with its position and volume."""
+    voxels = np.argwhere(labels.array[bounding] == label) + np.array([s.start for s in bounding])
+    voxel_ml = float(abs(np.linalg.det(labels.ijk_to_ras[:3, :3]))) / 1000.0
+    level = labels_mod.level_name(label)
+    return VertebraResult(
+        label=label,
+        level=level,
+        centroid_ras=labels.ijk_to_world(voxels.mean(axis=0).astype(float))[0].tolist(),
+        body_volume_ml=len(voxels) * voxel_ml,
+        not_assessed_reason=grade_mod.not_assessed_reason(level),
+    )
 
 
 def _load_vertebra(labels: Volume, label: int, bounding: tuple[slice, ...]) -> _Vertebra:
@@ -313,47 +370,6 @@ def _largest_component(vertebra: _Vertebra, keep: np.ndarray) -> np.ndarray:
     return components[tuple(voxels.T)] == int(np.argmax(sizes))
 
 
-class _MaskSampler:
-    """Trilinear sampling of one vertebra's binary mask at RAS points."""
-
-    def __init__(self, vertebra: _Vertebra, labels: Volume):
-        self.values = vertebra.mask.astype(np.float32)
-        self.offset = np.array([s.start for s in vertebra.crop], dtype=float)
-        self.ras_to_ijk = labels.ras_to_ijk
-
-    def __call__(self, points_ras: np.ndarray) -> np.ndarray:
-        ijk = points_ras @ self.ras_to_ijk[:3, :3].T + self.ras_to_ijk[:3, 3] - self.offset
-        return ndimage.map_coordinates(self.values, ijk.T, order=1, mode="constant", cval=0.0)
-
-
-def _run_bounds(profile: np.ndarray, positions: np.ndarray, centre: float) -> tuple[float, float] | None:
-    """Sub-sample bounds of the inside-run (profile >= 0.5) nearest to ``centre``, bridging short gaps."""
-    inside = profile >= 0.5
-    if not inside.any():
-        return None
-    step = positions[1] - positions[0]
-    gap = int(round(GAP_BRIDGE_MM / step))
-    if gap > 0:
-        inside = ndimage.binary_closing(np.pad(inside, gap), structure=np.ones(2 * gap + 1))[gap:-gap] | inside
-    runs, count = ndimage.label(inside)
-    centre_index = int(np.clip(np.searchsorted(positions, centre), 0, len(positions) - 1))
-    run_ids = np.arange(1, count + 1)
-    distances = [
-        0 if runs[centre_index] == r else np.min(np.abs(np.flatnonzero(runs == r) - centre_index)) for r in run_ids
-    ]
-    chosen = np.flatnonzero(runs == run_ids[int(np.argmin(distances))])
-    first, last = chosen[0], chosen[-1]
-
-    def crossing(outside_index, inside_index):
-        if outside_index < 0 or outside_index >= len(profile):
-            return positions[inside_index]
-        a, b = profile[outside_index], profile[inside_index]
-        t = (0.5 - a) / (b - a) if b != a else 0.5
-        return positions[outside_index] + t * (positions[inside_index] - positions[outside_index])
-
-    return crossing(first - 1, first), crossing(last + 1, last)
-
-
 def _measure(vertebra: _Vertebra, labels: Volume, ct: Volume | None) -> VertebraResult:
     level = labels_mod.level_name(vertebra.label)
     frame = vertebra.frame
@@ -372,12 +388,12 @@ def _measure(vertebra: _Vertebra, labels: Volume, ct: Volume | None) -> Vertebra
         },
         body_volume_ml=body_volume,
         body_voxels=int(vertebra.body.sum()),
+        voxel_extent_mm=2.0 * _voxel_half_extent(labels, frame.superior),
     )
-    body_voxels = np.argwhere(vertebra.mask)[vertebra.body] + np.array([s.start for s in vertebra.crop])
-    cut = np.any(body_voxels == 0, axis=1) | np.any(body_voxels == np.array(labels.shape) - 1, axis=1)
-    if vertebra.touches_edge and cut.any():
+    truncation = _truncation(vertebra, labels) if vertebra.touches_edge else None
+    if truncation:
         result.complete = False
-        result.incomplete_reason = "cut by the edge of the image"
+        result.incomplete_reason = f"cut by the edge of the image ({truncation})"
     elif body_volume < MIN_BODY_VOLUME_ML:
         result.complete = False
         result.incomplete_reason = f"body of {body_volume:.2f} ml is too small to be a whole vertebral body"
@@ -386,57 +402,165 @@ def _measure(vertebra: _Vertebra, labels: Volume, ct: Volume | None) -> Vertebra
     if not result.complete:
         return result
 
-    sampler = _MaskSampler(vertebra, labels)
-    local = frame.local(_sample(body_points), origin)
-    x_mid = float(np.median(local[:, 0]))
-    reach = float(np.ptp(local, axis=0).max()) + 10.0
-    positions = np.arange(-reach, reach + SAMPLE_STEP_MM, SAMPLE_STEP_MM)
-    z_centre = float(np.median(local[:, 2]))
-
-    # Anterior and posterior margins on the mid-sagittal line, over the central part of the body's height.
-    z_low, z_high = np.percentile(local[:, 2], [20, 80])
-    anterior_edges, posterior_edges = [], []
-    for z in np.linspace(z_low, z_high, 5):
-        line = np.column_stack([np.full_like(positions, x_mid), positions, np.full_like(positions, z)])
-        bounds = _run_bounds(sampler(frame.world(line, origin)), positions, float(np.median(local[:, 1])))
-        if bounds:
-            posterior_edges.append(bounds[0])
-            anterior_edges.append(bounds[1])
-    if not anterior_edges:
+    profile = _plane_profiles(vertebra, labels, frame, origin)
+    if profile is None:
         result.complete = False
-        result.incomplete_reason = "no body found on the mid-sagittal plane"
+        result.incomplete_reason = "no body found on the central sagittal planes"
         return result
-    y_anterior, y_posterior = max(anterior_edges), min(posterior_edges)
-    depth = y_anterior - y_posterior
-    lines = []  # (fraction of depth from the posterior margin, superior point, inferior point, height)
-    for fraction in LINE_FRACTIONS:
-        y = y_posterior + fraction * depth
-        superior_z, inferior_z = [], []
-        for dx in SIDE_LINE_OFFSETS_MM:
-            line = np.column_stack([np.full_like(positions, x_mid + dx), np.full_like(positions, y), positions])
-            bounds = _run_bounds(sampler(frame.world(line, origin)), positions, z_centre)
-            if bounds:
-                inferior_z.append(bounds[0])
-                superior_z.append(bounds[1])
-        if superior_z:
-            top = frame.world(np.array([x_mid, y, float(np.mean(superior_z))]), origin)[0]
-            bottom = frame.world(np.array([x_mid, y, float(np.mean(inferior_z))]), origin)[0]
-            lines.append((fraction, top, bottom, float(np.linalg.norm(top - bottom))))
+    result.points_ras, result.heights_mm = _six_points(profile, frame, origin)
+    result.depth_mm = profile.depth
+    result.midsagittal_area_mm2 = profile.area_mm2
+    return result
+
+
+@dataclass
+class _Profile:
+    """Endplate positions across the depth, robust over the central planes (local mm: x right, y ant., z sup.)."""
+
+    x_mid: float
+    y_posterior: float
+    depth: float
+    top: np.ndarray  # superior endplate z at each of LINE_FRACTIONS
+    bottom: np.ndarray
+    area_mm2: float  # median area of the body's section on the kept planes
+    planes: int
+
+
+def _plane_profiles(vertebra: _Vertebra, labels: Volume, frame: Frame, origin: np.ndarray) -> _Profile | None:
+    """Sample the body on parasagittal planes across its central width; endplates per plane, then medians."""
+    local = frame.local(vertebra.points[vertebra.body], origin)
+    x_mid = float(np.median(local[:, 0]))
+    width = float(np.ptp(local[:, 0]))
+    count = int(PLANE_BAND_FRACTION * width / 2 / PLANE_STEP_MM)
+    plane_x = x_mid + PLANE_STEP_MM * np.arange(-count, count + 1)
+    margin = 3.0
+    ys = np.arange(local[:, 1].min() - margin, local[:, 1].max() + margin, DEPTH_STEP_MM)
+    zs = np.arange(local[:, 2].min() - margin, local[:, 2].max() + margin, SAMPLE_STEP_MM)
+    body_grid = np.zeros(vertebra.mask.shape, dtype=np.float32)
+    body_grid[tuple(np.argwhere(vertebra.mask)[vertebra.body].T)] = 1.0
+    offset = np.array([s.start for s in vertebra.crop], dtype=float)
+    # Local (x, y, z) -> crop voxel index is affine; the grid is separable, so each index is a sum of three axes.
+    to_index = labels.ras_to_ijk[:3, :3] @ np.stack([frame.right, frame.anterior, frame.superior], axis=1)
+    start = labels.ras_to_ijk[:3, :3] @ origin + labels.ras_to_ijk[:3, 3] - offset
+    shape = (len(plane_x), len(ys), len(zs))
+    ijk = np.empty((3,) + shape, dtype=np.float32)
+    for row in range(3):
+        ijk[row] = (
+            to_index[row, 0] * plane_x[:, None, None]
+            + to_index[row, 1] * ys[None, :, None]
+            + to_index[row, 2] * zs[None, None, :]
+            + start[row]
+        )
+    values = ndimage.map_coordinates(body_grid, ijk.reshape(3, -1), order=1, mode="constant", cval=0.0)
+    values = values.reshape(shape)
+    inside = values >= 0.5
+    # Short clefts along the superior axis are bridged on every plane at once.
+    gap = max(1, int(round(GAP_BRIDGE_MM / SAMPLE_STEP_MM)))
+    padded = np.pad(inside, ((0, 0), (0, 0), (gap, gap)))
+    bridged = ndimage.binary_closing(padded, structure=np.ones((1, 1, 2 * gap + 1), dtype=bool))
+    inside |= bridged[:, :, gap:-gap]
+    planes = []
+    for plane, plane_inside in zip(values, inside):
+        section = _clean_section(plane_inside)
+        if section is None:
+            continue
+        measured = _plane_endplates(section, plane, ys, zs)
+        if measured is not None:
+            planes.append(measured + (section.sum() * DEPTH_STEP_MM * SAMPLE_STEP_MM,))
+    if not planes:
+        return None
+    centre = int(np.argmin(np.abs(LINE_FRACTIONS - 0.5)))
+    central_heights = np.array([top[centre] - bottom[centre] for _, _, top, bottom, _ in planes])
+    kept = [p for p, h in zip(planes, central_heights) if h >= PLANE_MIN_RELATIVE_HEIGHT * np.median(central_heights)]
+    posterior, anterior, tops, bottoms, areas = (np.array(column) for column in zip(*kept))
+    return _Profile(
+        x_mid=x_mid,
+        y_posterior=float(np.median(posterior)),
+        depth=float(np.median(anterior - posterior)),
+        top=np.median(tops, axis=0),
+        bottom=np.median(bottoms, axis=0),
+        area_mm2=float(np.median(areas)),
+        planes=len(kept),
+    )
+
+
+def _clean_section(inside: np.ndarray) -> np.ndarray | None:
+    """The body's section on one plane: holes filled, pieces detached from the largest one dropped."""
+    if not inside.any():
+        return None
+    # Holes: background pieces that do not reach the border of the plane (faster than iterative hole filling).
+    background, _ = ndimage.label(~inside)
+    border = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
+    filled = inside | ~np.isin(background, border)
+    pieces, count = ndimage.label(filled)
+    if count > 1:
+        sizes = np.bincount(pieces.ravel())
+        sizes[0] = 0
+        filled = pieces == int(np.argmax(sizes))
+    return filled if filled.sum() * DEPTH_STEP_MM * SAMPLE_STEP_MM >= MIN_SECTION_MM2 else None
+
+
+def _plane_endplates(section: np.ndarray, values: np.ndarray, ys: np.ndarray, zs: np.ndarray):
+    """(posterior y, anterior y, superior z and inferior z at each of LINE_FRACTIONS) on one plane, or None."""
+    columns = np.flatnonzero(section.any(axis=1))
+    rows = np.flatnonzero(section.any(axis=0))
+    # The walls: median first and last inside position over the central part of the section's height.
+    central_rows = rows[int(0.3 * len(rows)) : max(int(0.7 * len(rows)), int(0.3 * len(rows)) + 1)]
+    first = np.argmax(section[:, central_rows], axis=0)
+    last = section.shape[0] - 1 - np.argmax(section[::-1, central_rows], axis=0)
+    posterior = float(np.median(ys[first])) - 0.5 * DEPTH_STEP_MM
+    anterior = float(np.median(ys[last])) + 0.5 * DEPTH_STEP_MM
+    if anterior - posterior < 5.0 or len(columns) < 3:
+        return None
+    inside = section[columns]
+    low = np.argmax(inside, axis=1)
+    high = inside.shape[1] - 1 - np.argmax(inside[:, ::-1], axis=1)
+    tops = zs[high] + _crossing(values[columns], high, +1)
+    bottoms = zs[low] - _crossing(values[columns], low, -1)
+    at = posterior + LINE_FRACTIONS * (anterior - posterior)
+    return posterior, anterior, np.interp(at, ys[columns], tops), np.interp(at, ys[columns], bottoms)
+
+
+def _crossing(values: np.ndarray, index: np.ndarray, direction: int) -> np.ndarray:
+    """Distance beyond the last inside sample to the 0.5 crossing of the trilinear profile (sub-sample edge)."""
+    rows = np.arange(len(index))
+    outside = np.clip(index + direction, 0, values.shape[1] - 1)
+    a, b = values[rows, index], values[rows, outside]
+    t = np.where(a > b, (a - 0.5) / np.maximum(a - b, 1e-6), 0.5)
+    return SAMPLE_STEP_MM * np.clip(t, 0.0, 1.0)
+
+
+def _six_points(profile: _Profile, frame: Frame, origin: np.ndarray) -> tuple[dict, dict]:
+    """Superior and inferior points of the three heights (RAS) and the heights (the distances between them)."""
     points, heights = {}, {}
-    for name, (low, high), pick in HEIGHT_BANDS:
-        candidates = [line for line in lines if low - 1e-9 <= line[0] <= high + 1e-9]
-        if not candidates:
-            result.complete = False
-            result.incomplete_reason = f"no endplates found for the {name} height"
-            return result
-        _, top, bottom, height = pick(candidates, key=lambda line: line[3])
+    lines = profile.top - profile.bottom
+    for name, (low, high) in HEIGHT_BANDS:
+        band = np.flatnonzero((LINE_FRACTIONS >= low - 1e-9) & (LINE_FRACTIONS <= high + 1e-9))
+        chosen = band[np.argsort(lines[band])[len(band) // 2]]
+        y = profile.y_posterior + LINE_FRACTIONS[chosen] * profile.depth
+        top = frame.world(np.array([profile.x_mid, y, profile.top[chosen]]), origin)[0]
+        bottom = frame.world(np.array([profile.x_mid, y, profile.bottom[chosen]]), origin)[0]
         points[f"superior_{name}"] = top.tolist()
         points[f"inferior_{name}"] = bottom.tolist()
-        heights[name] = height
-    result.points_ras = points
-    result.heights_mm = heights
-    result.depth_mm = depth
-    return result
+        heights[name] = float(np.linalg.norm(top - bottom))
+    return points, heights
+
+
+def _truncation(vertebra: _Vertebra, labels: Volume) -> str | None:
+    """How the field of view truncates the body (see :data:`CUT_SECTION_FRACTION`), or None when it is whole."""
+    body_voxels = np.argwhere(vertebra.mask)[vertebra.body] + np.array([s.start for s in vertebra.crop])
+    for axis, size in enumerate(labels.shape):
+        sections = np.bincount(body_voxels[:, axis], minlength=size)
+        largest = sections.max(initial=0)
+        pixel_mm2 = float(np.prod(np.delete(labels.spacing, axis)))
+        for side in (0, size - 1):
+            section = sections[side]
+            if section and section >= CUT_SECTION_FRACTION * largest and section * pixel_mm2 >= CUT_MIN_SECTION_MM2:
+                return (
+                    f"{section * pixel_mm2:.0f} mm2 of the body, {100 * section / largest:.0f} % of its largest "
+                    f"section, lies in the boundary plane"
+                )
+    return None
 
 
 def _trabecular(

@@ -1,17 +1,20 @@
 """Segmentation models on the user's machine: registry, cache folder, consented download, checksums.
 
 Nothing here downloads anything unless a user asks for it by name (``models download NAME``) and agrees
-(``--yes`` or an interactive prompt). Every download comes from a registry entry with a pinned URL and a pinned
-SHA-256 of the archive; an entry whose SHA-256 is not known is refused unless the user supplies a hash they
-checked themselves. Installs are atomic: the archive is written to a temporary file and checked, unpacked into a
-temporary folder, and only then renamed into the cache, so an interrupted download never looks installed.
+(``--yes`` or an interactive prompt). Every download comes from a registry entry with a pinned URL and the hash its
+publisher publishes for the archive (the MONAI Model Zoo publishes a SHA-1 per bundle version in its
+``models/model_info.json``); MONAI's own ``monai.apps.download_url`` fetches and checks it, and
+``monai.apps.extractall`` unpacks it (refusing members outside the target folder). Installs are atomic: the archive
+is fetched into a temporary file and checked, unpacked into a temporary folder, and only then renamed into the cache,
+so a failed, partial or tampered download never looks installed and leaves nothing behind.
 
 Cache folder: ``$VERTEBRAL_FRACTURE_CACHE/models`` when that variable is set, else the platform's user cache
 (``$XDG_CACHE_HOME`` or ``~/.cache`` on Linux, ``~/Library/Caches`` on macOS, ``%LOCALAPPDATA%`` on Windows)
 ``/VertebralFracture/models``.
 
-Each installed model folder holds ``checksums.sha256`` (``sha256sum`` format) listing its weight files; the
-weights are loaded only after their SHA-256 matches that list (see :func:`verify_sha256`).
+Each installed model folder holds ``checksums.sha256`` (``sha256sum`` format) listing the SHA-256 of its weight
+files, computed at install time from the verified archive; the weights are loaded only after their SHA-256 matches
+that list (see :func:`verify_sha256`), with ``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ class ModelError(VertebralFractureError):
     """A model cannot be found, downloaded, verified or loaded; the message says why and what to do."""
 
 
+ARCHIVE_HASH_TYPES = ("sha1", "sha256", "md5", "sha512")
+"""Hash types an entry may pin (those ``monai.apps.utils.check_hash`` supports)."""
+_HASH_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
+
+
 @dataclass(frozen=True)
 class RegistryEntry:
     """A public model that ``models download`` may fetch."""
@@ -50,29 +58,44 @@ class RegistryEntry:
     name: str
     title: str
     url: str
-    sha256: str | None
-    """SHA-256 of the archive at ``url``; None when not published: then installing needs a user-supplied hash."""
+    sha256: str | None = None
+    """SHA-256 of the archive at ``url``, when its publisher gives one (else ``hash_val``/``hash_type``)."""
     kind: str = "monai-bundle"
     version: str = ""
     size_mb: float | None = None
     license: str = ""
     homepage: str = ""
     description: str = ""
+    hash_val: str | None = None
+    """The publisher's hash of the archive, of type ``hash_type`` (the Model Zoo's model_info.json "checksum")."""
+    hash_type: str = "sha1"
+    hash_source: str = ""
+    """Where the pinned hash is published."""
+
+    def archive_hash(self) -> tuple[str, str] | None:
+        """(hash type, expected value) of the archive, or None when nothing is pinned."""
+        if self.sha256:
+            return "sha256", self.sha256
+        if self.hash_val:
+            return self.hash_type, self.hash_val
+        return None
 
 
 # The MONAI Model Zoo's whole-body CT bundle (SegResNet, 104 TotalSegmentator-v1 structures incl. C1-L5 and the
-# sacrum, 1.5 mm; Apache-2.0). The Model Zoo publishes a SHA-1 for its archives (models/model_info.json) and an MD5
-# for model.pt (large_files.yml), but no SHA-256 that could be pinned here, so the SHA-256 is left empty and the
-# download is refused until a hash is supplied (``--sha256``) by someone who checked the archive.
+# sacrum, 1.5 mm and 3 mm weights; Apache-2.0). URL and SHA-1 exactly as the Model Zoo publishes them for version
+# 0.2.5 in models/model_info.json (Project-MONAI/model-zoo, key "wholeBody_ct_segmentation_v0.2.5"); MONAI's own
+# ``monai.bundle.download`` fetches the same archive from the same host.
+WHOLEBODY_VERSION = "0.2.5"
 REGISTRY: dict[str, RegistryEntry] = {
     "wholeBody_ct_segmentation": RegistryEntry(
         name="wholeBody_ct_segmentation",
-        title="MONAI Model Zoo whole-body CT segmentation (SegResNet, 105 classes, 1.5 mm)",
-        url="https://github.com/Project-MONAI/model-zoo/releases/download/hosting_storage_v1/"
-            "wholeBody_ct_segmentation_v0.1.9.zip",
-        sha256=None,
-        version="0.1.9",
-        size_mb=None,
+        title="MONAI Model Zoo whole-body CT segmentation (SegResNet, 105 classes, 1.5 mm and 3 mm)",
+        url="https://api.ngc.nvidia.com/v2/models/nvidia/monaihosting/wholebody_ct_segmentation/versions/"
+            f"{WHOLEBODY_VERSION}/files/wholeBody_ct_segmentation_v{WHOLEBODY_VERSION}.zip",
+        hash_val="d3be077219fea4ac9630efddd81c19e0676bf206",
+        hash_type="sha1",
+        hash_source="https://github.com/Project-MONAI/model-zoo/blob/dev/models/model_info.json",
+        version=WHOLEBODY_VERSION,
         license="Apache-2.0 (weights trained on the TotalSegmentator data set, CC BY 4.0)",
         homepage="https://github.com/Project-MONAI/model-zoo/tree/dev/models/wholeBody_ct_segmentation",
         description="Vertebrae C1-L5 and sacrum among 104 structures; not for diagnostic use (model card).",
@@ -269,13 +292,21 @@ def _ask_consent(entry: RegistryEntry, destination: Path) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-def _safe_extract(archive: zipfile.ZipFile, target: Path) -> None:
-    """Unpack a zip, refusing members that would land outside ``target`` (absolute paths, ``..``, links)."""
-    for member in archive.infolist():
-        name = PurePosixPath(member.filename)
+def _check_members(archive: Path) -> None:
+    """Refuse a zip whose members would land outside the install folder (absolute paths, ``..``, symbolic links).
+
+    ``monai.apps.extractall`` refuses absolute and ``..`` paths too; zip members that are symbolic links are caught
+    only here (zipfile has no link type, the Unix mode bits in ``external_attr`` say it)."""
+    try:
+        with zipfile.ZipFile(archive) as handle:
+            members = handle.infolist()
+    except zipfile.BadZipFile as error:
+        raise ModelError(f"the downloaded file is not a zip archive ({error}); nothing was installed") from None
+    for member in members:
+        name = PurePosixPath(member.filename.replace("\\", "/"))
         if name.is_absolute() or ".." in name.parts or (member.external_attr >> 16) & 0o170000 == 0o120000:
-            raise ModelError(f"archive member {member.filename!r} points outside the install folder; refused")
-    archive.extractall(target)
+            raise ModelError(f"archive member {member.filename!r} points outside the install folder; refused, "
+                             "nothing was installed")
 
 
 def _bundle_root(folder: Path) -> Path:
@@ -289,21 +320,43 @@ def _bundle_root(folder: Path) -> Path:
     return candidates[0]
 
 
+def _expected_archive_hash(entry: RegistryEntry, sha256: str | None) -> tuple[str, str]:
+    if sha256:
+        return "sha256", _normalise_hash(sha256)
+    pinned = entry.archive_hash()
+    if pinned is None:
+        raise ModelError(f"no hash is pinned for {entry.name} ({entry.url}), so it is not installed unverified; "
+                         "check the archive's SHA-256 with its publisher and pass it with --sha256 HEX")
+    hash_type, value = pinned[0].lower(), pinned[1].strip().lower()
+    if hash_type not in ARCHIVE_HASH_TYPES or len(value) != _HASH_LENGTHS[hash_type] \
+            or any(c not in "0123456789abcdef" for c in value):
+        raise ModelError(f"the registry entry {entry.name} pins {hash_type} {value!r}, which is not a valid hash")
+    return hash_type, value
+
+
+def _import_monai_apps():
+    try:
+        from monai.apps import download_url, extractall
+        from monai.apps.utils import HashCheckError
+    except ImportError:
+        raise ModelError("downloading a MONAI model needs MONAI: pip install monai (after PyTorch)") from None
+    return download_url, extractall, HashCheckError
+
+
 def download(name: str, *, consent: bool = False, sha256: str | None = None, force: bool = False,
              progress=None, destination: Path | None = None) -> Path:
     """Install the registry entry ``name`` into the cache; returns the model folder.
 
     ``consent`` is the user's "yes" (``--yes``); without it an interactive terminal is asked, anything else is
-    refused. ``sha256`` replaces a missing (or outdated) pinned hash; the archive must match it.
+    refused. The archive must match the entry's pinned hash (the publisher's SHA-1 for the Model Zoo), or ``sha256``
+    when given (it replaces the pinned hash: a mirror, a newer archive). ``progress`` (a callable or a bool) shows
+    MONAI's download progress bar.
     """
     entries = registry()
     if name not in entries:
         raise ModelError(f"unknown model {name!r}; known: {', '.join(sorted(entries))}")
     entry = entries[name]
-    expected = _normalise_hash(sha256) if sha256 else (entry.sha256 and _normalise_hash(entry.sha256))
-    if not expected:
-        raise ModelError(f"no SHA-256 is pinned for {name} ({entry.url}), so it is not installed unverified; "
-                         "check the archive's checksum with its publisher and pass it with --sha256 HEX")
+    hash_type, expected = _expected_archive_hash(entry, sha256)
     target_dir = models_dir() if destination is None else Path(destination)
     final = target_dir / name
     if model_kind(final) and not force:
@@ -315,44 +368,48 @@ def download(name: str, *, consent: bool = False, sha256: str | None = None, for
                              "(no terminal to ask on)")
         if not _ask_consent(entry, final):
             raise ModelError(f"download of {name} declined; nothing was written")
+    download_url, extractall, hash_check_error = _import_monai_apps()
     target_dir.mkdir(parents=True, exist_ok=True)
-    handle, part = tempfile.mkstemp(prefix=f".{name}-", suffix=".part", dir=target_dir)
-    os.close(handle)
-    part = Path(part)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", suffix=".install", dir=target_dir))
+    work = Path(tempfile.mkdtemp(prefix=f".{name}-", suffix=".install", dir=target_dir))
+    monai_log = logging.getLogger("monai.apps")
+    monai_level = monai_log.level
+    monai_log.setLevel(logging.CRITICAL)  # its "Download failed" lines would repeat the one-line error raised here
     try:
-        actual = _fetch(entry.url, part, progress)
-        if actual != expected:
-            raise ModelError(f"{entry.url}: SHA-256 {actual} does not match the pinned {expected}; "
-                             "the download is discarded")
+        archive = work / "archive.zip"
         try:
-            with zipfile.ZipFile(part) as archive:
-                _safe_extract(archive, staging)
-        except zipfile.BadZipFile as error:
-            raise ModelError(f"{entry.url}: not a zip archive ({error})") from None
-        root = _bundle_root(staging)
-        write_checksums(root)
-        source = {"name": name, "url": entry.url, "archive_sha256": actual, "version": entry.version,
-                  "license": entry.license, "kind": entry.kind,
+            download_url(entry.url, archive, hash_val=expected, hash_type=hash_type, progress=bool(progress))
+        except hash_check_error:
+            raise ModelError(f"{entry.url}: the archive's {hash_type.upper()} does not match the pinned {expected} "
+                             "(corrupt, incomplete or not the published file); it is discarded, nothing was "
+                             "installed") from None
+        except (OSError, ValueError, RuntimeError) as error:  # URLError, ContentTooShortError (partial) are OSErrors
+            reason = getattr(error, "reason", None) or str(error).strip().splitlines()[0] or type(error).__name__
+            raise ModelError(f"{entry.url}: download failed ({reason}); nothing was installed") from None
+        if not archive.is_file():  # download_url swallows some permission errors
+            raise ModelError(f"{entry.url}: download failed (no file was written); nothing was installed")
+        _check_members(archive)
+        unpacked = work / "unpacked"
+        try:
+            extractall(archive, unpacked, file_type="zip", has_base=False)
+        except ValueError as error:
+            raise ModelError(f"archive member refused ({error}); nothing was installed") from None
+        root = _bundle_root(unpacked)
+        checksums = write_checksums(root)
+        if not checksums:
+            raise ModelError(f"{entry.url}: the archive holds no weight files ({', '.join(WEIGHT_SUFFIXES)}); "
+                             "nothing was installed")
+        source = {"name": name, "url": entry.url, "archive_hash_type": hash_type, "archive_hash": expected,
+                  "archive_sha256": sha256_file(archive), "hash_source": entry.hash_source,
+                  "version": entry.version, "license": entry.license, "kind": entry.kind,
+                  "weights_sha256": checksums,
                   "installed_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
         (root / SOURCE_FILE).write_text(json.dumps(source, indent=2), encoding="utf-8")
         _replace_folder(root, final)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            part.unlink()
-        shutil.rmtree(staging, ignore_errors=True)
+        monai_log.setLevel(monai_level)
+        shutil.rmtree(work, ignore_errors=True)
     log.info("installed %s into %s", name, final)
     return final
-
-
-def _fetch(url: str, destination: Path, progress=None) -> str:
-    """Stream ``url`` (https, http or file) into ``destination``; returns the SHA-256 of what was written."""
-    from .download import DownloadError, stream_to_file
-
-    try:
-        return stream_to_file(url, destination, progress)
-    except DownloadError as error:
-        raise ModelError(str(error)) from None
 
 
 def _replace_folder(source: Path, final: Path) -> None:

@@ -37,7 +37,8 @@ class AnalysisRequest:
     """A vertebra label map to use instead of segmenting (resampled onto the CT's grid)."""
     series: str | None = None
     labels: str = "auto"
-    backend: str = "classical"
+    backend: str = "auto"
+    """A ``--backend`` value; "auto" picks TotalSegmentator, an installed MONAI model or classical (see segment)."""
     device: str = "auto"
     backend_options: dict = field(default_factory=dict)
     anchor: str | None = None
@@ -196,11 +197,14 @@ def apply_quality_control(case: CaseResult, labels: Volume, ct: Volume | None) -
 
 def finish_case(case: CaseResult, labels: Volume, ct: Volume | None, levels_status: str | None,
                 level_evidence: list[str], backend: str | None, full_vertebrae: bool | None,
-                warnings: list[str] = ()) -> CaseResult:
+                warnings: list[str] = (), backend_reason: str | None = None,
+                backend_details: dict | None = None) -> CaseResult:
     """Record how the segmentation and its level names came about, add the warnings a reader must see, and apply
     the quality gate: the step between grading and screening, the same for every front end."""
     case.levels_status, case.level_evidence = levels_status, list(level_evidence)
     case.segmentation_backend, case.full_vertebrae = backend, full_vertebrae
+    case.segmentation_backend_reason = backend_reason
+    case.segmentation_backend_details = dict(backend_details or {})
     case.warnings.extend(warnings)
     if levels_status in ("unconfirmed", "conflicting"):
         case.warnings.insert(0, f"vertebra levels are {levels_status} (nothing in view confirms the count): "
@@ -245,17 +249,21 @@ def run(request: AnalysisRequest, progress=None) -> Analysis:
     if request.dicom_out and not ct.meta.get("dicom_files"):
         raise InputError(request.ct, "is not a DICOM series folder: --dicom-out needs the source DICOM files")
     warnings: list[str] = []
+    reason, details = None, {}
     if labels is not None:
         prior = previous_record(request.seg)
         if prior is not None and prior.levels_status:
             status, evidence = prior.levels_status, list(prior.level_evidence)
             backend, full = prior.segmentation_backend, prior.full_vertebrae
+            reason, details = prior.segmentation_backend_reason, prior.segmentation_backend_details
         else:
             status, evidence, backend, full = "given", [f"levels as named in {request.seg}"], "given", True
+            reason = f"label map given with --seg {request.seg}"
     else:
         output = segment(request, ct, lambda fraction, message: report(0.05 + 0.6 * fraction, message))
         labels, status, evidence = output.labels, output.levels_status, list(output.level_evidence)
         backend, full = output.backend, output.full_vertebrae
+        reason, details = output.backend_reason, output.backend_details
         warnings.extend(output.warnings)
     labels, anchor_evidence = apply_anchor(labels, request)
     if anchor_evidence:
@@ -264,7 +272,7 @@ def run(request: AnalysisRequest, progress=None) -> Analysis:
     report(0.7, "measuring and grading")
     case = measure.measure_case(labels, ct, inputs=inputs,
                                progress=lambda fraction, message: report(0.7 + 0.1 * fraction, message))
-    finish_case(case, labels, ct, status, evidence, backend, full, warnings)
+    finish_case(case, labels, ct, status, evidence, backend, full, warnings, reason, details)
     analysis = Analysis(case=case, labels=labels, ct=ct)
     if request.screen:
         report(0.8, "screening bone density")

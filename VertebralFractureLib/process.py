@@ -15,6 +15,7 @@ No Qt, no Slicer: the module is tested with real child Python processes.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -261,6 +262,10 @@ def run(command: list[str], wait: bool = True, **options) -> ProcessRunner:
 # ---- the segmentation job -------------------------------------------------------------------------------------
 
 
+PANEL_BACKENDS = {"Automatic": "auto"}
+"""Segmentation methods as the Slicer panel names them -> ``--backend`` values (others are the same)."""
+
+
 def analyze_command(ct_path: str | Path, out_dir: str | Path, backend: str | None = None,
                     device: str | None = None, python: str | None = None, extra: list[str] | None = None) -> list[str]:
     """``PYTHON -m VertebralFractureLib analyze --ct CT --out DIR --no-report [--backend B] [--device D]``: the
@@ -268,7 +273,7 @@ def analyze_command(ct_path: str | Path, out_dir: str | Path, backend: str | Non
     command = [python or python_executable(), "-m", "VertebralFractureLib", "analyze", "--ct", str(ct_path),
                "--out", str(out_dir), "--no-report"]
     if backend:
-        command += ["--backend", backend]
+        command += ["--backend", PANEL_BACKENDS.get(backend, backend)]
     if device:
         command += ["--device", device]
     return command + list(extra or [])
@@ -315,6 +320,18 @@ class SegmentationJob:
         if not path.exists():
             raise ProcessFailedError(f"{path}: the segmentation process wrote no label map")
         return read_label_map(path, "verse", reference=self.ct).volume
+
+    def backend_summary(self) -> str:
+        """Which segmentation backend ran and why, from the child's results.json (for the panel's status line)."""
+        from .results import CaseResult
+        from .segment import describe_backend
+
+        try:
+            case = CaseResult.from_dict(json.loads((self.out_dir / "results.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            return "segmentation backend not recorded"
+        return describe_backend(case.segmentation_backend, case.segmentation_backend_reason,
+                                case.segmentation_backend_details)
 
     def case(self):
         """The child's :class:`~.results.CaseResult` (levels and how they were named, grades, warnings, quality

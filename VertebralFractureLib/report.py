@@ -22,7 +22,7 @@ GRADE_COLOURS = {None: "#9e9e9e", 0: "#2e7d32", 1: "#f9a825", 2: "#ef6c00", 3: "
 HEIGHT_COLOURS = {"anterior": "#00b8d4", "middle": "#ffd600", "posterior": "#d500f9"}
 
 CSV_COLUMNS = (
-    ["level", "label", "levels_status", "complete", "genant_grade", "morphology", "height_loss"]
+    ["level", "label", "levels_status", "complete", "genant_grade", "morphology", "height_loss", "fracture_score"]
     + [f"{name}_height_mm" for name in HEIGHT_NAMES]
     + [
         "wedge_ratio",
@@ -37,6 +37,7 @@ CSV_COLUMNS = (
         "morphology_override",
         "reviewed",
         "incomplete_reason",
+        "not_assessed_reason",
     ]
     + [f"{point}_{axis}_ras" for point in POINT_NAMES for axis in "xyz"]
 )
@@ -90,6 +91,7 @@ def case_to_csv(case: CaseResult) -> str:
             "genant_grade": vertebra.genant_grade,
             "morphology": vertebra.morphology,
             "height_loss": _round(vertebra.height_loss, 3),
+            "fracture_score": _round(vertebra.fracture_score, 3),
             "expected_posterior_mm": _round(vertebra.expected_posterior_mm),
             "depth_mm": _round(vertebra.depth_mm),
             "body_volume_ml": _round(vertebra.body_volume_ml),
@@ -99,6 +101,7 @@ def case_to_csv(case: CaseResult) -> str:
             "morphology_override": vertebra.morphology_override,
             "reviewed": vertebra.reviewed,
             "incomplete_reason": vertebra.incomplete_reason,
+            "not_assessed_reason": vertebra.not_assessed_reason,
             "wedge_ratio": _round(vertebra.ratios.get("wedge"), 3),
             "biconcavity_ratio": _round(vertebra.ratios.get("biconcavity"), 3),
             "crush_ratio": _round(vertebra.ratios.get("crush"), 3),

@@ -43,6 +43,10 @@ class VertebraResult:
     axes_ras: dict[str, list[float]] | None = None
     depth_mm: float | None = None
     body_volume_ml: float | None = None
+    voxel_extent_mm: float | None = None
+    """Extent of one voxel along the vertebra's superior axis: how finely the mask places an endplate."""
+    midsagittal_area_mm2: float | None = None
+    """Area of the body's section on the central sagittal planes (median over the planes the heights come from)."""
     body_voxels: int = 0
     trabecular_hu: float | None = None
     trabecular_hu_iqr: float | None = None
@@ -54,6 +58,10 @@ class VertebraResult:
     genant_grade: int | None = None
     morphology: str | None = None
     grade_reason: str = ""
+    fracture_score: float | None = None
+    """Continuous fracture likelihood (higher = more likely fractured), the score an ROC curve is drawn from."""
+    not_assessed_reason: str | None = None
+    """Why this level is outside the grading's scope (cervical spine, sacrum, coccyx, T1-T3 by default), or None."""
     # Review state (set by a reviewer; the automatic values above stay recorded beside it).
     grade_override: int | None = None
     morphology_override: str | None = None
@@ -77,13 +85,23 @@ class VertebraResult:
         if self.axes_ras:
             data["axes_ras"] = {k: _rounded(v, 4) for k, v in self.axes_ras.items()}
         data["ratios"] = {k: (None if v is None else round(float(v), 3)) for k, v in self.ratios.items()}
-        for key in ("depth_mm", "body_volume_ml", "trabecular_hu", "trabecular_hu_iqr", "expected_posterior_mm"):
+        rounded = (
+            "depth_mm",
+            "body_volume_ml",
+            "voxel_extent_mm",
+            "midsagittal_area_mm2",
+            "trabecular_hu",
+            "trabecular_hu_iqr",
+            "expected_posterior_mm",
+        )
+        for key in rounded:
             if data[key] is not None:
                 data[key] = round(float(data[key]), 2)
         if self.expected_heights_mm:
             data["expected_heights_mm"] = {k: round(float(v), 2) for k, v in self.expected_heights_mm.items()}
-        if data["height_loss"] is not None:
-            data["height_loss"] = round(float(data["height_loss"]), 3)
+        for key in ("height_loss", "fracture_score"):
+            if data[key] is not None:
+                data[key] = round(float(data[key]), 3)
         return data
 
     @classmethod
@@ -132,6 +150,10 @@ class CaseResult:
     """Why the vertebrae carry their names, one reason per item."""
     segmentation_backend: str | None = None
     """"classical", "monai", "totalsegmentator", "given" (a label map from elsewhere) ..."""
+    segmentation_backend_reason: str | None = None
+    """Why that backend segmented the CT: the automatic choice's reason, "asked for with --backend NAME", ..."""
+    segmentation_backend_details: dict = field(default_factory=dict)
+    """What exactly ran: model, version, weights SHA-256, resolution, device (see ``segment.SegmentationOutput``)."""
     full_vertebrae: bool | None = None
     """True when the masks hold the posterior elements, False for vertebral bodies only."""
     level_corrections: list[dict] = field(default_factory=list)
@@ -151,6 +173,8 @@ class CaseResult:
             "levels_status": self.levels_status,
             "level_evidence": list(self.level_evidence),
             "segmentation_backend": self.segmentation_backend,
+            "segmentation_backend_reason": self.segmentation_backend_reason,
+            "segmentation_backend_details": dict(self.segmentation_backend_details),
             "full_vertebrae": self.full_vertebrae,
             "level_corrections": [dict(c) for c in self.level_corrections],
             "patient": self.patient.to_dict(),
@@ -179,6 +203,9 @@ class CaseResult:
             levels_status=typed("levels_status"),
             level_evidence=list(typed("level_evidence", []) or []),
             segmentation_backend=typed("segmentation_backend", legacy.get("backend")),
+            segmentation_backend_reason=typed("segmentation_backend_reason", legacy.get("backend_reason")),
+            segmentation_backend_details=dict(typed("segmentation_backend_details",
+                                                    legacy.get("backend_details")) or {}),
             full_vertebrae=typed("full_vertebrae"),
             level_corrections=list(typed("level_corrections", []) or []),
         )

@@ -1,5 +1,11 @@
 """Agreement with the radiologists' Genant grades (VerSe'19) and with the peer's heights (TotalSegmentator example).
 
+Prints, for every graded vertebra of the shared VerSe'19 subjects, the radiologists' grade beside the measured
+grade, fracture score, heights and reason; sensitivity and specificity at grade >= 1 and grade >= 2 (a vertebra left
+ungraded counts as called normal: a missed fracture, a correct negative); the z-scores of the vertebrae graded 0
+against the per-level normal shapes of grade.py; a leave-one-subject-out fit of grade.REDUCTION_SCALE (the only
+fitted number) beside its in-sample fit; and the grades of the normal example spines.
+
     .venv/bin/python Testing/benchmarks/validate_grades.py [--data ../shared/data]
 """
 
@@ -7,14 +13,57 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 REPOSITORY = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPOSITORY))
 
-from VertebralFractureLib import io, measure  # noqa: E402
+from VertebralFractureLib import grade, io, measure  # noqa: E402
+
+SCALES = np.round(np.arange(1.0, 2.001, 0.05), 2)
+"""Candidate reduction scales of the leave-one-subject-out fit."""
+
+
+def _rates(pairs, cut):
+    """(hits, positives, correct rejections, negatives) of `predicted >= cut` against `truth >= cut`."""
+    positives = [(t, p) for t, p in pairs if t >= cut]
+    negatives = [(t, p) for t, p in pairs if t < cut]
+    hits = sum((p or 0) >= cut for _, p in positives)
+    rejections = sum((p or 0) < cut for _, p in negatives)
+    return hits, len(positives), rejections, len(negatives)
+
+
+def _summary(pairs) -> str:
+    lines = [f"exact grade: {sum(t == (p or 0) for t, p in pairs)}/{len(pairs)}"]
+    for cut in (1, 2):
+        hits, positives, rejections, negatives = _rates(pairs, cut)
+        lines.append(
+            f"grade >= {cut}: sensitivity {hits}/{positives} = {hits / positives:.2f}, "
+            f"specificity {rejections}/{negatives} = {rejections / negatives:.2f}"
+        )
+    return "\n".join(lines)
+
+
+def _pairs(cases, reference, rules, subjects):
+    pairs = []
+    for subject in subjects:
+        grade.grade_vertebrae(cases[subject].vertebrae, rules)
+        pairs += [(truth, cases[subject].vertebra(level).genant_grade) for level, truth in reference[subject].items()]
+    return pairs
+
+
+def _fit_scale(cases, reference, subjects) -> float:
+    """The scale with the smallest mean absolute grade error on these subjects (the smallest such scale on ties)."""
+    errors = []
+    for scale in SCALES:
+        rules = dataclasses.replace(grade.DEFAULT_RULES, reduction_scale=float(scale))
+        errors.append(sum(abs(t - (p or 0)) for t, p in _pairs(cases, reference, rules, subjects)))
+    return float(SCALES[int(np.argmin(errors))])
 
 
 def main(argv=None) -> int:
@@ -26,21 +75,63 @@ def main(argv=None) -> int:
     with open(data / "verse19" / "genant_grades.csv") as handle:
         for row in csv.DictReader(handle):
             reference.setdefault(row["subject"], {})[row["level"]] = int(row["genant_grade"])
-    exact = within_one = fracture_agree = total = 0
-    print("subject       level  radiologists  measured  reason")
-    for subject, grades in reference.items():
-        label_map = io.read_label_map(data / "verse19" / f"{subject}_seg-vert_msk.nii.gz")
-        case = measure.measure_case(label_map.volume)
-        for level, expected in grades.items():
-            vertebra = case.vertebra(level)
+    cases = {
+        subject: measure.measure_case(io.read_label_map(data / "verse19" / f"{subject}_seg-vert_msk.nii.gz").volume)
+        for subject in reference
+    }
+    subjects = list(reference)
+
+    print(f"With the rules of grade.py (reduction scale {grade.REDUCTION_SCALE}):")
+    print("subject       level  truth  grade  score   Ha    Hm    Hp   reason")
+    pairs = _pairs(cases, reference, grade.DEFAULT_RULES, subjects)
+    for subject in subjects:
+        for level, expected in reference[subject].items():
+            vertebra = cases[subject].vertebra(level)
             measured = vertebra.genant_grade
-            total += 1
-            exact += measured == expected
-            within_one += measured is not None and abs(measured - expected) <= 1
-            fracture_agree += (measured or 0) >= 1 and expected >= 1 or (measured or 0) == 0 and expected == 0
-            print(f"{subject}  {level:>5}  {expected:>12}  {measured!s:>8}  {vertebra.grade_reason[:70]}")
-    print(f"\nexact grade: {exact}/{total}; within one grade: {within_one}/{total}; "
-          f"fracture yes/no: {fracture_agree}/{total}")
+            heights = vertebra.heights_mm or {}
+            columns = "  ".join(f"{heights.get(n, float('nan')):4.1f}" for n in ("anterior", "middle", "posterior"))
+            wrong = ((measured or 0) >= 1) != (expected >= 1)
+            score = "  -  " if vertebra.fracture_score is None else f"{vertebra.fracture_score:5.2f}"
+            reason = vertebra.grade_reason if vertebra.complete else vertebra.incomplete_reason
+            print(f"{subject}  {level:>5}  {expected:>5}  {measured!s:>5}  {score}  {columns}  "
+                  f"{(reason or '')[:100]}{' *' if wrong else ''}")
+    print(_summary(pairs))
+
+    print("\nz-scores of the vertebrae graded 0 against the per-level normal shape (NORMAL_SHAPE, SD fraction "
+          f"{grade.NORMAL_SHAPE_SD}):")
+    all_z = []
+    for subject in subjects:
+        for level, expected in reference[subject].items():
+            vertebra = cases[subject].vertebra(level)
+            if expected or not vertebra.heights_mm:
+                continue
+            h = vertebra.heights_mm
+            normal = grade.normal_ratios(level)
+            measured = {
+                "wedge": h["anterior"] / h["posterior"],
+                "middle_to_posterior": h["middle"] / h["posterior"],
+                "middle_to_anterior": h["middle"] / h["anterior"],
+            }
+            z = {k: (measured[k] / normal[k] - 1) / grade.NORMAL_SHAPE_SD for k in measured}
+            all_z.append(list(z.values()))
+            print(f"  {subject} {level:>4}: " + "  ".join(f"{k} {measured[k]:.2f} (z {z[k]:+.1f})" for k in z))
+    all_z = np.array(all_z)
+    print("  mean z: " + "  ".join(f"{v:+.2f}" for v in all_z.mean(axis=0))
+          + ";  SD of z: " + "  ".join(f"{v:.2f}" for v in all_z.std(axis=0, ddof=1)))
+
+    print("\nReduction scale fitted leaving one subject out (mean absolute grade error on the other four):")
+    loso = []
+    for held_out in subjects:
+        scale = _fit_scale(cases, reference, [s for s in subjects if s != held_out])
+        rules = dataclasses.replace(grade.DEFAULT_RULES, reduction_scale=scale)
+        held = _pairs(cases, reference, rules, [held_out])
+        loso += held
+        print(f"  {held_out}: scale {scale:.2f}; truth/predicted {held}")
+    print("LOSO: " + _summary(loso).replace("\n", "; "))
+    scale = _fit_scale(cases, reference, subjects)
+    rules = dataclasses.replace(grade.DEFAULT_RULES, reduction_scale=scale)
+    print(f"in-sample (scale {scale:.2f} fitted on all five): "
+          + _summary(_pairs(cases, reference, rules, subjects)).replace("\n", "; "))
 
     ct = io.read_ct(data / "totalsegmentator-example" / "example_ct.nii.gz")
     label_map = io.read_label_map(
@@ -48,7 +139,7 @@ def main(argv=None) -> int:
     )
     case = measure.measure_case(label_map.volume, ct)
     peer = json.loads((data / "totalsegmentator-example" / "spine_report" / "spine_report.json").read_text())["results"]
-    print("\nTotalSegmentator example (3 mm): ours - peer, mm; grade")
+    print("\nTotalSegmentator example (3 mm): ours - peer, mm; grade; score")
     for level in ("L1", "L2", "L3", "L4", "L5"):
         vertebra = case.vertebra(level)
         differences = "  ".join(
@@ -56,7 +147,15 @@ def main(argv=None) -> int:
             for name in ("anterior", "middle", "posterior")
         )
         volume = vertebra.body_volume_ml - peer[f"vertebrae_{level}_volume_ml"]
-        print(f"  {level}: {differences}  volume {volume:+.2f} ml  grade {vertebra.genant_grade}")
+        print(f"  {level}: {differences}  volume {volume:+.2f} ml  grade {vertebra.genant_grade}  "
+              f"score {vertebra.fracture_score:.2f}")
+    full = io.read_label_map(data / "totalsegmentator-example" / "spine_report" / "totalseg.nii.gz", reference=ct)
+    case = measure.measure_case(full.volume, ct)
+    print("full-vertebra labels (totalseg.nii.gz):", {v.level: v.genant_grade for v in case.vertebrae})
+    for name in ("sub-gl003_dir-ax", "sub-gl017", "healthivert-0007", "sub-sample001"):
+        path = data / "ungraded-masks" / f"{name}_seg-vert_msk.nii.gz"
+        case = measure.measure_case(io.read_label_map(path).volume)
+        print(f"{name}:", {v.level: v.genant_grade for v in case.vertebrae if v.not_assessed_reason is None})
     return 0
 
 

@@ -8,7 +8,7 @@ Two kinds of model folder are loaded (see :func:`load_model`):
   with MONAI's own :class:`monai.bundle.ConfigParser`; output channels are named by ``metadata.json``
   (``network_data_format.outputs.pred.channel_def``) and channels named ``vertebrae_L1`` ... / ``sacrum`` are
   mapped to VerSe ids. Bundle configs contain Python expressions that MONAI evaluates: load bundles only from
-  sources you trust (``models download`` checks the archive against a pinned SHA-256).
+  sources you trust (``models download`` checks the archive against the hash its publisher publishes).
 * a **project model** (``model.json`` written by ``train``): a ``monai.networks.nets`` architecture, its
   parameters, voxel spacing, HU window and the VerSe id of every output channel. Plain data, nothing evaluated.
 
@@ -403,8 +403,12 @@ def segment_with_model(model: LoadedModel, ct: Volume, device="auto", amp: bool 
                 f"{torch_device.type}); not checked against anatomical anchors"]
     if progress:
         progress(1.0, "segmentation done")
+    details = {"model": model.name, "kind": model.kind, "version": model.details.get("version") or "",
+               "weights_sha256": model.weights_sha256, "spacing_mm": spacing, "device": torch_device.type,
+               "amp": bool(amp and torch_device.type == "cuda")}
     return SegmentationOutput(labels=on_ct, backend="monai", full_vertebrae=model.full_vertebrae,
-                              levels_status="unconfirmed", level_evidence=evidence, warnings=warnings)
+                              levels_status="unconfirmed", level_evidence=evidence, warnings=warnings,
+                              backend_details=details)
 
 
 @register_backend("monai")
