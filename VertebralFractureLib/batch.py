@@ -166,9 +166,11 @@ def quality_verdict(case) -> tuple[bool, str]:
     if not isinstance(quality, dict):
         return True, str(quality)
     passed = quality.get("passed", quality.get("status") not in ("fail", "failed"))
-    reasons = quality.get("reasons") or quality.get("failures") or quality.get("findings") or []
+    reasons = (quality.get("failed_checks") or quality.get("reasons") or quality.get("failures")
+               or quality.get("findings") or [])
     text = "; ".join(str(r.get("message", r) if isinstance(r, dict) else r) for r in reasons)
-    return bool(passed), text
+    # Findings withheld without a failure (level names unconfirmed): the headline says so.
+    return bool(passed), text or quality.get("headline", "")
 
 
 def summary_row(case: Case, analysis_case, out_dir: Path, screening=None) -> dict:

@@ -146,15 +146,28 @@ def cmd_measure(args: argparse.Namespace) -> int:
     analysis = pipeline.analyze(request_from_args(args, screen=False, report=False), args.out, progress)
     progress.close()
     print_analysis(analysis)
-    return 0
+    return exit_code(analysis.case)
+
+
+def exit_code(case) -> int:
+    """0, or :data:`qc.EXIT_QUALITY_FAILED` (5) when the segmentation failed quality control."""
+    from . import qc
+
+    return qc.EXIT_QUALITY_FAILED if case.quality is not None and case.quality.status == qc.FAILED else 0
 
 
 def print_analysis(analysis) -> None:
-    """The run's summary on stdout: levels and how they were named, grades, screening, files written."""
+    """The run's summary on stdout: the quality-control headline, levels and how they were named, grades,
+    screening, files written."""
+    from . import qc
     from .report import levels_line
     from .segment import describe_backend
 
     case = analysis.case
+    if qc.headline(case):
+        print(qc.headline(case))
+        for item in case.quality.failed_checks:
+            print(f"  {item}")
     if case.segmentation_backend:
         print("segmentation: " + describe_backend(case.segmentation_backend, case.segmentation_backend_reason,
                                                   case.segmentation_backend_details))
@@ -167,16 +180,20 @@ def print_analysis(analysis) -> None:
             continue
         heights = vertebra.heights_mm
         if vertebra.genant_grade is None:
-            print(f"{vertebra.level:>4}  {vertebra.grade_reason}")
+            measured = "" if not heights else (f"Ha {heights['anterior']:5.1f}  Hm {heights['middle']:5.1f}  "
+                                               f"Hp {heights['posterior']:5.1f} mm  ")
+            print(f"{vertebra.level:>4}  {measured}{vertebra.not_assessed_reason or vertebra.grade_reason}")
             continue
         print(f"{vertebra.level:>4}  Ha {heights['anterior']:5.1f}  Hm {heights['middle']:5.1f}  "
               f"Hp {heights['posterior']:5.1f} mm  grade {vertebra.genant_grade} {vertebra.morphology}")
     patient = case.patient
-    fractured = ", ".join(patient.fractured_levels) or "none"
+    withheld = case.quality is not None and case.quality.findings_withheld
+    fractured = ", ".join(patient.fractured_levels) or ("not assessed" if withheld else "none")
     print(f"fractured: {fractured}; worst grade {patient.worst_grade}; L1 trabecular HU "
           f"{'n/a' if patient.l1_trabecular_hu is None else round(patient.l1_trabecular_hu)}")
     for warning in case.warnings:
-        print(f"warning: {warning}")
+        if warning != qc.headline(case):
+            print(f"warning: {warning}")
     screening = analysis.screening
     if screening is not None:
         print(screening.recommendation.statement)
@@ -184,6 +201,10 @@ def print_analysis(analysis) -> None:
               f"({'; '.join(screening.recommendation.confidence_reasons)})")
     for name, path in analysis.written.items():
         print(f"wrote {name}: {path}")
+    if screening is not None:
+        from .screen import RESEARCH_USE
+
+        print(RESEARCH_USE)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,8 @@ Registered with the decorators of :mod:`.cli` when :func:`cli._load_command_modu
 
 Exit codes of ``analyze``: 0 done (all outputs published as one set, see :mod:`.outputs`); 2 a bad input or a
 file-system problem (one line names the file and the problem: unreadable, not a CT in Hounsfield units, disk full,
-...); 4 no vertebrae found in the CT (one line says so; nothing is written).
+...); 4 no vertebrae found in the CT (one line says so; nothing is written); 5 the segmentation failed quality
+control (:mod:`.qc`: every output is written and says so at its top; no fracture grade in them).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .cli import (
     add_report_arguments,
     arguments,
     command,
+    exit_code,
     print_analysis,
     request_from_args,
 )
@@ -77,7 +79,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return EXIT_NO_VERTEBRAE
     progress.close()
     print_analysis(analysis)
-    return 0
+    return exit_code(analysis.case)
 
 
 def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:

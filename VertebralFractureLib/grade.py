@@ -365,7 +365,8 @@ def summarize(vertebrae: list[VertebraResult]) -> PatientSummary:
     return PatientSummary(
         fractured_levels=fractured,
         worst_grade=max((v.final_grade for v in graded), default=None),
-        l1_trabecular_hu=None if l1 is None else l1.trabecular_hu,
+        # A cut L1's density is not L1's: it never stands in for the screening level.
+        l1_trabecular_hu=None if l1 is None or not l1.complete else l1.trabecular_hu,
         graded_levels=[v.level for v in graded],
         incomplete_levels=[v.level for v in vertebrae if not v.complete],
     )

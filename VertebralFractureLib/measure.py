@@ -157,15 +157,22 @@ def measure_case(
     rules: grade_mod.GradingRules | None = None,
 ) -> CaseResult:
     """Measure and grade every vertebra of a VerSe-id label volume (CT, when given, on the same grid)."""
+    from . import qc
+
     vertebrae = measure_vertebrae(labels, ct, progress)
     grade_mod.grade_vertebrae(vertebrae, rules or grade_mod.DEFAULT_RULES)
     summary = grade_mod.summarize(vertebrae)
     case = CaseResult(vertebrae=vertebrae, patient=summary, inputs=dict(inputs or {}))
+    # The one quality gate every front end passes: no grade leaves without a plausible segmentation behind it.
+    report = qc.apply_quality_gate(case)
     for vertebra in vertebrae:
         if not vertebra.complete:
             case.warnings.append(f"{vertebra.level} not graded: {vertebra.incomplete_reason}")
-        elif vertebra.genant_grade is None and not vertebra.not_assessed_reason:
-            case.warnings.append(f"{vertebra.level} {vertebra.grade_reason}")
+        elif vertebra.genant_grade is None and report.status == qc.PASSED:
+            reason = vertebra.not_assessed_reason
+            if reason and not reason.startswith(qc.VERTEBRA_REASON_PREFIX):
+                continue  # a level outside the grading's scope: no warning
+            case.warnings.append(f"{vertebra.level} {reason or vertebra.grade_reason}")
     return case
 
 

@@ -43,7 +43,6 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from . import grade as grade_mod
 from . import labels as labels_mod
 from . import measure as measure_mod
 from . import review
@@ -693,10 +692,17 @@ class VertebralFractureCase:
         review = {v.label: (v.grade_override, v.morphology_override, v.reviewed) for v in self.case.vertebrae}
         inputs = dict(self.case.inputs)
         new_case = measure_mod.measure_case(labels, ct, inputs=inputs, progress=progress)
+        # How the segmentation and its level names came about stays with the case: the quality gate needs it, so a
+        # re-measure never resurrects a finding it withheld (the reviewer's overrides stay in force).
+        for name in ("levels_status", "level_evidence", "segmentation_backend", "full_vertebrae", "level_corrections"):
+            if hasattr(self.case, name):
+                setattr(new_case, name, getattr(self.case, name))
         for vertebra in new_case.vertebrae:
             if vertebra.label in review:
                 vertebra.grade_override, vertebra.morphology_override, vertebra.reviewed = review[vertebra.label]
-        new_case.patient = grade_mod.summarize(new_case.vertebrae)
+        from . import qc
+
+        qc.apply_quality_gate(new_case, labels, ct)
         self._updating = True
         try:
             segmentation = self.segmentation_node.GetSegmentation()

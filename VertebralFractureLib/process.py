@@ -100,8 +100,11 @@ class ProcessRunner:
     """
 
     def __init__(self, command: list[str], env: dict | None = None, cwd: str | None = None,
-                 on_progress=None, on_output=None, keep_lines: int = 200):
+                 on_progress=None, on_output=None, keep_lines: int = 200, success_codes=(0,)):
         self.command = [str(part) for part in command]
+        self.success_codes = tuple(success_codes)
+        """Exit codes that mean the child did its job (``analyze`` ends with 5 when quality control failed: its
+        outputs are complete and say so)."""
         self.env = env
         self.cwd = cwd
         self.on_progress = on_progress
@@ -165,7 +168,7 @@ class ProcessRunner:
             self.ended_at = time.monotonic()
             if self._cancel_requested:
                 self.state = CANCELLED
-            elif self.returncode == 0:
+            elif self.returncode in self.success_codes:
                 self.state = FINISHED
                 self._progress(1.0, "done")
             else:
@@ -296,8 +299,11 @@ class SegmentationJob:
         self.ct_path = self.work_dir / "ct.nii.gz"
         self.out_dir = self.work_dir / "out"
         write_nifti(ct, self.ct_path)
+        from .qc import EXIT_QUALITY_FAILED
+
         self.runner = ProcessRunner(analyze_command(self.ct_path, self.out_dir, backend, device, python),
-                                    env=child_environment(device), on_progress=on_progress)
+                                    env=child_environment(device), on_progress=on_progress,
+                                    success_codes=(0, EXIT_QUALITY_FAILED))
 
     def start(self) -> SegmentationJob:
         self.runner.start()

@@ -173,12 +173,26 @@ def _sample_plane(volume: Volume, origin, anterior, superior, u_range, v_range, 
     return values.reshape(grid_u.shape), u, v
 
 
+def overview_title(case: CaseResult, width: int = 70) -> list[str]:
+    """Lines written across the top of the overview: the quality-control headline (when findings are withheld) and
+    the research-use line; the same strings the other outputs carry."""
+    import textwrap
+
+    from .qc import headline
+    from .screen import RESEARCH_USE
+
+    lines = textwrap.wrap(headline(case), width) if headline(case) else []
+    return lines + textwrap.wrap(RESEARCH_USE, width)
+
+
 def render_overview(
     case: CaseResult, labels: Volume, ct: Volume | None, destination: str | Path, pixel_mm: float = 0.5
-) -> None:
+) -> list[str]:
     """Sagittal view through the spine with the six points, the three heights and the grade of each vertebra.
 
-    The image shows the patient's anterior to the left and superior up, as radiologists read a sagittal CT.
+    The image shows the patient's anterior to the left and superior up, as radiologists read a sagittal CT. Across
+    its top: :func:`overview_title` (returned). A vertebra whose grade quality control withheld is labelled
+    "not assessed".
     """
     import matplotlib
 
@@ -231,9 +245,11 @@ def render_overview(
                     markeredgewidth=0.4,
                 )
             heights = vertebra.heights_mm
+            grade_text = "not assessed" if vertebra.final_grade is None else (
+                f"G{vertebra.final_grade}"
+                f"{'' if vertebra.final_morphology in (None, 'normal') else ' ' + vertebra.final_morphology}")
             text = (
-                f"{vertebra.level}  G{vertebra.final_grade}"
-                f"{'' if vertebra.final_morphology in (None, 'normal') else ' ' + vertebra.final_morphology}\n"
+                f"{vertebra.level}  {grade_text}\n"
                 f"Ha {heights['anterior']:.1f} Hm {heights['middle']:.1f} Hp {heights['posterior']:.1f}"
             )
         else:
@@ -256,6 +272,15 @@ def render_overview(
                   bbox={"boxstyle": "round,pad=0.25", "facecolor": "#ef6c00" if case.levels_status in LEVELS_DOUBTFUL
                         else "#546e7a", "alpha": 0.9, "edgecolor": "none"})
     axes.set_axis_off()
+    withheld = case.quality is not None and case.quality.findings_withheld
+    font_size = 8 if withheld else 7
+    # About 0.6 em per character: the lines fit the figure's width.
+    title = overview_title(case, width=int(figure.get_figwidth() * 72 / (0.62 * font_size)))
+    figure.text(0.5, 0.995, "\n".join(title), ha="center", va="top", fontsize=font_size,
+                fontweight="bold", color="white",
+                bbox={"boxstyle": "square,pad=0.3", "facecolor": "#b71c1c" if withheld else "#4a148c",
+                      "alpha": 0.9, "edgecolor": "none"})
     with open(destination, "wb") as handle:
         figure.savefig(handle, format="png", dpi=110)
     plt.close(figure)
+    return title

@@ -21,8 +21,10 @@ from scipy import interpolate, ndimage
 from . import __version__
 from . import labels as labels_mod
 from .io import Volume, atomic_path
+from .qc import headline as quality_headline
 from .report import LEVELS_DOUBTFUL, levels_line
 from .results import CaseResult
+from .screen import RESEARCH_USE
 
 GRADE_COLORS = {0: "#2e7d32", 1: "#f9a825", 2: "#ef6c00", 3: "#c62828", None: "#757575"}
 GRADE_TEXT = {0: "0 normal", 1: "1 mild", 2: "2 moderate", 3: "3 severe", None: "not graded"}
@@ -199,7 +201,7 @@ def render_straightened(case: CaseResult, ct: Volume | None, labels: Volume | No
         if not vertebra.complete:
             detail = "cut (incomplete)"
         grade = vertebra.final_grade
-        grade_text = f"G{grade}" if grade is not None else "–"
+        grade_text = f"G{grade}" if grade is not None else ("not assessed" if vertebra.not_assessed_reason else "–")
         ax.text(view.u[0] + 1.5, s_c, f"{label} {grade_text}", color="white", fontsize=8, fontweight="bold",
                 va="center", ha="right", bbox={"boxstyle": "round,pad=0.2", "fc": color, "ec": "none", "alpha": 0.9})
         if detail:
@@ -319,7 +321,9 @@ def vertebra_rows(case: CaseResult) -> list[dict]:
             "wedge": _fmt(ratios.get("wedge"), 2) if "wedge" in ratios else
             (_fmt(h["anterior"] / h["posterior"], 2) if h.get("anterior") and h.get("posterior") else "–"),
             "loss": "–" if v.height_loss is None else f"{100 * v.height_loss:.0f} %",
-            "grade": v.final_grade, "grade_text": GRADE_TEXT.get(v.final_grade, str(v.final_grade)),
+            "grade": v.final_grade,
+            "grade_text": "not assessed" if v.final_grade is None and v.complete and v.not_assessed_reason
+            else GRADE_TEXT.get(v.final_grade, str(v.final_grade)),
             "morphology": v.final_morphology or "–",
             "hu": "–" if v.trabecular_hu is None else
             f"{v.trabecular_hu:.0f} [{_fmt(v.trabecular_hu_iqr, 0)}]" + ("" if v.complete else " (cut: not used)"),
@@ -347,6 +351,8 @@ th,td{border:1px solid #cfd8dc;padding:4px 6px;text-align:center}th{background:#
 td.grade{color:#fff;font-weight:600}ul{margin:4px 0 4px 18px;padding:0}.small{font-size:12px;color:#546e7a}
 .cols{display:flex;gap:18px;align-items:flex-start}.cols>div{flex:1}.cols>div.wide{flex:2}img{max-width:100%}
 @media print{body{margin:0}.noprint{display:none}}
+.research{font-size:12.5px;font-weight:600;color:#6a1b9a;margin:4px 0}
+.quality{border:2px solid #c62828;background:#ffebee;color:#b71c1c;font-weight:600;padding:8px 12px;margin:10px 0}
 """
 
 
@@ -400,6 +406,11 @@ def build_html(case: CaseResult, screening, header: dict, sagittal_png: bytes | 
     scale = (f'<img alt="Bone density against thresholds" src="data:image/png;base64,'
              f'{base64.b64encode(scale_png).decode()}">' if scale_png else "")
     warnings = list(case.warnings)
+    quality_banner = ""
+    if quality_headline(case):
+        failed = "".join(f"<li>{html.escape(item)}</li>" for item in case.quality.failed_checks)
+        quality_banner = (f'<div class="quality">{html.escape(quality_headline(case))}'
+                          f'{"<ul>" + failed + "</ul>" if failed else ""}</div>\n')
     levels_text = levels_line(case)
     levels_html = "" if levels_text is None else (
         f'<div class="levels" style="font-weight:{"bold" if case.levels_status in LEVELS_DOUBTFUL else "normal"};'
@@ -410,7 +421,8 @@ def build_html(case: CaseResult, screening, header: dict, sagittal_png: bytes | 
 <html lang="en"><head><meta charset="utf-8"><title>Vertebral fracture and bone density screening</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>
 <h1>Opportunistic vertebral fracture and bone density screening</h1>
-<div class="meta">Patient: <b>{html.escape(who)}</b> &nbsp;·&nbsp; ID: {html.escape(pid)} &nbsp;·&nbsp;
+<div class="research">{html.escape(RESEARCH_USE)}</div>
+{quality_banner}<div class="meta">Patient: <b>{html.escape(who)}</b> &nbsp;·&nbsp; ID: {html.escape(pid)} &nbsp;·&nbsp;
 Study date: {html.escape(study_date)} &nbsp;·&nbsp; Series: {html.escape(header.get("series_description") or "–")}
 &nbsp;·&nbsp; Generated {generated} by VertebralFracture {html.escape(__version__)}</div>
 {levels_html}<div class="box" style="border-color:{color}"><div class="statement">{html.escape(rec.statement)}</div>
@@ -439,6 +451,7 @@ Contrast correction as in TotalSegmentator (arterial +{t.contrast_offset_hu["art
 +{t.contrast_offset_hu["portal venous"]:g} HU). Fracture grading: Genant semi-quantitative method
 (Genant et al., JBMR 1993). This is a screening aid from a CT acquired for another purpose; it does not replace
 DXA or a radiologist's reading.</div>
+<div class="research">{html.escape(RESEARCH_USE)}</div>
 </body></html>
 """
 
@@ -471,6 +484,13 @@ def write_pdf(path: Path, case: CaseResult, screening, header: dict, sagittal_fi
         page.text(0.06, y, f"Patient: {who}   ID: {header.get('patient_id') or '–'}   Study date: "
                            f"{header.get('study_date') or '–'}   VertebralFracture {__version__}", fontsize=8,
                   color="#546e7a")
+        y -= 0.02
+        page.text(0.06, y, RESEARCH_USE, fontsize=8.5, fontweight="bold", color="#6a1b9a")
+        if quality_headline(case):
+            y -= 0.025
+            banner = _wrap(quality_headline(case), 90)
+            page.text(0.06, y, banner, fontsize=10, fontweight="bold", va="top", color="#b71c1c")
+            y -= 0.016 * banner.count("\n")
         levels_text = levels_line(case)
         if levels_text:
             wrapped = _wrap(levels_text, 120)
@@ -541,6 +561,7 @@ def write_pdf(path: Path, case: CaseResult, screening, header: dict, sagittal_fi
             wrapped = _wrap(line, 110)
             notes.text(0.07, y, wrapped, fontsize=8, va="top")
             y -= 0.015 * (wrapped.count("\n") + 1) + 0.005
+        notes.text(0.06, 0.03, RESEARCH_USE, fontsize=8.5, fontweight="bold", color="#6a1b9a")
         pdf.savefig(notes)
         plt.close(notes)
         info = pdf.infodict()

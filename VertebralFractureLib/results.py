@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .qc import QualityReport
 
 POINT_NAMES = (
     "superior_anterior",
@@ -61,7 +65,8 @@ class VertebraResult:
     fracture_score: float | None = None
     """Continuous fracture likelihood (higher = more likely fractured), the score an ROC curve is drawn from."""
     not_assessed_reason: str | None = None
-    """Why this level is outside the grading's scope (cervical spine, sacrum, coccyx, T1-T3 by default), or None."""
+    """Why the vertebra has no Genant grade although it was measured: outside the grading's scope (cervical spine,
+    sacrum, coccyx, T1-T3 by default) or withheld by quality control (:mod:`.qc`); None when graded."""
     # Review state (set by a reviewer; the automatic values above stay recorded beside it).
     grade_override: int | None = None
     morphology_override: str | None = None
@@ -144,6 +149,8 @@ class CaseResult:
     coordinate_system: str = "RAS"
     warnings: list[str] = field(default_factory=list)
     schema_version: str = SCHEMA_VERSION
+    quality: QualityReport | None = None
+    """Quality control of the segmentation behind the grades (:mod:`.qc`); None when it was not run."""
     levels_status: str | None = None
     """One of :data:`LEVELS_STATUSES` (None: not recorded, results of schema 1.0 without it)."""
     level_evidence: list[str] = field(default_factory=list)
@@ -180,10 +187,13 @@ class CaseResult:
             "patient": self.patient.to_dict(),
             "vertebrae": [v.to_dict() for v in self.vertebrae],
             "warnings": list(self.warnings),
+            "quality": None if self.quality is None else self.quality.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> CaseResult:
+        from .qc import QualityReport
+
         inputs = dict(data.get("inputs", {}))
         # Schema 1.0 kept these in ``inputs``: the CLI under inputs["segmentation"], the Slicer module at its top.
         legacy = inputs.get("segmentation") if isinstance(inputs.get("segmentation"), dict) else {}
@@ -200,6 +210,7 @@ class CaseResult:
             coordinate_system=data.get("coordinate_system", "RAS"),
             warnings=list(data.get("warnings", [])),
             schema_version=data.get("schema_version", SCHEMA_VERSION),
+            quality=QualityReport.from_dict(data.get("quality")),
             levels_status=typed("levels_status"),
             level_evidence=list(typed("level_evidence", []) or []),
             segmentation_backend=typed("segmentation_backend", legacy.get("backend")),

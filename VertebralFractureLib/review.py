@@ -56,24 +56,34 @@ def heights_from_points(points_ras: dict[str, list[float]]) -> dict[str, float]:
 
 
 def regrade(case: CaseResult) -> None:
-    """Grade every vertebra again from its heights (neighbours' expected heights stay consistent) and summarise."""
+    """Grade every vertebra again from its heights (neighbours' expected heights stay consistent), pass the grades
+    through quality control again (a withheld finding is not resurrected by a re-grade; a reviewer's explicit
+    grade override stays in force) and summarise."""
+    from . import qc
+
     case.vertebrae.sort(key=lambda v: labels_mod.rank(v.label))
     grade_mod.grade_vertebrae(case.vertebrae)
-    case.patient = grade_mod.summarize(case.vertebrae)
+    qc.apply_quality_gate(case)
 
 
 def summary_text(case: CaseResult) -> str:
-    """The patient summary as a few lines of plain text (module panel, text node, batch logs)."""
+    """The patient summary as a few lines of plain text (module panel, text node, batch logs); the quality-control
+    headline first when findings are withheld."""
+    from . import qc
+
     patient = case.patient
     lines = []
-    graded = [v for v in case.vertebrae if v.complete]
+    graded = [v for v in case.vertebrae if v.complete and v.final_grade is not None]
     fractured = [v for v in graded if (v.final_grade or 0) > 0]
+    withheld = case.quality is not None and case.quality.findings_withheld
     if fractured:
         parts = []
         for vertebra in fractured:
             note = " (reviewer)" if vertebra.grade_override is not None else ""
             parts.append(f"{vertebra.level} grade {vertebra.final_grade} {vertebra.final_morphology or ''}{note}")
         lines.append("Fractures: " + "; ".join(p.replace("  ", " ").strip() for p in parts))
+    elif withheld or not graded:
+        lines.append("Fractures: not assessed")
     else:
         lines.append("Fractures: none found")
     worst = max((v.final_grade or 0 for v in graded), default=None)
@@ -84,11 +94,16 @@ def summary_text(case: CaseResult) -> str:
     incomplete = [v for v in case.vertebrae if not v.complete]
     if incomplete:
         lines.append("Not graded: " + "; ".join(f"{v.level} ({v.incomplete_reason})" for v in incomplete))
+    not_assessed = [v for v in case.vertebrae if v.complete and v.final_grade is None and v.not_assessed_reason]
+    if not_assessed and not withheld:
+        lines.append("Not assessed: " + "; ".join(f"{v.level} ({v.not_assessed_reason})" for v in not_assessed))
     reviewed = sum(1 for v in case.vertebrae if v.reviewed)
     lines.append(f"Reviewed: {reviewed} of {len(case.vertebrae)} vertebrae")
     levels = report_mod.levels_line(case)
     if levels:
         lines.insert(0, levels)
+    if qc.headline(case):
+        lines.insert(0, qc.headline(case))
     return "\n".join(lines)
 
 

@@ -25,6 +25,8 @@ from .io import Volume
 from .results import CaseResult, PatientSummary, VertebraResult
 
 GRADE_NAMES = {0: "normal", 1: "mild", 2: "moderate", 3: "severe"}
+RESEARCH_USE = "Research use only — not a diagnosis. Not a medical device; a clinician must review the images."
+"""Printed on every report (HTML, PDF, overview image, terminal)."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -54,6 +56,11 @@ class DensityThresholds:
     aorta_contrast_hu: float = 150.0
     aorta_uncertain_hu: float = 110.0
     aorta_arterial_hu: float = 250.0
+    # Fallback when no round aorta is found: a pool of blood this bright (unenhanced blood is 30-60 HU; enhanced
+    # arterial blood 250-500 HU), whose core (voxels this deep inside it) holds at least this volume.
+    blood_pool_hu: float = 200.0
+    blood_pool_core_mm: float = 4.0
+    blood_pool_min_ml: float = 5.0
     reference_kvp: float = 120.0
 
     def category(self, hu: float) -> str:
@@ -464,6 +471,54 @@ def find_aorta(ct: Volume, body_mask: np.ndarray, settings: DensityThresholds,
             "slices": len(stable)}
 
 
+def find_blood_pool(ct: Volume, spine_mask: np.ndarray, settings: DensityThresholds,
+                    anterior_mm: float = 90.0, lateral_mm: float = 60.0) -> dict | None:
+    """A large pool of contrast-enhanced blood (aorta, heart, great vessels) in front of the labelled spine.
+
+    Voxels of ``settings.blood_pool_hu`` .. 600 HU (after smoothing with sigma 1.5 mm) that are neither bone
+    (> 700 HU, grown by 2 mm) nor within 5 mm of the labelled vertebrae, inside a box from 10 mm behind to
+    ``anterior_mm`` in front of the spine and ``lateral_mm`` to either side (the index box around that world box),
+    over the slices the spine spans. The
+    pool's core (voxels at least ``blood_pool_core_mm`` inside it, which thin bone such as ribs and the sternum's
+    cortex-bounded marrow never reaches) must hold ``blood_pool_min_ml``. Unenhanced blood is 30-60 HU, far below.
+    Returns the core's median HU and centre (RAS), or None.
+    """
+    coords = np.argwhere(spine_mask)
+    if coords.size == 0:
+        return None
+    world = ct.ijk_to_world(coords)
+    low = world.min(axis=0) - [lateral_mm, 10.0, 0.0]
+    high = world.max(axis=0) + [lateral_mm, anterior_mm, 0.0]
+    low[1] = np.median(world[:, 1]) - 10.0
+    corners = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
+    ijk = ct.world_to_ijk(corners)
+    box = tuple(slice(int(np.clip(np.floor(ijk[:, a].min()), 0, ct.shape[a] - 1)),
+                      int(np.clip(np.ceil(ijk[:, a].max()) + 1, 1, ct.shape[a]))) for a in range(3))
+    # Voxels of about 1.5 mm are fine enough for a pool whose core is 4 mm deep (and keep 512^2 scans fast).
+    step = np.maximum(1, np.round(1.5 / ct.spacing)).astype(int)
+    box = tuple(slice(b.start, b.stop, int(k)) for b, k in zip(box, step))
+    values = ct.array[box].astype(np.float32)
+    spacing = ct.spacing * step
+    smooth = ndimage.gaussian_filter(values, sigma=1.5 / spacing)
+    bone = ndimage.distance_transform_edt(~(smooth > 700.0), sampling=spacing) <= 2.0
+    near_spine = ndimage.distance_transform_edt(~spine_mask[box], sampling=spacing) <= 5.0
+    offset = np.array([b.start for b in box], dtype=float)
+    pool = (smooth >= settings.blood_pool_hu) & (smooth < 600.0) & ~bone & ~near_spine
+    core = ndimage.distance_transform_edt(pool, sampling=spacing) >= settings.blood_pool_core_mm
+    components, count = ndimage.label(core)
+    if count == 0:
+        return None
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    largest = components == int(np.argmax(sizes))
+    volume_ml = float(largest.sum() * np.prod(spacing) / 1000.0)
+    if volume_ml < settings.blood_pool_min_ml:
+        return None
+    centre = ct.ijk_to_world(np.argwhere(largest).mean(axis=0) * step + offset)[0]
+    return {"hu": float(np.median(values[largest])), "center_ras": centre.tolist(), "slices": 0,
+            "source": f"enhanced blood pool of {volume_ml:.0f} ml in front of the spine"}
+
+
 def assess_contrast(ct: Volume, body_mask: np.ndarray | None, thresholds: DensityThresholds,
                     dicom: dict | None = None, bone_mask: np.ndarray | None = None) -> ContrastAssessment:
     """Combine the DICOM header (ContrastBolusAgent) with the aortic attenuation measured on the images."""
@@ -472,6 +527,10 @@ def assess_contrast(ct: Volume, body_mask: np.ndarray | None, thresholds: Densit
     agent_given = bool(agent) and agent.strip().upper() not in ("NONE", "NO", "0", "")
     aorta = (find_aorta(ct, body_mask, thresholds, bone_mask=bone_mask)
              if body_mask is not None and body_mask.any() else None)
+    if aorta is None and bone_mask is not None and bone_mask.any():
+        # The round-aorta search fails where an automatic segmentation swallowed the aorta into a vertebra (the
+        # chest crop's T8-T12): look for any large pool of enhanced blood in front of the spine instead.
+        aorta = find_blood_pool(ct, bone_mask, thresholds)
     result = ContrastAssessment(dicom_agent=agent)
     if aorta is not None:
         result.aorta_hu, result.aorta_center_ras = aorta["hu"], aorta["center_ras"]
@@ -491,10 +550,12 @@ def assess_contrast(ct: Volume, body_mask: np.ndarray | None, thresholds: Densit
     elif aorta_hu is not None and aorta_hu >= thresholds.aorta_contrast_hu:
         result.status = "contrast"
         result.phase = "arterial" if aorta_hu >= thresholds.aorta_arterial_hu else "portal venous"
-        result.source = "aorta" + (" + DICOM ContrastBolusAgent" if agent_given else "")
+        blood = (aorta or {}).get("source", "aorta")
+        result.source = ("aorta" if blood == "aorta" else "blood pool") + \
+            (" + DICOM ContrastBolusAgent" if agent_given else "")
         result.certain = True
-        result.note = (f"aorta {aorta_hu:.0f} HU (>= {thresholds.aorta_contrast_hu:g} HU): contrast enhanced, "
-                       f"{result.phase} phase estimated from aortic attenuation "
+        result.note = (f"{blood} {aorta_hu:.0f} HU (>= {thresholds.aorta_contrast_hu:g} HU): contrast enhanced, "
+                       f"{result.phase} phase estimated from the blood's attenuation "
                        f"({'>=' if result.phase == 'arterial' else '<'} {thresholds.aorta_arterial_hu:g} HU)")
     elif agent_given:
         result.status = "contrast"
@@ -560,12 +621,20 @@ def case_from_labels(labels: Volume, inputs: dict | None = None) -> CaseResult:
                       warnings=["morphometry not run: heights and grades unavailable"])
 
 
-def _usability(vertebra: VertebraResult | None, density: DensityMeasurement | None) -> str | None:
+def _quality_of(case: CaseResult, vertebra: VertebraResult):
+    report = getattr(case, "quality", None)
+    return None if report is None else report.vertebra(vertebra.label)
+
+
+def _usability(case: CaseResult, vertebra: VertebraResult | None, density: DensityMeasurement | None) -> str | None:
     """None if the level can be the screening level, else why not."""
     if vertebra is None:
         return "not in the label map"
     if not vertebra.complete:
         return f"incomplete ({vertebra.incomplete_reason or 'cut'})"
+    quality = _quality_of(case, vertebra)
+    if quality is not None and quality.problems:
+        return "failed quality control (" + "; ".join(quality.problems) + ")"
     grade = vertebra.final_grade
     if grade is not None and grade >= 1:
         return f"fractured (Genant grade {grade})"
@@ -580,7 +649,7 @@ def choose_level(case: CaseResult, densities: dict[str, DensityMeasurement],
     excluded = []
     for level in rules.screening_levels:
         vertebra = next((v for v in case.vertebrae if v.level == level), None)
-        why_not = _usability(vertebra, densities.get(level))
+        why_not = _usability(case, vertebra, densities.get(level))
         if why_not is None:
             if not excluded:
                 if level == "L1":
@@ -628,7 +697,14 @@ def recommend(case: CaseResult, level: str | None, level_reason: str, measured_h
     actions = ["none"]
     phrases = []
 
+    quality = getattr(case, "quality", None)
+    withheld = quality is not None and quality.findings_withheld
     graded = [v for v in case.vertebrae if v.final_grade is not None]
+    not_assessed = [v for v in case.vertebrae if v.complete and v.final_grade is None and v.not_assessed_reason]
+    if not_assessed and not withheld:
+        penalty += 1
+        confidence_reasons.append("not assessed: " + "; ".join(f"{v.level} ({v.not_assessed_reason})"
+                                                               for v in not_assessed))
     fractured = sorted((v for v in graded if v.final_grade >= 1),
                        key=lambda v: (-v.final_grade, labels_mod.rank(v.label)))
     for vertebra in fractured:
@@ -646,6 +722,12 @@ def recommend(case: CaseResult, level: str | None, level_reason: str, measured_h
                            "whatever the bone density")
         elif worst.final_grade >= rules.dxa_fracture_grade:
             actions.append("dxa")
+    elif withheld:
+        why = "segmentation failed quality control" if quality.status == "failed" else quality.status
+        phrases.append(f"Fractures not assessed ({why})")
+        penalty += 2
+        confidence_reasons.append(quality.headline)
+        reasons.extend(f"quality control: {item}" for item in quality.failed_checks)
     elif graded:
         phrases.append(f"No vertebral fracture ({', '.join(v.level for v in graded)} graded)")
         reasons.append(f"Genant grade 0 at {', '.join(v.level for v in graded)}")
@@ -725,6 +807,29 @@ def recommend(case: CaseResult, level: str | None, level_reason: str, measured_h
         penalty += 1
         confidence_reasons.append(f"incomplete vertebrae (cut by the field of view): {', '.join(cut)}")
 
+    # A measured vertebra below the osteoporosis band is never "no action", whichever level it is and however it
+    # was measured (not a screening level, cut by the field of view, failed quality control): the wording says so.
+    offset = contrast.offset_hu if contrast is not None else 0.0
+    def failed_qc(vertebra):
+        entry = None if quality is None else quality.vertebra(vertebra.label)
+        return entry is not None and bool(entry.problems)
+
+    # The most trustworthy low value is named: whole bodies before cut ones, plausible segmentations first.
+    low = sorted((((not v.complete, failed_qc(v), v.trabecular_hu - offset), v) for v in case.vertebrae
+                  if v.trabecular_hu is not None and v.level != level
+                  and v.trabecular_hu - offset < thresholds.osteoporosis_below_hu), key=lambda item: item[0])
+    if low and max(actions, key=ACTION_ORDER.get) in ("none", "consider"):
+        (_, _, value), vertebra = low[0]
+        notes = ["not the screening level"]
+        if not vertebra.complete:
+            notes.append("cut by the field of view")
+        if failed_qc(vertebra):
+            notes.append("its segmentation failed quality control")
+        phrases.append(f"{vertebra.level} {value:.0f} HU ({', '.join(notes)}) is below "
+                       f"{thresholds.osteoporosis_below_hu:g} HU: bone density may be low")
+        reasons.append(f"{vertebra.level} trabecular median {value:.0f} HU < {thresholds.osteoporosis_below_hu:g} HU "
+                       f"(osteoporosis band); {', '.join(notes)}")
+        actions.append("dxa")
     action = max(actions, key=ACTION_ORDER.get)
     if action == "none" and not graded and corrected_hu is None:
         # Neither a grade nor a density: "no action" would read as a normal result.
@@ -807,7 +912,10 @@ def screen_case(labels: Volume, ct: Volume | None, case: CaseResult | None = Non
         category = thresholds.category(corrected)
         pickhardt = thresholds.pickhardt_statement(corrected)
     l1 = densities.get("L1")
-    case.patient.l1_trabecular_hu = l1.median_hu if l1 is not None else None
+    l1_vertebra = next((v for v in case.vertebrae if v.level == "L1"), None)
+    # A cut L1's density is not L1's (its region may hold a sliver of bone): it never stands in for L1.
+    case.patient.l1_trabecular_hu = (l1.median_hu if l1 is not None and l1_vertebra is not None
+                                     and l1_vertebra.complete else None)
 
     if ct is None:
         caveats.append("No CT given: bone density was not measured; the recommendation rests on fracture grades only.")
@@ -828,6 +936,13 @@ def screen_case(labels: Volume, ct: Volume | None, case: CaseResult | None = Non
     cut = [v.level for v in case.vertebrae if not v.complete]
     if cut:
         caveats.append(f"Vertebrae cut by the field of view (not graded / not measured): {', '.join(cut)}.")
+    quality = getattr(case, "quality", None)
+    if quality is not None and quality.findings_withheld:
+        caveats.insert(0, quality.headline + ".")
+        if level is not None:
+            caveats.append(f"The density level is named {level} by a segmentation whose level names are "
+                           f"{'unconfirmed' if quality.status != 'failed' else 'not trusted'}: it may be another "
+                           "vertebra.")
     caveats.append("Opportunistic CT screening does not replace DXA; thresholds are population cut-offs.")
     recommendation = recommend(case, level, level_reason, measured, corrected, density, contrast, kvp,
                                ct is not None, thresholds, rules)
