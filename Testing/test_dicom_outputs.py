@@ -123,6 +123,7 @@ def test_trabecular_value_round_trip_on_phantom_series(tmp_path):
     from screen_phantoms import spine_phantom
 
     ct_phantom, labels, _ = spine_phantom({"T12": 150.0, "L1": 80.0}, spacing=2.0)
+    ct_phantom.array[:, -2:, :] = -1000.0  # air in front of the body: a CT in HU holds some (read_ct checks)
     folder = write_ct_series(ct_phantom, tmp_path / "series")
     ct = io.read_ct(folder)
     label_volume = io.resample_labels_to(labels, ct)

@@ -17,7 +17,8 @@ def test_level_names_and_ids_round_trip():
 @pytest.mark.parametrize(
     "name, expected",
     [("L1", 20), ("vertebrae_L1", 20), ("Vertebra T12", 19), ("t9", 16), ("vertebrae_C7", 7), ("sacrum", 26),
-     ("L5 vertebra", 24), ("liver", None), ("rib_left_12", None), ("Segment_1", None)],
+     ("L5 vertebra", 24), ("liver", None), ("rib_left_12", None), ("Segment_1", None), ("L 1", 20),
+     ("vertebrae_S1", 26), ("disc L1-L2", None), ("T12 rib", None), ("L5-S1 disc", None), ("L1 canal", None)],
 )
 def test_segment_names(name, expected):
     assert labels.label_from_segment_name(name) == expected

@@ -7,7 +7,9 @@ Other conventions are converted to VerSe ids when a label map is read.
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,7 +48,6 @@ CONVENTION_TO_VERSE = {
     TOTALSEG_V1: _TOTALSEG_V1_TO_VERSE,
 }
 
-_SEGMENT_NAME = re.compile(r"(?:^|[^A-Za-z])([CTL])[ _-]?(\d{1,2})(?![0-9])", re.IGNORECASE)
 
 
 def level_name(label: int) -> str:
@@ -65,19 +66,35 @@ def label_from_level(name: str) -> int:
     return label
 
 
+_VERTEBRA_WORDS = {"vertebra", "vertebrae", "vertebral", "body", "bone", "level"}
+"""Words a vertebra segment's name may hold beside its level ("vertebrae_L1", "L5 vertebra", "T12 vertebral body");
+any other word ("disc L1-L2", "T12 rib", "L1 canal") means the segment is something else."""
+_LEVEL_TOKEN = re.compile(r"^([ctl])(\d{1,2})$|^(s1|sacrum|coccyx)$")
+
+
 def label_from_segment_name(name: str) -> int | None:
-    """VerSe id from a segment name such as "L1", "vertebrae_L1", "Vertebra T12"; None if it names no vertebra."""
-    text = name.strip()
-    if re.search(r"sacrum|(^|[^A-Za-z])S1($|[^0-9])", text, re.IGNORECASE):
-        return SACRUM
-    if re.search(r"coccyx", text, re.IGNORECASE):
-        return COCCYX
-    match = _SEGMENT_NAME.search(text)
-    if not match:
+    """VerSe id from a segment name such as "L1", "vertebrae_L1", "Vertebra T12"; None if it names no vertebra.
+
+    The name must hold exactly one level and otherwise only words of :data:`_VERTEBRA_WORDS`: "disc L1-L2" (two
+    levels and "disc") or "T12 rib" name no vertebra.
+    """
+    words = [word for word in re.split(r"[^a-z0-9]+", name.strip().lower()) if word]
+    joined = []
+    for word in words:  # "L 1" -> "l1"
+        if joined and joined[-1] in ("c", "t", "l") and word.isdigit():
+            joined[-1] += word
+        else:
+            joined.append(word)
+    levels = [word for word in joined if _LEVEL_TOKEN.match(word)]
+    others = [word for word in joined if not _LEVEL_TOKEN.match(word) and word not in _VERTEBRA_WORDS]
+    if len(levels) != 1 or others:
         return None
-    region, number = match.group(1).upper(), int(match.group(2))
-    candidate = f"{region}{number}"
-    return _IDS.get(candidate)
+    level = levels[0]
+    if level in ("s1", "sacrum"):
+        return SACRUM
+    if level == "coccyx":
+        return COCCYX
+    return _IDS.get(level.upper())
 
 
 def rank(label: int) -> float:
@@ -108,11 +125,188 @@ def shift_level(label: int, steps: int) -> int:
     return order[index]
 
 
-def detect_convention(present_labels) -> str:
-    """Guess the convention of a label map from the label values present.
+TOTALSEG_V1_MAX_ID = 104
+"""TotalSegmentator v1 has 104 classes (Wasserthal 2023, v1 class map): a map holding a larger id is not v1."""
+SUBREGION_IDS = tuple(range(41, 51))
+"""Vertebra sub-region masks (VerSe / TPTBox ``seg-subreg``): 41 arch, 42 spinous process, 43/44 costal processes,
+45/46 superior and 47/48 inferior articular processes, 49 body cortex, 50 body interior. As TotalSegmentator v2
+ids they would be T3..C1, but the parts of one vertebra do not run head to foot like ten levels do."""
+MIN_LEVEL_SEPARATION_MM = 8.0
+"""Adjacent levels' centroids lie at least this far apart along superior, unless one is cut by the image edge.
+The smallest adult level pitch (body plus disc) is about 15-17 mm in the cervical spine (Busscher 2010, Eur Spine
+J 19:1104); half of it leaves room for a spine tilted up to 60 degrees from the scanner axis."""
+LEVEL_PITCH_MM = {**{1: 15.0}, **{label: 17.0 for label in range(2, 7)}, 7: 19.0,
+                  **{label: 21.0 for label in range(8, 12)}, **{label: 24.0 for label in range(12, 16)},
+                  **{label: 28.0 for label in range(16, 19)}, 19: 32.0, T13: 32.0,
+                  **{label: 37.0 for label in range(20, 24)}, 24: 38.0, L6: 38.0}
+"""Typical adult distance (mm) from a level's centroid to the next caudal one: vertebral body height plus disc
+height (Busscher 2010; Zhou 2000, Eur Spine J 9:242). Used only to tell TotalSegmentator v1 from v2 when both
+name the values present in head-to-foot order: the two readings are nine levels apart, so the expected pitches
+differ by a factor of 1.4 to 1.8."""
+PITCH_FIT_MAX_RATIO = 1.35
+"""A reading fits the observed pitch when the median observed/expected ratio is within this factor of 1."""
+PITCH_DECISION_MARGIN_RATIO = 1.15
+"""... and the other readings fit worse by at least this factor (about twice the 7-8 % spread of adult vertebral
+heights, Busscher 2010); otherwise the map is ambiguous."""
 
-    VerSe ids stop at 28, so a map with no value above 28 is read as VerSe. Anything above is read as
-    TotalSegmentator v2 (the current release); v1 maps share the range and must be named explicitly.
+
+class ConventionError(ValueError):
+    """The label convention of a map cannot be decided, or the declared one does not fit its anatomy."""
+
+
+@dataclass
+class LabelExtent:
+    """Where one stored label lies: voxel count, centroid (RAS mm), cut by the image edge."""
+
+    count: int
+    centroid_ras: tuple[float, float, float]
+    touches_edge: bool
+
+    @property
+    def superior_mm(self) -> float:
+        return float(self.centroid_ras[2])
+
+
+def _vertebra_readings(convention: str, extents: dict[int, LabelExtent]) -> dict[int, int]:
+    mapping = CONVENTION_TO_VERSE[convention]
+    return {raw: mapping[raw] for raw in extents if raw in mapping and is_vertebra(mapping[raw])}
+
+
+def _spine_readings(convention: str, extents: dict[int, LabelExtent]) -> dict[int, int]:
+    """Stored ids naming any part of the spine under ``convention`` (vertebrae, sacrum, coccyx) -> VerSe ids."""
+    mapping = CONVENTION_TO_VERSE[convention]
+    return {raw: mapping[raw] for raw in extents if raw in mapping and mapping[raw] != 0}
+
+
+def _name(convention: str, raw: int) -> str:
+    """Level name and stored id, e.g. "L5 (id 27)"."""
+    return f"{level_name(CONVENTION_TO_VERSE[convention][raw])} (id {raw})"
+
+
+def order_problem(convention: str, extents: dict[int, LabelExtent]) -> str | None:
+    """Why the levels named under ``convention`` do not run head to foot (None when they do).
+
+    Levels are taken in cranio-caudal order of their names; each must lie above the next one present, by at least
+    :data:`MIN_LEVEL_SEPARATION_MM` times the number of levels between them unless either is cut by the edge.
+    """
+    readings = _spine_readings(convention, extents)
+    ordered = sorted(readings, key=lambda raw: rank(readings[raw]))
+    for upper, lower in zip(ordered, ordered[1:]):
+        steps = rank(readings[lower]) - rank(readings[upper])
+        if steps <= 0:
+            continue
+        drop = extents[upper].superior_mm - extents[lower].superior_mm
+        cut = extents[upper].touches_edge or extents[lower].touches_edge
+        needed = 0.0 if cut else MIN_LEVEL_SEPARATION_MM * min(steps, 1.0)
+        if drop <= needed:
+            where = f"{-drop:.0f} mm below" if drop < 0 else f"only {drop:.0f} mm above"
+            return f"{_name(convention, upper)} lies {where} {_name(convention, lower)}"
+    return None
+
+
+def _pitch_misfit(convention: str, extents: dict[int, LabelExtent]) -> float | None:
+    """|log(observed / expected)| of the median level pitch (3-D distance between the centroids of adjacent
+    vertebrae, so a tilted segment counts in full) under ``convention``; None without two whole adjacent levels."""
+    readings = _vertebra_readings(convention, extents)
+    whole = sorted((raw for raw in readings if not extents[raw].touches_edge), key=lambda raw: rank(readings[raw]))
+    ratios = []
+    for upper, lower in zip(whole, whole[1:]):
+        if shift_level(readings[upper], 1) != readings[lower] or readings[upper] not in LEVEL_PITCH_MM:
+            continue
+        distance = math.dist(extents[upper].centroid_ras, extents[lower].centroid_ras)
+        ratios.append(distance / LEVEL_PITCH_MM[readings[upper]])
+    if not ratios:
+        return None
+    return abs(math.log(float(np.median(ratios))))
+
+
+def _exclusion(convention: str, extents: dict[int, LabelExtent]) -> str | None:
+    """Why the label values cannot be a map of ``convention`` (None when they can)."""
+    values = sorted(extents)
+    if not _vertebra_readings(convention, extents):
+        return "no vertebra id"
+    if convention == VERSE and values[-1] > max(_NAMES):
+        return f"value {values[-1]} is above {max(_NAMES)}, the largest VerSe id"
+    if convention == TOTALSEG_V1 and values[-1] > TOTALSEG_V1_MAX_ID:
+        return f"value {values[-1]} is above {TOTALSEG_V1_MAX_ID}, the largest v1 id"
+    return order_problem(convention, extents)
+
+
+def _looks_like_subregions(extents: dict[int, LabelExtent]) -> bool:
+    present = [raw for raw in extents if raw in SUBREGION_IDS]
+    return len(present) >= 3 and order_problem(TOTALSEG_V2, {raw: extents[raw] for raw in present}) is not None
+
+
+def decide_convention(extents: dict[int, LabelExtent], declared: str = "auto") -> str:
+    """The label convention of a map, from its values and the head-to-foot order of their centroids.
+
+    ``declared`` ("auto" or a convention) is checked against the anatomy: the levels it names must run head to
+    foot. With "auto", every convention whose ids name vertebrae in head-to-foot order is a candidate; when
+    TotalSegmentator v1 and v2 both fit, the distance between adjacent levels (nine levels apart in the two
+    readings) decides, else the map is refused as ambiguous. Raises :class:`ConventionError` with a one-line
+    reason.
+    """
+    if declared != "auto" and declared not in CONVENTIONS:
+        raise ConventionError(f"unknown label convention {declared!r}; choose one of {', '.join(CONVENTIONS)}")
+    if _looks_like_subregions(extents):
+        raise ConventionError(
+            "looks like a vertebra sub-region mask (ids 41-50: arch, processes, body cortex and interior of one "
+            "vertebra, not levels running head to foot), not a vertebra label map"
+        )
+    if declared != "auto":
+        problem = _exclusion(declared, extents)
+        if problem == "no vertebra id":
+            raise ConventionError(f"label map has no vertebra labels in the {declared} convention "
+                                  "(choose another with --labels)")
+        if problem is not None:
+            raise ConventionError(f"does not fit --labels {declared}: {problem}; the named levels must run head to "
+                                  "foot (check the convention)")
+        return declared
+    reasons = {convention: _exclusion(convention, extents) for convention in CONVENTIONS}
+    candidates = [convention for convention, reason in reasons.items() if reason is None]
+    if not candidates:
+        detail = "; ".join(f"{c}: {r}" for c, r in reasons.items())
+        if not any(order_problem(c, extents) for c in CONVENTIONS if _vertebra_readings(c, extents)):
+            raise ConventionError(f"label map has no vertebra labels in any convention ({detail})")
+        raise ConventionError(f"no label convention names its values as vertebrae running head to foot ({detail})")
+    if len(candidates) == 1:
+        return _checked_against_verse(candidates[0], extents, reasons)
+    misfits = {convention: _pitch_misfit(convention, extents) for convention in candidates}
+    known = sorted((misfit, convention) for convention, misfit in misfits.items() if misfit is not None)
+    if len(known) == len(candidates):
+        (best, chosen), (runner_up, _) = known[0], known[1]
+        if best <= math.log(PITCH_FIT_MAX_RATIO) and runner_up - best >= math.log(PITCH_DECISION_MARGIN_RATIO):
+            return _checked_against_verse(chosen, extents, reasons)
+    values = sorted(set().union(*(_vertebra_readings(c, extents) for c in candidates)))
+    readings = "; ".join(
+        f"{c}: {', '.join(level_name(CONVENTION_TO_VERSE[c][v]) for v in sorted(_vertebra_readings(c, extents)))}"
+        for c in candidates
+    )
+    raise ConventionError(
+        f"label values {', '.join(str(v) for v in values)} fit several conventions in head-to-foot order "
+        f"({readings}); choose one with --labels {'|'.join(candidates)}"
+    )
+
+
+def _checked_against_verse(chosen: str, extents: dict[int, LabelExtent], reasons: dict[str, str | None]) -> str:
+    """A TotalSegmentator reading of a map whose values are all VerSe ids may not drop any of them as organs: that
+    is a VerSe map whose levels are out of order (e.g. numbered upside down) as much as a TotalSegmentator map."""
+    if chosen == VERSE or max(extents) > max(_NAMES):
+        return chosen
+    dropped = sorted(set(extents) - set(_spine_readings(chosen, extents)))
+    if not dropped:
+        return chosen
+    raise ConventionError(
+        f"label values {', '.join(str(v) for v in sorted(extents))} are all VerSe ids but as VerSe {reasons[VERSE]}, "
+        f"and as {chosen} ids {', '.join(str(v) for v in dropped)} would not be vertebrae; choose one with "
+        f"--labels verse|{chosen}"
+    )
+
+
+def detect_convention(present_labels) -> str:
+    """The convention from label values alone, where they leave no choice: values above 28 are not VerSe.
+
+    Only a first guess: :func:`decide_convention` decides from the values and the anatomy.
     """
     values = [int(v) for v in present_labels if int(v) != 0]
     if not values:

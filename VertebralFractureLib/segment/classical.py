@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage, signal
 
-from ..errors import InputError, NoVertebraeError
-from ..io import Volume
+from ..errors import NoVertebraeError
+from ..io import NotCTError, Volume, check_ct_hounsfield
 from . import ProgressCallback, SegmentationOutput, register_backend
 from .levels import SACRUM_WIDTH_MM, LevelNaming, name_levels
 
@@ -155,38 +155,6 @@ class SpineGeometry:
     profile: np.ndarray | None = None
     sacral_u_mm: float | None = None
     sacrum_found: bool = False
-
-
-class NotCTError(InputError):
-    """The volume is not a CT in Hounsfield units (MR, raw scanner values, normalized intensities)."""
-
-
-def check_ct_hounsfield(ct: Volume) -> None:
-    """Refuse volumes that are not CT in Hounsfield units, with the reason.
-
-    A DICOM modality other than CT is refused outright. Otherwise the value range must look like HU: a body CT
-    always holds air, lung or fat (below -200 HU), and its range spans more than 500 HU; MR magnitude images and
-    CT stored without the rescale (0..4095) have no negative values, normalized images a range of a few units.
-    """
-    dicom = ct.meta.get("dicom") or {}
-    modality = dicom.get("modality")
-    if modality and modality.upper() != "CT":
-        raise NotCTError(ct.path, f"is a DICOM {modality} series, not CT; the vertebra segmentation needs CT in "
-                                  "Hounsfield units")
-    rescale_type = (dicom.get("rescale_type") or "").upper()
-    if rescale_type and rescale_type not in ("HU", "US"):
-        raise NotCTError(ct.path, f"DICOM rescale type is {rescale_type!r}, not Hounsfield units (HU)")
-    array = ct.array
-    sample = array[:: max(1, array.shape[0] // 64), :: max(1, array.shape[1] // 64), :: max(1, array.shape[2] // 64)]
-    low, high = np.percentile(sample, [0.5, 99.9])
-    minimum = float(array.min())
-    if high - low < 500:
-        raise NotCTError(ct.path, f"values span only {low:.3g}..{high:.3g}; a CT in Hounsfield units spans air or fat "
-                                  "to bone (hundreds of HU): this looks like a normalized or non-CT image")
-    if minimum > -200:
-        raise NotCTError(ct.path, f"has no value below {minimum:.0f}: no air, lung or fat in Hounsfield units "
-                                  "(-1000, -500, -100 HU), so it is not a CT in HU (an MR image, or CT values "
-                                  "stored without the rescale slope/intercept?)")
 
 
 def working_grid(ct: Volume, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:

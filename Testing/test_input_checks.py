@@ -1,0 +1,218 @@
+"""Inputs that would turn a result, refused through every command that reads them (real files altered here)."""
+
+from __future__ import annotations
+
+import time
+
+import altered_inputs as altered
+import numpy as np
+import pytest
+
+from VertebralFractureLib import cli, io
+
+
+@pytest.fixture(scope="module")
+def root():
+    from data_sources import data_root
+
+    path = data_root()
+    if not (path / altered.EXAMPLE_CT).exists():
+        pytest.skip(f"shared data not found in {path}")
+    return path
+
+
+def refused(argv, capsys, out, file_name, *words):
+    code = cli.main([*argv, "--out", str(out), "-q"])
+    stderr = capsys.readouterr().err
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, stderr
+    assert lines[0].startswith("error: ") and file_name in lines[0], lines[0]
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("command", ["measure", "report", "analyze"])
+def test_ct_not_in_hounsfield_units_refused_by_every_command(root, tmp_path, capsys, command):
+    """The example CT + 1024 gave "L1 1124 HU: osteoporosis unlikely" through measure and report."""
+    raw = altered.ct_plus_1024(root, tmp_path)
+    refused([command, "--seg", str(root / altered.EXAMPLE_BODIES), "--ct", str(raw)], capsys, tmp_path / "out",
+            "ct_plus_1024.nii.gz", "not a CT in HU")
+
+
+def test_raw_values_with_padding_refused(root, tmp_path):
+    """HU + 1024 with scanner padding (-2048 + 1024) still has values below -200: the dense share refuses it."""
+    import nibabel as nib
+    import numpy as np
+
+    image = nib.load(str(root / altered.EXAMPLE_CT))
+    array = np.asanyarray(image.dataobj).astype(np.int16) + 1024
+    array[:, :, :3] = -1024
+    path = tmp_path / "padded_raw.nii.gz"
+    nib.save(nib.Nifti1Image(array, image.affine), str(path))
+    with pytest.raises(io.NotCTError, match="% of its voxels above 600"):
+        io.read_ct(path)
+
+
+def test_real_cts_pass_the_hounsfield_check(root):
+    for relative in (altered.EXAMPLE_CT, altered.TPTBOX_CT, "totalsegmentator-example/chest_crop/ct_cropped.nii.gz"):
+        assert io.read_ct(root / relative).array.min() < -200
+
+
+def test_flipped_bit_in_gzip_refused(root, tmp_path, capsys):
+    """One bit flipped where the deflate stream still decodes: only the CRC-32 tells (it gave a false L4 finding)."""
+    flipped = altered.flipped_bit(root / altered.EXAMPLE_BODIES, tmp_path)
+    refused(["measure", "--seg", str(flipped), "--ct", str(root / altered.EXAMPLE_CT)], capsys, tmp_path / "out",
+            "flipped_bit.nii.gz", "corrupt")
+    flipped_ct = altered.flipped_bit(root / altered.EXAMPLE_CT, tmp_path, "flipped_ct.nii.gz")
+    with pytest.raises(io.InputError, match="CRC"):
+        io.read_ct(flipped_ct)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".mha"])
+def test_header_declaring_too_many_voxels_refused_before_reading(tmp_path, capsys, suffix, root):
+    import tracemalloc
+
+    import nibabel  # noqa: F401  (imported before timing: a first import alone can take a second)
+    import SimpleITK  # noqa: F401
+
+    huge = altered.huge_header(tmp_path, suffix)
+    assert huge.stat().st_size < 2000
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(io.InputError, match="2000x2000x2000 voxels.*GiB"):
+        io.read_ct(huge)
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert seconds < 1.0 and peak < 50e6  # numpy reports its buffers to tracemalloc: nothing large was allocated
+    refused(["measure", "--seg", str(huge)], capsys, tmp_path / "out", huge.name, "GiB of memory")
+
+
+def test_memory_estimate_uses_the_machine(monkeypatch, root):
+    monkeypatch.setattr(io, "available_memory_bytes", lambda: 1 << 20)
+    with pytest.raises(io.InputError, match="needs about"):
+        io.read_ct(root / altered.EXAMPLE_CT)
+    monkeypatch.setattr(io, "available_memory_bytes", lambda: None)
+    assert io.read_ct(root / altered.EXAMPLE_CT).shape == (122, 101, 112)
+
+
+# ---- DICOM series ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("builder, words", [
+    (altered.dicom_without_rescale, ("no RescaleIntercept/RescaleSlope", "not a CT in HU")),
+    (altered.dicom_modality_mr, ("DICOM MR series",)),
+    (altered.dicom_uneven_spacing, ("uneven slice spacing", "3.00 mm")),
+    (altered.dicom_missing_slice, ("1 slice missing", "4.00 mm")),
+    (altered.dicom_duplicate_slice, ("same slice position", "duplicate")),
+    (altered.dicom_truncated_slice, ("truncated",)),
+    (altered.dicom_damaged_frame, ("damaged compressed frame", "end marker")),
+])
+def test_altered_dicom_series_refused(root, tmp_path, capsys, builder, words):
+    """Each was read with at most an ITK warning and measured (exit 0)."""
+    folder = builder(root, tmp_path)
+    with pytest.raises(io.InputError) as error:
+        io.read_ct(folder)
+    for word in words:
+        assert word in str(error.value)
+    refused(["measure", "--seg", str(root / altered.EXAMPLE_DICOM_SEG), "--ct", str(folder)], capsys,
+            tmp_path / "out", folder.name, *words)
+
+
+def test_real_dicom_series_read_with_its_geometry(root):
+    ct = io.read_ct(root / altered.EXAMPLE_DICOM)
+    assert ct.shape == (512, 512, 20) and ct.spacing == pytest.approx([0.9765625, 0.9765625, 2.0])
+    assert ct.meta["dicom"]["rescale_present"] is True
+
+
+# ---- mirrored and left-handed geometry -------------------------------------------------------------------------
+
+
+def _measured(seg, ct):
+    from VertebralFractureLib import measure
+
+    ct_volume = io.read_ct(ct)
+    label_map = io.read_label_map(seg, reference=ct_volume)
+    case = measure.measure_case(label_map.volume, ct_volume)
+    return {v.level: (v.complete, v.heights_mm, v.trabecular_hu, v.genant_grade) for v in case.vertebrae}
+
+
+def _assert_same_measurements(found, expected):
+    assert list(found) == list(expected)
+    for level, (complete, heights, hu, grade) in expected.items():
+        assert found[level][0] == complete and found[level][3] == grade, level
+        if heights:
+            for name, value in heights.items():
+                assert found[level][1][name] == pytest.approx(value, abs=0.1), (level, name)
+        if hu is not None:
+            assert found[level][2] == pytest.approx(hu, abs=1.0), level
+
+
+@pytest.fixture(scope="module")
+def reference_measurements(root):
+    return _measured(root / altered.EXAMPLE_BODIES, root / altered.EXAMPLE_CT)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_mirrored_storage_measures_the_same(root, tmp_path, reference_measurements, axis):
+    """The array flipped along an axis with that affine column negated is the same physical image (left-handed
+    voxel order): levels, anterior/posterior heights and HU must not change."""
+    seg = altered.mirrored_nifti(root / altered.EXAMPLE_BODIES, tmp_path, axis, "seg.nii.gz")
+    ct = altered.mirrored_nifti(root / altered.EXAMPLE_CT, tmp_path, axis, "ct.nii.gz")
+    assert np.linalg.det(io.read_volume(seg).ijk_to_ras[:3, :3]) < 0
+    _assert_same_measurements(_measured(seg, ct), reference_measurements)
+
+
+def test_negative_spacing_metaimage_measures_the_same(root, tmp_path, reference_measurements):
+    seg = altered.negative_spacing_mha(root / altered.EXAMPLE_BODIES, tmp_path, 1, "seg.mha")
+    ct = altered.negative_spacing_mha(root / altered.EXAMPLE_CT, tmp_path, 1, "ct.mha")
+    volume = io.read_volume(ct)
+    assert volume.ijk_to_ras[1, 1] < 0 and np.all(volume.spacing > 0)
+    _assert_same_measurements(_measured(seg, ct), reference_measurements)
+
+
+def test_lps_nrrd_measures_the_same(root, tmp_path, reference_measurements):
+    import SimpleITK as sitk
+
+    paths = []
+    for relative, name in ((altered.EXAMPLE_BODIES, "seg.nrrd"), (altered.EXAMPLE_CT, "ct.nrrd")):
+        sitk.WriteImage(sitk.ReadImage(str(root / relative)), str(tmp_path / name))
+        paths.append(tmp_path / name)
+    _assert_same_measurements(_measured(*paths), reference_measurements)
+
+
+# ---- Slicer segmentations --------------------------------------------------------------------------------------
+
+SEGMENT_NAMES = {19: "T12", 20: "L1", 21: "L2", 22: "L3", 23: "L4", 24: "L5"}
+
+
+def test_duplicate_segment_names_refused(root, tmp_path, capsys):
+    """Two segments named "L1" were merged (a grade 3 fracture could vanish in the merge)."""
+    path = altered.seg_nrrd_from_labels(root, tmp_path, {**SEGMENT_NAMES, 21: "L1"}, "duplicate.seg.nrrd")
+    refused(["measure", "--seg", str(path), "--ct", str(root / altered.EXAMPLE_CT)], capsys, tmp_path / "out",
+            "duplicate.seg.nrrd", "two segments naming L1")
+
+
+def test_non_vertebra_segments_ignored_with_a_warning(root, tmp_path, caplog):
+    path = altered.seg_nrrd_from_labels(root, tmp_path, {**SEGMENT_NAMES, 21: "disc L1-L2", 22: "T12 rib"},
+                                        "extra.seg.nrrd")
+    with caplog.at_level("WARNING"):
+        label_map = io.read_label_map(path)
+    assert label_map.present == [19, 20, 23, 24]
+    assert "'disc L1-L2'" in caplog.text and "'T12 rib'" in caplog.text
+    only_others = altered.seg_nrrd_from_labels(root, tmp_path, {21: "disc L1-L2", 22: "T12 rib"}, "others.seg.nrrd")
+    with pytest.raises(io.InputError, match="no segment named after a vertebra"):
+        io.read_label_map(only_others)
+
+
+def test_overlapping_segments_read_by_layer(root, tmp_path):
+    """slicerio returns overlapping segments with the layer axis first; T12 grown into L1 on its own layer."""
+    path = altered.seg_nrrd_from_labels(root, tmp_path, SEGMENT_NAMES, "overlapping.seg.nrrd", overlapping=True)
+    label_map = io.read_label_map(path)
+    original = io.read_label_map(root / altered.EXAMPLE_BODIES).volume.array
+    read = label_map.volume.array
+    assert label_map.present == [19, 20, 21, 22, 23, 24]
+    for label in range(20, 25):  # later segments win where the grown T12 overlaps them
+        assert np.array_equal(read == label, original == label), label
+    assert np.all(read[original == 19] == 19) and np.count_nonzero(read == 19) > np.count_nonzero(original == 19)
