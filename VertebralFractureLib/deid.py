@@ -332,6 +332,12 @@ def export_case(case, screening, labels, ct, out_dir: str | Path, pseudonym: str
     case.inputs = {key: ("(de-identified)" if value else value) for key, value in case.inputs.items()}
     case.level_evidence = [scrub(e) for e in case.level_evidence]
     case.warnings = [scrub(w) for w in case.warnings]
+    if case.segmentation_backend_reason:
+        case.segmentation_backend_reason = scrub(case.segmentation_backend_reason)
+    case.segmentation_backend_details = {
+        key: scrub(value) if isinstance(value, str) else value
+        for key, value in case.segmentation_backend_details.items()
+    }
     screening.caveats = [_scrub_uids(c, deidentifier) for c in screening.caveats]
     written.update(report_clinical.write_clinical_report(case, screening, out_dir, labels, ct, header=header))
     # Curated training data: the label map (and a non-DICOM CT) as NIfTI, written from the arrays with a fresh
