@@ -59,7 +59,7 @@ case "${1:-}" in
         CT="$DATA/totalsegmentator-example/example_ct.nii.gz"
         work=$(mktemp -d "${TMPDIR:-/tmp}/vf-wheel-XXXXXX")
         trap 'rm -rf "$work"' EXIT
-        .venv/bin/python -m pip wheel --quiet --no-deps --no-build-isolation -w "$work/dist" .
+        .venv/bin/python -m pip wheel --quiet --no-deps -w "$work/dist" .
         "$PYTHON" -m venv "$work/venv"
         "$work/venv/bin/python" -m pip install --quiet -c requirements-lock.txt "$work"/dist/*.whl
         # Run from an empty folder so that nothing of the checkout can be imported by accident.
