@@ -11,6 +11,8 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 DATA=${VERTEBRAL_FRACTURE_DATA:-../shared/data}
+# Absolute, so that commands run from another folder (the wheel check runs from an empty one) find it too.
+[ -d "$DATA" ] && DATA=$(cd "$DATA" && pwd)
 
 ensure_venv() {
     if [ ! -x .venv/bin/python ] || [ ! -f .venv/.installed ] || [ requirements-lock.txt -nt .venv/.installed ] \
