@@ -11,6 +11,7 @@ import contextlib
 import csv
 import io as stdio
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -176,8 +177,6 @@ def _sample_plane(volume: Volume, origin, anterior, superior, u_range, v_range, 
 def overview_title(case: CaseResult, width: int = 70) -> list[str]:
     """Lines written across the top of the overview: the quality-control headline (when findings are withheld) and
     the research-use line; the same strings the other outputs carry."""
-    import textwrap
-
     from .qc import headline
     from .screen import RESEARCH_USE
 
@@ -253,7 +252,9 @@ def render_overview(
                 f"Ha {heights['anterior']:.1f} Hm {heights['middle']:.1f} Hp {heights['posterior']:.1f}"
             )
         else:
-            text = f"{vertebra.level}  not graded\n{vertebra.incomplete_reason or ''}"
+            # The label stands beside the image: the reason without its figures (results.json keeps them), wrapped.
+            reason = (vertebra.incomplete_reason or "").split(" (")[0]
+            text = f"{vertebra.level}  not graded\n" + textwrap.fill(reason, width=28)
         axes.text(
             label_u + 30,
             label_v,
