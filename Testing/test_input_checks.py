@@ -23,13 +23,7 @@ def root():
 
 def refused(argv, capsys, out, file_name, *words):
     code = cli.main([*argv, "--out", str(out), "-q"])
-    stderr = capsys.readouterr().err
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1, stderr
-    assert lines[0].startswith("error: ") and file_name in lines[0], lines[0]
-    for word in words:
-        assert word in lines[0], lines[0]
-    assert not out.exists() or not any(out.iterdir())
+    altered.assert_refused(code, capsys.readouterr().err, out, file_name, *words)
 
 
 @pytest.mark.parametrize("command", ["measure", "report", "analyze"])

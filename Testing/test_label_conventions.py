@@ -27,15 +27,6 @@ def run(argv, capsys):
     return code, captured.out, captured.err
 
 
-def assert_refused(code, stderr, out, file_name, *words):
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1, stderr
-    assert lines[0].startswith("error: ") and file_name in lines[0], lines[0]
-    for word in words:
-        assert word in lines[0], lines[0]
-    assert not out.exists() or not any(out.iterdir())
-
-
 def test_totalsegmentator_v1_map_named_right_side_up(root, tmp_path, capsys):
     """A v1 map read with auto was named upside down (L5 at the top); now the order of its levels decides."""
     v1 = altered.totalseg_v1_map(root, tmp_path)
@@ -64,7 +55,7 @@ def test_subregion_mask_refused(root, tmp_path, capsys):
     out = tmp_path / "out"
     code, _, stderr = run(["measure", "--seg", str(root / altered.TPTBOX_SUBREGIONS), "--ct",
                            str(root / altered.TPTBOX_CT), "--out", str(out)], capsys)
-    assert_refused(code, stderr, out, "sub-ct_seg-subreg_label-22_msk.nii.gz", "sub-region mask")
+    altered.assert_refused(code, stderr, out, "sub-ct_seg-subreg_label-22_msk.nii.gz", "sub-region mask")
     with pytest.raises(io.InputError, match="sub-region"):
         io.read_label_map(root / altered.TPTBOX_SUBREGIONS, "totalseg_v2")
 
@@ -73,7 +64,7 @@ def test_levels_upside_down_refused_under_declared_convention(root, tmp_path, ca
     upside_down = altered.verse_upside_down(root, tmp_path)
     out = tmp_path / "out"
     code, _, stderr = run(["measure", "--seg", str(upside_down), "--labels", "verse", "--out", str(out)], capsys)
-    assert_refused(code, stderr, out, "verse_upside_down.nii.gz", "--labels verse", "head to foot")
+    altered.assert_refused(code, stderr, out, "verse_upside_down.nii.gz", "--labels verse", "head to foot")
     # With auto, the ids 18-24 would fit TotalSegmentator v1 (L5..T11) only by dropping 16 and 17 as organs.
     with pytest.raises(io.InputError, match="--labels verse|totalseg_v1"):
         io.read_label_map(upside_down)
