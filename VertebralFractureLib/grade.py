@@ -266,27 +266,24 @@ def grade_vertebrae(vertebrae: list[VertebraResult], rules: GradingRules = DEFAU
         vertebra.not_assessed_reason = not_assessed_reason(vertebra.level, rules.include_upper_thoracic)
         vertebra.fracture_score = None
         if vertebra.not_assessed_reason:
-            vertebra.genant_grade = None
-            vertebra.morphology = None
-            vertebra.height_loss = None
-            vertebra.expected_posterior_mm = None
-            vertebra.grade_reason = f"not assessed: {vertebra.not_assessed_reason}"
+            _leave_ungraded(vertebra, f"not assessed: {vertebra.not_assessed_reason}")
             continue
         if not (vertebra.complete and vertebra.heights_mm):
-            vertebra.genant_grade = None
-            vertebra.morphology = None
-            vertebra.height_loss = None
-            vertebra.expected_posterior_mm = None
-            vertebra.grade_reason = f"not graded: {vertebra.incomplete_reason or 'no heights'}"
+            _leave_ungraded(vertebra, f"not graded: {vertebra.incomplete_reason or 'no heights'}")
             continue
         if implausible[vertebra.label]:
-            vertebra.genant_grade = None
-            vertebra.morphology = None
-            vertebra.height_loss = None
-            vertebra.expected_posterior_mm = None
-            vertebra.grade_reason = f"not graded, review the segmentation: {implausible[vertebra.label]}"
+            _leave_ungraded(vertebra, f"not graded, review the segmentation: {implausible[vertebra.label]}")
             continue
         _grade_one(vertebra, own[vertebra.label], expected_heights(vertebra, references, rules), rules)
+
+
+def _leave_ungraded(vertebra: VertebraResult, reason: str) -> None:
+    """No grade, morphology or height loss for this vertebra; ``reason`` says why."""
+    vertebra.genant_grade = None
+    vertebra.morphology = None
+    vertebra.height_loss = None
+    vertebra.expected_posterior_mm = None
+    vertebra.grade_reason = reason
 
 
 def _grade_one(vertebra: VertebraResult, shape: dict, expected: dict | None, rules: GradingRules) -> None:
