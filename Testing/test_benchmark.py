@@ -260,6 +260,55 @@ def test_release_layout_and_split_scans(shared_file, tmp_path):
     assert result.summary["vertebrae_evaluated"] == 6 and result.summary["unknown_scans"] == ["sub-verse008_series0"]
 
 
+UPPER_THORACIC_SCANS = ("sub-gl003_dir-ax", "sub-sample001")  # C1-T5 (axial) and T1-L5 (sagittal slab)
+
+
+def test_upper_thoracic_levels_graded_on_request(shared_file, tmp_path):
+    """Two real masks holding T1-T3, graded 0 at T1-T5 by a small table, benchmarked in two worker processes:
+    with --include-upper-thoracic T1-T3 are evaluated and counted, without it they are not assessed and left out;
+    the summary says which levels were graded either way. Only graded vs not assessed is checked, not the grades."""
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for scan in UPPER_THORACIC_SCANS:
+        name = f"{scan}_seg-vert_msk.nii.gz"
+        (masks / name).symlink_to(shared_file(f"ungraded-masks/{name}"))
+    table = tmp_path / "grades.csv"
+    table.write_text("scan,label,genant_grade\n" + "".join(
+        f"{benchmark.subject_of(scan)},{label},0\n" for scan in UPPER_THORACIC_SCANS for label in range(8, 13)))
+    upper = {"T1", "T2", "T3"}
+
+    def run(*options):
+        out = tmp_path / ("with" if options else "without")
+        code = cli.main(["benchmark", "--masks", str(masks), "--grades", str(table), "--out", str(out),
+                         "--jobs", "2", "--quiet", *options])
+        assert code == 0
+        rows = [r for r in read_rows(out / "vertebrae.csv") if r["level"] in upper | {"T4", "T5"}]
+        assert len(rows) == 5 * len(UPPER_THORACIC_SCANS)
+        return rows, json.loads((out / "summary.json").read_text()), (out / "summary.txt").read_text()
+
+    rows, summary, text = run()
+    assert summary["grading"]["include_upper_thoracic"] is False
+    assert not upper & set(summary["grading"]["graded_levels"]) and "T4" in summary["grading"]["graded_levels"]
+    for row in rows:
+        if row["level"] in upper:
+            assert (row["status"], row["predicted_grade"], row["grade_counted"]) == ("not assessed", "", "")
+        else:
+            assert row["status"] in benchmark.EVALUATED_STATUSES and row["grade_counted"] != ""
+    assert summary["vertebrae_evaluated"] == 2 * len(UPPER_THORACIC_SCANS)
+    assert sorted((i["scan"], i["level"]) for i in summary["not_assessed"]) == sorted(
+        (scan, level) for scan in UPPER_THORACIC_SCANS for level in upper)
+    assert "T1-T3 not assessed" in text
+
+    rows, summary, text = run("--include-upper-thoracic")
+    assert summary["grading"]["include_upper_thoracic"] is True
+    assert upper <= set(summary["grading"]["graded_levels"])
+    assert all(r["status"] in benchmark.EVALUATED_STATUSES and r["grade_counted"] != "" for r in rows)
+    assert any(r["status"] == "graded" and r["predicted_grade"] != "" for r in rows if r["level"] in upper)
+    assert summary["vertebrae_evaluated"] == 5 * len(UPPER_THORACIC_SCANS)
+    assert np.array(summary["confusion_matrix"]["counts"]).sum() == 5 * len(UPPER_THORACIC_SCANS)
+    assert summary["not_assessed"] == [] and "T1-T3 included" in text
+
+
 def test_benchmark_command_bad_inputs(tmp_path, capsys, shared_file):
     empty = tmp_path / "empty"
     empty.mkdir()

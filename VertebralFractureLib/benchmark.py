@@ -14,8 +14,9 @@ in a grade table (by scan and VerSe label), and agreement is reported:
 
 A vertebra the radiologists graded but the method could not measure counts as **missed** (predicted grade 0) and
 is listed with the reason. A vertebra outside the levels the method grades (``not_assessed_reason``: cervical,
-sacrum) is left out of the figures and listed. Scans of the table without a mask, and labels of the table that
-are not in their mask, are listed, never an error.
+sacrum, and T1-T3 unless ``include_upper_thoracic``) is left out of the figures and listed; the summary names the
+levels graded. Scans of the table without a mask, and labels of the table that are not in their mask, are listed,
+never an error.
 
 Leave-one-subject-out cross-validation (:func:`leave_one_subject_out`) evaluates any rule with fitted parameters:
 each subject's vertebrae are predicted by a rule fitted on the other subjects only, and the held-out predictions
@@ -34,13 +35,17 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import labels as labels_mod
 from .errors import InputError, VertebralFractureError
+
+if TYPE_CHECKING:
+    from .grade import GradingRules
 
 log = logging.getLogger(__name__)
 
@@ -444,21 +449,22 @@ def _row_from_vertebra(scan: str, vertebra, true_grade: int | None) -> VertebraR
     return row
 
 
-def _measure_scan(mask: Path, ct: Path | None):
+def _measure_scan(mask: Path, ct: Path | None, rules: GradingRules | None = None):
     from . import io, measure
 
     ct_volume = io.read_ct(ct) if ct is not None else None
     label_map = io.read_label_map(mask, "verse", reference=ct_volume)
     inputs = {"seg": str(mask), "ct": None if ct is None else str(ct), "labels": label_map.convention}
-    return measure.measure_case(label_map.volume, ct_volume, inputs=inputs)
+    return measure.measure_case(label_map.volume, ct_volume, inputs=inputs, rules=rules)
 
 
-def _measure_safely(mask: Path, ct: Path | None) -> tuple[object, str | None, float]:
+def _measure_safely(mask: Path, ct: Path | None,
+                    rules: GradingRules | None = None) -> tuple[object, str | None, float]:
     """(case or None, error or None, seconds) of one scan; a failure is recorded, never raised."""
     started = time.perf_counter()
     case, problem = None, None
     try:
-        case = _measure_scan(mask, ct)
+        case = _measure_scan(mask, ct, rules)
     except VertebralFractureError as error:
         problem = str(error)
     except Exception as error:  # a bug on one scan of many must not hide the figures of the others
@@ -467,19 +473,23 @@ def _measure_safely(mask: Path, ct: Path | None) -> tuple[object, str | None, fl
     return case, problem, round(time.perf_counter() - started, 2)
 
 
-def _measure_all(todo: list[tuple[Path, Path | None]], jobs: int, report) -> list[tuple]:
-    """:func:`_measure_safely` over every (mask, CT), in order; in ``jobs`` processes when more than one."""
+def _measure_all(todo: list[tuple[Path, Path | None]], jobs: int, report,
+                 rules: GradingRules | None = None) -> list[tuple]:
+    """:func:`_measure_safely` over every (mask, CT), in order; in ``jobs`` processes when more than one.
+
+    ``rules`` (a frozen dataclass, pickled to the worker processes) grade every scan alike.
+    """
     if jobs <= 1 or len(todo) <= 1:
         outcomes = []
         for mask, ct in todo:
-            outcomes.append(_measure_safely(mask, ct))
+            outcomes.append(_measure_safely(mask, ct, rules))
             report(len(outcomes), scan_name(mask))
         return outcomes
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     outcomes: list = [None] * len(todo)
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(_measure_safely, mask, ct): index for index, (mask, ct) in enumerate(todo)}
+        futures = {pool.submit(_measure_safely, mask, ct, rules): index for index, (mask, ct) in enumerate(todo)}
         for done, future in enumerate(as_completed(futures), start=1):
             index = futures[future]
             outcomes[index] = future.result()
@@ -489,12 +499,19 @@ def _measure_all(todo: list[tuple[Path, Path | None]], jobs: int, report) -> lis
 
 def run_benchmark(masks_dir: str | Path, grades: str | Path | dict, ct_dir: str | Path | None = None,
                   subjects: Sequence[str] | None = None, cross_validate: bool = False,
-                  progress=None, jobs: int = 1) -> BenchmarkResult:
+                  progress=None, jobs: int = 1, rules: GradingRules | None = None,
+                  include_upper_thoracic: bool = False) -> BenchmarkResult:
     """Measure every mask of ``masks_dir``, join the grade table, compute the figures (see the module docstring).
 
     ``subjects``: only scans of these subjects (or scan ids). ``grades``: a table path or {scan: {label: grade}}.
-    ``jobs``: scans measured in parallel processes.
+    ``jobs``: scans measured in parallel processes. ``rules``: the grading rules (default: those of ``measure``).
+    ``include_upper_thoracic``: grade T1-T3 too and count them in the figures (otherwise they are not assessed).
     """
+    from . import grade as grade_mod
+
+    rules = rules or grade_mod.DEFAULT_RULES
+    if include_upper_thoracic:
+        rules = replace(rules, include_upper_thoracic=True)
     report = progress or (lambda fraction, message: None)
     started = time.perf_counter()
     table = grades if isinstance(grades, dict) else read_grade_table(grades)
@@ -522,7 +539,7 @@ def run_benchmark(masks_dir: str | Path, grades: str | Path | dict, ct_dir: str 
                       "error": None, "seconds": None})
         todo.append((mask, ct))
     outcomes = _measure_all(todo, jobs, lambda done, scan: report(0.9 * done / max(1, len(todo)),
-                                                                   f"measured {scan} ({done}/{len(todo)})"))
+                                                                   f"measured {scan} ({done}/{len(todo)})"), rules)
     for entry, (case, error, seconds) in zip(scans, outcomes):
         entry["error"], entry["seconds"] = error, seconds
         if case is not None:
@@ -571,9 +588,18 @@ def run_benchmark(masks_dir: str | Path, grades: str | Path | dict, ct_dir: str 
     summary["failed_scans"] = {e["scan"]: e["error"] for e in scans if e["scan"] not in measured}
     summary["unknown_scans"] = unknown_scans
     summary["masks_without_grades"] = unmatched_masks
+    summary["grading"] = graded_levels(rules)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     return BenchmarkResult(rows=rows, scans=scans, unknown_scans=unknown_scans, unmatched_masks=unmatched_masks,
                            summary=summary, cross_validated=cross_validate)
+
+
+def graded_levels(rules: GradingRules) -> dict:
+    """Which levels the figures can hold, for the summary: a reader must know whether T1-T3 were graded."""
+    from . import grade as grade_mod
+
+    levels = (grade_mod.UPPER_THORACIC_LEVELS if rules.include_upper_thoracic else ()) + grade_mod.GRADED_LEVELS
+    return {"include_upper_thoracic": bool(rules.include_upper_thoracic), "graded_levels": list(levels)}
 
 
 def _rounded(value, digits=3):
@@ -690,10 +716,12 @@ def _format_rate(figures: dict, name: str) -> str:
 def format_summary(summary: dict) -> str:
     counts = summary["true_grade_counts"]
     fractured = sum(counts[str(g)] for g in GRADES if g >= 1)
+    upper = summary.get("grading", {}).get("include_upper_thoracic")
     lines = [
         f"{summary['scans']} scans ({summary['subjects']} subjects), {summary['vertebrae_evaluated']} graded vertebrae "
         f"({fractured} fractured: " + ", ".join(f"{counts[str(g)]} grade {g}" for g in GRADES if g >= 1)
         + f"); {len(summary['not_measured'])} not measured, counted as missed",
+        "levels graded: " + ("T1-L5 (T1-T3 included on request)" if upper else "T4-L5 (T1-T3 not assessed)"),
         "confusion matrix (rows: radiologists' grade, columns: predicted grade)",
         "        " + "".join(f"{g:>5}" for g in GRADES),
     ]

@@ -22,6 +22,9 @@ def _add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only these subjects or scans (default: every mask in --masks)")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="measure N scans at a time in separate processes (default 1)")
+    parser.add_argument("--include-upper-thoracic", action="store_true",
+                        help="also grade T1-T3 and count them in the figures (default: T4-L5 only, as normative "
+                             "morphometry covers; T1-T3 are listed as not assessed)")
     parser.add_argument("--cross-validate", action="store_true",
                         help="also fit the score threshold for grade>=1 and grade>=2 leaving one subject out and "
                              "report the pooled held-out figures beside the literature thresholds'")
@@ -36,7 +39,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
     result = benchmark.run_benchmark(args.masks, args.grades, ct_dir=args.ct, subjects=subjects,
                                      cross_validate=args.cross_validate, progress=progress,
-                                     jobs=max(1, args.jobs))
+                                     jobs=max(1, args.jobs), include_upper_thoracic=args.include_upper_thoracic)
     progress(0.97, "writing outputs")
     written = benchmark.write_outputs(result, args.out)
     progress.close()
