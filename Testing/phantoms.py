@@ -4,14 +4,14 @@ A straight column of vertebrae is built in an anatomical frame (x right, y anter
 the world by ``tilt_deg`` and sampled on a voxel grid whose own axes may be oblique (``grid_rotation_deg``) and
 anisotropic (``spacing``). Each vertebral body is an elliptic cylinder; deformities change its endplates:
 
-* ``wedge``: the height falls linearly from the posterior height (posterior quarter of the depth) to
-  ``(1 - r) * H`` (anterior quarter);
+* ``wedge``: the height falls linearly from ``H`` at the posterior wall to ``(1 - r) * H`` at the anterior wall;
 * ``biconcave``: both endplates dip towards the centre; the middle height is ``(1 - r) * H``, the walls keep ``H``;
 * ``crush``: the whole body is ``(1 - r) * H`` high.
 
 Normal heights follow the grading module's relative normal heights, so the neighbours' expected heights are exact.
-The truth heights are computed analytically at the measurement's own definition (see measure.py): wall heights are
-the tallest line of the band 10–25 % inside each wall, the middle height the lowest line of the central 35–65 %.
+The truth heights are computed analytically at the measurement's own definition (see measure.py): on each plane the
+wall heights are read at the corners where the endplate lines (fitted over measure.ENDPLATE_FIT_BANDS) meet the
+walls, the middle height is the median over measure.MIDDLE_BAND; the points are medians over the planes.
 With posterior elements the label holds a pedicle ring around a canal and a spinous process.
 
 CT values: air -1000 HU outside an elliptic body outline, soft tissue 40, discs 90, trabecular bone 180 (or
@@ -25,17 +25,18 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from VertebralFractureLib import grade, measure
 from VertebralFractureLib import labels as labels_mod
 from VertebralFractureLib.grade import RELATIVE_NORMAL_HEIGHT
 from VertebralFractureLib.io import Volume
-from VertebralFractureLib.measure import HEIGHT_BANDS, LINE_FRACTIONS, PLANE_BAND_FRACTION, PLANE_STEP_MM
+from VertebralFractureLib.measure import ENDPLATE_FIT_BANDS, MIDDLE_BAND, PLANE_BAND_FRACTION, PLANE_STEP_MM
 
 BODY_WIDTH_MM = 44.0
 BODY_DEPTH_MM = 34.0
 DISC_MM = 9.0
 L2_HEIGHT_MM = 28.0
 CORTEX_MM = 1.5
-BICONCAVE_RADIUS = 0.45  # fraction of the half-depth: the dip spares the wall bands
+BICONCAVE_RADIUS = 0.42  # fraction of the half-depth: the dip spares the endplate lines' rims (30 % from a wall)
 
 
 @dataclass
@@ -51,21 +52,25 @@ def _grade_of(reduction: float) -> int:
     return sum(reduction >= t for t in (0.20, 0.25, 0.40))
 
 
-def _height_profile(kind: str, reduction: float, height: float, s: np.ndarray, x: np.ndarray) -> tuple:
-    """(top, bottom) z of the endplates at depth fraction s (0 posterior .. 1 anterior) and lateral x (mm)."""
-    half = np.full_like(s, height / 2.0)
-    top, bottom = half.copy(), -half
+def _height_profile(kind: str, reduction: float, height: float, s: np.ndarray, x: np.ndarray, level: str) -> tuple:
+    """(top, bottom) z of the endplates at depth fraction s (0 posterior .. 1 anterior) and lateral x (mm).
+
+    A normal body has its level's normal wedge (grade.NORMAL_SHAPE: Ha/Hp, the height linear from wall to wall) and
+    ``height`` at mid-depth; a deformity changes it from there."""
+    wedge = grade.normal_ratios(level)["wedge"]
+    posterior = 2.0 * height / (1.0 + wedge)
+    s = np.clip(s, 0.0, 1.0)
     if kind == "wedge":
-        t = np.clip((s - 0.25) / 0.5, 0.0, 1.0)
-        h = height * (1.0 - reduction * t)
-        top, bottom = h / 2.0, -h / 2.0
-    elif kind == "biconcave":
+        wedge *= 1.0 - reduction
+    h = posterior * (1.0 + (wedge - 1.0) * s)
+    if kind == "crush":
+        h = h * (1.0 - reduction)
+    top, bottom = h / 2.0, -h / 2.0
+    if kind == "biconcave":
         rho = np.sqrt(((s - 0.5) * 2.0) ** 2 + (x / (BODY_WIDTH_MM / 2.0)) ** 2)
         # Flat-bottomed dip: the centre (where the middle height is measured) sinks by the full reduction.
         dip = np.clip(1.6 * (1.0 - (rho / BICONCAVE_RADIUS) ** 2), 0.0, 1.0) * reduction * height / 2.0
-        top, bottom = half - dip, -half + dip
-    elif kind == "crush":
-        top, bottom = half * (1.0 - reduction), -half * (1.0 - reduction)
+        top, bottom = top - dip, bottom + dip
     return top, bottom
 
 
@@ -157,21 +162,33 @@ def make_spine(
 
     truth = PhantomTruth(trabecular_hu=trabecular_hu, superior_axis_ras=anatomy @ np.array([0.0, 0.0, 1.0]))
     # Truth at the measurement's definition: parasagittal planes across the central band of the body's width, each
-    # with its own walls (the ellipse is shallower off the midline), medians of the endplates over the planes.
+    # with its own walls (the ellipse is shallower off the midline), medians of the six points over the planes.
     count = int(PLANE_BAND_FRACTION * BODY_WIDTH_MM / 2 / PLANE_STEP_MM)
     plane_x = PLANE_STEP_MM * np.arange(-count, count + 1)
     shallower = np.sqrt(1.0 - (plane_x / (BODY_WIDTH_MM / 2)) ** 2)
-    s_on_planes = 0.5 + (LINE_FRACTIONS[None, :] - 0.5) * shallower[:, None]
-    x_on_planes = np.broadcast_to(plane_x[:, None], s_on_planes.shape)
+    fractions = np.linspace(0.0, 1.0, 401)
+    (posterior_low, posterior_high), (anterior_low, anterior_high) = ENDPLATE_FIT_BANDS
+    posterior_rim = (fractions >= posterior_low) & (fractions <= posterior_high)
+    rim = posterior_rim | ((fractions >= anterior_low) & (fractions <= anterior_high))
+    middle = (fractions >= MIDDLE_BAND[0]) & (fractions <= MIDDLE_BAND[1])
     for level in levels:
         kind, reduction = deformities.get(level, ("normal", 0.0))
         height = heights[level]
-        tops, bottoms = _height_profile(kind, reduction, height, s_on_planes, x_on_planes)
-        line_heights = np.median(tops, axis=0) - np.median(bottoms, axis=0)
-        truth.heights_mm[level] = {}
-        for name, (low, high) in HEIGHT_BANDS:
-            band = line_heights[(LINE_FRACTIONS >= low - 1e-9) & (LINE_FRACTIONS <= high + 1e-9)]
-            truth.heights_mm[level][name] = float(np.sort(band)[len(band) // 2])
+        corners = {"anterior": ([], []), "posterior": ([], []), "middle": ([], [])}
+        for x, depth_scale in zip(plane_x, shallower):
+            s = 0.5 + (fractions - 0.5) * depth_scale
+            top, bottom = _height_profile(kind, reduction, height, s, np.full_like(s, x), level)
+            for surface, column in ((top, 0), (bottom, 1)):
+                intercept, slope = measure._robust_line(fractions[rim], surface[rim], group=posterior_rim[rim])
+                corners["posterior"][column].append(intercept)
+                corners["anterior"][column].append(intercept + slope)
+            heights_in_band = (top - bottom)[middle]
+            chosen = np.flatnonzero(middle)[np.argsort(heights_in_band)[len(heights_in_band) // 2]]
+            corners["middle"][0].append(top[chosen])
+            corners["middle"][1].append(bottom[chosen])
+        truth.heights_mm[level] = {
+            name: float(np.median(tops) - np.median(bottoms)) for name, (tops, bottoms) in corners.items()
+        }
         truth.grades[level] = _grade_of(reduction)
         truth.morphology[level] = kind if truth.grades[level] >= 1 else "normal"
     if noise_hu:
@@ -220,7 +237,7 @@ def _classify(
         height = heights[level]
         dz = zz - centres[level]
         near = np.abs(dz) <= height / 2 + 2.0
-        top, bottom = _height_profile(kind, reduction, height, s, x)
+        top, bottom = _height_profile(kind, reduction, height, s, x, level)
         body = near & in_ellipse & (dz <= top) & (dz >= bottom)
         labels[body] = label
         if want_ct:

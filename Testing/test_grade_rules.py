@@ -34,7 +34,9 @@ def test_crush_needs_the_neighbours():
              _vertebra("L3", 22, 28.0, 27.0, 28.5)]
     grade.grade_vertebrae(spine)
     assert (spine[1].genant_grade, spine[1].morphology) == (2, "crush")
-    assert spine[1].fracture_score == pytest.approx(1 - 20.5 / 28.5, abs=0.01)
+    # The largest loss: the anterior height against L1's, carried over by the levels' relative heights (1.00 / 0.98)
+    # and normal wedge ratios (L2 0.98, L1 0.94).
+    assert spine[1].fracture_score == pytest.approx(1 - 20.0 / (27.0 * (1.00 / 0.98) * (0.98 / 0.94)), abs=0.01)
     alone = [_vertebra("L2", 21, 20.0, 19.5, 20.5)]
     grade.grade_vertebrae(alone)
     assert alone[0].genant_grade == 0 and "not assessable" in alone[0].grade_reason
@@ -60,11 +62,12 @@ def test_implausible_shapes_are_flagged_not_graded(heights):
 
 
 def test_two_criteria_a_reduction_within_the_normal_spread_does_not_count():
-    # A 20 % posterior loss against the neighbours: 3.2 SD on a 1 mm mask (counted: grade 1 after the 1.2 scale),
-    # 2.8 SD on 3 mm slices, where each endplate is only known to a voxel (not counted).
+    # A 20 % posterior loss against L3's posterior height (28.5 mm, carried over to L2 by the two levels' normal
+    # shapes: 29.2 mm): 3.2 SD on a 1 mm mask (counted: grade 1 after the 1.2 scale), 2.5 SD on 3 mm slices, where
+    # each endplate is only known to a voxel (not counted).
     def spine(voxel_mm):
         return [_vertebra(level, label, a, m, p, voxel_extent_mm=voxel_mm) for level, label, a, m, p in
-                [("L1", 20, 27.0, 26.0, 27.5), ("L2", 21, 24.0, 23.5, 22.8), ("L3", 22, 28.0, 27.0, 28.5)]]
+                [("L1", 20, 27.0, 26.0, 27.5), ("L2", 21, 24.0, 23.5, 23.4), ("L3", 22, 28.0, 27.0, 28.5)]]
     fine, coarse = spine(1.0), spine(3.0)
     grade.grade_vertebrae(fine)
     grade.grade_vertebrae(coarse)

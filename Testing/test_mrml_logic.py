@@ -223,10 +223,11 @@ def test_override_keeps_the_automatic_grade_beside_it(scene_with_case):
     assert case.case.patient.worst_grade == 2
 
     # Moving points re-grades the automatic value only; the override stays in force.
-    _move_point(case, "L1", "middle", "superior", -6.0)
+    # 9 mm off the middle height of the 3 mm example: a loss beyond 3 SD even with its slices' uncertainty.
+    _move_point(case, "L1", "middle", "superior", -9.0)
     row = _row(case, "L1")
     assert (row["Grade"], row["Grade override"]) == (2, 2) and row["Auto grade"] >= 1
-    _move_point(case, "L1", "middle", "superior", +6.0)
+    _move_point(case, "L1", "middle", "superior", +9.0)
 
     case.set_grade_override("L1", None)
     case.set_morphology_override("L1", None)
@@ -314,7 +315,7 @@ def test_remeasure_after_editing_the_segmentation(scene_with_case):
 
 def test_scene_bundle_round_trip_restores_the_review(scene_with_case, tmp_path):
     context, case = scene_with_case
-    _move_point(case, "L2", "anterior", "inferior", +8.0)
+    _move_point(case, "L2", "anterior", "inferior", +10.0)  # a wedge beyond 3 SD on the 3 mm example
     case.set_grade_override("L3", 1)
     case.set_morphology_override("L3", "crush")
     case.set_reviewed("L4")

@@ -3,7 +3,7 @@ compressed along its own superior axis by a known amount (wedge, biconcave, crus
 measured reduction and the grade are checked.
 
 The compression resamples the vertebra's mask with a scale along the superior axis that depends on the position
-across the depth (wedge: 1 at the posterior height's line falling linearly to 1 - r at the anterior height's line;
+across the depth (wedge: 1 at the posterior corners falling linearly to 1 - r at the anterior corners;
 biconcave: 1 - r over the middle of the depth, tapering to 1 before the walls' bands; crush: 1 - r everywhere),
 centred between the endplates, so the imposed reduction of the ratio the grade depends on is r.
 """
@@ -19,6 +19,9 @@ from VertebralFractureLib import labels as labels_mod
 
 TOLERANCE = 0.03
 """Measured reduction within 3 percentage points of the imposed one."""
+WEDGE_OVERHANG = 0.2
+"""How far (fraction of the depth) the wedge's linear scale goes on behind the posterior and in front of the anterior
+corner; beyond, it is constant, so the posterior elements keep their shape."""
 SOURCE = ("verse19/sub-verse010_seg-vert_msk.nii.gz", "L3", ("L2", "L3", "L4"))
 
 
@@ -64,7 +67,11 @@ def _compress(volume: io.Volume, vertebra, label: int, kind: str, reduction: flo
     world = volume.ijk_to_world(ijk)
     y, z = world @ anterior, world @ superior
     if kind == "wedge":
-        t = np.clip((y - y_of["posterior"]) / (y_of["anterior"] - y_of["posterior"]), 0.0, 1.0)
+        # Linear beyond the corners of the central plane too (to WEDGE_OVERHANG): the walls of the other measured
+        # planes lie a few per cent of the depth in front of or behind them, and their corners must see the same
+        # linear wedge.
+        t = np.clip((y - y_of["posterior"]) / (y_of["anterior"] - y_of["posterior"]), -WEDGE_OVERHANG,
+                    1.0 + WEDGE_OVERHANG)
         scale = 1.0 - reduction * t
     elif kind == "biconcave":
         off_centre = np.abs(y - y_of["middle"]) / depth

@@ -6,25 +6,25 @@ Heights Ha, Hm, Hp (anterior, middle, posterior; see measure.py) give six reduct
 vertebra *of that level* has:
 
 * **own shape** (McCloskey 1993, Eastell 1991): ``1 - ratio / normal_ratio`` for the wedge ratio Ha/Hp and the
-  biconcavity ratios Hm/Hp and Hm/Ha, with per-level normal means (:data:`NORMAL_SHAPE`): normal mid-thoracic
-  vertebrae are wedged (Ha/Hp about 0.90), normal lower lumbar ones are anteriorly taller (L5 about 1.1), and the
-  middle of a normal endplate is lower than its rim. The biconcave reduction is the larger of the two (the middle
-  height against the wall that kept its height).
+  biconcavity ratios Hm/Hp and Hm/Ha, with per-level normal means (:data:`NORMAL_SHAPE`, for heights between the
+  corner points): normal mid-thoracic vertebrae are wedged (Ha/Hp about 0.90), normal lower lumbar ones are
+  anteriorly taller (L5 about 1.18), and the middle of a normal endplate lies below the line joining its rims. The
+  biconcave reduction is the larger of the two (the middle height against the wall that kept its height).
 * **against the neighbours** (Genant's "expected height"; McCloskey's predicted posterior height): for each of Ha,
   Hm, Hp, ``1 - H / H_expected``, the expected height coming from adjacent levels (up to two above and two below)
-  that are themselves of normal shape, each scaled by the normal ratio of the two levels' heights
-  (:data:`RELATIVE_NORMAL_HEIGHT`); the largest estimate is used, so a short (crushed) neighbour does not lower the
-  expectation. This is the only way a crush fracture (all heights lost) shows.
+  that are themselves of normal shape, each carried over by the normal ratio of the two levels' heights
+  (:data:`RELATIVE_NORMAL_HEIGHT`) and their normal shapes; the largest estimate is used, so a short (crushed)
+  neighbour does not lower the expectation. This is the only way a crush fracture (all heights lost) shows.
 
 **Two criteria** (McCloskey 1993: a deformity must meet an SD criterion and a second criterion, which cuts false
 positives where normal shapes vary widely): a reduction counts only when its ratio is also at least
 :data:`SD_CRITERION` standard deviations below the level's normal mean. The SD is the population's
-(:data:`NORMAL_SHAPE_SD`, :data:`NEIGHBOUR_RATIO_SD`) combined with the measurement's own: a binary mask places each
-endplate only to within one voxel along the spine (:func:`measurement_sd`), which on 3 mm slices is as large as the
-population's. The largest reduction that counts gives the **Genant grade** through Genant's bands
-(Genant 1993: 20, 25, 40 %), after :data:`REDUCTION_SCALE` (see there). A **severe** call (grade 3) must agree with an
-independent measure: the body's mid-sagittal area must be at least :data:`SEVERE_AREA_DEFICIT` below the area
-expected from its normal neighbours; otherwise the vertebra is graded 2.
+(:data:`NORMAL_WEDGE_SD`, :data:`NORMAL_SHAPE_SD`, :data:`NEIGHBOUR_RATIO_SD`) combined with the measurement's own:
+a binary mask places each endplate only to within one voxel along the spine (:func:`measurement_sd`), which on 3 mm
+slices is larger than the population's. The largest reduction that counts gives the **Genant grade** through
+Genant's bands (Genant 1993: 20, 25, 40 %), after :data:`REDUCTION_SCALE` (see there). A **severe** call (grade 3)
+must agree with an independent measure: the body's mid-sagittal area must be at least :data:`SEVERE_AREA_DEFICIT`
+below the area expected from its normal neighbours; otherwise the vertebra is graded 2.
 
 The **fracture score** is the largest reduction of the six (before scaling, whether or not it meets the SD
 criterion): continuous, higher for more likely fractured vertebrae, the score an ROC curve is drawn from.
@@ -50,8 +50,9 @@ GRADE_THRESHOLDS = (0.20, 0.25, 0.40)
 """Reductions at or above these start grades 1, 2 and 3 (Genant 1993; 25–40 % is grade 2, above 40 % grade 3)."""
 
 
-# Relative normal vertebral body height by level (approximate, from radiographic morphometry of normal adult spines):
-# only ratios between adjacent levels are used, to carry a neighbour's height over to the vertebra being graded.
+# Relative normal vertebral body height (the mean of the wall heights) by level (approximate, from radiographic
+# morphometry of normal adult spines): only ratios between adjacent levels are used, to carry a neighbour's heights
+# over to the vertebra being graded, each with the two levels' normal shapes (NORMAL_SHAPE).
 RELATIVE_NORMAL_HEIGHT = {
     "C3": 0.50,
     "C4": 0.50,
@@ -80,48 +81,67 @@ RELATIVE_NORMAL_HEIGHT = {
 }
 
 
+NORMAL_CONCAVITY = 0.92
+"""Normal middle height over the mean of the wall heights, Hm / ((Ha + Hp) / 2), at every level (see NORMAL_SHAPE)."""
 NORMAL_SHAPE = {
-    # level: (Ha/Hp mean, Hm/Hp mean); SDs in NORMAL_SHAPE_SD.
-    "T4": (0.92, 0.93),
-    "T5": (0.91, 0.93),
-    "T6": (0.90, 0.93),
-    "T7": (0.89, 0.93),
-    "T8": (0.90, 0.93),
-    "T9": (0.96, 0.93),
-    "T10": (0.96, 0.93),
-    "T11": (0.94, 0.92),
-    "T12": (0.95, 0.92),
-    "L1": (0.96, 0.91),
-    "L2": (0.99, 0.91),
-    "L3": (1.02, 0.91),
-    "L4": (1.04, 0.91),
-    "L5": (1.11, 0.91),
+    # level: (Ha/Hp mean, Hm / ((Ha + Hp) / 2) mean), heights between the six points; SDs in NORMAL_WEDGE_SD,
+    # NORMAL_SHAPE_SD.
+    "T4": (0.92, NORMAL_CONCAVITY),
+    "T5": (0.91, NORMAL_CONCAVITY),
+    "T6": (0.90, NORMAL_CONCAVITY),
+    "T7": (0.89, NORMAL_CONCAVITY),
+    "T8": (0.90, NORMAL_CONCAVITY),
+    "T9": (0.94, NORMAL_CONCAVITY),
+    "T10": (0.94, NORMAL_CONCAVITY),
+    "T11": (0.90, NORMAL_CONCAVITY),
+    "T12": (0.92, NORMAL_CONCAVITY),
+    "L1": (0.94, NORMAL_CONCAVITY),
+    "L2": (0.98, NORMAL_CONCAVITY),
+    "L3": (1.03, NORMAL_CONCAVITY),
+    "L4": (1.07, NORMAL_CONCAVITY),
+    "L5": (1.18, NORMAL_CONCAVITY),
 }
-"""Normal vertebral shape by level, as measured here (heights inside the walls, at 20 % and 80 % of the depth).
+"""Normal vertebral shape by level, for heights between the six points of quantitative morphometry (the corners
+where endplates meet walls, and the middle of the endplates; see measure.py).
 
-Ha/Hp, T9-L5: from the CT wedge angles of normal vertebral bodies in women (Eur Spine J 2010, quoted in DOMAIN.md:
-T9 2.8, T10 2.6, T11 4.6, T12 3.5, L1 2.6, L2 0.7, L3 -1.1, L4 -3.1, L5 -7.8 degrees, positive = anterior shorter),
-converted with ``Ha/Hp = 1 - 0.6 D tan(angle) / Hp`` for the 0.6 D between the two height lines (typical depth D
-28-35 mm, Hp 21-26 mm); L5 agrees with the CT heights of normal L5 (Ha 30.3, Hp 26.3 mm). T4-T8: the normal wedging
-at the kyphosis apex (Ha/Hp about 0.85-0.95, DOMAIN.md; Eastell 1991 and McCloskey 1993 report per-level means of this
-order on radiographs). Hm/Hp: radiographic normal central-to-posterior ratios of about 0.91-0.93 (Eastell 1991,
-McCloskey 1993, EVOS: values differ by sex and centre). **The per-level values were not verified in the primary
-texts here**; they were checked against the vertebrae the radiologists graded 0 in the shared VerSe masks
-(Testing/benchmarks/validate_grades.py prints their z-scores). Hm/Ha follows as (Hm/Hp) / (Ha/Hp)."""
+Ha/Hp, T9-L5: from the CT wedge angles of normal vertebral bodies in women (Eur Spine J 2010;19:768, quoted in
+DOMAIN.md: T9 2.8, T10 2.6, T11 4.6, T12 3.5, L1 2.6, L2 0.7, L3 -1.1, L4 -3.1, L5 -7.8 degrees, positive =
+anterior shorter), converted with ``Ha/Hp = 1 - D tan(angle) / Hp`` for the depth D between the corners (typical
+D / Hp: T9-T10 26-27 / 20-21 mm, T11-T12 28-30 / 22-23 mm, L1-L5 32-35 / 25-26 mm; thoracic dry-bone depths about
+21-28 mm, normal L5 on CT: depth 35.5, Ha 30.3, Hp 26.3 mm, i.e. Ha/Hp 1.15). Men's angles are 1-3 degrees larger at
+T9-L3 (the same paper): women's, the less wedged, are used, so that a man's normal wedging is not called a fracture
+only where it exceeds 3 SD. MRI of healthy adults gives Ha/Hp T10-L2 of 0.89-0.92 (Surg Radiol Anat 2011;33:223), in
+line. T4-T8: the normal wedging at the kyphosis apex (Ha/Hp about 0.85-0.95, DOMAIN.md; Eastell 1991 and McCloskey
+1993 report per-level means of this order on radiographs).
+
+The middle height is taken against the line joining the rims (the mean of the wall heights at mid-depth): its
+normal ratio, the endplates' normal concavity, is the radiographic normal central-to-posterior ratio Hm/Hp of about
+0.91-0.93 (Eastell 1991, McCloskey 1993, EVOS: values differ by sex and centre; **not verified per level in the
+primary texts here**), which those report at levels whose walls are about equally tall: one value, 0.92, at every
+level, as no per-level figures were verified (DOMAIN.md notes the normal concavity is deepest at L4/L5). Hm/Hp
+and Hm/Ha of each level follow from it and the level's Ha/Hp (:func:`normal_ratios`): at L5 (Ha/Hp 1.18) a normal
+Hm/Hp is 1.00 and Hm/Ha 0.85, at T7 (0.89) 0.87 and 0.98. All are checked against the vertebrae the radiologists
+graded 0 in the shared VerSe masks (Testing/benchmarks/validate_grades.py prints their z-scores)."""
+NORMAL_WEDGE_SD = 0.06
+"""SD of a normal Ha/Hp, as a fraction of its mean: 0.06-0.08 on MRI of healthy adults at T10-L2 (Surg Radiol Anat
+2011;33:223: T12 0.06, L1 0.06, L2 0.07, T10-T11 0.08) and 0.05-0.08 for the wedging index of healthy adults aged
+20-50; the lower end is used at every level (the fracture-prone thoracolumbar junction has it)."""
 NORMAL_SHAPE_SD = 0.05
-"""SD of a normal height ratio, as a fraction of its mean: radiographic morphometry reports SDs of Ha/Hp and Hm/Hp of
-about 0.04-0.06 at every level (Eastell 1991; McCloskey 1993; EVOS); not verified per level in the primary texts."""
+"""SD of a normal Hm/Hp or Hm/Ha, as a fraction of its mean: radiographic morphometry reports about 0.04-0.06 at
+every level (Eastell 1991; McCloskey 1993; EVOS); not verified per level in the primary texts."""
 NEIGHBOUR_RATIO_SD = 0.06
 """SD of a height against the height predicted from the neighbours (McCloskey 1993's posterior-height criterion;
 about 0.05-0.07 in the EVOS Hp/Hp-above and Hp/Hp-below ratios); not verified in the primary texts."""
+MEASUREMENT_ENDPLATES_PER_HEIGHT = 2
+"""Endplate positions a height depends on, each known to within one voxel (see :func:`measurement_sd`)."""
 SD_CRITERION = 3.0
 """A reduction counts only where its ratio is at least this many SDs below the normal mean (McCloskey 1993; Eastell
 1991 grade 1 deformity: 3 SD)."""
 REDUCTION_SCALE = 1.2
 """Factor from a reduction measured here to the reduction a radiologist's Genant grade reflects: the only number
-fitted to grades. Heights read on a mask, inside the walls and as medians over several planes, show less loss than a
-radiologist's visual estimate on the mid-sagittal image. Fitted on the 30 graded vertebrae of the five shared VerSe'19
-subjects (smallest mean absolute grade error over 1.00-2.00): 1.20 on all five, 1.15-1.20 leaving each subject out;
+fitted to grades. Heights read on a mask, as medians over several planes, show less loss than a radiologist's visual
+estimate on the mid-sagittal image. Fitted on the 30 graded vertebrae of the five shared VerSe'19 subjects (smallest
+mean absolute grade error over 1.00-2.00): 1.20 on all five, 1.10-1.20 leaving each subject out;
 the leave-one-subject-out figures are printed by Testing/benchmarks/validate_grades.py and given in the README."""
 SEVERE_AREA_DEFICIT = 0.15
 """A grade 3 call needs the mid-sagittal area at least this far below its expected value: a deformity of 40 % at its
@@ -158,6 +178,7 @@ class GradingRules:
     """Grade T1-T3 too (outside the levels normative morphometry covers)."""
     grade_thresholds: tuple[float, float, float] = GRADE_THRESHOLDS
     normal_shape: dict = field(default_factory=lambda: dict(NORMAL_SHAPE))
+    normal_wedge_sd: float = NORMAL_WEDGE_SD
     normal_shape_sd: float = NORMAL_SHAPE_SD
     neighbour_ratio_sd: float = NEIGHBOUR_RATIO_SD
     sd_criterion: float = SD_CRITERION
@@ -186,21 +207,32 @@ def grade_from_reduction(reduction: float | None, rules: GradingRules = DEFAULT_
 def normal_ratios(level: str, rules: GradingRules = DEFAULT_RULES) -> dict[str, float]:
     """Normal Ha/Hp, Hm/Hp and Hm/Ha of a level (transitional levels take their neighbour's; T1-T3 take T4's)."""
     level = REFERENCE_LEVEL_OF.get(level, level)
-    wedge, middle = rules.normal_shape.get(level, rules.normal_shape["T4"])
-    return {"wedge": wedge, "middle_to_posterior": middle, "middle_to_anterior": middle / wedge}
+    wedge, concavity = rules.normal_shape.get(level, rules.normal_shape["T4"])
+    # The middle of a normal endplate lies a fixed fraction below the line joining its rims, whose height at
+    # mid-depth is the mean of the wall heights (Ha + Hp) / 2.
+    rim = (1.0 + wedge) / 2.0
+    return {
+        "wedge": wedge,
+        "middle_to_posterior": concavity * rim,
+        "middle_to_anterior": concavity * rim / wedge,
+        "middle_to_walls": concavity,
+    }
 
 
 def measurement_sd(vertebra: VertebraResult) -> float:
     """SD of a ratio of this vertebra's heights from the mask's voxel size alone (as a fraction).
 
     An endplate on a binary mask lies anywhere within one voxel along the superior axis (uniform: SD voxel / sqrt(12)).
-    Each height is a median over many lines and planes, and the two heights of a ratio share their endplates'
-    quantization, so most of it cancels; what remains is taken as one endplate's uncertainty over the smallest height.
+    A height rests on two such endplate positions, and the corners are read off lines fitted to the stepped outline,
+    which do not average its steps away (on the real vertebrae compressed by known amounts in
+    Testing/test_synthetic_fractures.py a 1 mm mask gives a height to within about 1 mm): the SD of the shorter
+    height of a ratio, ``sqrt(2) * voxel / sqrt(12)``, over that height, stands for the ratio's (the taller height's
+    own error is smaller).
     """
     if not vertebra.voxel_extent_mm or not vertebra.heights_mm:
         return 0.0
     height = min(vertebra.heights_mm.values())
-    return float(vertebra.voxel_extent_mm / np.sqrt(12.0) / max(height, 1.0))
+    return float(MEASUREMENT_ENDPLATES_PER_HEIGHT**0.5 * vertebra.voxel_extent_mm / np.sqrt(12.0) / max(height, 1.0))
 
 
 def own_shape_reductions(heights: dict, level: str, rules: GradingRules = DEFAULT_RULES) -> dict[str, float]:
@@ -229,8 +261,18 @@ def expected_heights(
         if abs(labels_mod.rank(reference.label) - own_rank) > rules.reference_levels + 0.6:
             continue
         ratio = scale.get(vertebra.level, 1.0) / scale.get(reference.level, 1.0)
+        # The relative heights carry the mean wall height over; each height also carries its level's normal shape
+        # (a normal L2's walls, Ha/Hp 0.98, share their mean height differently from a normal T12's, 0.92).
+        own_shape, reference_shape = normal_ratios(vertebra.level, rules), normal_ratios(reference.level, rules)
+        own_wedge, reference_wedge = own_shape["wedge"], reference_shape["wedge"]
+        posterior_share = (1.0 + reference_wedge) / (1.0 + own_wedge)
+        shape_ratio = {
+            "anterior": posterior_share * own_wedge / reference_wedge,
+            "middle": own_shape["middle_to_walls"] / reference_shape["middle_to_walls"],
+            "posterior": posterior_share,
+        }
         for name in ("anterior", "middle", "posterior"):
-            estimates[name].append(reference.heights_mm[name] * ratio)
+            estimates[name].append(reference.heights_mm[name] * ratio * shape_ratio[name])
         if reference.midsagittal_area_mm2:
             # The section grows with the height and, between adjacent levels, about as much with the depth.
             estimates["area"].append(reference.midsagittal_area_mm2 * ratio**2)
@@ -294,10 +336,11 @@ def _grade_one(vertebra: VertebraResult, shape: dict, expected: dict | None, rul
     # Each height's reduction is the larger of its shape-based and neighbour-based estimates; the SD criterion
     # (McCloskey's second criterion) decides whether it counts.
     measured_sd = measurement_sd(vertebra)
+    wedge_sd = float(np.hypot(rules.normal_wedge_sd, measured_sd))
     shape_sd = float(np.hypot(rules.normal_shape_sd, measured_sd))
     neighbour_sd = float(np.hypot(rules.neighbour_ratio_sd, measured_sd))
     candidates = {
-        "anterior": [(shape["wedge"], shape["wedge"] / shape_sd), (loss["anterior"], loss["anterior"] / neighbour_sd)],
+        "anterior": [(shape["wedge"], shape["wedge"] / wedge_sd), (loss["anterior"], loss["anterior"] / neighbour_sd)],
         "middle": [
             (shape["biconcave"], shape["biconcave"] / shape_sd),
             (loss["middle"], loss["middle"] / neighbour_sd),

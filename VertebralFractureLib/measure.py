@@ -12,15 +12,18 @@ For every vertebra of a VerSe-id label map:
    posterior wall. Masks of bodies only are used as they are.
 3. **Six points.** The body is sampled (trilinear, 0.5 mm across its depth, 0.2 mm along the superior axis) on
    parasagittal planes 1 mm apart across the central 40 % of its width. On each plane the section is cleaned
-   (clefts shorter than 2 mm along the superior axis bridged, holes filled, detached pieces dropped); its posterior
-   and anterior walls are the median first and last inside positions over the central part of its height, and the
-   superior and inferior endplates are found at every 2.5 % of that plane's depth. Planes much lower than the
-   others at the centre are dropped; the endplates and walls are the medians over the remaining planes, so a loss
-   counts only where it shows on most planes, and a notch or hole on one plane does not. The **posterior**,
-   **middle** and **anterior** heights are the medians of the lines 10-30 %, 40-60 % and 70-90 % of the depth in
-   front of the posterior wall (inside the rounded rims); their superior and inferior points, in the central
-   plane, are those of the line holding the median. Heights are the distances between the points, so a moved
-   point changes its height exactly. The median section area over the planes is the body's mid-sagittal area.
+   (clefts shorter than 2 mm along the superior axis bridged, holes filled, detached pieces dropped). Its walls
+   and endplates are fitted lines (a robust Theil-Sen line, then least squares over the samples near it): each
+   wall through the first or last inside position over the central half of the section's height, each endplate
+   through its surface over the rims 10-30 % and 70-90 % of the depth, clear of the central concavity and of the
+   rounded edges. The four **corner points** lie where the endplate lines meet the wall lines, as the six-point
+   placement of quantitative morphometry marks them; the two **middle points** lie on the endplates themselves at
+   the median height of the central 40-60 % of the depth (a biconcave dip is below any line through the rims).
+   Planes much lower than the others at the centre are dropped; each point is the median of its positions over
+   the remaining planes, so a loss counts only where it shows on most planes, and a notch or hole on one plane
+   does not. The **anterior**, **middle** and **posterior** heights are the distances between their two points
+   (in the central plane), so a moved point changes its height exactly. The median section area over the planes
+   is the body's mid-sagittal area.
 4. **Volume** of the body in ml; **trabecular attenuation**: median HU of the interior region defined in
    :mod:`.screen` (away from the cortex and endplates, the posterior quarter of the depth excluded where the
    basivertebral vein enters).
@@ -48,16 +51,25 @@ from .results import CaseResult, VertebraResult
 
 log = logging.getLogger(__name__)
 
-LINE_FRACTIONS = np.round(np.arange(0.10, 0.9001, 0.025), 4)
-"""Measurement lines across the body's depth, as fractions from the posterior (0) to the anterior (1) margin."""
-HEIGHT_BANDS = (
-    ("anterior", (0.70, 0.90)),
-    ("middle", (0.40, 0.60)),
-    ("posterior", (0.10, 0.30)),
-)
-"""The thirds of the depth each height is read in (clear of the rounded rim at either wall, as in HealthiVert-GAN's
-per-third heights and TotalSegmentator's 15/50/85 % lines): the height is the median of the band's lines, and its
-two points are those of the line that holds that median (nine lines a band, so the median is one of them)."""
+WALL_FIT_HEIGHT = (0.25, 0.75)
+"""Each wall is the line fitted to the body's first (posterior) or last (anterior) inside position over this part of
+the section's height, clear of the rounded rims and of the osteophytes that grow at the corners."""
+MAX_WALL_OBLIQUITY_DEG = 10.0
+"""The walls of a vertebral body meet its endplates nearly square (the body's outline in the sagittal plane is close
+to a rectangle or, wedged, a trapezoid with both walls square to the mean endplate direction); a fitted wall leaning
+further than this follows an irregular outline (an osteophyte, a bulge or notch of the mask) and is held to it."""
+ENDPLATE_FIT_BANDS = ((0.10, 0.30), (0.70, 0.90))
+"""Each endplate is the line fitted to its surface over these parts of the depth (fractions from the posterior to
+the anterior wall): the rims on either side of the endplate's central concavity, which the line must not follow.
+The corner points lie where the endplate lines meet the wall lines: the corners of the body that the six-point
+placement of quantitative morphometry marks (Eastell 1991; McCloskey 1993; Genant 1993), and not the rounded edge
+of the mask, which falls away within about 5-10 % of the depth of each wall."""
+LINE_INLIER_MM = 1.5
+"""Samples of an outline farther than this from its robust line are left out of the line's least-squares fit: a
+bump or notch of the mask (a voxel or two on a 1 mm mask), not the wall or endplate the line stands for."""
+MIDDLE_BAND = (0.40, 0.60)
+"""The middle height is the median of the heights over this central part of the depth, on the endplates
+themselves: a biconcave dip lies below any line through the rims."""
 PLANE_BAND_FRACTION = 0.40
 """Heights are read on parasagittal planes across the central 40 % of the body's width (HealthiVert-GAN's band; a
 single mid-sagittal plane falls into any notch or hole of a mask there)."""
@@ -421,20 +433,28 @@ def _measure(vertebra: _Vertebra, labels: Volume, ct: Volume | None) -> Vertebra
 
 
 @dataclass
+class _PlaneShape:
+    """Six points of the body's outline on one parasagittal plane (local mm: y anterior, z superior)."""
+
+    corners: dict  # (posterior|anterior, superior|inferior) -> (y, z): endplate line meets wall line
+    middle: tuple  # (y, superior z, inferior z) at the middle height's line
+    depth: float
+    area_mm2: float
+
+
+@dataclass
 class _Profile:
-    """Endplate positions across the depth, robust over the central planes (local mm: x right, y ant., z sup.)."""
+    """The six points, medians over the kept central planes (local mm: x right, y anterior, z superior)."""
 
     x_mid: float
-    y_posterior: float
+    points: dict  # name (superior_anterior, ...) -> (y, z)
     depth: float
-    top: np.ndarray  # superior endplate z at each of LINE_FRACTIONS
-    bottom: np.ndarray
     area_mm2: float  # median area of the body's section on the kept planes
     planes: int
 
 
 def _plane_profiles(vertebra: _Vertebra, labels: Volume, frame: Frame, origin: np.ndarray) -> _Profile | None:
-    """Sample the body on parasagittal planes across its central width; endplates per plane, then medians."""
+    """Sample the body on parasagittal planes across its central width; six points per plane, then medians."""
     local = frame.local(vertebra.points[vertebra.body], origin)
     x_mid = float(np.median(local[:, 0]))
     width = float(np.ptp(local[:, 0]))
@@ -471,22 +491,26 @@ def _plane_profiles(vertebra: _Vertebra, labels: Volume, frame: Frame, origin: n
         section = _clean_section(plane_inside)
         if section is None:
             continue
-        measured = _plane_endplates(section, plane, ys, zs)
+        measured = _plane_shape(section, plane, ys, zs)
         if measured is not None:
-            planes.append(measured + (section.sum() * DEPTH_STEP_MM * SAMPLE_STEP_MM,))
+            planes.append(measured)
     if not planes:
         return None
-    centre = int(np.argmin(np.abs(LINE_FRACTIONS - 0.5)))
-    central_heights = np.array([top[centre] - bottom[centre] for _, _, top, bottom, _ in planes])
+    central_heights = np.array([p.middle[1] - p.middle[2] for p in planes])
     kept = [p for p, h in zip(planes, central_heights) if h >= PLANE_MIN_RELATIVE_HEIGHT * np.median(central_heights)]
-    posterior, anterior, tops, bottoms, areas = (np.array(column) for column in zip(*kept))
+    points = {}
+    for wall in ("posterior", "anterior"):
+        for endplate in ("superior", "inferior"):
+            corners = np.array([p.corners[wall, endplate] for p in kept])
+            points[f"{endplate}_{wall}"] = tuple(np.median(corners, axis=0))
+    middle = np.median(np.array([p.middle for p in kept]), axis=0)
+    points["superior_middle"] = (middle[0], middle[1])
+    points["inferior_middle"] = (middle[0], middle[2])
     return _Profile(
         x_mid=x_mid,
-        y_posterior=float(np.median(posterior)),
-        depth=float(np.median(anterior - posterior)),
-        top=np.median(tops, axis=0),
-        bottom=np.median(bottoms, axis=0),
-        area_mm2=float(np.median(areas)),
+        points=points,
+        depth=float(np.median([p.depth for p in kept])),
+        area_mm2=float(np.median([p.area_mm2 for p in kept])),
         planes=len(kept),
     )
 
@@ -507,25 +531,96 @@ def _clean_section(inside: np.ndarray) -> np.ndarray | None:
     return filled if filled.sum() * DEPTH_STEP_MM * SAMPLE_STEP_MM >= MIN_SECTION_MM2 else None
 
 
-def _plane_endplates(section: np.ndarray, values: np.ndarray, ys: np.ndarray, zs: np.ndarray):
-    """(posterior y, anterior y, superior z and inferior z at each of LINE_FRACTIONS) on one plane, or None."""
+def _robust_line(x: np.ndarray, y: np.ndarray, group: np.ndarray | None = None) -> tuple[float, float] | None:
+    """(intercept, slope) of the Theil-Sen line y = a + b x (Sen 1968): the median of the pairwise slopes, unmoved by
+    a bump or notch of the outline holding fewer than about 29 % of the samples. With ``group`` (bool), only pairs
+    with one sample in each group count: samples of a mask's outline are quantized to its voxels, and the many
+    pairs inside one group of a staircase edge have slope 0, which would pull the median towards a level line. The
+    intercept is taken as scipy.stats.theilslopes takes it, median(y) - b median(x); written out because importing
+    scipy.stats would add half a second to every ``measure`` run."""
+    if len(x) < 3 or np.ptp(x) <= 0:
+        return None
+    if group is None:
+        first, second = np.triu_indices(len(x), k=1)
+    else:
+        first, second = (index.ravel() for index in np.meshgrid(np.flatnonzero(group), np.flatnonzero(~group)))
+    dx = x[second] - x[first]
+    valid = dx != 0
+    if not valid.any():
+        return None
+    slope = float(np.median((y[second] - y[first])[valid] / dx[valid]))
+    intercept = float(np.median(y) - slope * np.median(x))
+    # Least squares over the samples near that line: a median locks onto the steps of a staircase edge, a mean
+    # over many steps does not, and the samples left out (a bump, a notch) are those a median ignores too.
+    near = np.abs(y - intercept - slope * x) <= LINE_INLIER_MM
+    if near.sum() >= 3 and np.ptp(x[near]) > 0 and (group is None or (group[near].any() and (~group[near]).any())):
+        slope, intercept = np.polyfit(x[near], y[near], 1)
+    return float(intercept), float(slope)
+
+
+def _plane_shape(section: np.ndarray, values: np.ndarray, ys: np.ndarray, zs: np.ndarray) -> _PlaneShape | None:
+    """The six points on one plane: walls and endplates as fitted lines, the corners where they meet (see
+    :data:`WALL_FIT_HEIGHT`, :data:`ENDPLATE_FIT_BANDS`), the middle points on the endplates themselves."""
     columns = np.flatnonzero(section.any(axis=1))
     rows = np.flatnonzero(section.any(axis=0))
-    # The walls: median first and last inside position over the central part of the section's height.
-    central_rows = rows[int(0.3 * len(rows)) : max(int(0.7 * len(rows)), int(0.3 * len(rows)) + 1)]
+    if len(columns) < 3 or len(rows) < 3:
+        return None
+    # Walls: the first and last inside position of each row over the central part of the section's height.
+    low_row, high_row = (rows[0] + f * (rows[-1] - rows[0]) for f in WALL_FIT_HEIGHT)
+    central_rows = rows[(rows >= low_row) & (rows <= high_row)]
     first = np.argmax(section[:, central_rows], axis=0)
     last = section.shape[0] - 1 - np.argmax(section[::-1, central_rows], axis=0)
-    posterior = float(np.median(ys[first])) - 0.5 * DEPTH_STEP_MM
-    anterior = float(np.median(ys[last])) + 0.5 * DEPTH_STEP_MM
-    if anterior - posterior < 5.0 or len(columns) < 3:
+    posterior_wall = _robust_line(zs[central_rows], ys[first] - 0.5 * DEPTH_STEP_MM)
+    anterior_wall = _robust_line(zs[central_rows], ys[last] + 0.5 * DEPTH_STEP_MM)
+    if posterior_wall is None or anterior_wall is None:
+        return None
+    z_centre = float(np.median(zs[central_rows]))
+    posterior = posterior_wall[0] + posterior_wall[1] * z_centre
+    anterior = anterior_wall[0] + anterior_wall[1] * z_centre
+    depth = anterior - posterior
+    if depth < 5.0:
         return None
     inside = section[columns]
     low = np.argmax(inside, axis=1)
     high = inside.shape[1] - 1 - np.argmax(inside[:, ::-1], axis=1)
     tops = zs[high] + _crossing(values[columns], high, +1)
     bottoms = zs[low] - _crossing(values[columns], low, -1)
-    at = posterior + LINE_FRACTIONS * (anterior - posterior)
-    return posterior, anterior, np.interp(at, ys[columns], tops), np.interp(at, ys[columns], bottoms)
+    fraction = (ys[columns] - posterior) / depth
+    (posterior_low, posterior_high), (anterior_low, anterior_high) = ENDPLATE_FIT_BANDS
+    posterior_rim = (fraction >= posterior_low) & (fraction <= posterior_high)
+    rim = posterior_rim | ((fraction >= anterior_low) & (fraction <= anterior_high))
+    endplates = {}
+    for endplate, surface in (("superior", tops), ("inferior", bottoms)):
+        endplates[endplate] = _robust_line(ys[columns][rim], surface[rim], group=posterior_rim[rim])
+        if endplates[endplate] is None:
+            return None
+    # A wall leaning further than MAX_WALL_OBLIQUITY_DEG from square to the endplates follows a bulge of the mask:
+    # it is turned back to that limit about its point at mid-height.
+    square = np.arctan(-0.5 * (endplates["superior"][1] + endplates["inferior"][1]))
+    limit = np.deg2rad(MAX_WALL_OBLIQUITY_DEG)
+    walls = {}
+    for wall, fitted, centre_y in (("posterior", posterior_wall, posterior), ("anterior", anterior_wall, anterior)):
+        b = float(np.tan(np.clip(np.arctan(fitted[1]), square - limit, square + limit)))
+        walls[wall] = (centre_y - b * z_centre, b)
+    corners = {}
+    for endplate, (c, d) in endplates.items():
+        for wall, (a, b) in walls.items():
+            # Endplate z = c + d y meets wall y = a + b z.
+            z = (c + d * a) / (1.0 - d * b)
+            corners[wall, endplate] = (a + b * z, z)
+    middle_band = (fraction >= MIDDLE_BAND[0]) & (fraction <= MIDDLE_BAND[1])
+    if middle_band.sum() < 1:
+        return None
+    # The middle height: the median line of the central band, on the endplates themselves (a biconcave dip is
+    # below any line through the rims).
+    heights = (tops - bottoms)[middle_band]
+    chosen = np.flatnonzero(middle_band)[np.argsort(heights)[len(heights) // 2]]
+    return _PlaneShape(
+        corners=corners,
+        middle=(float(ys[columns][chosen]), float(tops[chosen]), float(bottoms[chosen])),
+        depth=float(depth),
+        area_mm2=float(section.sum() * DEPTH_STEP_MM * SAMPLE_STEP_MM),
+    )
 
 
 def _crossing(values: np.ndarray, index: np.ndarray, direction: int) -> np.ndarray:
@@ -539,17 +634,14 @@ def _crossing(values: np.ndarray, index: np.ndarray, direction: int) -> np.ndarr
 
 def _six_points(profile: _Profile, frame: Frame, origin: np.ndarray) -> tuple[dict, dict]:
     """Superior and inferior points of the three heights (RAS) and the heights (the distances between them)."""
-    points, heights = {}, {}
-    lines = profile.top - profile.bottom
-    for name, (low, high) in HEIGHT_BANDS:
-        band = np.flatnonzero((LINE_FRACTIONS >= low - 1e-9) & (LINE_FRACTIONS <= high + 1e-9))
-        chosen = band[np.argsort(lines[band])[len(band) // 2]]
-        y = profile.y_posterior + LINE_FRACTIONS[chosen] * profile.depth
-        top = frame.world(np.array([profile.x_mid, y, profile.top[chosen]]), origin)[0]
-        bottom = frame.world(np.array([profile.x_mid, y, profile.bottom[chosen]]), origin)[0]
-        points[f"superior_{name}"] = top.tolist()
-        points[f"inferior_{name}"] = bottom.tolist()
-        heights[name] = float(np.linalg.norm(top - bottom))
+    points = {
+        name: frame.world(np.array([profile.x_mid, y, z]), origin)[0].tolist()
+        for name, (y, z) in profile.points.items()
+    }
+    heights = {
+        name: float(np.linalg.norm(np.subtract(points[f"superior_{name}"], points[f"inferior_{name}"])))
+        for name in ("anterior", "middle", "posterior")
+    }
     return points, heights
 
 

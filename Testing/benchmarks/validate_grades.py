@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     print(_summary(pairs))
 
     print("\nz-scores of the vertebrae graded 0 against the per-level normal shape (NORMAL_SHAPE, SD fraction "
-          f"{grade.NORMAL_SHAPE_SD}):")
+          f"{grade.NORMAL_WEDGE_SD} for Ha/Hp, {grade.NORMAL_SHAPE_SD} for the middle height's ratios):")
     all_z = []
     for subject in subjects:
         for level, expected in reference[subject].items():
@@ -112,7 +112,8 @@ def main(argv=None) -> int:
                 "middle_to_posterior": h["middle"] / h["posterior"],
                 "middle_to_anterior": h["middle"] / h["anterior"],
             }
-            z = {k: (measured[k] / normal[k] - 1) / grade.NORMAL_SHAPE_SD for k in measured}
+            sd = {"wedge": grade.NORMAL_WEDGE_SD}
+            z = {k: (measured[k] / normal[k] - 1) / sd.get(k, grade.NORMAL_SHAPE_SD) for k in measured}
             all_z.append(list(z.values()))
             print(f"  {subject} {level:>4}: " + "  ".join(f"{k} {measured[k]:.2f} (z {z[k]:+.1f})" for k in z))
     all_z = np.array(all_z)
