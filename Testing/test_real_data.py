@@ -86,8 +86,8 @@ def test_totalseg_example_against_peer_report(totalseg_example, shared_file):
 
     The peer reads each height on one mid-sagittal plane, its middle height at 50 % of the depth where the endplates
     dip deepest. This project takes medians over the central 40 % of the body's width and over 40-60 % of the depth
-    (posterior: 10-30 %), where the endplates of this 3 mm CT dip less, so its heights are up to about 1.5 voxels
-    taller; the volumes, counted alike, agree.
+    (posterior: at the corner of the fitted wall and endplate lines), where the endplates of this 3 mm CT dip less,
+    so its heights are up to about 1.5 voxels taller; the volumes, counted alike, agree.
     """
     case, _ = totalseg_example
     peer = json.loads(shared_file("totalsegmentator-example/spine_report/spine_report.json").read_text())["results"]
