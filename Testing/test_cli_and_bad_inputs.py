@@ -9,8 +9,10 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from grading_scope import UPPER_THORACIC, UPPER_THORACIC_MASK, upper_thoracic_status
 
-from VertebralFractureLib import cli, io
+from VertebralFractureLib import cli, grade, io
+from VertebralFractureLib.results import CaseResult
 
 SEG = "totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz"
 CT = "totalsegmentator-example/example_ct.nii.gz"
@@ -53,6 +55,32 @@ def test_measure_without_ct_reports_no_hu(shared_file, tmp_path, capsys):
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert all(v["trabecular_hu"] is None for v in results["vertebrae"])
+
+
+def test_measure_grades_upper_thoracic_only_on_request(shared_file, tmp_path, capsys):
+    """A real T1-L5 mask measured with and without --include-upper-thoracic: T1-T3 graded or not assessed, the
+    choice recorded in results.json, and a re-grade of the case read back (the review's) keeps to it. Which grade
+    is not checked, only graded against not assessed."""
+    from VertebralFractureLib import review
+
+    mask = str(shared_file(UPPER_THORACIC_MASK))
+    results = {}
+    for name, options in (("without", []), ("with", ["--include-upper-thoracic"])):
+        code, stdout, _ = run(["measure", "--seg", mask, "--out", str(tmp_path / name), "-q", *options], capsys)
+        assert code == 0
+        results[name] = json.loads((tmp_path / name / "results.json").read_text())
+        t1 = next(line for line in stdout.splitlines() if line.split()[:1] == ["T1"])
+        assert (grade.not_assessed_reason("T1") in t1) is (name == "without")
+    assert results["without"]["inputs"]["include_upper_thoracic"] is False
+    assert results["with"]["inputs"]["include_upper_thoracic"] is True
+    assert upper_thoracic_status(results["without"]["vertebrae"]) == "not assessed"
+    assert upper_thoracic_status(results["with"]["vertebrae"]) == "graded"
+    assert not set(UPPER_THORACIC) & set(results["without"]["patient"]["graded_levels"])
+
+    for name, status in (("with", "graded"), ("without", "not assessed")):
+        case = CaseResult.from_dict(results[name])
+        review.regrade(case)
+        assert upper_thoracic_status(case.vertebrae) == status
 
 
 def test_slicer_segmentation_by_segment_names(shared_file, tmp_path, capsys):

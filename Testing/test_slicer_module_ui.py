@@ -90,8 +90,9 @@ def test_parameter_node_and_bound_widgets_agree(ui_widgets, module_tree):
     fields = _parameter_fields(module_tree)
     bound = {parameter: name for name, (_cls, parameter, _items) in ui_widgets.items() if parameter}
     assert set(bound) <= set(fields), f"widgets bound to unknown parameters: {set(bound) - set(fields)}"
-    assert set(bound) == {"inputVolume", "inputSegmentation", "backend", "device", "caseTable", "exportFolder",
-                          "reportFolder", "reportDicom", "reportDeidentify", "reportPseudonym"}
+    assert set(bound) == {"inputVolume", "inputSegmentation", "backend", "device", "includeUpperThoracic",
+                          "caseTable", "exportFolder", "reportFolder", "reportDicom", "reportDeidentify",
+                          "reportPseudonym"}
     for parameter, widget in bound.items():
         choices = _choices(fields[parameter])
         if choices is not None:
@@ -100,6 +101,25 @@ def test_parameter_node_and_bound_widgets_agree(ui_widgets, module_tree):
     # The report's options: the widget kind must suit the parameter's type (bool: check box, str: line edit).
     assert ui_widgets[bound["reportDicom"]][0] == ui_widgets[bound["reportDeidentify"]][0] == "QCheckBox"
     assert ui_widgets[bound["reportPseudonym"]][0] == "QLineEdit"
+    assert ui_widgets[bound["includeUpperThoracic"]][0] == "QCheckBox"
+
+
+def test_upper_thoracic_option_reaches_both_paths_of_apply(module_tree):
+    """The check box's parameter goes to the analysis of a given segmentation and to the child process alike."""
+    apply = next(node for node in ast.walk(module_tree)
+                 if isinstance(node, ast.FunctionDef) and node.name == "onApplyButton")
+    assert any(isinstance(node, ast.Attribute) and node.attr == "includeUpperThoracic" for node in ast.walk(apply)), \
+        "onApplyButton does not read the includeUpperThoracic parameter"
+    calls = {node.func.attr: node for node in ast.walk(apply)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
+    for name in ("analyze", "startSegmentation"):
+        assert any(keyword.arg is None or keyword.arg == "includeUpperThoracic" for keyword in calls[name].keywords), \
+            f"onApplyButton calls {name} without the option"
+    logic = next(node for node in module_tree.body if isinstance(node, ast.ClassDef)
+                 and node.name == "VertebralFractureLogic")
+    for method in logic.body:
+        if isinstance(method, ast.FunctionDef) and method.name in ("analyze", "segment", "startSegmentation"):
+            assert "includeUpperThoracic" in [a.arg for a in method.args.args], method.name
 
 
 def test_override_combo_boxes_match_the_choices_indexed_in_code(ui_widgets, module_tree):

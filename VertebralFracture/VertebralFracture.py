@@ -32,7 +32,6 @@ EXAMPLE_CT_URL = ("https://raw.githubusercontent.com/wasserth/TotalSegmentator/"
 EXAMPLE_CT_SHA256 = "dbd3ae6d614d1d7ef3a46925c30c70038ed52da6b37fdd6afdc7b9b71387e3e1"
 
 
-
 def _makeLibImportable() -> None:
     """A source checkout (Additional module paths) has the Lib beside this folder; an installed one is on the path."""
     checkout = Path(__file__).resolve().parents[1]
@@ -81,7 +80,7 @@ class VertebralFractureParameterNode:
     """What the panel shows, kept in the scene.
 
     Node parameters may be None (nothing selected). inputVolume: CT in Hounsfield units. inputSegmentation:
-    optional segments named by level.
+    optional segments named by level. includeUpperThoracic: grade T1-T3 too (Genant grading is defined for T4-L5).
     backend, device: automatic segmentation. caseTable: the selected case (its table node is the hub).
     exportFolder: dataset folder for curated training data. reportFolder, reportDicom (DICOM SEG + SR),
     reportDeidentify, reportPseudonym: the clinical report.
@@ -91,6 +90,7 @@ class VertebralFractureParameterNode:
     inputSegmentation: vtkMRMLSegmentationNode
     backend: Annotated[str, Choice(["Automatic", "classical", "monai", "totalsegmentator"])] = "Automatic"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    includeUpperThoracic: bool = False
     caseTable: vtkMRMLTableNode
     exportFolder: Path = Path.home() / "VertebralFracture-dataset"
     reportFolder: Path = Path.home() / "VertebralFracture-reports"
@@ -211,8 +211,7 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         ready = bool(self._parameterNode and self._parameterNode.inputVolume)
         self.ui.applyButton.enabled = ready and not running
         self.ui.cancelButton.enabled = running
-        self.ui.applyButton.toolTip = _("Segment (if needed), measure and grade") if ready else \
-            _("Select a CT volume")
+        self.ui.applyButton.toolTip = _("Segment (if needed), measure and grade") if ready else _("Select a CT volume")
 
     # ---- analysis -----------------------------------------------------------------------------------------
 
@@ -220,14 +219,15 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if not self.logic.ensureDependencies():
             return
         parameters = self._parameterNode
+        options = {"includeUpperThoracic": parameters.includeUpperThoracic}
         with slicer.util.tryWithErrorDisplay(_("Analysis failed."), waitCursor=True):
             if parameters.inputSegmentation is not None:
-                case = self.logic.analyze(parameters.inputVolume, parameters.inputSegmentation)
+                case = self.logic.analyze(parameters.inputVolume, parameters.inputSegmentation, **options)
                 self._showCase(case)
                 return
             self._jobVolumeNode = parameters.inputVolume
             self._job = self.logic.startSegmentation(parameters.inputVolume, parameters.backend, parameters.device,
-                                                     onProgress=self._onProgress)
+                                                     onProgress=self._onProgress, **options)
             self.ui.progressBar.visible = True
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = _("Segmenting...")
@@ -442,38 +442,38 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
 
     # ---- analysis -----------------------------------------------------------------------------------------
 
-    def startSegmentation(self, volumeNode, backend: str = "Automatic", device: str = "auto", onProgress=None):
+    def startSegmentation(self, volumeNode, backend: str = "Automatic", device: str = "auto", onProgress=None,
+                          includeUpperThoracic: bool = False):
         """Start segmenting in a child process (``PythonSlicer -m VertebralFractureLib analyze``); returns the job."""
         from VertebralFractureLib import mrml, process, segment
 
         if segment.needs_torch(backend) and not self.ensureTorch() and backend == "monai":
             raise RuntimeError(_("PyTorch is not available"))
         job = process.SegmentationJob(mrml.volume_from_node(volumeNode), backend=backend, device=device,
-                                      on_progress=onProgress)
+                                      on_progress=onProgress, include_upper_thoracic=includeUpperThoracic)
         return job.start()
 
     def segment(self, volumeNode, backend: str = "Automatic", device: str = "auto", onProgress=None,
-                timeout: float | None = None):
+                timeout: float | None = None, includeUpperThoracic: bool = False):
         """Blocking analysis in the child process: (VerSe-id label volume on the CT grid, the child's CaseResult)."""
-        job = self.startSegmentation(volumeNode, backend, device, onProgress)
+        job = self.startSegmentation(volumeNode, backend, device, onProgress, includeUpperThoracic)
         try:
-            labels = job.wait(timeout)
-            return labels, job.case()
+            return job.wait(timeout), job.case()
         finally:
             job.cleanup()
 
     def analyze(self, volumeNode, segmentationNode=None, labels=None, backend: str = "Automatic",
-                device: str = "auto", case=None):
+                device: str = "auto", case=None, includeUpperThoracic: bool = False):
         """Measure and grade a CT; vertebrae from a segmentation node, a label volume, or segmented here. ``case``: the
         child's results on ``labels``, shown as they are (the same pipeline as the command line and batch)."""
         from VertebralFractureLib import mrml
 
         if segmentationNode is None and labels is None:
-            labels, case = self.segment(volumeNode, backend, device)
+            labels, case = self.segment(volumeNode, backend, device, includeUpperThoracic=includeUpperThoracic)
         if case is not None:
             case.inputs["ct"] = volumeNode.GetName()
         case = mrml.VertebralFractureCase.create(volumeNode, segmentation_node=segmentationNode, labels=labels,
-                                                 case=case)
+                                                 case=case, include_upper_thoracic=includeUpperThoracic)
         case.start_observing()
         self._cases[case.table_node.GetID()] = case
         return case

@@ -9,7 +9,8 @@ series, searched through their sub-folders (one case per series); or a CSV file 
 Each case publishes ``OUT/CASE/`` as one set (see :mod:`.outputs`): the files of ``analyze`` or, when the case
 failed, ``error.txt``. ``OUT/summary.csv`` lists every case with its status (``ok``, ``qc-failed``, ``failed``)
 and the reason, and is rewritten after every case. ``--resume`` skips cases whose results an earlier run
-published. Exit code: 0 all cases ok, 1 some failed, 2 unusable arguments or input.
+published with the same ``--include-upper-thoracic`` choice. Exit code: 0 all cases ok, 1 some failed, 2 unusable
+arguments or input.
 """
 
 from __future__ import annotations
@@ -209,7 +210,8 @@ def process_case(case: Case, options) -> dict:
     request = pipeline.AnalysisRequest(
         ct=case.path, series=case.series, seg=seg, labels=options.labels, backend=options.backend,
         device=options.device, report=not options.no_report, screen=not options.no_report,
-        dicom_out=options.dicom_out, kvp=options.kvp, contrast_phase=options.contrast_phase)
+        dicom_out=options.dicom_out, kvp=options.kvp, contrast_phase=options.contrast_phase,
+        include_upper_thoracic=options.include_upper_thoracic)
     add_scene = None
     if options.save_scene:
         def add_scene(analysis, staging):
@@ -237,6 +239,8 @@ def finished_row(case: Case, options) -> dict | None:
         analysis_case = CaseResult.from_dict(json.loads(results.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError, AttributeError):
         return None
+    if bool(analysis_case.inputs.get("include_upper_thoracic")) != options.include_upper_thoracic:
+        return None  # graded other levels than this run asks for: not finished for it
     row = summary_row(case, analysis_case, out_dir)
     screening = out_dir / "screening.json"
     if screening.is_file():

@@ -77,8 +77,17 @@ def add_output_argument(parser: argparse.ArgumentParser) -> None:
                         help="output folder; it receives the run's files as one set, replacing an earlier run's")
 
 
+def add_grading_arguments(parser: argparse.ArgumentParser) -> None:
+    """--include-upper-thoracic: the grading options of every command that measures (``measure``, ``report``,
+    ``analyze``, ``batch``)."""
+    parser.add_argument("--include-upper-thoracic", action="store_true",
+                        help="also grade T1-T3 (default: T4-L5 only: Genant grading is defined for T4-L5 and "
+                             "normative morphometry does not cover T1-T3; they are listed as not assessed)")
+
+
 def add_measure_arguments(parser: argparse.ArgumentParser) -> None:
-    """--seg, --ct, --series, --labels, --out: the inputs of every command that starts from a label map."""
+    """--seg, --ct, --series, --labels, --include-upper-thoracic, --out: the inputs of every command that starts
+    from a label map."""
     parser.add_argument("--seg", required=True, metavar="LABELMAP",
                         help="vertebra label map (NIfTI, NRRD, MetaImage or Slicer .seg.nrrd)")
     parser.add_argument("-i", "--ct", metavar="CT", help="CT volume (NIfTI, NRRD, MetaImage or DICOM series folder); "
@@ -86,6 +95,7 @@ def add_measure_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID to read when the DICOM folder holds several")
     parser.add_argument("--labels", default="auto", choices=LABEL_CONVENTIONS,
                         help="label convention of --seg (default: auto; .seg.nrrd files are read by segment name)")
+    add_grading_arguments(parser)
     add_output_argument(parser)
 
 
@@ -126,6 +136,7 @@ def request_from_args(args: argparse.Namespace, **overrides):
         "pseudonym": getattr(args, "pseudonym", ""),
         "kvp": getattr(args, "kvp", None),
         "contrast_phase": getattr(args, "contrast_phase", None),
+        "include_upper_thoracic": getattr(args, "include_upper_thoracic", False),
         "screening_levels": None if levels is None else tuple(
             level.strip().upper() for level in levels.split(",") if level.strip()),
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import LABEL_CONVENTIONS, arguments, command
+from .cli import LABEL_CONVENTIONS, add_grading_arguments, arguments, command
 
 
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +21,7 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seg-dir", type=Path, help="folder of label maps matched to the cases by name")
     parser.add_argument("--labels", default="auto", choices=LABEL_CONVENTIONS,
                         help="label convention of the label maps (default: auto)")
+    add_grading_arguments(parser)
     parser.add_argument("--backend", default="auto", choices=["auto", "classical", "monai", "totalsegmentator"],
                         help="segmentation backend for cases without a label map (default: auto, as for analyze)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -17,6 +17,7 @@ from pathlib import Path
 from .cli import (
     LABEL_CONVENTIONS,
     Progress,
+    add_grading_arguments,
     add_output_argument,
     add_report_arguments,
     arguments,
@@ -47,6 +48,7 @@ def add_analyze_arguments(parser: argparse.ArgumentParser, single_case: bool = T
                             help="use this vertebra label map instead of segmenting (resampled onto the CT grid)")
     parser.add_argument("--labels", default="auto", choices=LABEL_CONVENTIONS,
                         help="label convention of --seg (default: auto)")
+    add_grading_arguments(parser)
     if single_case:
         parser.add_argument("--anchor", metavar="LEVEL",
                             help="fix the level count: the lowest vertebra not cut by the field of view is LEVEL "

@@ -329,7 +329,9 @@ def export_case(case, screening, labels, ct, out_dir: str | Path, pseudonym: str
             text = text.replace(path, "(de-identified)")
         return _scrub_uids(text, deidentifier)
 
-    case.inputs = {key: ("(de-identified)" if value else value) for key, value in case.inputs.items()}
+    # Flags (volume_is_ct, include_upper_thoracic) name no one, and a re-grade of the export needs them.
+    case.inputs = {key: ("(de-identified)" if value and not isinstance(value, bool) else value)
+                   for key, value in case.inputs.items()}
     case.level_evidence = [scrub(e) for e in case.level_evidence]
     case.warnings = [scrub(w) for w in case.warnings]
     if case.segmentation_backend_reason:

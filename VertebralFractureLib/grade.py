@@ -410,3 +410,13 @@ def summarize(vertebrae: list[VertebraResult]) -> PatientSummary:
         graded_levels=[v.level for v in graded],
         incomplete_levels=[v.level for v in vertebrae if not v.complete],
     )
+
+
+def rules_from_inputs(inputs: dict | None) -> GradingRules:
+    """The grading rules a case was measured with, as its ``inputs`` record them (``include_upper_thoracic``), so
+    a re-grade after review grades the same levels; a case without the record gets the default rules."""
+    if (inputs or {}).get("include_upper_thoracic") is True:
+        from dataclasses import replace
+
+        return replace(DEFAULT_RULES, include_upper_thoracic=True)
+    return DEFAULT_RULES

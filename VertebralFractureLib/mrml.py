@@ -43,6 +43,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from . import grade as grade_mod
 from . import labels as labels_mod
 from . import measure as measure_mod
 from . import review
@@ -438,13 +439,14 @@ class VertebralFractureCase:
     @classmethod
     def create(cls, volume_node, segmentation_node=None, labels: Volume | None = None,
                case: CaseResult | None = None, name: str | None = None, progress=None,
-               volume_is_ct: bool = True) -> VertebralFractureCase:
+               volume_is_ct: bool = True, include_upper_thoracic: bool = False) -> VertebralFractureCase:
         """Measure and grade a CT volume node and build the case's nodes.
 
         The vertebrae come from ``labels`` (a VerSe-id label volume, e.g. from a segmentation backend) or from
         ``segmentation_node`` (segments named after levels: Segment Editor, TotalSegmentator); that node is left
-        as it is and a new segmentation node is made. ``case`` skips measuring (results computed elsewhere).
-        ``volume_is_ct=False`` treats the volume node as a reference grid only (no Hounsfield units to read).
+        as it is and a new segmentation node is made. ``case`` skips measuring (results computed elsewhere, its
+        grading rules recorded in it). ``volume_is_ct=False`` treats the volume node as a reference grid only (no
+        Hounsfield units to read). ``include_upper_thoracic`` grades T1-T3 too, now and in every re-grade.
         """
         scene = volume_node.GetScene()
         ct = volume_from_node(volume_node)
@@ -459,8 +461,10 @@ class VertebralFractureCase:
         if case is None:
             inputs = {"ct": volume_node.GetName(),
                       "seg": segmentation_node.GetName() if segmentation_node is not None else labels.path or None,
-                      "labels": "segment names" if segmentation_node is not None else "verse"}
-            case = measure_mod.measure_case(labels, ct if volume_is_ct else None, inputs=inputs, progress=progress)
+                      "labels": "segment names" if segmentation_node is not None else "verse",
+                      "include_upper_thoracic": bool(include_upper_thoracic)}
+            case = measure_mod.measure_case(labels, ct if volume_is_ct else None, inputs=inputs, progress=progress,
+                                            rules=grade_mod.rules_from_inputs(inputs))
             from .pipeline import finish_case
 
             finish_case(case, labels, ct if volume_is_ct else None, "given",
@@ -691,7 +695,8 @@ class VertebralFractureCase:
         ct = volume_from_node(self.volume_node) if self.case.inputs.get("volume_is_ct", True) else None
         review = {v.label: (v.grade_override, v.morphology_override, v.reviewed) for v in self.case.vertebrae}
         inputs = dict(self.case.inputs)
-        new_case = measure_mod.measure_case(labels, ct, inputs=inputs, progress=progress)
+        new_case = measure_mod.measure_case(labels, ct, inputs=inputs, progress=progress,
+                                            rules=grade_mod.rules_from_inputs(inputs))
         # How the segmentation and its level names came about stays with the case: the quality gate needs it, so a
         # re-measure never resurrects a finding it withheld (the reviewer's overrides stay in force).
         for name in ("levels_status", "level_evidence", "segmentation_backend", "full_vertebrae", "level_corrections"):

@@ -55,6 +55,9 @@ class AnalysisRequest:
     kvp: float | None = None
     contrast_phase: str | None = None
     screening_levels: tuple[str, ...] | None = None
+    include_upper_thoracic: bool = False
+    """Grade T1-T3 too (Genant grading is defined for T4-L5); recorded in the case's ``inputs`` so that every
+    re-grade of the case (the Slicer review) grades the same levels."""
 
 
 @dataclass
@@ -150,7 +153,8 @@ def read_inputs(request: AnalysisRequest, progress=None) -> tuple[Volume | None,
     ct = io.read_ct(request.ct, request.series) if request.ct is not None else None
     labels = None
     inputs = {"ct": None if request.ct is None else str(request.ct), "series": request.series,
-              "seg": None if request.seg is None else str(request.seg)}
+              "seg": None if request.seg is None else str(request.seg),
+              "include_upper_thoracic": bool(request.include_upper_thoracic)}
     if request.seg is not None:
         label_map = io.read_label_map(request.seg, request.labels, reference=ct)
         labels = label_map.volume
@@ -241,7 +245,7 @@ def screen_analysis(analysis: Analysis, request: AnalysisRequest) -> None:
 def run(request: AnalysisRequest, progress=None) -> Analysis:
     """Every stage but writing: returns the :class:`Analysis` (raises :class:`InputError`,
     :class:`NoVertebraeError`)."""
-    from . import measure
+    from . import grade, measure
 
     check_request(request)
     report = progress or (lambda fraction, message: None)
@@ -270,7 +274,7 @@ def run(request: AnalysisRequest, progress=None) -> Analysis:
         evidence.append(anchor_evidence)
         status = "anchored"
     report(0.7, "measuring and grading")
-    case = measure.measure_case(labels, ct, inputs=inputs,
+    case = measure.measure_case(labels, ct, inputs=inputs, rules=grade.rules_from_inputs(inputs),
                                progress=lambda fraction, message: report(0.7 + 0.1 * fraction, message))
     finish_case(case, labels, ct, status, evidence, backend, full, warnings, reason, details)
     analysis = Analysis(case=case, labels=labels, ct=ct)

@@ -270,15 +270,19 @@ PANEL_BACKENDS = {"Automatic": "auto"}
 
 
 def analyze_command(ct_path: str | Path, out_dir: str | Path, backend: str | None = None,
-                    device: str | None = None, python: str | None = None, extra: list[str] | None = None) -> list[str]:
-    """``PYTHON -m VertebralFractureLib analyze --ct CT --out DIR --no-report [--backend B] [--device D]``: the
-    measurements without the clinical report (the Slicer module writes that after review)."""
+                    device: str | None = None, python: str | None = None, extra: list[str] | None = None,
+                    include_upper_thoracic: bool = False) -> list[str]:
+    """``PYTHON -m VertebralFractureLib analyze --ct CT --out DIR --no-report [--backend B] [--device D]
+    [--include-upper-thoracic]``: the measurements without the clinical report (the Slicer module writes that after
+    review)."""
     command = [python or python_executable(), "-m", "VertebralFractureLib", "analyze", "--ct", str(ct_path),
                "--out", str(out_dir), "--no-report"]
     if backend:
         command += ["--backend", PANEL_BACKENDS.get(backend, backend)]
     if device:
         command += ["--device", device]
+    if include_upper_thoracic:
+        command.append("--include-upper-thoracic")
     return command + list(extra or [])
 
 
@@ -291,7 +295,7 @@ class SegmentationJob:
     """
 
     def __init__(self, ct, backend: str | None = None, device: str | None = None, on_progress=None,
-                 python: str | None = None, work_dir: str | None = None):
+                 python: str | None = None, work_dir: str | None = None, include_upper_thoracic: bool = False):
         from .io import write_nifti
 
         self.ct = ct
@@ -301,8 +305,9 @@ class SegmentationJob:
         write_nifti(ct, self.ct_path)
         from .qc import EXIT_QUALITY_FAILED
 
-        self.runner = ProcessRunner(analyze_command(self.ct_path, self.out_dir, backend, device, python),
-                                    env=child_environment(device), on_progress=on_progress,
+        command = analyze_command(self.ct_path, self.out_dir, backend, device, python,
+                                  include_upper_thoracic=include_upper_thoracic)
+        self.runner = ProcessRunner(command, env=child_environment(device), on_progress=on_progress,
                                     success_codes=(0, EXIT_QUALITY_FAILED))
 
     def start(self) -> SegmentationJob:

@@ -56,13 +56,14 @@ def heights_from_points(points_ras: dict[str, list[float]]) -> dict[str, float]:
 
 
 def regrade(case: CaseResult) -> None:
-    """Grade every vertebra again from its heights (neighbours' expected heights stay consistent), pass the grades
-    through quality control again (a withheld finding is not resurrected by a re-grade; a reviewer's explicit
-    grade override stays in force) and summarise."""
+    """Grade every vertebra again from its heights (neighbours' expected heights stay consistent) with the rules the
+    case was measured with (T1-T3 graded when it was measured with them), pass the grades through quality control
+    again (a withheld finding is not resurrected by a re-grade; a reviewer's explicit grade override stays in force)
+    and summarise."""
     from . import qc
 
     case.vertebrae.sort(key=lambda v: labels_mod.rank(v.label))
-    grade_mod.grade_vertebrae(case.vertebrae)
+    grade_mod.grade_vertebrae(case.vertebrae, grade_mod.rules_from_inputs(case.inputs))
     qc.apply_quality_gate(case)
 
 
