@@ -122,7 +122,7 @@ level, as no per-level figures were verified (DOMAIN.md notes the normal concavi
 and Hm/Ha of each level follow from it and the level's Ha/Hp (:func:`normal_ratios`): at L5 (Ha/Hp 1.18) a normal
 Hm/Hp is 1.00 and Hm/Ha 0.85, at T7 (0.89) 0.87 and 0.98. At L3 the table gives Ha/Hp 1.03 and Hm/Hp 0.93, where
 morphometric X-ray absorptiometry of 120 perimenopausal women found 0.995 (range 0.84-1.15) and 0.937 (0.88-0.98)
-(PubMed 10091205: MXA and QCT of L3, 1999). All are checked against the vertebrae the radiologists graded 0 in the
+(PubMed 10091205: MXA beside QCT of L3). All are checked against the vertebrae the radiologists graded 0 in the
 shared VerSe masks (Testing/benchmarks/validate_grades.py prints their z-scores)."""
 NORMAL_WEDGE_SD = 0.06
 """SD of a normal Ha/Hp, as a fraction of its mean: 0.06-0.08 on MRI of healthy adults at T10-L2 (Surg Radiol Anat
