@@ -39,7 +39,7 @@ assessed, T1-T3 on request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -418,7 +418,5 @@ def rules_from_inputs(inputs: dict | None) -> GradingRules:
     """The grading rules a case was measured with, as its ``inputs`` record them (``include_upper_thoracic``), so
     a re-grade after review grades the same levels; a case without the record gets the default rules."""
     if (inputs or {}).get("include_upper_thoracic") is True:
-        from dataclasses import replace
-
         return replace(DEFAULT_RULES, include_upper_thoracic=True)
     return DEFAULT_RULES
