@@ -74,6 +74,25 @@ def test_two_criteria_a_reduction_within_the_normal_spread_does_not_count():
     assert fine[1].genant_grade == 1
     assert coarse[1].genant_grade == 0 and "within 3 SD of normal" in coarse[1].grade_reason
     assert fine[1].fracture_score == pytest.approx(coarse[1].fracture_score)
+    # Withheld for the voxel size alone, and said so; the fine mask graded it, so nothing is withheld there.
+    assert coarse[1].withheld_for_voxel_size == pytest.approx(coarse[1].fracture_score)
+    assert fine[1].withheld_for_voxel_size is None
+    assert [w.split(":")[0] for w in grade.voxel_size_warnings(coarse)] == ["L2"]
+    assert grade.voxel_size_warnings(fine) == []
+
+
+def test_a_reregrade_replaces_the_voxel_size_warning():
+    from VertebralFractureLib import review
+    from VertebralFractureLib.results import CaseResult, PatientSummary
+
+    spine = [_vertebra(level, label, a, m, p, voxel_extent_mm=3.0) for level, label, a, m, p in
+             [("L1", 20, 27.0, 26.0, 27.5), ("L2", 21, 24.0, 23.5, 23.4), ("L3", 22, 28.0, 27.0, 28.5)]]
+    case = CaseResult(vertebrae=spine, patient=PatientSummary())
+    review.regrade(case)
+    assert sum(grade.VOXEL_SIZE_WARNING in w for w in case.warnings) == 1
+    spine[1].heights_mm = {"anterior": 27.0, "middle": 26.0, "posterior": 27.5}  # the reviewer corrects L2's points
+    review.regrade(case)
+    assert not any(grade.VOXEL_SIZE_WARNING in w for w in case.warnings)
 
 
 def test_severe_needs_the_area_to_agree():

@@ -81,6 +81,24 @@ def test_totalseg_example_normal_spine_grades_zero(totalseg_example):
     assert case.patient.l1_trabecular_hu is not None
 
 
+def test_totalseg_example_reduction_within_the_slices_uncertainty_is_said(totalseg_example):
+    """L1 of the 3 mm mask reads a wedge of about a quarter (Ha/Hp 0.70): beyond 3 SD of the population's spread,
+    within it once the 3 mm slices count. It is not called a fracture, and the case says so."""
+    case, _ = totalseg_example
+    l1 = case.vertebra("L1")
+    assert l1.genant_grade == 0
+    assert 0.20 <= l1.withheld_for_voxel_size <= 0.32
+    assert "withheld" in l1.grade_reason
+    said = [w for w in case.warnings if w.startswith("L1:")]
+    assert len(said) == 1 and "thinner slices" in said[0]
+    assert all(v.withheld_for_voxel_size is None for v in case.vertebrae if v.level in ("L2", "L3", "L4", "L5"))
+    from VertebralFractureLib import review
+
+    summary = review.summary_text(case)
+    assert "Fractures: none found" in summary
+    assert "To review (a reduction within the slices' uncertainty): L1" in summary
+
+
 def test_totalseg_example_against_peer_report(totalseg_example, shared_file):
     """Middle heights within 1.5 voxels (4.5 mm) of the peer's; posterior heights within two voxels.
 

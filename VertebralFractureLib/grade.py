@@ -324,6 +324,7 @@ def grade_vertebrae(vertebrae: list[VertebraResult], rules: GradingRules = DEFAU
 def _leave_ungraded(vertebra: VertebraResult, reason: str) -> None:
     """No grade, morphology or height loss for this vertebra; ``reason`` says why."""
     vertebra.genant_grade = None
+    vertebra.withheld_for_voxel_size = None
     vertebra.morphology = None
     vertebra.height_loss = None
     vertebra.expected_posterior_mm = None
@@ -357,6 +358,25 @@ def _grade_one(vertebra: VertebraResult, shape: dict, expected: dict | None, rul
     worst_height, reduction = max(counted.items(), key=lambda item: item[1])
     scaled = rules.reduction_scale * reduction
     grade = grade_from_reduction(scaled, rules)
+    # The same reductions against the population's SDs alone: one that would count and be graded there, but not
+    # with the mask's own uncertainty, is withheld for the voxel size and reported, not silently called normal.
+    population_sd = {
+        "anterior": [rules.normal_wedge_sd, rules.neighbour_ratio_sd],
+        "middle": [rules.normal_shape_sd, rules.neighbour_ratio_sd],
+        "posterior": [rules.neighbour_ratio_sd],
+    }
+    withheld = max(
+        (
+            reduction_here
+            for name, options in candidates.items()
+            for (reduction_here, _), sd in zip(options, population_sd[name])
+            if reduction_here / sd >= rules.sd_criterion and reduction_here > reduction
+        ),
+        default=None,
+    )
+    if withheld is not None and grade_from_reduction(rules.reduction_scale * withheld, rules) <= grade:
+        withheld = None
+    vertebra.withheld_for_voxel_size = withheld
     morphology = MORPHOLOGY_OF_HEIGHT[worst_height]
     # All heights lost alike with the shape kept: a crush, whichever height lost a little more.
     if expected and min(loss.values()) >= 0.8 * reduction and max(shape.values()) * rules.reduction_scale < (
@@ -393,7 +413,12 @@ def _grade_one(vertebra: VertebraResult, shape: dict, expected: dict | None, rul
         parts.append("against neighbours: " + ", ".join(f"{name} {100 * loss[name]:.0f} %" for name in loss))
     else:
         parts.append("no normal neighbour within two levels: height loss not assessable")
-    if score > reduction and rules.reduction_scale * score >= rules.grade_thresholds[0]:
+    if withheld is not None:
+        parts.append(
+            f"a {100 * withheld:.0f} % reduction is withheld: with this mask's {vertebra.voxel_extent_mm:.1f} mm "
+            f"voxels along the spine it lies within {rules.sd_criterion:g} SD of normal (review it on thinner slices)"
+        )
+    elif score > reduction and rules.reduction_scale * score >= rules.grade_thresholds[0]:
         parts.append(f"a {100 * score:.0f} % reduction lies within {rules.sd_criterion:g} SD of normal")
     vertebra.grade_reason = f"largest reduction {100 * reduction:.0f} % ({worst_height} height); " + "; ".join(
         parts + notes
@@ -420,3 +445,18 @@ def rules_from_inputs(inputs: dict | None) -> GradingRules:
     if (inputs or {}).get("include_upper_thoracic") is True:
         return replace(DEFAULT_RULES, include_upper_thoracic=True)
     return DEFAULT_RULES
+
+
+VOXEL_SIZE_WARNING = "height reduction is not called a fracture"
+"""The words that mark a case warning of :func:`voxel_size_warnings` (a re-grade replaces those warnings)."""
+
+
+def voxel_size_warnings(vertebrae: list[VertebraResult]) -> list[str]:
+    """One case warning for each graded vertebra whose reduction was withheld for the mask's voxel size."""
+    return [
+        f"{v.level}: a {100 * v.withheld_for_voxel_size:.0f} % {VOXEL_SIZE_WARNING}: with the mask's "
+        f"{v.voxel_extent_mm:.1f} mm voxels along the spine it lies within the normal spread; review it, or measure "
+        f"on thinner slices"
+        for v in vertebrae
+        if v.withheld_for_voxel_size is not None and v.genant_grade is not None
+    ]

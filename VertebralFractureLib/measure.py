@@ -177,6 +177,7 @@ def measure_case(
     case = CaseResult(vertebrae=vertebrae, patient=summary, inputs=dict(inputs or {}))
     # The one quality gate every front end passes: no grade leaves without a plausible segmentation behind it.
     report = qc.apply_quality_gate(case)
+    case.warnings.extend(grade_mod.voxel_size_warnings(vertebrae))
     for vertebra in vertebrae:
         if not vertebra.complete:
             case.warnings.append(f"{vertebra.level} not graded: {vertebra.incomplete_reason}")

@@ -64,6 +64,10 @@ class VertebraResult:
     grade_reason: str = ""
     fracture_score: float | None = None
     """Continuous fracture likelihood (higher = more likely fractured), the score an ROC curve is drawn from."""
+    withheld_for_voxel_size: float | None = None
+    """A reduction that reaches Genant's grade 1 and lies beyond the SD criterion on the population's spread alone,
+    but not once the mask's voxel size along the spine counts: not called a fracture (the grade is what the other
+    reductions give), and said so in the case's warnings (review it on thinner slices); None otherwise."""
     not_assessed_reason: str | None = None
     """Why the vertebra has no Genant grade although it was measured: outside the grading's scope (cervical spine,
     sacrum, coccyx, T1-T3 by default) or withheld by quality control (:mod:`.qc`); None when graded."""
@@ -104,7 +108,7 @@ class VertebraResult:
                 data[key] = round(float(data[key]), 2)
         if self.expected_heights_mm:
             data["expected_heights_mm"] = {k: round(float(v), 2) for k, v in self.expected_heights_mm.items()}
-        for key in ("height_loss", "fracture_score"):
+        for key in ("height_loss", "fracture_score", "withheld_for_voxel_size"):
             if data[key] is not None:
                 data[key] = round(float(data[key]), 3)
         return data

@@ -65,6 +65,12 @@ def regrade(case: CaseResult) -> None:
     case.vertebrae.sort(key=lambda v: labels_mod.rank(v.label))
     grade_mod.grade_vertebrae(case.vertebrae, grade_mod.rules_from_inputs(case.inputs))
     qc.apply_quality_gate(case)
+    # The voxel-size warnings are replaced where they stood, so a re-graded case lists its warnings in the order
+    # the measurement gave them.
+    stale = [i for i, w in enumerate(case.warnings) if grade_mod.VOXEL_SIZE_WARNING in w]
+    at = stale[0] if stale else len(case.warnings)
+    kept = [w for w in case.warnings if grade_mod.VOXEL_SIZE_WARNING not in w]
+    case.warnings = kept[:at] + grade_mod.voxel_size_warnings(case.vertebrae) + kept[at:]
 
 
 def summary_text(case: CaseResult) -> str:
@@ -87,6 +93,10 @@ def summary_text(case: CaseResult) -> str:
         lines.append("Fractures: not assessed")
     else:
         lines.append("Fractures: none found")
+    uncertain = [v for v in graded if v.withheld_for_voxel_size is not None and v.grade_override is None]
+    if uncertain and not withheld:
+        lines.append("To review (a reduction within the slices' uncertainty): " + ", ".join(
+            f"{v.level} {100 * v.withheld_for_voxel_size:.0f} %" for v in uncertain))
     worst = max((v.final_grade or 0 for v in graded), default=None)
     lines.append(f"Worst Genant grade: {'n/a' if worst is None else worst}")
     hu = patient.l1_trabecular_hu
