@@ -82,6 +82,16 @@ def test_measure_grades_upper_thoracic_only_on_request(shared_file, tmp_path, ca
         review.regrade(case)
         assert upper_thoracic_status(case.vertebrae) == status
 
+    # Re-reporting an output from its published label map keeps the choice it was measured with.
+    for name, status in (("with", "graded"), ("without", "not assessed")):
+        again = tmp_path / f"{name}-again"
+        code, _, _ = run(["measure", "--seg", str(tmp_path / name / "segmentation.nii.gz"), "--out", str(again),
+                          "-q"], capsys)
+        assert code == 0
+        record = json.loads((again / "results.json").read_text())
+        assert record["inputs"]["include_upper_thoracic"] is (name == "with")
+        assert upper_thoracic_status(record["vertebrae"]) == status
+
 
 def test_slicer_segmentation_by_segment_names(shared_file, tmp_path, capsys):
     import slicerio

@@ -22,7 +22,7 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @command("report", "bone density screening, referral recommendation, report.html/pdf, DICOM SEG/SR from a label map "
-                   "(re-reporting: an analyze output's level status is kept)")
+                   "(re-reporting: an analyze output's level status and T1-T3 choice are kept)")
 @arguments(_add_report_arguments)
 def cmd_report(args: argparse.Namespace) -> int:
     from . import pipeline

@@ -256,6 +256,9 @@ def run(request: AnalysisRequest, progress=None) -> Analysis:
     reason, details = None, {}
     if labels is not None:
         prior = previous_record(request.seg)
+        if prior is not None and (prior.inputs or {}).get("include_upper_thoracic") is True:
+            # Re-reporting an output measured with T1-T3 grades them again (the flag only ever adds them).
+            inputs["include_upper_thoracic"] = True
         if prior is not None and prior.levels_status:
             status, evidence = prior.levels_status, list(prior.level_evidence)
             backend, full = prior.segmentation_backend, prior.full_vertebrae
