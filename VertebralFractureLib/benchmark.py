@@ -454,7 +454,8 @@ def _measure_scan(mask: Path, ct: Path | None, rules: GradingRules | None = None
 
     ct_volume = io.read_ct(ct) if ct is not None else None
     label_map = io.read_label_map(mask, "verse", reference=ct_volume)
-    inputs = {"seg": str(mask), "ct": None if ct is None else str(ct), "labels": label_map.convention}
+    inputs = {"seg": str(mask), "ct": None if ct is None else str(ct), "labels": label_map.convention,
+              "include_upper_thoracic": bool(rules is not None and rules.include_upper_thoracic)}
     return measure.measure_case(label_map.volume, ct_volume, inputs=inputs, rules=rules)
 
 

@@ -168,11 +168,13 @@ def measure_case(
     progress=None,
     rules: grade_mod.GradingRules | None = None,
 ) -> CaseResult:
-    """Measure and grade every vertebra of a VerSe-id label volume (CT, when given, on the same grid)."""
+    """Measure and grade every vertebra of a VerSe-id label volume (CT, when given, on the same grid). ``rules``:
+    the grading rules; by default those the ``inputs`` record asks for (``include_upper_thoracic``), so that every
+    front end and every re-measure grades the same levels."""
     from . import qc
 
     vertebrae = measure_vertebrae(labels, ct, progress)
-    grade_mod.grade_vertebrae(vertebrae, rules or grade_mod.DEFAULT_RULES)
+    grade_mod.grade_vertebrae(vertebrae, rules or grade_mod.rules_from_inputs(inputs))
     summary = grade_mod.summarize(vertebrae)
     case = CaseResult(vertebrae=vertebrae, patient=summary, inputs=dict(inputs or {}))
     # The one quality gate every front end passes: no grade leaves without a plausible segmentation behind it.

@@ -43,7 +43,6 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from . import grade as grade_mod
 from . import labels as labels_mod
 from . import measure as measure_mod
 from . import review
@@ -463,8 +462,7 @@ class VertebralFractureCase:
                       "seg": segmentation_node.GetName() if segmentation_node is not None else labels.path or None,
                       "labels": "segment names" if segmentation_node is not None else "verse",
                       "include_upper_thoracic": bool(include_upper_thoracic)}
-            case = measure_mod.measure_case(labels, ct if volume_is_ct else None, inputs=inputs, progress=progress,
-                                            rules=grade_mod.rules_from_inputs(inputs))
+            case = measure_mod.measure_case(labels, ct if volume_is_ct else None, inputs=inputs, progress=progress)
             from .pipeline import finish_case
 
             finish_case(case, labels, ct if volume_is_ct else None, "given",
@@ -695,8 +693,7 @@ class VertebralFractureCase:
         ct = volume_from_node(self.volume_node) if self.case.inputs.get("volume_is_ct", True) else None
         review = {v.label: (v.grade_override, v.morphology_override, v.reviewed) for v in self.case.vertebrae}
         inputs = dict(self.case.inputs)
-        new_case = measure_mod.measure_case(labels, ct, inputs=inputs, progress=progress,
-                                            rules=grade_mod.rules_from_inputs(inputs))
+        new_case = measure_mod.measure_case(labels, ct, inputs=inputs, progress=progress)
         # How the segmentation and its level names came about stays with the case: the quality gate needs it, so a
         # re-measure never resurrects a finding it withheld (the reviewer's overrides stay in force).
         for name in ("levels_status", "level_evidence", "segmentation_backend", "full_vertebrae", "level_corrections"):

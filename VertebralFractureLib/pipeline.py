@@ -245,7 +245,7 @@ def screen_analysis(analysis: Analysis, request: AnalysisRequest) -> None:
 def run(request: AnalysisRequest, progress=None) -> Analysis:
     """Every stage but writing: returns the :class:`Analysis` (raises :class:`InputError`,
     :class:`NoVertebraeError`)."""
-    from . import grade, measure
+    from . import measure
 
     check_request(request)
     report = progress or (lambda fraction, message: None)
@@ -277,7 +277,7 @@ def run(request: AnalysisRequest, progress=None) -> Analysis:
         evidence.append(anchor_evidence)
         status = "anchored"
     report(0.7, "measuring and grading")
-    case = measure.measure_case(labels, ct, inputs=inputs, rules=grade.rules_from_inputs(inputs),
+    case = measure.measure_case(labels, ct, inputs=inputs,
                                progress=lambda fraction, message: report(0.7 + 0.1 * fraction, message))
     finish_case(case, labels, ct, status, evidence, backend, full, warnings, reason, details)
     analysis = Analysis(case=case, labels=labels, ct=ct)
