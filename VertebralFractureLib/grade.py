@@ -338,21 +338,18 @@ def _grade_one(vertebra: VertebraResult, shape: dict, expected: dict | None, rul
         loss = {name: max(0.0, 1.0 - heights[name] / expected[name]) for name in loss}
     # Each height's reduction is the larger of its shape-based and neighbour-based estimates; the SD criterion
     # (McCloskey's second criterion) decides whether it counts.
+    # Each candidate: (reduction, the population's SD of its ratio); the mask's own SD adds to it.
     measured_sd = measurement_sd(vertebra)
-    wedge_sd = float(np.hypot(rules.normal_wedge_sd, measured_sd))
-    shape_sd = float(np.hypot(rules.normal_shape_sd, measured_sd))
-    neighbour_sd = float(np.hypot(rules.neighbour_ratio_sd, measured_sd))
     candidates = {
-        "anterior": [(shape["wedge"], shape["wedge"] / wedge_sd), (loss["anterior"], loss["anterior"] / neighbour_sd)],
-        "middle": [
-            (shape["biconcave"], shape["biconcave"] / shape_sd),
-            (loss["middle"], loss["middle"] / neighbour_sd),
-        ],
-        "posterior": [(loss["posterior"], loss["posterior"] / neighbour_sd)],
+        "anterior": [(shape["wedge"], rules.normal_wedge_sd), (loss["anterior"], rules.neighbour_ratio_sd)],
+        "middle": [(shape["biconcave"], rules.normal_shape_sd), (loss["middle"], rules.neighbour_ratio_sd)],
+        "posterior": [(loss["posterior"], rules.neighbour_ratio_sd)],
     }
     score = max(reduction for options in candidates.values() for reduction, _ in options)
     counted = {
-        name: max((reduction for reduction, sds in options if sds >= rules.sd_criterion), default=0.0)
+        name: max(
+            (r for r, sd in options if r / float(np.hypot(sd, measured_sd)) >= rules.sd_criterion), default=0.0
+        )
         for name, options in candidates.items()
     }
     worst_height, reduction = max(counted.items(), key=lambda item: item[1])
@@ -360,18 +357,8 @@ def _grade_one(vertebra: VertebraResult, shape: dict, expected: dict | None, rul
     grade = grade_from_reduction(scaled, rules)
     # The same reductions against the population's SDs alone: one that would count and be graded there, but not
     # with the mask's own uncertainty, is withheld for the voxel size and reported, not silently called normal.
-    population_sd = {
-        "anterior": [rules.normal_wedge_sd, rules.neighbour_ratio_sd],
-        "middle": [rules.normal_shape_sd, rules.neighbour_ratio_sd],
-        "posterior": [rules.neighbour_ratio_sd],
-    }
     withheld = max(
-        (
-            reduction_here
-            for name, options in candidates.items()
-            for (reduction_here, _), sd in zip(options, population_sd[name])
-            if reduction_here / sd >= rules.sd_criterion and reduction_here > reduction
-        ),
+        (r for options in candidates.values() for r, sd in options if r / sd >= rules.sd_criterion and r > reduction),
         default=None,
     )
     if withheld is not None and grade_from_reduction(rules.reduction_scale * withheld, rules) <= grade:
