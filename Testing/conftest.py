@@ -17,7 +17,7 @@ import pytest
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "Testing"))
 
-from data_sources import locate_shared_file  # noqa: E402
+from data_sources import locate_shared_file
 
 
 @pytest.fixture(scope="session")

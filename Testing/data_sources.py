@@ -23,7 +23,7 @@ def data_root() -> Path:
 
 def _download(url: str, destination: Path, sha256: str) -> None:
     """Pinned download, checked and written atomically by the package's own downloader."""
-    from VertebralFractureLib.download import fetch_file
+    from VertebralFractureLib.io.download import fetch_file
 
     fetch_file(url, sha256, destination)
 

@@ -98,7 +98,7 @@ def make_wholebody_bundle(folder: Path, init_filters: int = 8, roi_size: int = 3
     name = "model.pt" if highres else "model_lowres.pt"
     torch.save(state_dict, folder / "models" / name)
     if checksums:
-        from VertebralFractureLib import models
+        from VertebralFractureLib.segment import models
 
         models.write_checksums(folder)
     return folder

@@ -4,7 +4,7 @@ grading's to change)."""
 
 from __future__ import annotations
 
-from VertebralFractureLib import grade
+from VertebralFractureLib.morphometry import grade
 
 UPPER_THORACIC_MASK = "ungraded-masks/sub-sample001_seg-vert_msk.nii.gz"
 """A real mask holding T1-L5 (no CT)."""

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from VertebralFractureLib import grade, measure
-from VertebralFractureLib import labels as labels_mod
-from VertebralFractureLib.grade import RELATIVE_NORMAL_HEIGHT
 from VertebralFractureLib.io import Volume
-from VertebralFractureLib.measure import ENDPLATE_FIT_BANDS, MIDDLE_BAND, PLANE_BAND_FRACTION, PLANE_STEP_MM
+from VertebralFractureLib.io import labels as labels_mod
+from VertebralFractureLib.morphometry import grade, measure
+from VertebralFractureLib.morphometry.grade import RELATIVE_NORMAL_HEIGHT
+from VertebralFractureLib.morphometry.measure import ENDPLATE_FIT_BANDS, MIDDLE_BAND, PLANE_BAND_FRACTION, PLANE_STEP_MM
 
 BODY_WIDTH_MM = 44.0
 BODY_DEPTH_MM = 34.0

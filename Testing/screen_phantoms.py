@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from VertebralFractureLib import labels as labels_mod
 from VertebralFractureLib.io import Volume
+from VertebralFractureLib.io import labels as labels_mod
 
 BODY_HALF_RL_MM = 18.0
 BODY_HALF_AP_MM = 14.0

@@ -139,7 +139,7 @@ def test_script_runs_as_a_program_with_exit_codes(folders, tmp_path):
 
 def test_review_scene_written_by_the_batch_loads_with_its_case(folders):
     pytest.importorskip("slicer", reason="slicer-core (PyPI) is needed for scenes")
-    from VertebralFractureLib import mrml
+    from VertebralFractureLib.slicer import mrml
 
     inputs, segs, out = folders
     for name in ("broken.nii.gz", "thoracolumbar_dicom", "l3crop.nii.gz"):

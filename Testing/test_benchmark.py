@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from VertebralFractureLib import benchmark, cli
-from VertebralFractureLib.download import DownloadError, fetch_file, sha256_file
 from VertebralFractureLib.errors import InputError
+from VertebralFractureLib.io.download import DownloadError, fetch_file, sha256_file
 
 SUBJECTS = ("sub-verse004", "sub-verse005", "sub-verse007", "sub-verse008", "sub-verse010")
 GRADES = "verse19/genant_grades.csv"

@@ -11,7 +11,9 @@ import pydicom
 import pytest
 from grading_scope import UPPER_THORACIC, UPPER_THORACIC_MASK, upper_thoracic_status
 
-from VertebralFractureLib import cli, grade, io
+from VertebralFractureLib import cli, io
+from VertebralFractureLib.cli import entry
+from VertebralFractureLib.morphometry import grade
 from VertebralFractureLib.results import CaseResult
 
 SEG = "totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz"
@@ -61,7 +63,7 @@ def test_measure_grades_upper_thoracic_only_on_request(shared_file, tmp_path, ca
     """A real T1-L5 mask measured with and without --include-upper-thoracic: T1-T3 graded or not assessed, the
     choice recorded in results.json, and a re-grade of the case read back (the review's) keeps to it. Which grade
     is not checked, only graded against not assessed."""
-    from VertebralFractureLib import review
+    from VertebralFractureLib.slicer import review
 
     mask = str(shared_file(UPPER_THORACIC_MASK))
     results = {}
@@ -123,7 +125,7 @@ def test_slicer_segmentation_by_segment_names(shared_file, tmp_path, capsys):
 
 
 def test_help_on_every_command(capsys):
-    parser = cli.build_parser()
+    parser = entry.build_parser()
     commands = [name for name in parser._subparsers._group_actions[0].choices]
     assert "measure" in commands
     for name in commands:
@@ -241,7 +243,7 @@ def test_two_series_listed_and_selectable(tmp_path, good_seg, shared_file, capsy
 def test_failed_write_leaves_nothing(shared_file, tmp_path, monkeypatch, capsys):
     import errno
 
-    from VertebralFractureLib import report
+    from VertebralFractureLib.outputs import files as report
 
     def disk_full(case, labels, ct, destination, **options):
         raise OSError(errno.ENOSPC, "No space left on device", str(destination))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from VertebralFractureLib import grade, io, measure
+from VertebralFractureLib import io
+from VertebralFractureLib.morphometry import grade, measure
 from VertebralFractureLib.results import VertebraResult
 
 

@@ -12,8 +12,8 @@ import pydicom
 import pytest
 from pydicom.datadict import tag_for_keyword
 
-from VertebralFractureLib import deid
-from VertebralFractureLib.cli import main
+from VertebralFractureLib.cli.entry import main
+from VertebralFractureLib.outputs import deid
 
 # Every token is long and distinctive so that finding it by chance inside compressed or base64 data is impossible.
 IDENTITY = {

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from VertebralFractureLib import deid, dependencies
+from VertebralFractureLib.outputs import deid
+from VertebralFractureLib.slicer import dependencies
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 

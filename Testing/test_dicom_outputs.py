@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from VertebralFractureLib import dicom_outputs, io, screen
-from VertebralFractureLib.cli import main
+from VertebralFractureLib import io
+from VertebralFractureLib.cli.entry import main
+from VertebralFractureLib.outputs import dicom as dicom_outputs
+from VertebralFractureLib.screening import recommend as screen
 
 highdicom = pytest.importorskip("highdicom")
 

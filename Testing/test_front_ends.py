@@ -8,8 +8,9 @@ import json
 
 import pytest
 
-from VertebralFractureLib import cli, io, process
+from VertebralFractureLib import cli, io
 from VertebralFractureLib.results import CaseResult
+from VertebralFractureLib.slicer import process
 
 CT = "totalsegmentator-example/example_ct.nii.gz"
 
@@ -57,7 +58,7 @@ def test_command_line_module_and_batch_agree(shared_file, tmp_path, capsys):
         child_case = job.case()
     finally:
         job.cleanup()
-    mrml = pytest.importorskip("VertebralFractureLib.mrml", reason="slicer-core (PyPI) is needed for MRML")
+    mrml = pytest.importorskip("VertebralFractureLib.slicer.mrml", reason="slicer-core (PyPI) is needed for MRML")
     context = mrml.new_scene()
     volume_node = mrml.load_volume_node(context.scene, ct_path, "CT")
     module = mrml.VertebralFractureCase.create(volume_node, labels=labels, case=child_case)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from VertebralFractureLib import grade
+from VertebralFractureLib.morphometry import grade
 from VertebralFractureLib.results import VertebraResult
 
 
@@ -82,8 +82,8 @@ def test_two_criteria_a_reduction_within_the_normal_spread_does_not_count():
 
 
 def test_a_reregrade_replaces_the_voxel_size_warning():
-    from VertebralFractureLib import review
     from VertebralFractureLib.results import CaseResult, PatientSummary
+    from VertebralFractureLib.slicer import review
 
     spine = [_vertebra(level, label, a, m, p, voxel_extent_mm=3.0) for level, label, a, m, p in
              [("L1", 20, 27.0, 26.0, 27.5), ("L2", 21, 24.0, 23.5, 23.4), ("L3", 22, 28.0, 27.0, 28.5)]]

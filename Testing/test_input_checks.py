@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from VertebralFractureLib import cli, io
+from VertebralFractureLib.io import volumes
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +85,10 @@ def test_header_declaring_too_many_voxels_refused_before_reading(tmp_path, capsy
 
 
 def test_memory_estimate_uses_the_machine(monkeypatch, root):
-    monkeypatch.setattr(io, "available_memory_bytes", lambda: 1 << 20)
+    monkeypatch.setattr(volumes, "available_memory_bytes", lambda: 1 << 20)
     with pytest.raises(io.InputError, match="needs about"):
         io.read_ct(root / altered.EXAMPLE_CT)
-    monkeypatch.setattr(io, "available_memory_bytes", lambda: None)
+    monkeypatch.setattr(volumes, "available_memory_bytes", lambda: None)
     assert io.read_ct(root / altered.EXAMPLE_CT).shape == (122, 101, 112)
 
 
@@ -124,7 +125,7 @@ def test_real_dicom_series_read_with_its_geometry(root):
 
 
 def _measured(seg, ct):
-    from VertebralFractureLib import measure
+    from VertebralFractureLib.morphometry import measure
 
     ct_volume = io.read_ct(ct)
     label_map = io.read_label_map(seg, reference=ct_volume)

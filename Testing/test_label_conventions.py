@@ -8,7 +8,8 @@ import altered_inputs as altered
 import numpy as np
 import pytest
 
-from VertebralFractureLib import cli, io, labels
+from VertebralFractureLib import cli, io
+from VertebralFractureLib.io import labels
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from VertebralFractureLib import labels
+from VertebralFractureLib.io import labels
 
 
 def test_level_names_and_ids_round_trip():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from phantoms import make_spine
 
-from VertebralFractureLib import grade, measure
+from VertebralFractureLib.morphometry import grade, measure
 
 GRADE_REDUCTION = {1: 0.225, 2: 0.32, 3: 0.50}  # the middle of each Genant band
 EXACT_HEIGHTS = dataclasses.replace(grade.DEFAULT_RULES, reduction_scale=1.0)

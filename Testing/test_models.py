@@ -13,8 +13,9 @@ from functools import partial
 
 import pytest
 
-from VertebralFractureLib import cli, models
+from VertebralFractureLib import cli
 from VertebralFractureLib.errors import InputError
+from VertebralFractureLib.segment import models
 
 
 @pytest.fixture()

@@ -15,8 +15,11 @@ import pytest
 
 slicer = pytest.importorskip("slicer", reason="slicer-core (PyPI) is needed for MRML tests")
 
-from VertebralFractureLib import grade, io, labels, measure, mrml  # noqa: E402
-from VertebralFractureLib.results import HEIGHT_NAMES  # noqa: E402
+from VertebralFractureLib import io
+from VertebralFractureLib.io import labels
+from VertebralFractureLib.morphometry import grade, measure
+from VertebralFractureLib.results import HEIGHT_NAMES
+from VertebralFractureLib.slicer import mrml
 
 CT = "totalsegmentator-example/example_ct.nii.gz"
 BODIES = "totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz"

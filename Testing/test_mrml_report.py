@@ -21,8 +21,10 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="slicer-core (PyPI) is needed for MRML tests")
 pydicom = pytest.importorskip("pydicom")
 
-from VertebralFractureLib import io, measure, mrml  # noqa: E402
-from VertebralFractureLib.errors import InputError  # noqa: E402
+from VertebralFractureLib import io
+from VertebralFractureLib.errors import InputError
+from VertebralFractureLib.morphometry import measure
+from VertebralFractureLib.slicer import mrml
 
 CT = "totalsegmentator-example/example_ct.nii.gz"
 BODIES = "totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz"

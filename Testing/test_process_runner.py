@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from VertebralFractureLib import io, process
+from VertebralFractureLib import io
+from VertebralFractureLib.slicer import process
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -57,7 +58,7 @@ def test_parse_progress_lines_of_the_cli():
 def test_progress_reaches_the_callback_from_a_real_child(tmp_path):
     child = _script(tmp_path, "child.py", """
         import sys, time
-        from VertebralFractureLib.cli import Progress
+        from VertebralFractureLib.cli.common import Progress
         progress = Progress()
         for step, message in enumerate(["reading", "segmenting", "measuring"]):
             progress(step / 3, message)
@@ -82,7 +83,7 @@ def test_failure_gives_the_childs_one_line_error(tmp_path):
 
 
 def test_real_measure_command_through_the_runner(shared_file, tmp_path):
-    pytest.importorskip("VertebralFractureLib.report", reason="report.py (written output of measure) not merged")
+    pytest.importorskip("VertebralFractureLib.outputs.files", reason="report.py (written output of measure) not merged")
     events = []
     command = [sys.executable, "-m", "VertebralFractureLib", "measure",
                "--seg", str(shared_file("totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz")),
@@ -166,10 +167,10 @@ def test_segmentation_job_round_trip_through_a_child(shared_file, tmp_path):
 
 
 def test_real_analyze_command(shared_file):
-    from VertebralFractureLib import cli
+    from VertebralFractureLib.cli import common, entry
 
-    cli._load_command_modules()
-    if "analyze" not in cli._COMMANDS:
+    entry._load_command_modules()
+    if "analyze" not in common._COMMANDS:
         pytest.skip("the analyze command (segmentation backends) is not merged into this checkout")
     ct = io.read_ct(shared_file("totalsegmentator-example/example_ct.nii.gz"))
     job = process.SegmentationJob(ct, device="cpu")

@@ -7,9 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from VertebralFractureLib import cli, io, measure, qc, screen
-from VertebralFractureLib.mrml import regrade
+from VertebralFractureLib import cli, io
+from VertebralFractureLib.morphometry import measure, qc
 from VertebralFractureLib.results import CaseResult, PatientSummary, VertebraResult
+from VertebralFractureLib.screening import recommend as screen
+from VertebralFractureLib.screening import rules as screening_rules
+from VertebralFractureLib.slicer.mrml import regrade
 
 VERSE = "verse19/sub-verse{}_seg-vert_msk.nii.gz"
 AUTOMATIC = {"segmentation": {"backend": "classical", "levels_status": "confirmed"}}
@@ -132,18 +135,19 @@ def test_measure_exits_5_and_every_output_says_why(over_split_path, tmp_path, ca
 
 
 def test_overview_and_html_report_carry_the_headline(over_split_path, tmp_path):
-    from VertebralFractureLib import report, report_clinical
+    from VertebralFractureLib.outputs import clinical as report_clinical
+    from VertebralFractureLib.outputs import files as report
 
     labels = io.read_label_map(over_split_path, "verse").volume
     case = measure.measure_case(labels, None)
     title = report.render_overview(case, labels, None, tmp_path / "overview.png")
     assert " ".join(title).startswith(qc.FAILED_HEADLINE)
-    assert " ".join(title).endswith(screen.RESEARCH_USE)
+    assert " ".join(title).endswith(screening_rules.RESEARCH_USE)
     screening = screen.screen_case(labels, None, case)
     html = report_clinical.build_html(case, screening, report_clinical.header_from_ct(None), None, None)
     top = html.index('<div class="quality">')
     assert top < html.index("<h2>") and qc.FAILED_HEADLINE.replace("—", "—") in html
-    assert html.count(screen.RESEARCH_USE.replace("—", "—")) == 2
+    assert html.count(screening_rules.RESEARCH_USE.replace("—", "—")) == 2
     assert "Fractures not assessed" in screening.recommendation.statement
 
 
@@ -222,7 +226,7 @@ def test_trabecular_spread_counts_for_automatic_segmentations_only(measured):
 def _density_case(levels_hu: dict, complete: dict | None = None) -> CaseResult:
     vertebrae = []
     for index, (level, hu) in enumerate(levels_hu.items()):
-        from VertebralFractureLib import labels as labels_mod
+        from VertebralFractureLib.io import labels as labels_mod
 
         vertebrae.append(VertebraResult(label=labels_mod.label_from_level(level), level=level,
                                         complete=(complete or {}).get(level, True), genant_grade=0,
@@ -242,7 +246,7 @@ def test_a_vertebra_below_90_hu_is_never_no_action(complete):
 
 
 def test_a_cut_l1_never_stands_in_for_l1():
-    from VertebralFractureLib import grade
+    from VertebralFractureLib.morphometry import grade
 
     case = _density_case({"T12": 150.0, "L1": 60.0}, {"L1": False})
     assert grade.summarize(case.vertebrae).l1_trabecular_hu is None
@@ -267,7 +271,7 @@ def test_chest_crop_end_to_end_contrast_and_no_false_fracture(shared_file, tmp_p
     assert screening["case"]["patient"]["fractured_levels"] == []
     html = (report_out / "report.html").read_text()
     assert "Contrast: none detected" not in html
-    assert screen.RESEARCH_USE in printed
+    assert screening_rules.RESEARCH_USE in printed
     if code == qc.EXIT_QUALITY_FAILED:
         assert screening["case"]["quality"]["status"] == "failed"
         assert '<div class="quality">' in html

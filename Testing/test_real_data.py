@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from VertebralFractureLib import io, measure
+from VertebralFractureLib import io
+from VertebralFractureLib.morphometry import measure
 
 
 def _case(shared_file, seg, ct=None, convention="auto"):
@@ -92,7 +93,7 @@ def test_totalseg_example_reduction_within_the_slices_uncertainty_is_said(totals
     said = [w for w in case.warnings if w.startswith("L1:")]
     assert len(said) == 1 and "thinner slices" in said[0]
     assert all(v.withheld_for_voxel_size is None for v in case.vertebrae if v.level in ("L2", "L3", "L4", "L5"))
-    from VertebralFractureLib import review
+    from VertebralFractureLib.slicer import review
 
     summary = review.summary_text(case)
     assert "Fractures: none found" in summary

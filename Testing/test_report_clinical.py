@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from screen_phantoms import spine_phantom
 
-from VertebralFractureLib import io, report_clinical, screen
+from VertebralFractureLib import io
 from VertebralFractureLib.io import Volume
+from VertebralFractureLib.outputs import clinical as report_clinical
+from VertebralFractureLib.screening import recommend as screen
 
 BODIES = "totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz"
 
@@ -63,7 +65,7 @@ def test_straightened_image_shows_structures_where_projected():
 
 @pytest.fixture(scope="module")
 def example_report(shared_file, tmp_path_factory):
-    from VertebralFractureLib import measure
+    from VertebralFractureLib.morphometry import measure
 
     ct = io.read_ct(shared_file("totalsegmentator-example/example_ct.nii.gz"))
     bodies = io.read_label_map(shared_file(BODIES), "verse", reference=ct)
@@ -124,7 +126,7 @@ def test_report_without_ct_or_morphometry(tmp_path):
 def test_report_command_writes_every_output(shared_file, tmp_path, capsys):
     import json
 
-    from VertebralFractureLib.cli import main
+    from VertebralFractureLib.cli.entry import main
 
     out = tmp_path / "out"
     code = main(["report", "--seg", str(shared_file("totalsegmentator-example/spine_report/totalseg.nii.gz")),
@@ -141,7 +143,7 @@ def test_report_command_writes_every_output(shared_file, tmp_path, capsys):
 
 
 def test_report_command_leaves_nothing_on_failure(shared_file, tmp_path, monkeypatch):
-    from VertebralFractureLib.cli import main
+    from VertebralFractureLib.cli.entry import main
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -155,7 +157,7 @@ def test_report_command_leaves_nothing_on_failure(shared_file, tmp_path, monkeyp
 
 
 def test_report_command_rejects_unknown_levels(shared_file, tmp_path, capsys):
-    from VertebralFractureLib.cli import main
+    from VertebralFractureLib.cli.entry import main
 
     code = main(["report", "--seg", str(shared_file("totalsegmentator-example/spine_report/totalseg.nii.gz")),
                  "--out", str(tmp_path / "out"), "--levels", "L1,X9", "-q"])

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from screen_phantoms import spine_phantom
 
-from VertebralFractureLib import io, screen
+from VertebralFractureLib import io
+from VertebralFractureLib.morphometry import density as density_mod
 from VertebralFractureLib.results import CaseResult
+from VertebralFractureLib.screening import contrast
+from VertebralFractureLib.screening import recommend as screen
 
 NON_CONTRAST_120 = {"modality": "CT", "kvp": 120.0, "contrast_bolus_agent": None}
 BODIES = "totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz"
@@ -102,8 +105,8 @@ def test_non_contrast_real_ct_has_unenhanced_aorta(shared_file):
     labels = io.read_label_map(shared_file(BODIES),
                                "verse", reference=ct)
     mask = np.isin(labels.volume.array, [20, 21])
-    assert screen.find_aorta(ct, mask, screen.DensityThresholds()) is None
-    blood = screen.find_aorta(ct, mask, screen.DensityThresholds(aorta_uncertain_hu=20.0))
+    assert contrast.find_aorta(ct, mask, screen.DensityThresholds()) is None
+    blood = contrast.find_aorta(ct, mask, screen.DensityThresholds(aorta_uncertain_hu=20.0))
     assert blood is not None and 20 < blood["hu"] < 80
     centre = ct.ijk_to_world(np.argwhere(mask)).mean(axis=0)
     assert blood["center_ras"][0] < centre[0] and blood["center_ras"][1] > centre[1]
@@ -116,7 +119,7 @@ def test_region_avoids_cortex_endplates_and_vein():
     ct, labels, truth = spine_phantom({"L1": 123.0}, cortex_hu=900.0, vein_hu=-50.0)
     mask = labels.array == truth["L1"]["label"]
     settings = screen.RoiSettings()
-    roi = screen.trabecular_roi(mask, ct, np.array([0.0, 1.0, 0.0]), settings)
+    roi = density_mod.trabecular_roi(mask, ct, np.array([0.0, 1.0, 0.0]), settings)
     values = ct.array[roi]
     assert values.size > 2000
     assert np.all(values == 123.0), "region holds cortex, endplate or vein voxels"
@@ -298,7 +301,7 @@ def test_end_to_end_with_morphometry_on_whole_vertebrae(geometry):
     screening over to T12."""
     from phantoms import make_spine
 
-    from VertebralFractureLib import measure
+    from VertebralFractureLib.morphometry import measure
 
     ct, labels, truth = make_spine(levels=("T12", "L1", "L2"), deformities={"L1": ("wedge", 0.3)},
                                    trabecular_hu=95.0, **geometry)

@@ -7,8 +7,14 @@ import json
 
 import pytest
 
-from VertebralFractureLib import cli, io, models
-from VertebralFractureLib.segment import CLASSICAL_FALLBACK_WARNING, choose_backend, get_backend
+from VertebralFractureLib import cli, io
+from VertebralFractureLib.segment import (
+    CLASSICAL_FALLBACK_WARNING,
+    PANEL_BACKENDS,
+    choose_backend,
+    get_backend,
+    models,
+)
 
 TPT_CT = "tptbox/sub-ct_label-22_ct.nii.gz"  # 1.5 mm crop around L3: the classical backend finds L2-L4 in seconds
 
@@ -73,7 +79,7 @@ def test_an_explicit_backend_says_it_was_asked_for(shared_file):
 
 
 def test_the_panel_shows_which_backend_ran_from_results_json(shared_file):
-    from VertebralFractureLib import process
+    from VertebralFractureLib.slicer import process
 
     ct = io.read_ct(shared_file(TPT_CT))
     job = process.SegmentationJob(ct, backend="auto", device="cpu")
@@ -96,8 +102,8 @@ def test_the_slicer_panel_offers_the_automatic_choice_by_default(shared_file):
     import ast
     from pathlib import Path
 
-    from VertebralFractureLib import process
     from VertebralFractureLib.segment import BACKEND_CHOICES
+    from VertebralFractureLib.slicer import process
 
     source = (Path(__file__).resolve().parents[1] / "VertebralFracture" / "VertebralFracture.py").read_text()
     field = next(node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.AnnAssign)
@@ -106,7 +112,7 @@ def test_the_slicer_panel_offers_the_automatic_choice_by_default(shared_file):
                   if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Choice")
     choices = ast.literal_eval(choice.args[0])
     assert choices[0] == "Automatic" and ast.literal_eval(field.value) == "Automatic"
-    assert [process.PANEL_BACKENDS.get(choice, choice) for choice in choices] == list(BACKEND_CHOICES)
+    assert [PANEL_BACKENDS.get(choice, choice) for choice in choices] == list(BACKEND_CHOICES)
     job = process.SegmentationJob(io.read_ct(shared_file(TPT_CT)), backend="Automatic")
     try:
         assert job.runner.command[job.runner.command.index("--backend") + 1] == "auto"

@@ -12,9 +12,10 @@ import json
 import numpy as np
 import pytest
 
-from VertebralFractureLib import cli, evaluate, io, qc
-from VertebralFractureLib import labels as labels_mod
+from VertebralFractureLib import cli, evaluate, io
 from VertebralFractureLib.errors import NoVertebraeError
+from VertebralFractureLib.io import labels as labels_mod
+from VertebralFractureLib.morphometry import qc
 from VertebralFractureLib.segment import get_backend, levels
 from VertebralFractureLib.segment.classical import NotCTError, check_ct_hounsfield
 
@@ -122,7 +123,7 @@ def test_chest_upper_thoracic_discs_on_their_endplate_blocks(segmented):
     """The thin upper and mid thoracic discs, blurred into their endplates, are cut where they are: each body from T5
     to T11 is one whole body (no two bodies joined across a missed disc, none cut short by a cut in mid-body), and
     the measured heights of T6-T10 are those of normal thoracic bodies."""
-    from VertebralFractureLib import measure
+    from VertebralFractureLib.morphometry import measure
 
     ct, output = segmented(CHEST_CT)
     array = output.labels.array
@@ -340,7 +341,7 @@ def _rib_phantom(rib_bearing: list[bool], spacing=2.0, body_mm=20.0, disc_mm=6.0
     """Bodies (40 x 30 x ``body_mm`` mm, ``disc_mm`` discs) stacked along z, cranial first, on an RAS working grid;
     a rib pair (8 mm bars from 20 to 100 mm beside the body centre, behind it, sloping down) on the bodies marked
     True."""
-    from VertebralFractureLib.segment.classical import SpineGeometry
+    from VertebralFractureLib.segment.spine_curve import SpineGeometry
 
     n = len(rib_bearing)
     period = body_mm + disc_mm
@@ -399,7 +400,7 @@ def test_tptbox_osteoporotic_l3_heights_match_the_reference_bodies(segmented, sh
     anterior and posterior heights agree within 5.5 mm with those measured on the reference body masks (the
     classical mask reaches about 2.5 mm further at each anterior corner than TPTBox's body labels, and corner heights
     read that in full: 5.0 mm at the anterior wall, 2.8 mm at the posterior)."""
-    from VertebralFractureLib import measure
+    from VertebralFractureLib.morphometry import measure
 
     ct, output = segmented(TPT_CT)
     anchored, _ = levels.renumber_lowest_complete(output.labels, "L3")
@@ -440,7 +441,7 @@ def test_over_split_bodies_never_confirmed():
     """Five lumbar bodies above the sacrum, each split in two by a false disc (as a sagittal slab can give): ten
     pieces whose spacing is half a lumbar body's. Named from the sacrum they would be T8-L5; the spacing does not fit
     those levels, so the names are not confirmed and the pieces carry a note."""
-    from VertebralFractureLib.segment.classical import SpineGeometry
+    from VertebralFractureLib.segment.spine_curve import SpineGeometry
 
     spacing = 2.0
     pieces, piece_mm, gap_mm = 10, 16.0, 2.0

@@ -11,13 +11,17 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 
-from deep_builders import WHOLEBODY_CHANNELS, make_wholebody_bundle  # noqa: E402
-from deep_builders import constant_class_state as _constant_class_state  # noqa: E402
+from deep_builders import WHOLEBODY_CHANNELS, make_wholebody_bundle
+from deep_builders import constant_class_state as _constant_class_state
 
-from VertebralFractureLib import io, labels, models  # noqa: E402
-from VertebralFractureLib.errors import InputError, VertebralFractureError  # noqa: E402
-from VertebralFractureLib.segment import get_backend  # noqa: E402
-from VertebralFractureLib.segment import monai_backend as mb  # noqa: E402
+from VertebralFractureLib import io
+from VertebralFractureLib.errors import InputError, VertebralFractureError
+from VertebralFractureLib.io import labels
+from VertebralFractureLib.segment import (
+    get_backend,
+    models,
+)
+from VertebralFractureLib.segment import monai_backend as mb
 
 TPTBOX_CT = "tptbox/sub-ct_label-22_ct.nii.gz"
 TPTBOX_MASK = "tptbox/sub-ct_seg-vert_label-22_msk.nii.gz"

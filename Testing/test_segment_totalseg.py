@@ -13,8 +13,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from VertebralFractureLib import cli, io, labels
+from VertebralFractureLib import cli, io
 from VertebralFractureLib.errors import VertebralFractureError
+from VertebralFractureLib.io import labels
 from VertebralFractureLib.segment import get_backend, totalseg
 
 EXAMPLE_CT = "totalsegmentator-example/example_ct.nii.gz"

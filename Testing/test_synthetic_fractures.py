@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from VertebralFractureLib import grade, io, measure
-from VertebralFractureLib import labels as labels_mod
+from VertebralFractureLib import io
+from VertebralFractureLib.io import labels as labels_mod
+from VertebralFractureLib.morphometry import grade, measure
 
 TOLERANCE = 0.03
 """Measured reduction within 3 percentage points of the imposed one."""

@@ -11,9 +11,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 
-from VertebralFractureLib import cli, io, models, train  # noqa: E402
-from VertebralFractureLib.errors import InputError  # noqa: E402
-from VertebralFractureLib.segment import get_backend  # noqa: E402
+from VertebralFractureLib import cli, io, train
+from VertebralFractureLib.errors import InputError
+from VertebralFractureLib.segment import (
+    get_backend,
+    models,
+)
 
 TINY = ["--network", "unet", "--width", "8", "--spacing", "3", "--roi", "32", "--classes", "present",
         "--batch-size", "2", "--lr", "0.01", "--val-fraction", "0.5", "--steps-per-epoch", "4", "--device", "cpu"]

@@ -1,7 +1,7 @@
 """VertebralFracture: vertebral body heights, Genant fracture grades and trabecular density on CT, with review.
 
 Thin Slicer glue over ``VertebralFractureLib`` (Module, parameter node, Widget, Logic, Test). Everything the
-reviewer does lives in MRML nodes (see ``VertebralFractureLib.mrml``), so saving the scene saves the review.
+reviewer does lives in MRML nodes (see ``VertebralFractureLib.slicer.mrml``), so saving the scene saves the review.
 """
 
 import logging
@@ -146,7 +146,7 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.saveSceneButton.connect("clicked(bool)", self.onSaveScene)
         self.ui.writeReportButton.connect("clicked(bool)", self.onWriteReport)
-        from VertebralFractureLib.renumber import level_choices  # numpy only: safe before the dependency check
+        from VertebralFractureLib.segment.renumber import level_choices  # numpy only: safe before the dependency check
 
         self.ui.newLevelComboBox.addItems(level_choices())
 
@@ -239,7 +239,7 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.statusLabel.text = message
 
     def _pollJob(self) -> None:
-        from VertebralFractureLib import process
+        from VertebralFractureLib.slicer import process
 
         job = self._job
         state = job.poll()
@@ -405,7 +405,7 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
 
 class VertebralFractureLogic(ScriptedLoadableModuleLogic):
-    """Runs without the widget (scripts, batch, self-test); the rules themselves are in VertebralFractureLib.mrml."""
+    """Runs without the widget (scripts, batch, self-test); the rules are in VertebralFractureLib.slicer.mrml."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -416,7 +416,7 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
 
     def ensureDependencies(self, askConfirmation: bool = True, group: str = "core") -> bool:
         """Install what ``VertebralFractureLib/requirements/GROUP.txt`` lists and is missing, if the user agrees."""
-        from VertebralFractureLib import dependencies
+        from VertebralFractureLib.slicer import dependencies
 
         def confirm(missing) -> bool:
             message = _("Vertebral Fracture needs these Python packages: {packages}. Install them now?").format(
@@ -445,9 +445,9 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
     def startSegmentation(self, volumeNode, backend: str = "Automatic", device: str = "auto", onProgress=None,
                           includeUpperThoracic: bool = False):
         """Start segmenting in a child process (``PythonSlicer -m VertebralFractureLib analyze``); returns the job."""
-        from VertebralFractureLib import mrml, process, segment
-
-        if segment.needs_torch(backend) and not self.ensureTorch() and backend == "monai":
+        from VertebralFractureLib.segment import needs_torch
+        from VertebralFractureLib.slicer import mrml, process
+        if needs_torch(backend) and not self.ensureTorch() and backend == "monai":
             raise RuntimeError(_("PyTorch is not available"))
         job = process.SegmentationJob(mrml.volume_from_node(volumeNode), backend=backend, device=device,
                                       on_progress=onProgress, include_upper_thoracic=includeUpperThoracic)
@@ -466,7 +466,7 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
                 device: str = "auto", case=None, includeUpperThoracic: bool = False):
         """Measure and grade a CT; vertebrae from a segmentation node, a label volume, or segmented here. ``case``: the
         child's results on ``labels``, shown as they are (the same pipeline as the command line and batch)."""
-        from VertebralFractureLib import mrml
+        from VertebralFractureLib.slicer import mrml
 
         if segmentationNode is None and labels is None:
             labels, case = self.segment(volumeNode, backend, device, includeUpperThoracic=includeUpperThoracic)
@@ -480,7 +480,7 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
 
     def caseFor(self, tableNode):
         """The live case of a table node (made once per node, e.g. after loading a saved scene)."""
-        from VertebralFractureLib import mrml
+        from VertebralFractureLib.slicer import mrml
 
         case = self._cases.get(tableNode.GetID())
         if case is None or case.table_node is not tableNode:
@@ -560,7 +560,7 @@ class VertebralFractureTest(ScriptedLoadableModuleTest):
     def test_ReviewWorkflowOnExampleCT(self):
         import numpy as np
 
-        from VertebralFractureLib import mrml
+        from VertebralFractureLib.slicer import mrml
 
         self.delayDisplay("Loading the example CT")
         ctPath = self._exampleCtPath()
@@ -599,7 +599,7 @@ class VertebralFractureTest(ScriptedLoadableModuleTest):
 
     def test_PanelWithGivenSegmentation(self):
         """The panel's own path: a segmentation named by level, Apply, then an override from the combo box."""
-        from VertebralFractureLib import mrml
+        from VertebralFractureLib.slicer import mrml
 
         ctPath = self._exampleCtPath()
         labels = self._exampleLabels(ctPath)

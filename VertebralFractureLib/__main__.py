@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from VertebralFractureLib.cli.entry import main
 
 sys.exit(main())

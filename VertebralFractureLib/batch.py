@@ -26,7 +26,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
+from VertebralFractureLib.errors import InputError
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 SUMMARY_COLUMNS = ("case", "status", "reason", "input", "series", "segmentation", "backend", "levels",
@@ -65,7 +65,7 @@ def _is_image(path: Path) -> bool:
 
 def dicom_series_under(folder: Path) -> list[dict]:
     """Every DICOM series in ``folder`` and its sub-folders (a series is read from the folder holding its files)."""
-    from . import io
+    from VertebralFractureLib import io
 
     series = []
     for root, directories, files in os.walk(folder, followlinks=True):
@@ -145,7 +145,7 @@ def find_label_map(seg_dir: Path, case_name: str) -> Path | None:
 
 def one_line(error: BaseException) -> str:
     if isinstance(error, OSError) and error.filename is not None:
-        from .cli import os_error_line
+        from VertebralFractureLib.errors import os_error_line
 
         return os_error_line(error)
     text = " ".join(str(error).split())
@@ -158,7 +158,7 @@ def quality_verdict(case) -> tuple[bool, str]:
     if quality is None:
         return True, ""
     if hasattr(quality, "status") and hasattr(quality, "failed_checks"):  # a .qc.QualityReport
-        from . import qc
+        from VertebralFractureLib.morphometry import qc
 
         text = "; ".join(quality.failed_checks) or getattr(quality, "headline", "") or ""
         return quality.status != qc.FAILED, text
@@ -199,7 +199,7 @@ def summary_row(case: Case, analysis_case, out_dir: Path, screening=None) -> dic
 
 def process_case(case: Case, options) -> dict:
     """Analyse one case into ``OUT/CASE`` (published as one set); returns its summary row (raises on failure)."""
-    from . import pipeline
+    from VertebralFractureLib import pipeline
 
     if case.error:
         raise InputError(None, case.error)
@@ -220,7 +220,7 @@ def process_case(case: Case, options) -> dict:
     row = summary_row(case, analysis.case, out_dir, analysis.screening)
     row["segmentation"] = str(seg) if seg is not None else f"backend {analysis.backend}"
     if options.export_dataset is not None:
-        from . import curate
+        from VertebralFractureLib import curate
 
         row["dataset_subject"] = curate.export_verse_case(options.export_dataset, analysis.ct, analysis.labels,
                                                           analysis.case)["ct"].parent.name
@@ -229,7 +229,7 @@ def process_case(case: Case, options) -> dict:
 
 def finished_row(case: Case, options) -> dict | None:
     """The row of a case an earlier run finished (its results.json was published), for ``--resume``."""
-    from .results import CaseResult
+    from VertebralFractureLib.results import CaseResult
 
     out_dir = options.out / case.name
     results = out_dir / "results.json"
@@ -258,7 +258,7 @@ def save_review_scene(name: str, out_dir: Path, analysis) -> Path:
     only); returns its path."""
     import slicer
 
-    from . import mrml
+    from VertebralFractureLib.slicer import mrml
 
     context = None
     scene = getattr(slicer, "mrmlScene", None) if hasattr(slicer, "app") else None
@@ -277,7 +277,7 @@ def save_review_scene(name: str, out_dir: Path, analysis) -> Path:
 
 def record_failure(case: Case, options, error: BaseException) -> dict:
     """A failing case publishes ``OUT/CASE/error.txt`` (the traceback) in place of results."""
-    from .outputs import OutputSet
+    from VertebralFractureLib.outputs.publish import OutputSet
 
     out_dir = options.out / case.name
     try:
@@ -291,7 +291,7 @@ def record_failure(case: Case, options, error: BaseException) -> dict:
 
 
 def write_summary(path: Path, rows: list[dict]) -> None:
-    from . import io
+    from VertebralFractureLib import io
 
     buffer = _stdio.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")

@@ -22,6 +22,10 @@ Leave-one-subject-out cross-validation (:func:`leave_one_subject_out`) evaluates
 each subject's vertebrae are predicted by a rule fitted on the other subjects only, and the held-out predictions
 of all subjects are pooled. ``--cross-validate`` fits the score threshold for grade >= 1 and for grade >= 2 that
 way (Youden's J) and reports those figures beside the figures of the predicted grade (the grading's own rules).
+
+Kept whole: one evaluation, from reading the VerSe folder and its grade table to the confusion matrix, the
+confidence intervals, kappa, ROC and the leave-one-subject-out folds; its parts share the per-vertebra records and
+are read together when a figure is checked.
 """
 
 from __future__ import annotations
@@ -41,11 +45,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import labels as labels_mod
-from .errors import InputError, VertebralFractureError
+from VertebralFractureLib.errors import InputError, VertebralFractureError
+from VertebralFractureLib.io import labels as labels_mod
 
 if TYPE_CHECKING:
-    from .grade import GradingRules
+    from VertebralFractureLib.morphometry.grade import GradingRules
 
 log = logging.getLogger(__name__)
 
@@ -450,7 +454,8 @@ def _row_from_vertebra(scan: str, vertebra, true_grade: int | None) -> VertebraR
 
 
 def _measure_scan(mask: Path, ct: Path | None, rules: GradingRules | None = None):
-    from . import io, measure
+    from VertebralFractureLib import io
+    from VertebralFractureLib.morphometry import measure
 
     ct_volume = io.read_ct(ct) if ct is not None else None
     label_map = io.read_label_map(mask, "verse", reference=ct_volume)
@@ -508,7 +513,7 @@ def run_benchmark(masks_dir: str | Path, grades: str | Path | dict, ct_dir: str 
     ``jobs``: scans measured in parallel processes. ``rules``: the grading rules (default: those of ``measure``).
     ``include_upper_thoracic``: grade T1-T3 too and count them in the figures (otherwise they are not assessed).
     """
-    from . import grade as grade_mod
+    from VertebralFractureLib.morphometry import grade as grade_mod
 
     rules = rules or grade_mod.DEFAULT_RULES
     if include_upper_thoracic:
@@ -597,7 +602,7 @@ def run_benchmark(masks_dir: str | Path, grades: str | Path | dict, ct_dir: str 
 
 def graded_levels(rules: GradingRules) -> dict:
     """Which levels the figures can hold, for the summary: a reader must know whether T1-T3 were graded."""
-    from . import grade as grade_mod
+    from VertebralFractureLib.morphometry import grade as grade_mod
 
     levels = (grade_mod.UPPER_THORACIC_LEVELS if rules.include_upper_thoracic else ()) + grade_mod.GRADED_LEVELS
     return {"include_upper_thoracic": bool(rules.include_upper_thoracic), "graded_levels": list(levels)}
@@ -811,7 +816,7 @@ OUTPUT_FILES = ("vertebrae.csv", "confusion_matrix.csv", "summary.json", "summar
 
 def write_outputs(result: BenchmarkResult, out_dir: str | Path) -> dict[str, Path]:
     """Write every output into ``out_dir`` at once (staged, then moved); returns {name: path}."""
-    from .report import staged_outputs
+    from VertebralFractureLib.outputs.files import staged_outputs
 
     out_dir = Path(out_dir)
     with staged_outputs(out_dir) as staging:
@@ -883,7 +888,7 @@ def shared_data_root() -> Path:
 
 
 def sample_cache_dir() -> Path:
-    from .models import cache_root
+    from VertebralFractureLib.segment.models import cache_root
 
     return cache_root() / "data" / "verse-sample"
 
@@ -906,7 +911,7 @@ def locate_sample(sample: PublicSample = VERSE_SAMPLE, data_root: str | Path | N
     if allow_download is None:
         allow_download = os.environ.get(DOWNLOAD_ENVIRONMENT) == "1"
     if not allow_download:
-        from .download import sha256_file
+        from VertebralFractureLib.io.download import sha256_file
 
         if all(p.is_file() and sha256_file(p) == h for p, h in ((cached_mask, sample.mask_sha256),
                                                                  (cached_grades, sample.grades_sha256))):
@@ -914,7 +919,7 @@ def locate_sample(sample: PublicSample = VERSE_SAMPLE, data_root: str | Path | N
         raise SampleUnavailable(f"the VerSe sample {sample.subject} is not in {root} and downloading it was not "
                                 f"agreed to: set {DOWNLOAD_ENVIRONMENT}=1 to fetch it ({sample.licence}) from "
                                 f"{sample.mask_url}")
-    from .download import fetch_file
+    from VertebralFractureLib.io.download import fetch_file
 
     fetch_file(sample.mask_url, sample.mask_sha256, cached_mask, progress)
     fetch_file(sample.grades_url, sample.grades_sha256, cached_grades, progress)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import labels as labels_mod
-from .io import Volume, atomic_path, write_text_atomic
-from .results import HEIGHT_NAMES, CaseResult
+from VertebralFractureLib.io import Volume, atomic_path, write_text_atomic
+from VertebralFractureLib.io import labels as labels_mod
+from VertebralFractureLib.results import HEIGHT_NAMES, CaseResult
 
 log = logging.getLogger(__name__)
 

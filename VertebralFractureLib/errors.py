@@ -24,3 +24,12 @@ class InputError(VertebralFractureError):
 
 class NoVertebraeError(VertebralFractureError):
     """Nothing that looks like a vertebra was found (or given)."""
+
+
+def os_error_line(error: OSError) -> str:
+    """``PATH: problem`` for an OSError (the second path of a rename too)."""
+    problem = error.strerror or str(error) or type(error).__name__
+    if error.filename is None:
+        return problem
+    paths = str(error.filename) + (f" -> {error.filename2}" if error.filename2 else "")
+    return f"{paths}: {problem}"

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from . import labels as labels_mod
-from .io import Volume, resample_labels_to
+from VertebralFractureLib.io import Volume, resample_labels_to
+from VertebralFractureLib.io import labels as labels_mod
 
 ID_DISTANCE_MM = 20.0
 
@@ -89,6 +89,6 @@ def format_report(result: dict) -> str:
 
 
 def write_json(result: dict, destination: str | Path) -> None:
-    from .io import write_text_atomic
+    from VertebralFractureLib.io import write_text_atomic
 
     write_text_atomic(destination, json.dumps(result, indent=2) + "\n")

@@ -18,9 +18,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError, NoVertebraeError
-from .io import Volume
-from .results import CaseResult
+from VertebralFractureLib.errors import InputError, NoVertebraeError
+from VertebralFractureLib.io import Volume
+from VertebralFractureLib.results import CaseResult
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,8 @@ class Analysis:
 
 def check_request(request: AnalysisRequest) -> None:
     """Refuse contradictory or malformed options before reading anything (one-line :class:`InputError`)."""
-    from . import labels as labels_mod
-    from .segment import levels
+    from VertebralFractureLib.io import labels as labels_mod
+    from VertebralFractureLib.segment import levels
 
     if request.ct is None and request.seg is None:
         raise InputError(None, "give a CT (--ct) or a label map (--seg)")
@@ -146,7 +146,7 @@ def previous_record(seg_path: str | Path) -> CaseResult | None:
 
 def read_inputs(request: AnalysisRequest, progress=None) -> tuple[Volume | None, Volume | None, dict]:
     """(CT or None, given label map on the CT's grid or None, inputs record)."""
-    from . import io
+    from VertebralFractureLib import io
 
     report = progress or (lambda fraction, message: None)
     report(0.0, "reading the inputs")
@@ -164,7 +164,7 @@ def read_inputs(request: AnalysisRequest, progress=None) -> tuple[Volume | None,
 
 def segment(request: AnalysisRequest, ct: Volume, progress=None):
     """Run the requested backend on the CT; returns its :class:`~.segment.SegmentationOutput`."""
-    from .segment import get_backend
+    from VertebralFractureLib.segment import get_backend
 
     try:
         backend = get_backend(request.backend, **request.backend_options)
@@ -175,7 +175,7 @@ def segment(request: AnalysisRequest, ct: Volume, progress=None):
 
 def apply_anchor(labels: Volume, request: AnalysisRequest) -> tuple[Volume, str | None]:
     """Renumber the levels as the user said (``--anchor`` / ``--anchor-point``); (labels, evidence or None)."""
-    from .segment import levels
+    from VertebralFractureLib.segment import levels
 
     try:
         if request.anchor:
@@ -189,12 +189,8 @@ def apply_anchor(labels: Volume, request: AnalysisRequest) -> tuple[Volume, str 
 
 
 def apply_quality_control(case: CaseResult, labels: Volume, ct: Volume | None) -> None:
-    """The quality gate of :mod:`.qc` (when this version has it): findings that fail it leave the results."""
-    import importlib.util
-
-    if importlib.util.find_spec(f"{__package__}.qc") is None:
-        return
-    from . import qc
+    """The quality gate of :mod:`.morphometry.qc`: findings that fail it leave the results."""
+    from VertebralFractureLib.morphometry import qc
 
     qc.apply_quality_gate(case, labels, ct)
 
@@ -231,8 +227,8 @@ def screening_header(ct: Volume | None, request: AnalysisRequest) -> dict | None
 
 
 def screen_analysis(analysis: Analysis, request: AnalysisRequest) -> None:
-    from . import labels as labels_mod
-    from . import screen
+    from VertebralFractureLib.io import labels as labels_mod
+    from VertebralFractureLib.screening import recommend as screen
 
     rules = screen.RecommendationRules()
     if request.screening_levels:
@@ -245,7 +241,7 @@ def screen_analysis(analysis: Analysis, request: AnalysisRequest) -> None:
 def run(request: AnalysisRequest, progress=None) -> Analysis:
     """Every stage but writing: returns the :class:`Analysis` (raises :class:`InputError`,
     :class:`NoVertebraeError`)."""
-    from . import measure
+    from VertebralFractureLib.morphometry import measure
 
     check_request(request)
     report = progress or (lambda fraction, message: None)
@@ -298,22 +294,23 @@ def write_files(case: CaseResult, screening, labels: Volume, ct: Volume | None, 
     and ``report`` the clinical report (report.html, report.pdf) and screening.json; with ``dicom_out`` DICOM SEG +
     SR. ``deidentify``: the de-identified export of :func:`.deid.export_case` instead.
     """
-    from . import report as measure_report
+    from VertebralFractureLib.outputs import files as measure_report
 
     folder = Path(folder)
     if dicom_out and (ct is None or not ct.meta.get("dicom_files")):
         raise InputError(None if ct is None else ct.path,
                          "is not a DICOM series: DICOM SEG and SR need the source DICOM files")
     if deidentify:
-        from . import deid
+        from VertebralFractureLib.outputs import deid
 
         return deid.export_case(case, screening, labels, ct, folder, pseudonym=pseudonym, dicom_outputs=dicom_out)
     written: dict = {}
     if screening is not None and report:
-        from . import io, report_clinical
+        from VertebralFractureLib import io
+        from VertebralFractureLib.outputs import clinical as report_clinical
 
         if dicom_out:
-            from . import dicom_outputs
+            from VertebralFractureLib.outputs import dicom as dicom_outputs
 
             written.update(dicom_outputs.write_dicom_outputs(case, labels, ct, folder, screening))
         written.update(report_clinical.write_clinical_report(case, screening, folder, labels, ct))
@@ -328,7 +325,7 @@ def publish(case: CaseResult, screening, labels: Volume, ct: Volume | None, out_
             wait_s: float = 0.0, **options) -> dict[str, Path]:
     """:func:`write_files` as one set that replaces whatever ``out_dir`` held (see :mod:`.outputs`); returns
     {name: published path}."""
-    from .outputs import OutputSet
+    from VertebralFractureLib.outputs.publish import OutputSet
 
     output_set = OutputSet(out_dir, wait_s=wait_s)
     with output_set as staging:
@@ -344,7 +341,7 @@ def analyze(request: AnalysisRequest, out_dir: str | Path | None = None, progres
     ``also_write(analysis, staging) -> {name: path}`` adds files of a front end's own (batch: the review scene) to
     the set before it is published.
     """
-    from .outputs import OutputSet
+    from VertebralFractureLib.outputs.publish import OutputSet
 
     report = progress or (lambda fraction, message: None)
     check_request(request)

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .qc import QualityReport
 
 POINT_NAMES = (
     "superior_anterior",
@@ -196,8 +192,6 @@ class CaseResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> CaseResult:
-        from .qc import QualityReport
-
         inputs = dict(data.get("inputs", {}))
         # Schema 1.0 kept these in ``inputs``: the CLI under inputs["segmentation"], the Slicer module at its top.
         legacy = inputs.get("segmentation") if isinstance(inputs.get("segmentation"), dict) else {}
@@ -223,4 +217,91 @@ class CaseResult:
                                                     legacy.get("backend_details")) or {}),
             full_vertebrae=typed("full_vertebrae"),
             level_corrections=list(typed("level_corrections", []) or []),
+        )
+
+
+# Quality control results (the rules that fill them live in morphometry/qc.py)
+PASSED = "passed"
+LEVELS_UNCONFIRMED = "levels unconfirmed"
+FAILED = "failed"
+
+
+@dataclass
+class QualityCheck:
+    """One case-level check: name, whether it passed, and what was measured against which limit."""
+
+    name: str
+    passed: bool
+    detail: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class VertebraQuality:
+    """Quality of one vertebra: the problems found (empty when plausible) and any grade withheld from it."""
+
+    level: str
+    label: int
+    problems: list[str] = field(default_factory=list)
+    withheld_grade: int | None = None
+    withheld_morphology: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "passed": self.passed}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> VertebraQuality:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class QualityReport:
+    """Result of :func:`assess_quality`: ``status`` is "passed", "levels unconfirmed" or "failed"."""
+
+    status: str = PASSED
+    headline: str = ""
+    segmentation_source: str = "given"
+    """"automatic" (a segmentation backend of this program) or "given" (a label map from the user)."""
+    levels_status: str = "given"
+    failed_checks: list[str] = field(default_factory=list)
+    checks: list[QualityCheck] = field(default_factory=list)
+    vertebrae: list[VertebraQuality] = field(default_factory=list)
+
+    @property
+    def findings_withheld(self) -> bool:
+        return self.status != PASSED
+
+    def vertebra(self, label: int) -> VertebraQuality | None:
+        return next((v for v in self.vertebrae if v.label == label), None)
+
+    def to_dict(self) -> dict:
+        return {
+            "status": self.status,
+            "headline": self.headline,
+            "segmentation_source": self.segmentation_source,
+            "levels_status": self.levels_status,
+            "failed_checks": list(self.failed_checks),
+            "checks": [c.to_dict() for c in self.checks],
+            "vertebrae": [v.to_dict() for v in self.vertebrae],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> QualityReport | None:
+        if not data:
+            return None
+        return cls(
+            status=data.get("status", PASSED),
+            headline=data.get("headline", ""),
+            segmentation_source=data.get("segmentation_source", "given"),
+            levels_status=data.get("levels_status", "given"),
+            failed_checks=list(data.get("failed_checks", [])),
+            checks=[QualityCheck(**c) for c in data.get("checks", [])],
+            vertebrae=[VertebraQuality.from_dict(v) for v in data.get("vertebrae", [])],
         )

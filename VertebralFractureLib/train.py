@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import models
-from .errors import InputError, VertebralFractureError
-from .io import atomic_path, write_text_atomic
-from .segment.monai_backend import PROJECT_MODEL_FORMAT, build_project_network, resolve_device
+from VertebralFractureLib.errors import InputError, VertebralFractureError
+from VertebralFractureLib.io import atomic_path, write_text_atomic
+from VertebralFractureLib.segment import models
+from VertebralFractureLib.segment.monai_backend import PROJECT_MODEL_FORMAT, build_project_network, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +330,7 @@ def _summary(history: list[dict], epoch: int, best_dice: float, best_epoch: int)
 
 
 def _import_torch():
-    from .segment.monai_backend import _import_torch as import_torch
+    from VertebralFractureLib.segment.monai_backend import _import_torch as import_torch
 
     return import_torch()
 

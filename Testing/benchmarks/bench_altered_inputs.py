@@ -19,8 +19,8 @@ from pathlib import Path
 REPOSITORY = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPOSITORY / "Testing"))
 
-import altered_inputs as altered  # noqa: E402
-from data_sources import data_root  # noqa: E402
+import altered_inputs as altered
+from data_sources import data_root
 
 
 def cases(root: Path, scratch: Path) -> list[tuple[str, list[str]]]:

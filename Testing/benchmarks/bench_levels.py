@@ -37,8 +37,8 @@ import numpy as np
 REPOSITORY = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPOSITORY))
 
-from VertebralFractureLib import evaluate, io  # noqa: E402
-from VertebralFractureLib import labels as labels_mod  # noqa: E402
+from VertebralFractureLib import evaluate, io
+from VertebralFractureLib.io import labels as labels_mod
 
 RATE_GOAL = 0.9
 """Identification rate a confirmed level count must reach (issue goal)."""

@@ -20,7 +20,8 @@ import numpy as np
 REPOSITORY = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPOSITORY))
 
-from VertebralFractureLib import io, measure  # noqa: E402
+from VertebralFractureLib import io
+from VertebralFractureLib.morphometry import measure
 
 
 def resample_to(volume: io.Volume, spacing_mm: float) -> io.Volume:

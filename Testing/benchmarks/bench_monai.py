@@ -49,7 +49,7 @@ def _build_random_bundle(folder: Path) -> Path:
     make_wholebody_bundle(folder, init_filters=32, roi_size=96, highres=True, state_dict=state,
                           blocks_down=(1, 2, 2, 4), checksums=False)
     torch.save(state, folder / "models" / "model_lowres.pt")  # the 3 mm weights file of the highres switch
-    from VertebralFractureLib import models
+    from VertebralFractureLib.segment import models
 
     models.write_checksums(folder)
     return folder
@@ -57,7 +57,7 @@ def _build_random_bundle(folder: Path) -> Path:
 
 def monai_bundle(temporary: Path) -> tuple[Path, str]:
     """(bundle folder, description): the installed whole-body bundle, else a random-weights copy of its network."""
-    from VertebralFractureLib import models
+    from VertebralFractureLib.segment import models
 
     try:
         folder = models.find_model(None)

@@ -31,7 +31,8 @@ def main() -> None:
     started = time.perf_counter()
     import numpy as np
 
-    from VertebralFractureLib import io, mrml
+    from VertebralFractureLib import io
+    from VertebralFractureLib.slicer import mrml
 
     print(f"import slicer-core + Lib: {time.perf_counter() - started:.2f} s")
     context = mrml.new_scene()

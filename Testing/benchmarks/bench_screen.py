@@ -20,7 +20,11 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPOSITORY))
 sys.path.insert(0, str(REPOSITORY / "Testing"))
 
-from VertebralFractureLib import dicom_outputs, io, measure, report_clinical, screen  # noqa: E402
+from VertebralFractureLib import io
+from VertebralFractureLib.morphometry import measure
+from VertebralFractureLib.outputs import clinical as report_clinical
+from VertebralFractureLib.outputs import dicom as dicom_outputs
+from VertebralFractureLib.screening import recommend as screen
 
 
 def timed(function, *args, **kwargs):

@@ -24,7 +24,7 @@ import numpy as np
 REPOSITORY = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPOSITORY))
 
-from VertebralFractureLib import io  # noqa: E402
+from VertebralFractureLib import io
 
 
 def resample_ct(volume: io.Volume, spacing_mm: float) -> io.Volume:

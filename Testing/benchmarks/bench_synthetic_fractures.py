@@ -23,10 +23,11 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPOSITORY))
 sys.path.insert(0, str(REPOSITORY / "Testing"))
 
-import test_synthetic_fractures as synthetic  # noqa: E402
+import test_synthetic_fractures as synthetic
 
-from VertebralFractureLib import io, measure  # noqa: E402
-from VertebralFractureLib import labels as labels_mod  # noqa: E402
+from VertebralFractureLib import io
+from VertebralFractureLib.io import labels as labels_mod
+from VertebralFractureLib.morphometry import measure
 
 SOURCES = (
     ("verse19/sub-verse010_seg-vert_msk.nii.gz", "L3", ("L2", "L3", "L4")),

@@ -23,7 +23,8 @@ import numpy as np
 REPOSITORY = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPOSITORY))
 
-from VertebralFractureLib import grade, io, measure  # noqa: E402
+from VertebralFractureLib import io
+from VertebralFractureLib.morphometry import grade, measure
 
 SCALES = np.round(np.arange(1.0, 2.001, 0.05), 2)
 """Candidate reduction scales of the leave-one-subject-out fit."""

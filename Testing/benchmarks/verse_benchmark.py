@@ -12,7 +12,7 @@ from pathlib import Path
 REPOSITORY = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPOSITORY))
 
-from VertebralFractureLib import cli  # noqa: E402
+from VertebralFractureLib import cli
 
 
 def main(argv=None) -> int:

@@ -31,7 +31,7 @@ def _install_dependencies_in_slicer() -> None:
     slicer = sys.modules.get("slicer")
     if slicer is None or not hasattr(slicer, "app"):
         return
-    from VertebralFractureLib import dependencies
+    from VertebralFractureLib.slicer import dependencies
 
     dependencies.install_missing(slicer.util.pip_install)
 

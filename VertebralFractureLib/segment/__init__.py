@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..errors import NoVertebraeError, VertebralFractureError
-from ..io import Volume
+from VertebralFractureLib.errors import NoVertebraeError, VertebralFractureError
+from VertebralFractureLib.io import Volume
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ ProgressCallback = Callable[[float, str], None]
 
 AUTO = "auto"
 BACKEND_CHOICES = (AUTO, "classical", "monai", "totalsegmentator")
+PANEL_BACKENDS = {"Automatic": "auto"}
+"""Segmentation methods as the Slicer panel names them -> ``--backend`` values (others are the same)."""
 """Values of ``--backend`` (``auto`` is the default)."""
 
 CLASSICAL_FALLBACK_WARNING = (
@@ -155,7 +157,7 @@ def installed_monai_model(model=None) -> tuple[object | None, str]:
     """(model folder, "") of an installed MONAI model whose weights have recorded checksums, else (None, why not)."""
     if not (_importable("torch") and _importable("monai")):
         return None, "PyTorch and MONAI are not installed (no MONAI model can run)"
-    from .. import models
+    from VertebralFractureLib.segment import models
 
     try:
         folder = models.find_model(model)
@@ -171,14 +173,13 @@ def needs_torch(backend: str) -> bool:
     """Whether a front end should install PyTorch and MONAI before running ``backend`` (a ``--backend`` value or the
     Slicer panel's name): always for "monai"; for "auto" when a MONAI model has been downloaded but this Python
     cannot run it yet (if the user declines, the automatic choice goes on without it)."""
-    from ..process import PANEL_BACKENDS
 
     backend = PANEL_BACKENDS.get(backend, backend)
     if backend == "monai":
         return True
     if backend != AUTO or (_importable("torch") and _importable("monai")):
         return False
-    from .. import models
+    from VertebralFractureLib.segment import models
 
     return bool(models.installed_models())
 

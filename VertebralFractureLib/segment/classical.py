@@ -19,21 +19,24 @@ that is axis-aligned in RAS (x right, y anterior, z superior) with isotropic vox
 Naming uses anatomy in the field of view (see :mod:`.levels`): the sacrum below the lowest mobile vertebra (L5), the
 lowest rib-bearing vertebra (T12) and the first rib-bearing vertebra below the neck (T1). Anchors that disagree give
 "conflicting", none (or a body spacing that does not fit the levels named) "unconfirmed".
+
+Kept whole: one algorithm whose steps (working grid, bone mask, centre curve, disc planes, body separation,
+sacrum) share the working grid and its thresholds; split, each part would need the others' private state.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage, signal
 
-from ..errors import NoVertebraeError
-from ..io import NotCTError, Volume, check_ct_hounsfield
-from . import ProgressCallback, SegmentationOutput, register_backend
-from .levels import SACRUM_WIDTH_MM, LevelNaming, name_levels
+from VertebralFractureLib.errors import NoVertebraeError
+from VertebralFractureLib.io import NotCTError, Volume, check_ct_hounsfield
+from VertebralFractureLib.segment import ProgressCallback, SegmentationOutput, register_backend
+from VertebralFractureLib.segment.levels import SACRUM_WIDTH_MM, LevelNaming, name_levels, rib_sides
+from VertebralFractureLib.segment.spine_curve import SpineGeometry, along_curve
 
 log = logging.getLogger(__name__)
 
@@ -143,19 +146,6 @@ MIDLINE_SIGMA_MM = 35.0
 few cm of it even in scoliosis; kidneys, femurs and the iliac wings lie further out)."""
 
 
-@dataclass
-class SpineGeometry:
-    """The spine on the working grid: centre curve per axial slice, disc planes, body intervals."""
-
-    z_indices: np.ndarray
-    centre_xy: np.ndarray  # (n, 2) working-grid x, y per z index
-    arclength_mm: np.ndarray
-    tangent: np.ndarray  # (n, 3) unit tangent in mm space
-    disc_u_mm: list[float] = field(default_factory=list)
-    profile: np.ndarray | None = None
-    sacral_u_mm: float | None = None
-    sacrum_found: bool = False
-
 
 def working_grid(ct: Volume, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """Resample the CT onto an RAS-aligned isotropic grid (trilinear); returns (array [x, y, z], ijk_to_ras)."""
@@ -173,7 +163,7 @@ def _resample_linear(ct: Volume, grid: np.ndarray, shape: tuple[int, int, int]) 
     """Trilinear resampling of the CT onto ``grid`` (ijk -> RAS) with SimpleITK (multi-threaded), air outside."""
     import SimpleITK as sitk
 
-    from ..io import LPS_TO_RAS
+    from VertebralFractureLib.io import LPS_TO_RAS
 
     image = sitk.GetImageFromArray(np.ascontiguousarray(ct.array.transpose(2, 1, 0), dtype=np.float32))
     ijk_to_lps = LPS_TO_RAS @ ct.ijk_to_ras
@@ -417,19 +407,6 @@ def curve_geometry(z: np.ndarray, xy: np.ndarray, spacing_mm: float) -> SpineGeo
     arclength = np.concatenate([[0.0], np.cumsum(segment)])
     return SpineGeometry(z_indices=z, centre_xy=xy, arclength_mm=arclength, tangent=tangent)
 
-
-def along_curve(geometry: SpineGeometry, voxels: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """For voxels (N x 3 working indices) within the curve's z range: position along the curve (mm) and distance
-    from it in the plane normal to it (mm), to first order around the voxel's own slice."""
-    index = voxels[:, 2] - geometry.z_indices[0]
-    centre = geometry.centre_xy[index]
-    offset = np.zeros((len(voxels), 3))
-    offset[:, :2] = (voxels[:, :2] - centre) * spacing_mm
-    tangent = geometry.tangent[index]
-    along = (offset * tangent).sum(axis=1)
-    u = geometry.arclength_mm[index] + along
-    radial = np.sqrt(np.maximum((offset**2).sum(axis=1) - along**2, 0.0))
-    return u, radial
 
 
 def find_discs(u: np.ndarray, radial: np.ndarray, length_mm: float,
@@ -779,7 +756,6 @@ def _ribs_above(finder: BodyFinder, geometry: SpineGeometry, z_index: float, spa
     """True when ribs articulate with the spine within 45 mm above ``z_index``: what looks like the sacrum there is
     not (L4 and L5 never bear ribs); wide bone at the caudal end of a chest CT is rib heads or the diaphragm's
     neighbours, not sacral alae."""
-    from .levels import rib_sides
 
     slab = np.zeros(finder.bone.shape, dtype=bool)
     z0 = int(max(0, z_index))

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .. import labels as labels_mod
+from VertebralFractureLib.io import labels as labels_mod
+from VertebralFractureLib.segment.spine_curve import along_curve
 
 SACRUM_WIDTH_MM = 70.0
 """Sacral alae (with the ilium when the joint is bridged) span more; a lumbar body is 40-60 mm wide."""
@@ -119,7 +120,6 @@ def expected_body_height_mm(label: int) -> float:
 def body_heights_mm(masks: list[np.ndarray], geometry, spacing_mm: float) -> np.ndarray:
     """Each body's height along the spine's centre curve: 5th to 95th percentile of the position along the curve of
     its voxels within ``BODY_CORE_RADIUS_MM`` of the curve (mm; 0 when none lie that close)."""
-    from .classical import along_curve
 
     heights = []
     for mask in masks:
@@ -359,7 +359,7 @@ def _mobile_in_order(array: np.ndarray) -> list[int]:
 def anchor_mapping(order: list[int], anchor_label: int, anchor_level: int) -> dict[int, int]:
     """Old -> new ids when the vertebra now labelled ``anchor_label`` is ``anchor_level``: the shared rule of
     :func:`..renumber.renumbering` (every vertebra moves by the same number of levels)."""
-    from ..renumber import renumbering
+    from VertebralFractureLib.segment.renumber import renumbering
 
     return renumbering(order, anchor_label, anchor_level)
 

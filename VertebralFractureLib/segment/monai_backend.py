@@ -30,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import labels as labels_mod
-from .. import models
-from ..errors import InputError, NoVertebraeError, VertebralFractureError
-from ..io import Volume, resample_labels_to
-from . import ProgressCallback, SegmentationOutput, register_backend
+from VertebralFractureLib.errors import InputError, NoVertebraeError, VertebralFractureError
+from VertebralFractureLib.io import Volume, resample_labels_to
+from VertebralFractureLib.io import labels as labels_mod
+from VertebralFractureLib.segment import ProgressCallback, SegmentationOutput, models, register_backend
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ TotalSegmentator (Wasserthal et al., Radiol AI 2023;5:e230024) is not a dependen
 PyTorch and nnU-Net versions and downloads its weights on first use, with its own licence notes (the ``total`` task
 is openly licensed). This backend calls its Python API on the CT in memory (task ``total``, only the vertebra and
 sacrum classes via ``roi_subset``), maps the v2 ``total`` labels to VerSe ids
-(:data:`VertebralFractureLib.labels.TOTALSEG_V2`) and puts the result on the CT's grid.
+(:data:`VertebralFractureLib.io.labels.TOTALSEG_V2`) and puts the result on the CT's grid.
 
 Resolution: its 3 mm model (``fast=True``) for CTs whose slices are at least :data:`FAST_MODEL_MIN_SLICE_MM` apart
 (the 1.5 mm model has no craniocaudal detail to add there), its 1.5 mm model otherwise; ``fast`` forces either.
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import labels as labels_mod
-from ..errors import NoVertebraeError, VertebralFractureError
-from ..io import Volume, resample_labels_to
-from . import ProgressCallback, SegmentationOutput, register_backend
+from VertebralFractureLib.errors import NoVertebraeError, VertebralFractureError
+from VertebralFractureLib.io import Volume, resample_labels_to
+from VertebralFractureLib.io import labels as labels_mod
+from VertebralFractureLib.segment import ProgressCallback, SegmentationOutput, register_backend
 
 log = logging.getLogger(__name__)
 
