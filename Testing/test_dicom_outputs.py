@@ -7,6 +7,7 @@ import pytest
 
 from VertebralFractureLib import io
 from VertebralFractureLib.cli.entry import main
+from VertebralFractureLib.errors import InputError
 from VertebralFractureLib.outputs import dicom as dicom_outputs
 from VertebralFractureLib.screening import recommend as screen
 
@@ -139,9 +140,14 @@ def test_trabecular_value_round_trip_on_phantom_series(tmp_path):
         for m in group.get_measurements(name=highdicom.sr.CodedConcept("112182", "DCM", "Median Attenuation")):
             values[group.finding_sites[0].value.value] = m.value
     assert values == {"23215003": pytest.approx(150.0, abs=1.0), "66794005": pytest.approx(80.0, abs=1.0)}
-    # The patient-level group: screening level L1, its median and the density category.
-    (group,) = sr.content.get_image_measurement_groups()
-    assert group.tracking_identifier == "bone density screening"
+    # The patient-level groups: whether the findings stand, and the screening level L1 with its median and density
+    # category.
+    groups = {g.tracking_identifier: g for g in sr.content.get_image_measurement_groups()}
+    assert sorted(groups) == ["bone density screening", "vertebral fracture assessment"]
+    assessment = {e.name.value: e.value.value for e in groups["vertebral fracture assessment"]
+                  .get_qualitative_evaluations()}
+    assert assessment == {dicom_outputs.ASSESSMENT_CONCEPT[0]: "assessed"}
+    group = groups["bone density screening"]
     assert group.finding_sites[0].value.value == "66794005"
     (median,) = group.get_measurements()
     assert median.value == pytest.approx(result.measured_hu)
@@ -177,3 +183,55 @@ def test_missing_highdicom_is_a_clear_error(written, tmp_path, monkeypatch):
     with pytest.raises(VertebralFractureError, match="pip install 'VertebralFracture\\[dicom\\]'"):
         dicom_outputs.write_dicom_outputs(case, labels, ct, tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_sr_says_not_assessed_and_why_when_quality_control_fails(shared_file, tmp_path):
+    """The real DICOM series, segmented by the classical backend, fails quality control: the SR says so, with the
+    failed checks as coded evaluations and the quality gate's headline as a comment."""
+    from VertebralFractureLib import pipeline
+
+    request = pipeline.AnalysisRequest(ct=shared_file("totalsegmentator-example/example_ct_dicom"),
+                                       backend="classical", dicom_out=True)
+    analysis = pipeline.analyze(request, tmp_path / "out")
+    quality = analysis.case.quality
+    assert quality.findings_withheld and quality.failed_checks
+    sr = highdicom.sr.srread(analysis.written["dicom_sr"])
+    (group,) = [g for g in sr.content.get_image_measurement_groups()
+                if g.tracking_identifier == "vertebral fracture assessment"]
+    evaluations = [(e.name.value, e.value.value, e.value.meaning) for e in group.get_qualitative_evaluations()]
+    assert evaluations[0] == (dicom_outputs.ASSESSMENT_CONCEPT[0], "not-assessed", "Not assessed")
+    failed = [meaning for name, _, meaning in evaluations[1:] if name == dicom_outputs.QC_FINDING_CONCEPT[0]]
+    assert failed == [check[:dicom_outputs.CODE_MEANING_MAX] for check in quality.failed_checks]
+    comments = [item.TextValue for item in group[0].ContentSequence
+                if item.ValueType == "TEXT" and _code(item.ConceptNameCodeSequence[0]) == ("121106", "DCM")]
+    assert comments == ["; ".join([quality.headline, *quality.failed_checks])]
+    assert sr.SpecificCharacterSet == "ISO_IR 192" and "—" in comments[0]  # the headline's dash, kept as written
+    # No vertebra carries a grade the quality gate withheld.
+    for roi in sr.content.get_volumetric_roi_measurement_groups():
+        names = {e.name.value for e in roi.get_qualitative_evaluations()}
+        assert dicom_outputs.GENANT_CONCEPT[0] not in names
+
+
+def test_encapsulated_pdf_in_the_source_study(written, tmp_path):
+    """The report PDF as an Encapsulated PDF instance: the source's patient and study, its own series, the PDF
+    byte for byte, the source images referenced."""
+    import pydicom
+
+    ct, _, _, _ = written
+    sources, _ = dicom_outputs.read_source_datasets(ct.meta["dicom_files"])
+    pdf = tmp_path / "report.pdf"
+    pdf.write_bytes(b"%PDF-1.4\n% a minimal body of odd length\n%%EOF")
+    dicom_outputs.write_encapsulated_pdf(pdf, sources[0], tmp_path / "report_pdf.dcm", source_datasets=sources)
+    dataset = pydicom.dcmread(tmp_path / "report_pdf.dcm")
+    assert dataset.SOPClassUID == pydicom.uid.EncapsulatedPDFStorage and dataset.Modality == "DOC"
+    assert dataset.StudyInstanceUID == sources[0].StudyInstanceUID
+    assert dataset.SeriesInstanceUID != sources[0].SeriesInstanceUID
+    length = int(dataset.EncapsulatedDocumentLength)
+    assert bytes(dataset.EncapsulatedDocument)[:length] == pdf.read_bytes() and length == len(pdf.read_bytes())
+    assert [item.ReferencedSOPInstanceUID for item in dataset.SourceInstanceSequence] == \
+        [s.SOPInstanceUID for s in sources]
+    not_pdf = tmp_path / "report.txt"
+    not_pdf.write_text("plain text")
+    with pytest.raises(InputError, match="is not a PDF file"):
+        dicom_outputs.write_encapsulated_pdf(not_pdf, sources[0], tmp_path / "x.dcm")
+    assert not (tmp_path / "x.dcm").exists()

@@ -186,6 +186,38 @@ def _measurement(name, value, unit, finding_sites=None, derivation=None):
                              derivation=derivation)
 
 
+ASSESSMENT_CONCEPT = ("fracture-assessment", "Vertebral fracture assessment")
+QC_FINDING_CONCEPT = ("qc-failed-check", "Failed quality control check")
+CODE_MEANING_MAX = 64
+"""Code Meaning is a Long String (LO): at most 64 characters."""
+
+
+def assessment_group(case: CaseResult):
+    """Whether the findings of this SR stand: "assessed", or "not assessed" with the quality-control checks that
+    withheld them, as coded evaluations (one per failed check) and the quality gate's headline as a comment."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    quality = getattr(case, "quality", None)
+    withheld = quality is not None and quality.findings_withheld
+    status = local_code("not-assessed", "Not assessed") if withheld else local_code("assessed", "Assessed")
+    evaluations = [hd.sr.QualitativeEvaluation(local_code(*ASSESSMENT_CONCEPT), status)]
+    if withheld:
+        for check in quality.failed_checks:
+            name = check.split(":", 1)[0].strip()
+            evaluations.append(hd.sr.QualitativeEvaluation(
+                local_code(*QC_FINDING_CONCEPT),
+                local_code("qc-" + "-".join(name.lower().split()), check[:CODE_MEANING_MAX])))
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="vertebral fracture assessment"),
+        finding_type=codes.SCT.Spine, qualitative_evaluations=evaluations)
+    if withheld:
+        reason = "; ".join([quality.headline] + list(quality.failed_checks))
+        group[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=codes.DCM.Comment, value=reason, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    return group
+
+
 def write_measurement_report(case: CaseResult, destination: str | Path, source_datasets: list, seg=None,
                              screening=None, series_number: int = 902):
     """Write the case as a TID 1500 Comprehensive 3D SR; one volumetric ROI group per vertebra (referencing its SEG
@@ -240,6 +272,7 @@ def write_measurement_report(case: CaseResult, destination: str | Path, source_d
                 tracking_identifier=tracking, finding_type=codes.SCT.Vertebra, finding_sites=[site],
                 measurements=measurements or None, qualitative_evaluations=evaluations or None)
         groups.append(group)
+    groups.append(assessment_group(case))
     if screening is not None and screening.level is not None and screening.level in VERTEBRA_SCT:
         site = hd.sr.FindingSite(vertebra_code(screening.level))
         measurements = [_measurement(codes.DCM.MedianAttenuationCoefficient, screening.measured_hu,
@@ -262,6 +295,9 @@ def write_measurement_report(case: CaseResult, destination: str | Path, source_d
         evidence=evidence, content=report, series_instance_uid=hd.UID(), series_number=series_number,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="VertebralFracture", is_complete=True,
         series_description="Vertebral fracture measurements")
+    # The quality gate's reasons and the level notes hold non-Latin-1 characters (dashes, multiplication signs):
+    # UTF-8, whatever character set the source images declared.
+    sr.SpecificCharacterSet = "ISO_IR 192"
     scheme = pydicom.Dataset()
     scheme.CodingSchemeDesignator = LOCAL_SCHEME
     scheme.CodingSchemeName = LOCAL_SCHEME_NAME
@@ -291,3 +327,70 @@ def write_dicom_outputs(case: CaseResult, labels: Volume, ct: Volume, out_dir: s
     seg = write_segmentation(labels, ct, out_dir / "vertebrae_seg.dcm", sources)
     write_measurement_report(case, out_dir / "measurements_sr.dcm", sources, seg=seg, screening=screening)
     return {"dicom_seg": str(out_dir / "vertebrae_seg.dcm"), "dicom_sr": str(out_dir / "measurements_sr.dcm")}
+
+
+ENCAPSULATED_PDF_SERIES_NUMBER = 903
+
+
+def write_encapsulated_pdf(pdf_path: str | Path, source_dataset, destination: str | Path,
+                           title: str = "Vertebral fracture and bone density screening",
+                           source_datasets: list | None = None, series_number: int = ENCAPSULATED_PDF_SERIES_NUMBER):
+    """The clinical report PDF as a DICOM Encapsulated PDF instance in the source CT's study (patient and study
+    attributes copied from ``source_dataset``; Source Instance Sequence referencing ``source_datasets``)."""
+    import datetime
+
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian, generate_uid
+
+    document = Path(pdf_path).read_bytes()
+    if not document.startswith(b"%PDF"):
+        raise InputError(pdf_path, "is not a PDF file")
+    now = datetime.datetime.now()
+    dataset = pydicom.Dataset()
+    dataset.SpecificCharacterSet = "ISO_IR 192"
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+                    "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber", "IssuerOfPatientID",
+                    "StudyDescription"):
+        if keyword in source_dataset:
+            setattr(dataset, keyword, source_dataset.get(keyword))
+        elif keyword not in ("IssuerOfPatientID", "StudyDescription"):
+            setattr(dataset, keyword, "")
+    sop_uid = generate_uid()
+    dataset.SOPClassUID = EncapsulatedPDFStorage
+    dataset.SOPInstanceUID = sop_uid
+    dataset.Modality = "DOC"
+    dataset.SeriesInstanceUID = generate_uid()
+    dataset.SeriesNumber = series_number
+    dataset.SeriesDescription = "Vertebral fracture screening report"
+    dataset.Manufacturer = "VertebralFracture"
+    dataset.ManufacturerModelName = "VertebralFracture"
+    dataset.SoftwareVersions = __version__
+    dataset.ConversionType = "WSD"
+    dataset.InstanceNumber = 1
+    dataset.ContentDate = now.strftime("%Y%m%d")
+    dataset.ContentTime = now.strftime("%H%M%S")
+    dataset.InstanceCreationDate = dataset.ContentDate
+    dataset.InstanceCreationTime = dataset.ContentTime
+    dataset.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
+    dataset.BurnedInAnnotation = "YES"  # the report shows the patient's name and ID
+    dataset.DocumentTitle = title
+    dataset.ConceptNameCodeSequence = pydicom.Sequence()
+    dataset.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    dataset.EncapsulatedDocumentLength = len(document)
+    dataset.EncapsulatedDocument = document + (b"\0" if len(document) % 2 else b"")
+    references = []
+    for source in source_datasets or [source_dataset]:
+        item = pydicom.Dataset()
+        item.ReferencedSOPClassUID = source.SOPClassUID
+        item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+        references.append(item)
+    dataset.SourceInstanceSequence = pydicom.Sequence(references)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = EncapsulatedPDFStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.file_meta = meta
+    with atomic_path(destination) as temporary:
+        dataset.save_as(temporary, enforce_file_format=True)
+    return dataset
