@@ -26,7 +26,7 @@ def test_pyproject_reads_the_same_requirement_files():
     project = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())
     dynamic = project["tool"]["setuptools"]["dynamic"]
     assert dynamic["dependencies"]["file"] == ["VertebralFractureLib/requirements/core.txt"]
-    for group in ("dicom", "deep"):
+    for group in ("dicom", "deep", "serve"):
         assert dynamic["optional-dependencies"][group]["file"] == [f"VertebralFractureLib/requirements/{group}.txt"]
     assert "dependencies" not in project["project"]  # declared nowhere else
     names = [name for name, _ in dependencies.requirements("core")]

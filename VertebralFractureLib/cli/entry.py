@@ -35,7 +35,7 @@ def _load_command_modules() -> None:
     """Modules that add commands of their own register them on import."""
     import importlib
 
-    for module in ("measure", "segment", "screen", "deep", "batch", "benchmark"):
+    for module in ("measure", "segment", "screen", "deep", "batch", "benchmark", "serve"):
         try:
             importlib.import_module(f"{__package__}.{module}")
         except ModuleNotFoundError as error:

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 REQUIREMENTS_FOLDER = Path(__file__).resolve().parents[1] / "requirements"
-GROUPS = ("core", "dicom", "deep")
+GROUPS = ("core", "dicom", "deep", "serve")
 SLICER_PROVIDED = frozenset({"numpy", "scipy", "simpleitk", "torch"})
 """Packages Slicer ships (numpy, scipy, SimpleITK) or the PyTorch extension installs (torch): never installed or
 replaced from here inside Slicer, whose own modules depend on its builds."""
