@@ -25,6 +25,7 @@ import pytest
 from pydicom.uid import generate_uid
 from servers import OrthancServer, PostgresServer, orthanc_missing
 
+from VertebralFractureLib.errors import InputError, VertebralFractureError
 from VertebralFractureLib.serve import selection
 from VertebralFractureLib.serve.config import load_config
 from VertebralFractureLib.serve.node import Node
@@ -678,3 +679,47 @@ def test_series_choice_prefers_thin_slices_and_never_takes_its_own_outputs():
     assert selection.unfit_reason(tilted) is None
     nothing = selection.choose_series([series(modality="MR"), output])
     assert nothing.chosen is None and nothing.reason.startswith("no axial CT series fit for analysis: series 2")
+
+
+# ---- settings --------------------------------------------------------------------------------------------------
+
+
+def test_settings_come_from_the_file_and_the_environment_never_shown(tmp_path, caplog):
+    path = tmp_path / "node.toml"
+    path.write_text('[server]\nurl = "http://127.0.0.1:8042"\nusername = "u"\npassword = "from-file"\n'
+                    '[worklist]\npatient = "pseudonym"\npseudonym_key = "k1"\n', encoding="utf-8")
+    path.chmod(0o644)
+    with caplog.at_level("WARNING"):
+        config = load_config(path, environ={"VERTEBRAL_FRACTURE_ORTHANC_PASSWORD": "from-env"})
+    assert config.password == "from-env", "the environment overrides the file"
+    assert "chmod 600" in caplog.text and "from-file" not in caplog.text
+    assert "from-env" not in repr(config) and "k1" not in repr(config)
+    # A keyed pseudonym: stable for one key, different for another, not the ID.
+    label = config.patient_label("PAT-123")
+    assert label.startswith("P-") and "PAT-123" not in label and label == config.patient_label("PAT-123")
+    other = load_config(path, environ={"VERTEBRAL_FRACTURE_PSEUDONYM_KEY": "k2"})
+    assert other.patient_label("PAT-123") != label
+    path.write_text('[worklist]\npatient = "pseudonym"\n', encoding="utf-8")
+    with pytest.raises(InputError, match="needs a pseudonym_key"):
+        load_config(path, environ={})
+    path.write_text('[orthanc]\nurl = "x"\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"unknown section\(s\) orthanc"):
+        load_config(path, environ={})
+    path.write_text('[server]\nurl = "http://user:pw@127.0.0.1:8042"\nusername = "u"\n', encoding="utf-8")
+    with pytest.raises(VertebralFractureError, match="must not hold credentials"):
+        Node(load_config(path, environ={}))
+
+
+def test_a_server_set_up_anew_is_read_from_its_start(orthanc, node_config, mr_study, caplog):
+    """The worklist had read further than the server's change log reaches (a new Orthanc database): the node says
+    so and reads the feed from its start instead of waiting for sequence numbers that never come."""
+    config = load_config(node_config)
+    worklist = Worklist(config.database)
+    assert worklist.set_feed_position(config.server_name, 10**6, None)
+    orthanc.upload_files(mr_study)
+    wait_until_stable(orthanc, 1)
+    with caplog.at_level("WARNING"):
+        Node(config).run(once=True)
+    assert "set up anew" in caplog.text
+    assert worklist.rows(study_uid=study_uid(mr_study))[0]["status"] == "skipped"
+    assert worklist.feed_position(config.server_name) == orthanc.get("/changes?last")["Last"]
