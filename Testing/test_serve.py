@@ -547,6 +547,9 @@ def test_wrong_credentials_and_secrets_on_the_command_line_are_refused(orthanc, 
                              "--once"], capture_output=True, text=True, cwd=REPOSITORY, env=wrong, timeout=120)
     assert result.returncode == 2 and "refused the credentials" in result.stderr
     assert "not-the-password" not in result.stderr
+    missing = cli("worklist", "--database", str(tmp_path / "none.db"))
+    assert missing.returncode == 2 and missing.stderr.startswith(f"error: {tmp_path / 'none.db'}: no worklist there")
+    assert not (tmp_path / "none.db").exists()
     with_password = cli("worklist", "--database", "postgresql://vf:secret@127.0.0.1:1/x")
     assert with_password.returncode == 2 and "secret" not in with_password.stderr
     assert "--password" not in cli("serve", "--help").stdout

@@ -125,7 +125,7 @@ def cmd_worklist(args: argparse.Namespace) -> int:
         except ValueError:
             raise InputError(None, f"--since {args.since!r}: give a date as YYYY-MM-DD") from None
     config = load_config(args.config, database=args.database)
-    worklist = Worklist(config.database, password=config.database_password)
+    worklist = Worklist(config.database, password=config.database_password, create=False)
     try:
         for study_uid in args.mark_reviewed:
             reviewer = args.reviewer or getpass.getuser()

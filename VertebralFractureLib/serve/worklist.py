@@ -116,7 +116,8 @@ class Job:
 class Worklist:
     """One connection to the node's database (SQLite file or PostgreSQL URL)."""
 
-    def __init__(self, url: str, password: str | None = None):
+    def __init__(self, url: str, password: str | None = None, create: bool = True):
+        """``create=False``: a SQLite file must exist already (reading a worklist never leaves an empty one)."""
         self.url = url
         self.postgresql = is_postgresql(url)
         if self.postgresql:
@@ -134,8 +135,11 @@ class Worklist:
             import sqlite3
 
             path = sqlite_path(url)
-            if path.parent and not path.parent.is_dir():
+            if not path.parent.is_dir():
                 raise InputError(path, "its folder does not exist")
+            if not create and not path.is_file():
+                raise InputError(path, "no worklist there (give the node's database: --database or the "
+                                       "configuration's [worklist] database)")
             try:
                 self.connection = sqlite3.connect(str(path), timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None)
                 self.connection.execute("PRAGMA journal_mode=WAL")
