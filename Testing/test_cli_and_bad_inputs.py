@@ -14,6 +14,7 @@ from grading_scope import UPPER_THORACIC, UPPER_THORACIC_MASK, upper_thoracic_st
 from VertebralFractureLib import cli, io
 from VertebralFractureLib.cli import entry
 from VertebralFractureLib.morphometry import grade
+from VertebralFractureLib.outputs import publish
 from VertebralFractureLib.results import CaseResult
 
 SEG = "totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz"
@@ -43,8 +44,9 @@ def test_measure_writes_results(shared_file, tmp_path, capsys):
     rows = list(csv.DictReader((out / "vertebrae.csv").open()))
     assert [r["level"] for r in rows] == ["T12", "L1", "L2", "L3", "L4", "L5"]
     assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in out.iterdir()) == ["overview.png", "results.json", "segmentation.nii.gz",
-                                                    "vertebrae.csv"]
+    published = sorted(p.name for p in out.iterdir() if p.name != publish.MANIFEST_NAME)
+    assert sorted(publish.read_manifest(out)) == published == ["overview.png", "results.json", "segmentation.nii.gz",
+                                                               "vertebrae.csv"]
     assert "L1" in stdout
 
 

@@ -128,22 +128,29 @@ def test_report_after_analyze_keeps_the_level_status(gap_labels, shared_file, tm
                          "--no-report", "-o", str(out), "-q"], capsys)
     assert code == 0, err
     first = json.loads((out / "results.json").read_text())
+    # Re-reporting into the folder it reads from would replace its own input: refused, the set stays as it was.
+    published = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = _run(["report", "--seg", str(out / "segmentation.nii.gz"), "-i", str(shared_file(CT)),
+                         "-o", str(out), "-q"], capsys)
+    assert code == 2 and "holds an input of this run" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == published
+    again_out = tmp_path / "again"
     code, stdout, err = _run(["report", "--seg", str(out / "segmentation.nii.gz"), "-i", str(shared_file(CT)),
-                              "-o", str(out), "-q"], capsys)
+                              "-o", str(again_out), "-q"], capsys)
     assert code == 0, err
-    again = json.loads((out / "results.json").read_text())
+    again = json.loads((again_out / "results.json").read_text())
     assert again["levels_status"] == "anchored" and again["level_evidence"] == first["level_evidence"]
     assert [v["level"] for v in again["vertebrae"]] == ["L1", "L2", "L4"]
-    assert "Level names fixed by the user" in (out / "report.html").read_text()
+    assert "Level names fixed by the user" in (again_out / "report.html").read_text()
     assert "Level names fixed by the user" in stdout
-    rows = list(csv.DictReader((out / "vertebrae.csv").open()))
+    rows = list(csv.DictReader((again_out / "vertebrae.csv").open()))
     assert {row["levels_status"] for row in rows} == {"anchored"}
 
-    # measure into the same folder: the report of the earlier run does not stay beside the new results.
-    code, _, err = _run(["measure", "--seg", str(out / "segmentation.nii.gz"), "-o", str(out), "-q"], capsys)
+    # measure into a folder holding a report: the report of the earlier run does not stay beside the new results.
+    code, _, err = _run(["measure", "--seg", str(out / "segmentation.nii.gz"), "-o", str(again_out), "-q"], capsys)
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["overview.png", "results.json", "segmentation.nii.gz",
-                                                     "vertebrae.csv"]
+    assert sorted(p.name for p in again_out.iterdir()) == [outputs.MANIFEST_NAME, "overview.png", "results.json",
+                                                          "segmentation.nii.gz", "vertebrae.csv"]
 
 
 # ---- atomic output sets -----------------------------------------------------------------------------------------
@@ -246,7 +253,8 @@ def test_second_run_on_a_folder_is_refused_or_waits(gap_labels, shared_file, tmp
             (staging / "results.json").write_text("{}")
     finally:
         holder.kill()
-    assert _snapshot(out) == {"results.json": b"{}"} and _leftovers(tmp_path) == []
+    assert set(_snapshot(out)) == {"results.json", outputs.MANIFEST_NAME} and _leftovers(tmp_path) == []
+    assert _snapshot(out)["results.json"] == b"{}"
 
 
 def test_concurrent_runs_publish_one_whole_set(gap_labels, shared_file, tmp_path):
@@ -268,7 +276,7 @@ def test_concurrent_runs_publish_one_whole_set(gap_labels, shared_file, tmp_path
 def test_output_folder_with_other_files_is_refused(gap_labels, shared_file, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     code, _, err = _run(_measure_args(shared_file, gap_labels["path"], tmp_path), capsys)
-    assert code == 2 and "holds files that are not outputs of this program (notes.txt)" in err
+    assert code == 2 and "holds files this program did not write (notes.txt)" in err
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 

@@ -13,6 +13,7 @@ from screen_phantoms import spine_phantom
 from VertebralFractureLib import io
 from VertebralFractureLib.io import Volume
 from VertebralFractureLib.outputs import clinical as report_clinical
+from VertebralFractureLib.outputs import publish
 from VertebralFractureLib.screening import recommend as screen
 
 BODIES = "totalsegmentator-example/spine_report/totalseg_vertebrae_pp_refined.nii.gz"
@@ -133,8 +134,10 @@ def test_report_command_writes_every_output(shared_file, tmp_path, capsys):
                  "--ct", str(shared_file("totalsegmentator-example/example_ct.nii.gz")), "--out", str(out),
                  "--kvp", "120", "-q"])
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["overview.png", "report.html", "report.pdf", "results.json",
-                                                     "screening.json", "segmentation.nii.gz", "vertebrae.csv"]
+    published = sorted(p.name for p in out.iterdir() if p.name != publish.MANIFEST_NAME)
+    assert sorted(publish.read_manifest(out)) == published == [
+        "overview.png", "report.html", "report.pdf", "results.json", "screening.json", "segmentation.nii.gz",
+        "vertebrae.csv"]
     data = json.loads((out / "screening.json").read_text())
     assert data["screening"]["level"] == "L1" and data["screening"]["kvp"] == 120.0
     assert data["case"]["patient"]["l1_trabecular_hu"] == data["screening"]["measured_hu"]

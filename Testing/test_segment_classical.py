@@ -16,6 +16,7 @@ from VertebralFractureLib import cli, evaluate, io
 from VertebralFractureLib.errors import NoVertebraeError
 from VertebralFractureLib.io import labels as labels_mod
 from VertebralFractureLib.morphometry import qc
+from VertebralFractureLib.outputs import publish
 from VertebralFractureLib.segment import get_backend, levels
 from VertebralFractureLib.segment.classical import NotCTError, check_ct_hounsfield
 
@@ -79,8 +80,10 @@ def test_example_analyze_command_grades_normal_spine(shared_file, tmp_path, caps
     stdout = capsys.readouterr().out
     assert code == 0
     # The whole job: measurements and the clinical report.
-    assert sorted(p.name for p in out.iterdir()) == ["overview.png", "report.html", "report.pdf", "results.json",
-                                                     "screening.json", "segmentation.nii.gz", "vertebrae.csv"]
+    published = sorted(p.name for p in out.iterdir() if p.name != publish.MANIFEST_NAME)
+    assert sorted(publish.read_manifest(out)) == published == [
+        "overview.png", "report.html", "report.pdf", "results.json", "screening.json", "segmentation.nii.gz",
+        "vertebrae.csv"]
     results = json.loads((out / "results.json").read_text())
     assert results["segmentation_backend"] == "classical" and results["levels_status"] == "confirmed"
     assert results["full_vertebrae"] is False and results["level_evidence"]

@@ -63,31 +63,81 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and lower.endswith(IMAGE_SUFFIXES) and not lower.endswith(".seg.nrrd")
 
 
-def dicom_series_under(folder: Path) -> list[dict]:
-    """Every DICOM series in ``folder`` and its sub-folders (a series is read from the folder holding its files)."""
+def dicom_series_under(folder: Path, seen: set | None = None) -> list[dict]:
+    """Every DICOM series in ``folder`` and its sub-folders (a series is read from the folder holding its files).
+
+    Links are followed, but each real folder is read once (``seen``: the (device, inode) pairs already read, shared
+    by the calls of one batch), so a symlink loop or two links to one series give each series once.
+    """
     from VertebralFractureLib import io
 
+    seen = set() if seen is None else seen
     series = []
     for root, directories, files in os.walk(folder, followlinks=True):
+        try:
+            status = os.stat(root)
+        except OSError:
+            directories[:] = []
+            continue
+        if (status.st_dev, status.st_ino) in seen:
+            directories[:] = []  # a folder already read (through a link): once is enough, and a loop ends here
+            continue
+        seen.add((status.st_dev, status.st_ino))
         directories[:] = sorted(d for d in directories if not d.startswith("."))
         if files:
             series.extend(io.list_dicom_series(Path(root)))
     return series
 
 
+def safe_case_name(name: str, fallback: str) -> str:
+    """A case name usable as one folder inside the output folder: path separators, ``..`` and leading dots (a CSV's
+    ``../../escaped`` or ``/abs_case``) and characters other than letters, digits, ``.``, ``_``, ``-`` and spaces are
+    replaced, so no case is written outside the output folder."""
+    parts = [part for part in name.replace("\\", "/").split("/") if part not in ("", ".", "..")]
+    cleaned = "".join(char if char.isalnum() or char in "._- " else "_" for char in "_".join(parts)).strip(" ")
+    cleaned = cleaned.lstrip(".")[:120].rstrip(" .")
+    return cleaned or fallback
+
+
+def _distinct_names(cases: list[Case]) -> list[Case]:
+    """Cases whose names differ only by the file type (``case1.nii.gz`` and ``case1.nrrd``), or by upper and lower
+    case, would share one output folder: such files are named by their whole file name instead."""
+    groups: dict[str, list[Case]] = {}
+    for case in cases:
+        groups.setdefault(case.name.lower(), []).append(case)
+    for group in groups.values():
+        if len(group) > 1:
+            for case in group:
+                if case.path.is_file() and case.series is None:
+                    case.name = safe_case_name(case.path.name, case.name)
+    taken: set[str] = set()
+    for case in cases:  # what is still shared (a folder and a file name alike): numbered
+        name, number = case.name, 2
+        while name.lower() in taken:
+            name, number = f"{case.name}-{number}", number + 1
+        case.name = name
+        taken.add(name.lower())
+    return cases
+
+
 def find_cases(source: Path) -> list[Case]:
     """Cases of an input folder or CSV list, in name order for a folder, in row order for a CSV."""
     if source.is_file() and source.suffix.lower() == ".csv":
-        return cases_from_csv(source)
-    cases = []
+        return _distinct_names(cases_from_csv(source))
+    cases, seen_files, seen_folders = [], set(), set()
     for path in sorted(source.iterdir()):
         if path.name.startswith("."):
             continue
         if _is_image(path):
-            cases.append(Case(strip_suffix(path.name), path))
+            real = path.resolve()
+            if real in seen_files:
+                log.warning("%s: the same file as an earlier case (a link); analysed once", path)
+                continue
+            seen_files.add(real)
+            cases.append(Case(safe_case_name(strip_suffix(path.name), path.name), path))
         elif path.is_dir():
             try:
-                series = dicom_series_under(path)
+                series = dicom_series_under(path, seen_folders)
             except Exception as error:  # an unreadable folder is a failing case, not the end of the batch
                 cases.append(Case(path.name, path, error=one_line(error)))
                 continue
@@ -95,7 +145,7 @@ def find_cases(source: Path) -> list[Case]:
                 cases.append(Case(path.name, Path(series[0]["files"][0]).parent, series[0]["uid"]))
             for index, item in enumerate(series if len(series) > 1 else [], start=1):
                 cases.append(Case(f"{path.name}-series{index}", Path(item["files"][0]).parent, item["uid"]))
-    return cases
+    return _distinct_names(cases)
 
 
 def cases_from_csv(path: Path) -> list[Case]:
@@ -110,9 +160,10 @@ def cases_from_csv(path: Path) -> list[Case]:
     for number, row in enumerate(rows, start=2):
         ct = row.get("ct", "")
         name = row.get("case") or (strip_suffix(Path(ct).name) if ct else f"row{number}")
-        if name in seen:
+        name = safe_case_name(name, f"row{number}")
+        if name.lower() in seen:
             name = f"{name}-row{number}"
-        seen.add(name)
+        seen.add(name.lower())
         resolve = lambda text: None if not text else (Path(text) if Path(text).is_absolute()  # noqa: E731
                                                       else path.parent / text)
         case = Case(name, resolve(ct) or path, row.get("series") or None, resolve(row.get("seg", "")))
@@ -203,10 +254,10 @@ def process_case(case: Case, options) -> dict:
 
     if case.error:
         raise InputError(None, case.error)
-    out_dir = options.out / case.name
+    out_dir = case_folder(options.out, case.name)
     seg = case.seg
     if seg is None and options.seg_dir is not None:
-        seg = find_label_map(options.seg_dir, case.name)
+        seg = find_label_map(options.seg_dir, strip_suffix(case.name))
     request = pipeline.AnalysisRequest(
         ct=case.path, series=case.series, seg=seg, labels=options.labels, backend=options.backend,
         device=options.device, report=not options.no_report, screen=not options.no_report,
@@ -227,11 +278,19 @@ def process_case(case: Case, options) -> dict:
     return row
 
 
+def case_folder(out: Path, name: str) -> Path:
+    """``OUT/NAME``, checked to lie inside the output folder (a case name never leads out of it)."""
+    folder = out / name
+    if safe_case_name(name, "") != name or folder.resolve().parent != out.resolve():
+        raise InputError(folder, "is not a folder inside the output folder; case names are single folder names")
+    return folder
+
+
 def finished_row(case: Case, options) -> dict | None:
     """The row of a case an earlier run finished (its results.json was published), for ``--resume``."""
     from VertebralFractureLib.results import CaseResult
 
-    out_dir = options.out / case.name
+    out_dir = case_folder(options.out, case.name)
     results = out_dir / "results.json"
     if case.error or not results.is_file():
         return None
@@ -281,6 +340,7 @@ def record_failure(case: Case, options, error: BaseException) -> dict:
 
     out_dir = options.out / case.name
     try:
+        case_folder(options.out, case.name)
         with OutputSet(out_dir) as staging:
             (staging / "error.txt").write_text(
                 "".join(traceback.format_exception(type(error), error, error.__traceback__)), encoding="utf-8")
@@ -288,6 +348,26 @@ def record_failure(case: Case, options, error: BaseException) -> dict:
         log.warning("%s: error.txt not written (%s)", out_dir, one_line(failure))
     return {"case": case.name, "status": STATUS_FAILED, "reason": one_line(error), "input": str(case.path),
             "series": case.series or "", "output": str(out_dir)}
+
+
+def check_batch_output(out: Path, inputs: list) -> None:
+    """Refuse an output folder that holds an input of the batch (a study, the case list, the label-map folder) or a
+    ``summary.csv`` this program did not write: the cases' folders and the summary are replaced there."""
+    from VertebralFractureLib.outputs import publish
+
+    publish.check_inputs_outside(publish.resolve_output_folder(out), inputs, out)
+    summary = out / "summary.csv"
+    if summary.exists() and not _summary_written_here(summary):
+        raise InputError(out, "holds a summary.csv this program did not write; it is never replaced: choose an "
+                              "empty or new output folder")
+
+
+def _summary_written_here(path: Path) -> bool:
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return handle.readline().startswith("case,status,")  # the summary's first columns in every version
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def write_summary(path: Path, rows: list[dict]) -> None:
@@ -315,6 +395,7 @@ def run_batch(options, echo=print) -> int:
     options.out = Path(options.out)
     if options.out.exists() and not options.out.is_dir():
         raise InputError(options.out, "is a file, not a folder")
+    check_batch_output(options.out, [source, options.seg_dir] + [p for case in cases for p in (case.path, case.seg)])
     options.out.mkdir(parents=True, exist_ok=True)
     summary_path = options.out / "summary.csv"
     rows = []

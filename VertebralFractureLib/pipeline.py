@@ -347,7 +347,7 @@ def analyze(request: AnalysisRequest, out_dir: str | Path | None = None, progres
     check_request(request)
     if out_dir is None:
         return run(request, progress)
-    output_set = OutputSet(out_dir, wait_s=wait_s)
+    output_set = OutputSet(out_dir, wait_s=wait_s, inputs=(request.ct, request.seg))
     with output_set as staging:
         analysis = run(request, progress)
         report(0.9, "writing outputs")

@@ -11,8 +11,12 @@ One run at a time per folder: a lock file ``PARENT/.NAME.lock`` holds the writer
 refused (or waits, with ``wait_s``) while the first is alive; a lock, staging or replaced folder left by a dead run
 is cleaned up by the next run.
 
-The output folder holds only files this program writes (:data:`OUTPUT_NAMES`): publishing replaces the folder, so a
-folder with other files in it is refused rather than emptied.
+Nothing but this program's own files is ever replaced or removed. Each published set carries a manifest
+(:data:`MANIFEST_NAME`) listing every file of the set with its size and SHA-256; a folder is replaced only when every
+file in it is listed there unchanged. A folder holding any other file (one whose name merely matches an output
+name included), or a changed one, is refused rather than emptied, and so is an output folder that holds an input of
+the run (``-i case/ct.nii.gz -o case``). Staging and replaced folders are matched by their exact name
+(``.staging-NAME-PID-XXXXXXXX``), so a run on ``P/res`` never touches those of ``P/res-2``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
+import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -30,17 +37,12 @@ from pathlib import Path
 
 from VertebralFractureLib.errors import InputError, VertebralFractureError
 
-OUTPUT_NAMES = frozenset({
-    "segmentation.nii.gz", "results.json", "vertebrae.csv", "overview.png", "report.html", "report.pdf",
-    "screening.json", "vertebrae_seg.dcm", "measurements_sr.dcm", "dicom", "labels.nii.gz", "ct.nii.gz",
-    "error.txt",
-})
-# A batch case folder may also hold its review scene (CASE.mrb): any .mrb is accepted as an output.
-OUTPUT_SUFFIXES = (".mrb",)
-"""Every name a run may publish (files and the de-identified ``dicom/`` series folder)."""
-
 DISPOSABLE_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 """Files a file browser drops into any folder; they do not make an output folder foreign."""
+
+MANIFEST_NAME = ".vertebral-fracture-manifest.json"
+"""The list of the files of a published set (name, size, SHA-256): what a later run may replace."""
+MANIFEST_FORMAT = "VertebralFracture output set 1"
 
 STAGING_PREFIX = ".staging-"
 REPLACED_PREFIX = ".replaced-"
@@ -75,12 +77,139 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _owner_of(name: str, prefix: str) -> int | None:
-    """PID in ``PREFIX + NAME-PID-XXXX`` names."""
+_RANDOM_PART = "[a-z0-9_]{8}"
+"""The 8 characters :func:`tempfile.mkdtemp` adds (staging folders; replaced folders reuse them)."""
+
+
+def _leftover_owner(entry_name: str, prefix: str, out_name: str) -> int | None:
+    """PID of the run that made ``PREFIX + OUT_NAME-PID-XXXXXXXX``; None when ``entry_name`` is not exactly such a
+    name for this output folder (``.staging-res-2-...`` belongs to ``res-2``, never to ``res``)."""
+    match = re.fullmatch(re.escape(prefix + out_name) + r"-(\d+)-" + _RANDOM_PART, entry_name)
+    return int(match.group(1)) if match else None
+
+
+def _leftovers(parent: Path, prefix: str, out_name: str) -> list[tuple[Path, int]]:
     try:
-        return int(name[len(prefix):].rsplit("-", 2)[-2])
-    except (IndexError, ValueError):
+        entries = list(parent.iterdir())
+    except FileNotFoundError:
+        return []
+    found = []
+    for entry in entries:
+        owner = _leftover_owner(entry.name, prefix, out_name)
+        if owner is not None and entry.is_dir() and not entry.is_symlink():
+            found.append((entry, owner))
+    return found
+
+
+# ---- manifest ---------------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _folder_entries(folder: Path) -> tuple[dict[str, Path], list[str]]:
+    """({relative path: path} of the regular files under ``folder``, [relative paths of anything else: links,
+    devices, sockets]); folders are walked, never followed through a link."""
+    files, others = {}, []
+    for root, directories, names in os.walk(folder, followlinks=False):
+        base = Path(root)
+        for name in list(directories):
+            if (base / name).is_symlink():
+                others.append((base / name).relative_to(folder).as_posix())
+                directories.remove(name)
+        for name in names:
+            path = base / name
+            relative = path.relative_to(folder).as_posix()
+            if path.is_symlink() or not path.is_file():
+                others.append(relative)
+            else:
+                files[relative] = path
+    return files, others
+
+
+def write_manifest(folder: Path) -> dict:
+    """Record every file of a staged set in ``folder/MANIFEST_NAME``; returns the manifest."""
+    files, _ = _folder_entries(folder)
+    from VertebralFractureLib import __version__
+
+    manifest = {"format": MANIFEST_FORMAT, "program": f"VertebralFractureLib {__version__}",
+                "files": {name: {"size": path.stat().st_size, "sha256": _sha256(path)}
+                          for name, path in sorted(files.items()) if name != MANIFEST_NAME}}
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    return manifest
+
+
+def read_manifest(folder: Path) -> dict[str, dict] | None:
+    """{relative path: {size, sha256}} of the set published in ``folder``; None without a readable manifest."""
+    try:
+        data = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(data.get("files"), dict):
+        return None
+    return data["files"]
+
+
+def files_not_written_here(folder: Path) -> tuple[list[str], list[str]]:
+    """([files in ``folder`` this program did not write], [files it wrote that were changed since]): both empty when
+    the folder may be replaced. Files a file browser drops (:data:`DISPOSABLE_NAMES`) do not count."""
+    files, others = _folder_entries(folder)
+    for name in list(files):
+        if Path(name).name in DISPOSABLE_NAMES:
+            del files[name]
+    manifest = read_manifest(folder)
+    files.pop(MANIFEST_NAME, None)
+    if manifest is None:
+        # Without a manifest nothing here is known to be this program's: a name that matches an output name
+        # (ct.nii.gz, segmentation.nii.gz) may be the user's own file.
+        return sorted(others + list(files)), []
+    foreign = sorted(others + [name for name in files if name not in manifest])
+    changed = []
+    for name, path in sorted(files.items()):
+        record = manifest.get(name)
+        if record is None:
+            continue
+        if not isinstance(record, dict) or path.stat().st_size != record.get("size") or \
+                _sha256(path) != record.get("sha256"):
+            changed.append(name)
+    return foreign, changed
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def check_replaceable(folder: Path, shown_as: str | Path) -> None:
+    """Refuse (:class:`InputError`) an existing folder unless it holds only files a run of this program published
+    there, unchanged."""
+    if not folder.is_dir():
+        return
+    foreign, changed = files_not_written_here(folder)
+    if foreign:
+        raise InputError(shown_as, f"holds files this program did not write ({_shown(foreign)}); they are never "
+                                   "replaced: choose an empty or new output folder")
+    if changed:
+        raise InputError(shown_as, f"holds files changed since this program wrote them ({_shown(changed)}); they "
+                                   "are never replaced: choose an empty or new output folder")
+
+
+def check_inputs_outside(out_dir: Path, inputs, shown_as: str | Path) -> None:
+    """Refuse an output folder that holds (or is) an input of the run: publishing would replace it."""
+    for given in inputs:
+        if given is None:
+            continue
+        try:
+            path = Path(given).expanduser().resolve()
+        except (RuntimeError, OSError):
+            continue  # the reader says what is wrong with it
+        if path == out_dir or out_dir in path.parents:
+            raise InputError(shown_as, f"holds an input of this run ({given}); the output folder is replaced as a "
+                                       "whole: choose another output folder")
 
 
 def _exchange(first: Path, second: Path) -> bool:
@@ -122,11 +251,13 @@ class OutputSet:
     ``out_dir`` as one set, on an exception nothing changes.
 
     ``wait_s``: how long to wait for another run on the same folder before giving up (0: refuse at once).
+    ``inputs``: the paths the run reads (CT, label map, case list); an output folder holding one is refused.
     """
 
-    def __init__(self, out_dir: str | Path, wait_s: float = 0.0):
+    def __init__(self, out_dir: str | Path, wait_s: float = 0.0, inputs=()):
         self.requested = Path(out_dir)
         self.out_dir = resolve_output_folder(out_dir)
+        check_inputs_outside(self.out_dir, inputs, self.requested)
         self.parent = self.out_dir.parent
         self.wait_s = wait_s
         self.staging: Path | None = None
@@ -193,28 +324,15 @@ class OutputSet:
         """Holding the lock, every staging or replaced folder of this output folder belongs to a dead run: put a
         replaced (complete, older) set back when the folder is missing, remove the rest."""
         name = self.out_dir.name
-        replaced = sorted(self.parent.glob(f"{REPLACED_PREFIX}{name}-*"), key=lambda p: p.stat().st_mtime)
+        replaced = sorted(_leftovers(self.parent, REPLACED_PREFIX, name), key=lambda item: item[0].stat().st_mtime)
         if replaced and not self.out_dir.exists():
-            os.rename(replaced.pop(), self.out_dir)
-        for leftover in replaced + list(self.parent.glob(f"{STAGING_PREFIX}{name}-*")):
-            if _owner_of(leftover.name, STAGING_PREFIX if leftover.name.startswith(STAGING_PREFIX)
-                         else REPLACED_PREFIX) != os.getpid():
-                shutil.rmtree(leftover, ignore_errors=True)
-        if self.out_dir.is_dir():
-            # Staging folders of earlier versions lay inside the output folder.
-            for leftover in self.out_dir.glob(f"{STAGING_PREFIX}*"):
+            os.rename(replaced.pop()[0], self.out_dir)
+        for leftover, owner in replaced + _leftovers(self.parent, STAGING_PREFIX, name):
+            if owner != os.getpid():
                 shutil.rmtree(leftover, ignore_errors=True)
 
     def _check_foreign(self) -> None:
-        if not self.out_dir.is_dir():
-            return
-        foreign = sorted(entry.name for entry in self.out_dir.iterdir()
-                         if entry.name not in OUTPUT_NAMES and entry.name not in DISPOSABLE_NAMES
-                         and not entry.name.endswith(OUTPUT_SUFFIXES))
-        if foreign:
-            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-            raise InputError(self.requested, f"holds files that are not outputs of this program ({shown}); choose an "
-                                             "empty or new output folder")
+        check_replaceable(self.out_dir, self.requested)
 
     # ---- context --------------------------------------------------------------------------------------------
 
@@ -243,20 +361,45 @@ class OutputSet:
     def publish(self) -> None:
         """Put the staged set in the output folder's place in one step."""
         staging = self.staging
+        write_manifest(staging)
         if not self.out_dir.exists():
             os.rename(staging, self.out_dir)
             return
+        self._check_foreign()  # again: a file may have been put there while the run worked
         if _exchange(staging, self.out_dir):
-            shutil.rmtree(staging, ignore_errors=True)  # now holds the old set
+            _remove_old_set(staging, self.out_dir)  # now holds the old set
             return
         replaced = self.parent / f"{REPLACED_PREFIX}{self.out_dir.name}-{os.getpid()}-{staging.name[-8:]}"
         os.rename(self.out_dir, replaced)
         os.rename(staging, self.out_dir)
-        shutil.rmtree(replaced, ignore_errors=True)
+        _remove_old_set(replaced, self.out_dir)
 
     def path(self, name: str) -> Path:
         """Where ``name`` (written into the staging folder) lies once published."""
         return self.out_dir / name
+
+
+def _remove_old_set(old: Path, out_dir: Path) -> None:
+    """Remove a replaced set: the files its manifest lists; anything else (put there in the instant between the
+    check and the exchange) is kept beside the output folder and named in a warning."""
+    manifest = read_manifest(old) or {}
+    files, others = _folder_entries(old)
+    kept = sorted(others + [name for name in files if name not in manifest and name != MANIFEST_NAME
+                            and Path(name).name not in DISPOSABLE_NAMES])
+    if not kept:
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    for name in manifest:
+        with contextlib.suppress(OSError):
+            (old / name).unlink()
+    with contextlib.suppress(OSError):
+        (old / MANIFEST_NAME).unlink()
+    keep = out_dir.with_name(f"{out_dir.name}.kept-{os.getpid()}-{int(time.time())}")
+    os.rename(old, keep)
+    import logging
+
+    logging.getLogger(__name__).warning("%s: files added while the run worked were kept in %s (%s)", out_dir, keep,
+                                        _shown(kept))
 
 
 def _umask() -> int:

@@ -429,9 +429,17 @@ def _replace_folder(source: Path, final: Path) -> None:
 
 
 def remove(name: str) -> Path:
-    folder = models_dir() / name
+    """Delete the installed model ``name`` (a folder name in the cache, nothing else: a path, ``..`` or a link
+    that leads out of the cache is refused, so nothing outside the cache is ever deleted)."""
+    cache = models_dir()
+    folder = cache / name
+    if not name or Path(name).name != name or name in (".", "..") or "\\" in name:
+        raise ModelError(f"{name}: not the name of an installed model; `models remove` takes a name from "
+                         f"`models list` and deletes only inside {cache}")
+    if folder.is_symlink() or (folder.exists() and folder.resolve().parent != cache.resolve()):
+        raise ModelError(f"{folder}: a link out of the model cache; `models remove` deletes only inside {cache}")
     if model_kind(folder) is None:
-        raise ModelError(f"{name} is not installed in {models_dir()}")
+        raise ModelError(f"{name} is not installed in {cache}")
     shutil.rmtree(folder)
     return folder
 
