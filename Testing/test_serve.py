@@ -9,6 +9,7 @@ The classical backend keeps every analysis to a few seconds.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pydicom
 import pytest
@@ -156,6 +158,27 @@ work_dir = "{work}"
 def cli(*args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "VertebralFractureLib", *args], capture_output=True, text=True,
                           cwd=REPOSITORY, env=child_env(), timeout=600, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_from_the_developer(monkeypatch):
+    """The node's settings come from each test's own file: none from the environment of whoever runs the tests."""
+    for name in list(os.environ):
+        if name.startswith(("VERTEBRAL_FRACTURE_ORTHANC", "VERTEBRAL_FRACTURE_WORKLIST", "VERTEBRAL_FRACTURE_PSEUDO")):
+            monkeypatch.delenv(name)
+
+
+def command(capsys, *args) -> SimpleNamespace:
+    """The command line in this process (what the console script runs): exit code, stdout, stderr."""
+    from VertebralFractureLib.cli.entry import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit:  # --help
+        code = exit.code
+    captured = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
 
 
 def child_env() -> dict:
@@ -317,7 +340,7 @@ def content_texts(dataset) -> list[str]:
 
 
 def test_node_screens_every_study_and_keeps_the_worklist(orthanc, node_config, lumbar_study, jpeg2000_study,
-                                                         mr_study, tmp_path):
+                                                         mr_study, tmp_path, capsys):
     for files in (lumbar_study, jpeg2000_study, mr_study):
         orthanc.upload_files(files)
     wait_until_stable(orthanc, 3)
@@ -394,26 +417,26 @@ def test_node_screens_every_study_and_keeps_the_worklist(orthanc, node_config, l
           f"JPEG 2000 analysis {row2['analysis_s']} s")
 
     # The worklist command: list, filter, export, mark reviewed.
-    listing = cli("worklist", "--config", str(node_config))
+    def worklist(*args):
+        return command(capsys, "worklist", "--config", node_config, *args)
+
+    listing = worklist()
     assert listing.returncode == 0 and lumbar_uid in listing.stdout and mr_uid in listing.stdout
     assert PASSWORD not in listing.stdout + listing.stderr
-    referred = cli("worklist", "--config", str(node_config), "--recommendation", "refer")
+    referred = worklist("--recommendation", "refer")
     assert lumbar_uid in referred.stdout and j2k_uid not in referred.stdout
-    assert cli("worklist", "--config", str(node_config), "--fractured").stdout.count("\n") == 1  # the header only
+    assert worklist("--fractured").stdout.count("\n") == 1  # the header only: no fracture in these studies
     exported = tmp_path / "worklist.csv"
-    assert cli("worklist", "--config", str(node_config), "--status", "skipped", "--csv", str(exported)).returncode == 0
-    import csv
-
+    assert worklist("--status", "skipped", "--csv", exported).returncode == 0
     with open(exported, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["study_uid"], r["status"]) for r in rows] == [(mr_uid, "skipped")]
-    marked = cli("worklist", "--config", str(node_config), "--mark-reviewed", lumbar_uid, "--reviewer", "dr-test",
-                 "--note", "DXA booked")
+    marked = worklist("--mark-reviewed", lumbar_uid, "--reviewer", "dr-test", "--note", "DXA booked")
     assert marked.returncode == 0, marked.stderr
     assert worklist_row(db, lumbar_uid)["reviewed_by"] == "dr-test"
-    unreviewed = cli("worklist", "--config", str(node_config), "--unreviewed")
+    unreviewed = worklist("--unreviewed")
     assert lumbar_uid not in unreviewed.stdout and j2k_uid in unreviewed.stdout
-    unknown = cli("worklist", "--config", str(node_config), "--mark-reviewed", "1.2.3.4")
+    unknown = worklist("--mark-reviewed", "1.2.3.4")
     assert unknown.returncode == 2 and unknown.stderr.startswith("error: ") and "Traceback" not in unknown.stderr
 
 
@@ -511,7 +534,7 @@ def test_a_crash_between_sending_and_recording_leaves_one_set_of_outputs(orthanc
     assert row["analyses"] == 1 and row["seg_uid"] == seg.SOPInstanceUID
 
 
-def test_refuses_a_server_without_authentication_unless_told(tmp_path, jpeg2000_study):
+def test_refuses_a_server_without_authentication_unless_told(tmp_path, jpeg2000_study, capsys, monkeypatch):
     open_server = OrthancServer(tmp_path / "open", users=None)
     try:
         open_server.start()
@@ -521,19 +544,16 @@ def test_refuses_a_server_without_authentication_unless_told(tmp_path, jpeg2000_
         config = tmp_path / "open.toml"
         config.write_text(f'[server]\nurl = "{open_server.url}"\n[worklist]\ndatabase = "{tmp_path / "w.db"}"\n'
                           '[node]\nbackend = "classical"\npoll_interval_s = 0.3\n', encoding="utf-8")
-        refused = cli("serve", "--config", str(config), "--once")
-        assert refused.returncode == 2 and "Traceback" not in refused.stderr
-        assert "no credentials" in refused.stderr
-        env_user = dict(child_env(), VERTEBRAL_FRACTURE_ORTHANC_USERNAME="someone",
-                        VERTEBRAL_FRACTURE_ORTHANC_PASSWORD="anything")
-        refused = subprocess.run([sys.executable, "-m", "VertebralFractureLib", "serve", "--config", str(config),
-                                  "--once"], capture_output=True, text=True, cwd=REPOSITORY, env=env_user,
-                                 timeout=120)
+        refused = command(capsys, "serve", "--config", config, "--once")
+        assert refused.returncode == 2 and refused.stderr.startswith(f"error: {config}: no credentials")
+        monkeypatch.setenv("VERTEBRAL_FRACTURE_ORTHANC_USERNAME", "someone")
+        monkeypatch.setenv("VERTEBRAL_FRACTURE_ORTHANC_PASSWORD", "anything")
+        refused = command(capsys, "serve", "--config", config, "--once")
         assert refused.returncode == 2 and "answers without authentication" in refused.stderr
         assert "anything" not in refused.stderr
         open_server.upload_files(jpeg2000_study)
         wait_until_stable(open_server, 1)
-        allowed = cli("serve", "--config", str(config), "--once", "--allow-no-authentication")
+        allowed = command(capsys, "serve", "--config", config, "--once", "--allow-no-authentication")
         assert allowed.returncode == 0, allowed.stderr[-2000:]
         assert "1 studies analysed" in allowed.stdout
         assert worklist_row(tmp_path / "w.db", study_uid(jpeg2000_study))["status"] == "not assessed"
@@ -541,21 +561,21 @@ def test_refuses_a_server_without_authentication_unless_told(tmp_path, jpeg2000_
         open_server.stop()
 
 
-def test_wrong_credentials_and_secrets_on_the_command_line_are_refused(orthanc, node_config, tmp_path):
-    wrong = dict(child_env(), VERTEBRAL_FRACTURE_ORTHANC_PASSWORD="not-the-password")
-    result = subprocess.run([sys.executable, "-m", "VertebralFractureLib", "serve", "--config", str(node_config),
-                             "--once"], capture_output=True, text=True, cwd=REPOSITORY, env=wrong, timeout=120)
+def test_wrong_credentials_and_secrets_on_the_command_line_are_refused(orthanc, node_config, tmp_path, capsys,
+                                                                      monkeypatch):
+    monkeypatch.setenv("VERTEBRAL_FRACTURE_ORTHANC_PASSWORD", "not-the-password")
+    result = command(capsys, "serve", "--config", node_config, "--once")
     assert result.returncode == 2 and "refused the credentials" in result.stderr
     assert "not-the-password" not in result.stderr
-    missing = cli("worklist", "--database", str(tmp_path / "none.db"))
+    missing = command(capsys, "worklist", "--database", tmp_path / "none.db")
     assert missing.returncode == 2 and missing.stderr.startswith(f"error: {tmp_path / 'none.db'}: no worklist there")
     assert not (tmp_path / "none.db").exists()
-    with_password = cli("worklist", "--database", "postgresql://vf:secret@127.0.0.1:1/x")
+    with_password = command(capsys, "worklist", "--database", "postgresql://vf:secret@127.0.0.1:1/x")
     assert with_password.returncode == 2 and "secret" not in with_password.stderr
-    assert "--password" not in cli("serve", "--help").stdout
+    assert "--password" not in command(capsys, "serve", "--help").stdout
     bad = tmp_path / "bad.toml"
     bad.write_text("[server\nurl = 1\n")
-    result = cli("serve", "--config", str(bad))
+    result = command(capsys, "serve", "--config", bad)
     assert result.returncode == 2 and result.stderr.startswith(f"error: {bad}: is not valid TOML")
 
 
@@ -577,11 +597,10 @@ def postgres():
     server.stop()
 
 
-def test_two_nodes_share_one_postgresql_worklist(orthanc, postgres, lumbar_study, jpeg2000_study, tmp_path,
+def test_two_nodes_share_one_postgresql_worklist(orthanc, postgres, mr_study, jpeg2000_study, tmp_path, capsys,
                                                  monkeypatch):
     """Two nodes, one PostgreSQL worklist, one server: each study analysed by exactly one of them."""
-    monkeypatch.setenv("VERTEBRAL_FRACTURE_WORKLIST_PASSWORD", postgres.password)
-    orthanc.upload_files(lumbar_study)
+    orthanc.upload_files(mr_study)
     orthanc.upload_files(jpeg2000_study)
     wait_until_stable(orthanc, 2)
     configs = []
@@ -607,18 +626,18 @@ def test_two_nodes_share_one_postgresql_worklist(orthanc, postgres, lumbar_study
     worklist = Worklist(postgres.url, password=postgres.password)
     try:
         rows = worklist.rows()
-        assert sorted(r["study_uid"] for r in rows) == sorted([study_uid(lumbar_study), study_uid(jpeg2000_study)])
+        assert sorted(r["study_uid"] for r in rows) == sorted([study_uid(mr_study), study_uid(jpeg2000_study)])
         assert all(r["analyses"] == 1 for r in rows)
-        assert {r["status"] for r in rows} == {"screened", "not assessed"}
-        assert worklist.mark_reviewed(study_uid(lumbar_study), "dr-pg") == 1
-        assert [r["study_uid"] for r in worklist.rows(reviewed=True)] == [study_uid(lumbar_study)]
+        assert {r["status"] for r in rows} == {"skipped", "not assessed"}
+        assert worklist.mark_reviewed(study_uid(mr_study), "dr-pg") == 1
+        assert [r["study_uid"] for r in worklist.rows(reviewed=True)] == [study_uid(mr_study)]
     finally:
         worklist.close()
-    for uid in (study_uid(lumbar_study), study_uid(jpeg2000_study)):
-        one_of_each(study_outputs(orthanc, uid))
-    listing = subprocess.run([sys.executable, "-m", "VertebralFractureLib", "worklist", "--database", postgres.url],
-                             capture_output=True, text=True, cwd=REPOSITORY, env=env, timeout=120)
-    assert listing.returncode == 0 and study_uid(lumbar_study) in listing.stdout
+    one_of_each(study_outputs(orthanc, study_uid(jpeg2000_study)))
+    monkeypatch.setenv("VERTEBRAL_FRACTURE_WORKLIST_PASSWORD", postgres.password)
+    listing = command(capsys, "worklist", "--database", postgres.url, "--status", "skipped")
+    assert listing.returncode == 0 and study_uid(mr_study) in listing.stdout
+    assert study_uid(jpeg2000_study) not in listing.stdout
 
 
 def test_feed_and_jobs_survive_in_the_database(tmp_path):

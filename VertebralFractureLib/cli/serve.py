@@ -57,8 +57,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("VertebralFractureLib.serve").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     node = Node(config)
     # systemd (and docker stop) send SIGTERM: finish the study being analysed, then stop.
-    signal.signal(signal.SIGTERM, lambda signum, frame: node.stop_event.set())
-    handled = node.run(once=args.once)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: node.stop_event.set())
+    try:
+        handled = node.run(once=args.once)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if args.once:
         print(f"{handled} studies analysed; worklist: {worklist_location(config.database)}")
     return 0
