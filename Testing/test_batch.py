@@ -171,3 +171,46 @@ def test_batch_appends_cases_to_a_curated_dataset(folders):
     assert {row["subject"] for row in graded} == set(subjects)
     names = [str(p.relative_to(dataset)) for p in dataset.rglob("*")]
     assert not any(case in name for case in rows for name in names)  # case names stay out of the dataset
+
+
+# ---- headless in Slicer: every failure ends the application with a code ------------------------------------------
+
+EMULATOR = REPOSITORY / "Testing" / "slicer_command_line.py"
+HEADLESS_LIMIT_S = 60
+"""The batch must end Slicer within this many seconds of a failure (an unattended run must never hang)."""
+
+
+def _in_slicer(mode: str, *options: str, arguments=()) -> subprocess.CompletedProcess:
+    """The batch script as Slicer runs it (see slicer_command_line.py); a hang fails the test at the limit."""
+    return subprocess.run([sys.executable, str(EMULATOR), mode, *options, str(SCRIPT), *arguments],
+                          capture_output=True, text=True, timeout=HEADLESS_LIMIT_S, cwd=REPOSITORY)
+
+
+def _error_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize("mode", ["--python-script", "--shebang"])
+def test_pip_failure_in_slicer_ends_the_batch_with_one_line(mode, shared_file, tmp_path):
+    """Offline, the package install fails: Slicer must exit non-zero with pip's reason on one line (with
+    ``--python-script`` Slicer stays open after an uncaught exception unless the script exits it)."""
+    example = shared_file("totalsegmentator-example/example_ct.nii.gz")
+    result = _in_slicer(mode, "--pip-offline", arguments=["-i", str(example.parent), "-o", str(tmp_path / "out")])
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert _error_lines(result) == [_error_lines(result)[0]] and "nibabel" in _error_lines(result)[0]
+    assert "pip could not install" in _error_lines(result)[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unexpected_exception_in_slicer_ends_the_batch(shared_file, tmp_path):
+    example = shared_file("totalsegmentator-example/example_ct.nii.gz")
+    result = _in_slicer("--python-script", "--raise-in", "VertebralFractureLib.batch:run_batch",
+                        arguments=["-i", str(example.parent), "-o", str(tmp_path / "out")])
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert _error_lines(result) == ["error: run_batch failed unexpectedly"]
+
+
+def test_bad_arguments_in_slicer_end_with_code_2(tmp_path):
+    result = _in_slicer("--python-script", arguments=["-i", str(tmp_path / "missing"), "-o", str(tmp_path / "out")])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(_error_lines(result)) == 1

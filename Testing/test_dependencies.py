@@ -3,6 +3,7 @@ version, and the code paths that must work with Slicer 5.10's bundled packages (
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
@@ -78,3 +79,37 @@ def test_deidentified_files_are_written_with_pydicom_2_api(monkeypatch, tmp_path
     monkeypatch.setattr(pydicom, "__version__", "2.4.4")
     deid.save_dataset(Pydicom24Dataset(), tmp_path / "a.dcm")
     assert written == {str(tmp_path / "a.dcm"): False}
+
+
+def test_pip_runs_as_a_child_with_its_lines_to_the_caller_and_one_line_on_failure(tmp_path, monkeypatch):
+    """What the panel and the batch get from an install: every pip line as it comes, the caller's idle function
+    called while pip runs (the panel stays alive), and a failure as one line with pip's own reason, never a
+    dialog. Here pip has no index to install from, as on a machine without network."""
+    empty = tmp_path / "no-wheels"
+    empty.mkdir()
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    lines, idle_calls = [], []
+    pip_install = dependencies.pip_installer(on_output=lines.append, idle=lambda: idle_calls.append(1))
+    with pytest.raises(dependencies.InstallError) as raised:
+        pip_install(["--no-index", "--find-links", str(empty), "nibabel>=99"])
+    message = str(raised.value)
+    assert message == ("pip could not install nibabel>=99: Could not find a version that satisfies the requirement "
+                       "nibabel>=99 (from versions: none)")
+    assert any(line.startswith("ERROR: No matching distribution found") for line in lines)
+    assert idle_calls
+
+
+def test_torch_requirement_comes_from_the_deep_group():
+    minimum = dict(dependencies.requirements("deep"))["torch"]
+    assert dependencies.requirement_specifier("torch", "deep") == f">={minimum}"
+    assert dependencies.requirement_specifier("highdicom", "dicom").startswith(">=")
+
+
+def test_stale_imports_name_a_package_changed_on_disk_since_it_was_imported(monkeypatch):
+    import pydicom
+
+    assert not [found for found in dependencies.stale_imports() if found[0] == "pydicom"]
+    monkeypatch.setattr(pydicom, "__version__", "2.4.4")  # what Slicer 5.10 imported before highdicom's install
+    assert ("pydicom", "2.4.4", pydicom_installed := dependencies.installed_version("pydicom")) in \
+        dependencies.stale_imports()
+    assert pydicom_installed != "2.4.4"
