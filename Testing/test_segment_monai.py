@@ -147,6 +147,29 @@ def test_device_cuda_without_gpu_says_so():
         mb.resolve_device("tpu")
 
 
+def test_apple_mps_is_offered_where_torch_has_it(monkeypatch):
+    """mps (Apple silicon) is a device choice of the panel and the command line; auto takes it when PyTorch offers
+    it and no CUDA GPU is there, and asking for it where PyTorch has none says so."""
+    from VertebralFractureLib import segment
+    from VertebralFractureLib.segment import totalseg
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert segment.torch_device_name("auto") == "cpu"
+    with pytest.raises(VertebralFractureError, match="sees no Apple MPS device"):
+        mb.resolve_device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert segment.torch_device_name("auto") == segment.torch_device_name("mps") == "mps"
+    assert totalseg._device_name("auto") == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert segment.torch_device_name("auto") == "cuda" and totalseg._device_name("cuda") == "gpu"
+    from VertebralFractureLib.cli import entry
+
+    entry._load_command_modules()
+    arguments = entry.build_parser().parse_args(["analyze", "--ct", "ct.nii.gz", "--out", "out", "--device", "mps"])
+    assert arguments.device == "mps"
+
+
 def test_missing_model_explains_how_to_get_one(tmp_path, monkeypatch):
     monkeypatch.setenv("VERTEBRAL_FRACTURE_CACHE", str(tmp_path / "cache"))
     with pytest.raises(models.ModelError, match="models download wholeBody_ct_segmentation"):

@@ -24,7 +24,7 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     add_grading_arguments(parser)
     parser.add_argument("--backend", default="auto", choices=["auto", "classical", "monai", "totalsegmentator"],
                         help="segmentation backend for cases without a label map (default: auto, as for analyze)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--no-report", action="store_true",
                         help="measurements only: no screening, no report.html/pdf, no screening.json")
     parser.add_argument("--dicom-out", action="store_true", help="also write DICOM SEG and SR for DICOM studies")

@@ -123,7 +123,7 @@ def _add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="FILE", help="label map to write (.nii.gz), on the CT grid")
     parser.add_argument("--backend", default="auto", choices=["auto", "monai", "totalsegmentator"],
                         help="auto: TotalSegmentator when installed, else an installed MONAI model (default)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     add_backend_arguments(parser)
 
 
@@ -161,7 +161,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="model folder (checkpoints, model.json)")
     parser.add_argument("--epochs", type=int, default=100, help="train until this many epochs are done (default 100)")
     parser.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint_latest.pt")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--network", default="unet", choices=["unet", "segresnet"])
     parser.add_argument("--width", type=int, default=16, help="filters of the first level (default 16)")
     parser.add_argument("--spacing", type=float, default=1.5, help="isotropic training voxel size in mm (1.5)")

@@ -41,7 +41,7 @@ def add_analyze_arguments(parser: argparse.ArgumentParser, single_case: bool = T
     parser.add_argument("--backend", default="auto", choices=["auto", "classical", "monai", "totalsegmentator"],
                         help="segmentation backend (default: auto = TotalSegmentator when installed, else an "
                              "installed MONAI model, else the weight-free classical backend)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                         help="device for backends that use one (default: auto)")
     if single_case:
         parser.add_argument("--seg", metavar="LABELMAP",

@@ -206,19 +206,48 @@ def choose_backend(model=None) -> tuple[list[BackendCandidate], list[str]]:
     return candidates, notes
 
 
-def _check_device(device: str | None) -> None:
+DEVICES = ("auto", "cpu", "cuda", "mps")
+"""``--device`` values: auto (an NVIDIA GPU, else Apple silicon's MPS, else the CPU), cpu, cuda (or cuda:N), mps."""
+
+
+def _has_mps(torch) -> bool:
+    backend = getattr(getattr(torch, "backends", None), "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def torch_device_name(device: str | None = "auto") -> str:
+    """The torch device a ``--device`` value means here: "cpu", "cuda", "cuda:N" or "mps". "auto" takes what PyTorch
+    offers (CUDA, else MPS, else the CPU; the CPU without PyTorch); a device asked for but absent is an error that
+    says why."""
     device = (device or "auto").lower()
-    if not device.startswith("cuda"):
-        return
+    if device == "cpu":
+        return "cpu"
+    if device != "auto" and not (device == "mps" or device == "cuda" or device.startswith("cuda:")):
+        raise VertebralFractureError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
     try:
         import torch
     except ImportError:
+        if device == "auto":
+            return "cpu"
         raise VertebralFractureError(f"--device {device} was asked for but PyTorch is not installed; "
                                      "use --device auto or cpu") from None
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if _has_mps(torch) else "cpu"
+    if device == "mps":
+        if not _has_mps(torch):
+            raise VertebralFractureError(f"--device mps was asked for but PyTorch {torch.__version__} sees no Apple "
+                                         "MPS device (Apple silicon, macOS 12.3 or newer); use --device auto or cpu")
+        return "mps"
     if not torch.cuda.is_available():
         build = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
         raise VertebralFractureError(f"--device {device} was asked for but PyTorch {torch.__version__} ({build}) "
                                      "sees no CUDA GPU; use --device auto or cpu")
+    return device
+
+
+def _check_device(device: str | None) -> None:
+    if (device or "auto").lower() not in ("auto", "cpu"):
+        torch_device_name(device)
 
 
 class AutoBackend:

@@ -57,20 +57,12 @@ def _import_torch():
 
 
 def resolve_device(device: str | None = "auto"):
-    """'auto' -> CUDA when PyTorch sees a GPU, else CPU; 'cuda' without a GPU is an error that says why."""
+    """'auto' -> CUDA when PyTorch sees a GPU, else Apple's MPS, else CPU; a device asked for but absent is an error
+    that says why (see :func:`VertebralFractureLib.segment.torch_device_name`)."""
+    from . import torch_device_name
+
     torch = _import_torch()
-    device = (device or "auto").lower()
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            build = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            raise VertebralFractureError(f"--device {device} was asked for but PyTorch {torch.__version__} "
-                                         f"({build}) sees no CUDA GPU; use --device auto or cpu")
-        return torch.device(device)
-    raise VertebralFractureError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return torch.device(torch_device_name(device))
 
 
 def channel_names_to_verse(channel_def: dict) -> dict[int, int]:

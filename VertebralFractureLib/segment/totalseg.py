@@ -87,22 +87,11 @@ def totalseg_to_verse(array: np.ndarray) -> np.ndarray:
 
 
 def _device_name(device: str) -> str:
-    """This project's auto|cpu|cuda -> TotalSegmentator's gpu|cpu."""
-    device = (device or "auto").lower()
-    if device == "cpu":
-        return "cpu"
-    try:
-        import torch
+    """This project's auto|cpu|cuda[:N]|mps -> TotalSegmentator's cpu|gpu[:N]|mps."""
+    from . import torch_device_name
 
-        has_gpu = torch.cuda.is_available()
-    except ImportError:
-        has_gpu = False
-    if device.startswith("cuda"):
-        if not has_gpu:
-            raise VertebralFractureError(f"--device {device} was asked for but PyTorch sees no CUDA GPU; "
-                                         "use --device auto or cpu")
-        return "gpu" + device[4:]
-    return "gpu" if has_gpu else "cpu"
+    name = torch_device_name(device)
+    return "gpu" + name[4:] if name.startswith("cuda") else name
 
 
 @register_backend("totalsegmentator")
