@@ -527,3 +527,106 @@ def test_case_nodes_are_grouped_in_the_data_tree(scene_with_case):
     second_folder = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(second.table_node))
     assert second_folder != folder and hierarchy.GetItemName(second_folder).endswith("review")
     assert len(mrml.find_cases(context.scene)) == 2
+
+
+# ---- standard terminology, temporary folders, jobs and the scene -----------------------------------------------
+
+
+def _terminology(case, level):
+    segment_id = mrml.vertebra_segments(case.segmentation_node)[labels.label_from_level(level)]
+    return case.segmentation_node.GetSegmentation().GetSegment(segment_id).GetTerminology()
+
+
+def test_vertebra_segments_carry_the_snomed_codes_of_the_dicom_seg(scene_with_case):
+    """Each vertebra segment has Slicer's terminology with the SNOMED CT code DICOM uses for it (CID 7603, the
+    same the SEG output writes), and the code follows the level when the levels are renumbered."""
+    from VertebralFractureLib.outputs import dicom as dicom_outputs
+
+    _context, case = scene_with_case
+    for level in ("T12", "L1", "L2", "L3", "L4", "L5"):
+        context_name, category, kind, _modifier, region_context, _region, _region_modifier = \
+            _terminology(case, level).split("~")
+        assert context_name == "Segmentation category and type - DICOM master list"
+        assert category == "SCT^91723000^Anatomical Structure"
+        code = dicom_outputs.vertebra_code(level)
+        assert kind == f"SCT^{code.value}^{code.meaning}"
+        assert region_context == "Anatomic codes - DICOM master list"
+    assert _terminology(case, "L1") == mrml.terminology_entry(labels.label_from_level("L1"))
+    case.set_level("L1", "T12")  # "this is T12": every vertebra moves one level up, and so do the codes
+    assert [labels.level_name(v) for v in labels.neighbours_in_order(mrml.vertebra_segments(case.segmentation_node))] \
+        == ["T11", "T12", "L1", "L2", "L3", "L4"]
+    assert _terminology(case, "T11").split("~")[2] == "SCT^12989004^T11 vertebra"
+    assert _terminology(case, "L1").split("~")[2] == "SCT^66794005^L1 vertebra"
+    # No standard code for a transitional level (L6, T13): none rather than a wrong one.
+    assert mrml.terminology_entry(labels.label_from_level("L6")) == ""
+    case.remeasure()
+    assert _terminology(case, "L4").split("~")[2] == "SCT^11994002^L4 vertebra"
+
+
+def test_new_scene_leaves_no_cache_folder_behind(example, tmp_path):
+    """Each new_scene() made a VertebralFracture-cache-* folder in the temporary folder and never removed it: 106
+    after one test run. It now goes when its scene is deleted, or at exit."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    script = f"""
+import gc, glob, os, sys
+from VertebralFractureLib.slicer import mrml
+def count():
+    return len(glob.glob(os.path.join({str(temporary)!r}, "VertebralFracture-cache-*")))
+kept = mrml.new_scene()
+for _ in range(3):
+    context = mrml.new_scene()
+    node = mrml.load_volume_node(context.scene, {str(example["ct_path"])!r})
+    mrml.save_scene(context.scene, {str(tmp_path / "scene.mrb")!r})
+    mrml.load_scene(mrml.new_scene().scene, {str(tmp_path / "scene.mrb")!r})
+    del context, node
+gc.collect()
+print(count(), os.path.isdir(kept.cache_folder))
+"""
+    environment = dict(os.environ, TMPDIR=str(temporary), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    result = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["1", "True"]  # only the live scene's folder, while it lives
+    assert list(temporary.glob("VertebralFracture-cache-*")) == []  # and not even that one after exit
+
+
+class _Job:
+    def __init__(self):
+        self.cancelled = 0
+
+    def cancel(self):
+        self.cancelled += 1
+
+
+def test_closing_the_scene_or_removing_the_ct_cancels_the_job(example):
+    """A segmentation running when the scene closes (or its CT is deleted) is cancelled, not read back into a scene
+    that no longer has its CT."""
+    context = mrml.new_scene()
+    volume_node = mrml.load_volume_node(context.scene, example["ct_path"], "CT")
+    other = mrml.load_volume_node(context.scene, example["ct_path"], "other CT")
+    job = _Job()
+    stop = mrml.cancel_job_with_scene(context.scene, job, volume_node)
+    context.scene.RemoveNode(other)
+    assert job.cancelled == 0
+    context.scene.Clear(0)
+    assert job.cancelled == 1
+    context.scene.Clear(0)
+    assert job.cancelled == 1  # it stopped watching
+
+    volume_node = mrml.load_volume_node(context.scene, example["ct_path"], "CT")
+    job = _Job()
+    mrml.cancel_job_with_scene(context.scene, job, volume_node)
+    context.scene.RemoveNode(volume_node)
+    assert job.cancelled == 1
+
+    job = _Job()
+    stop = mrml.cancel_job_with_scene(context.scene, job)
+    stop()  # the job ended: closing the scene later has nothing to cancel
+    context.scene.Clear(0)
+    assert job.cancelled == 0

@@ -301,3 +301,98 @@ def test_report_example_of_the_docs_runs(shared_file, tmp_path):
     for name in ("report.html", "report.pdf", "screening.json", "vertebrae_seg.dcm", "measurements_sr.dcm"):
         assert (tmp_path / "report" / name).is_file(), name
     assert "T12" in result.stdout.splitlines()[-1]  # the recommendation names the reviewer's grade-2 fracture
+
+
+# ---- one output folder per case ---------------------------------------------------------------------------------
+
+
+def test_two_cases_in_one_scene_write_to_their_own_folders(example, tmp_path):
+    """One reports folder, two patients in one scene: each case's report goes to its own folder, named after the
+    case, and stays there when the other case is written; the panel's record of each case (kept in the scene)
+    points to that case's own files. With one folder for the scene, B's report replaced A's files while A's record
+    still pointed there."""
+    context = mrml.new_scene()
+    cases = {}
+    for name in ("Patient A CT", "Patient B CT"):
+        volume_node = mrml.load_volume_node(context.scene, example["ct_path"], name)
+        cases[name] = mrml.VertebralFractureCase.create(volume_node, labels=example["labels"],
+                                                        case=copy.deepcopy(example["case"]))
+    case_a, case_b = cases["Patient A CT"], cases["Patient B CT"]
+    case_b.set_grade_override("L2", 3)
+    reports = tmp_path / "reports"
+    folder_a, folder_b = case_a.report_folder(reports), case_b.report_folder(reports)
+    assert folder_a != folder_b and folder_a.parent == folder_b.parent == reports
+    assert folder_a.name.startswith("Patient-A-CT-") and folder_b.name.startswith("Patient-B-CT-")
+    case_a.write_report(folder_a)
+    case_b.write_report(folder_b)
+    case_a.write_report(case_a.report_folder(reports))  # again: the same folder, replaced as one set
+
+    for case, grade in ((case_a, None), (case_b, 3)):  # B's reviewer graded L2 a 3; A's did not
+        written = {key: Path(path) for key, path in case.screening()["written"].items()}
+        assert {path.parent for path in written.values()} == {case.report_folder(reports)}
+        results = json.loads(written["results.json"].read_text())
+        assert next(v for v in results["vertebrae"] if v["level"] == "L2")["grade_override"] == grade
+    assert sorted(p.name for p in reports.iterdir()) == sorted([folder_a.name, folder_b.name])
+
+    # Two CTs of the same name still get two folders; the folder of a case survives saving and loading the scene.
+    same_name = mrml.VertebralFractureCase.create(case_a.volume_node, labels=example["labels"],
+                                                  case=copy.deepcopy(example["case"]))
+    assert same_name.report_folder(reports) not in (folder_a, folder_b)
+    path = mrml.save_scene(context.scene, tmp_path / "two.mrb")
+    loaded = {case.volume_node.GetName(): case for case in mrml.load_scene(mrml.new_scene().scene, path)
+              if case.screening() is not None}
+    assert loaded["Patient A CT"].report_folder(reports) == folder_a
+    assert loaded["Patient B CT"].report_folder(reports) == folder_b
+
+
+def test_deidentified_folder_names_carry_no_patient_detail(nifti_case, tmp_path):
+    _context, case = nifti_case
+    case.volume_node.SetName("Quirinius^Zyxwvut 1970")
+    folder = case.report_folder(tmp_path, deidentify=True, pseudonym="CASE 0001")
+    assert folder.name == f"CASE-0001-{case.case_id}"
+    assert case.report_folder(tmp_path, deidentify=True).name.startswith("deidentified-")
+    assert case.report_folder(tmp_path).name.startswith("Quirinius-Zyxwvut-1970-")  # the clinician's own copy
+
+
+# ---- DICOM outputs in a Slicer whose pydicom changed on disk since it was imported -------------------------------
+
+
+def test_dicom_seg_and_sr_after_pydicom_changed_under_the_running_process(dicom_series, shared_file, tmp_path):
+    """Slicer 5.10 imports pydicom 2.4.4 at start-up; installing highdicom upgrades pydicom on disk, and from then on
+    ``import highdicom`` fails in that Slicer (the loaded pydicom 2.4 lacks what highdicom 0.26 imports). Here a
+    process is put in the same state (its pydicom module says 2.4.4, the installed one is newer, and highdicom
+    cannot be imported in it); the report with DICOM SEG + SR must still be written, without a restart."""
+    script = f"""
+import json, sys
+import pydicom
+pydicom.__version__ = "2.4.4"  # what Slicer 5.10 loaded before the install
+sys.modules["highdicom"] = None  # import highdicom fails here, as it does beside a stale pydicom
+from VertebralFractureLib import io
+from VertebralFractureLib.slicer import mrml
+files = json.loads({json.dumps(json.dumps([str(f) for f in dicom_series]))})
+context = mrml.new_scene()
+node = mrml.load_dicom_series_node(context.scene, files, "3: CT abdomen")
+labels = io.read_label_map({str(shared_file(DICOM_LABELS))!r}, "totalseg_v2", reference=mrml.volume_from_node(node))
+case = mrml.VertebralFractureCase.create(node, labels=labels.volume)
+case.set_grade_override("T12", 2)
+written = case.write_report({str(tmp_path / "report")!r}, dicom_out=True)
+row = next(r for r in mrml.table_rows(case.table_node) if r["Level"] == "T12")
+print(json.dumps({{"written": {{k: str(v) for k, v in written.items()}}, "stored": case.screening(),
+                  "t12_hu": row["Trabecular HU"], "highdicom_here": sys.modules["highdicom"] is not None}}))
+"""
+    repository = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=str(repository)),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["highdicom_here"] is False  # written by a fresh process, not by this one
+    seg = pydicom.dcmread(answer["written"]["dicom_seg"])
+    assert seg.Modality == "SEG" and [str(s.SegmentLabel) for s in seg.SegmentSequence] == ["T11", "T12"]
+    assert pydicom.dcmread(answer["written"]["dicom_sr"]).Modality == "SR"
+    stored = answer["stored"]
+    assert stored["grades"]["T12"] == [2, "normal"] or stored["grades"]["T12"][0] == 2
+    assert set(stored["written"]) >= {"report_pdf", "dicom_seg", "dicom_sr"}
+    # The screening's trabecular HU reached the case in the scene (the table), as when written in-process.
+    density = stored["screening"]["densities"].get("T12")
+    if density is not None:
+        assert answer["t12_hu"] == pytest.approx(density["median_hu"], abs=0.5)

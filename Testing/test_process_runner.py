@@ -151,9 +151,9 @@ def test_segmentation_job_round_trip_through_a_child(shared_file, tmp_path):
     """)
     fake_python.chmod(fake_python.stat().st_mode | stat.S_IEXEC)
     ct = io.read_ct(shared_file("totalsegmentator-example/example_ct.nii.gz"))
-    events = []
+    events, lines = [], []
     job = process.SegmentationJob(ct, backend="classical", device="cpu", python=str(fake_python),
-                                  on_progress=lambda f, m: events.append((f, m)))
+                                  on_progress=lambda f, m: events.append((f, m)), on_output=lines.append)
     assert job.runner.command[-4:] == ["--backend", "classical", "--device", "cpu"]
     assert job.runner.env["CUDA_VISIBLE_DEVICES"] == "-1"
     try:
@@ -163,6 +163,7 @@ def test_segmentation_job_round_trip_through_a_child(shared_file, tmp_path):
     assert labels.same_grid(ct)
     assert sorted(int(v) for v in np.unique(labels.array) if v) == [19, 20, 21, 22, 23, 24]
     assert (0.5, "segmenting") in events
+    assert "[   0.0 s]  50% segmenting" in lines  # the live log sees every line the child prints
     assert not job.work_dir.exists()
 
 

@@ -26,7 +26,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-# Public example CT (Apache-2.0, TotalSegmentator test data) pinned by commit and SHA-256 for the self-test.
+# Public example CT (Apache-2.0, TotalSegmentator test data) pinned by commit and SHA-256: the self-test's CT and the
+# module's Sample Data entry.
 EXAMPLE_CT_URL = ("https://raw.githubusercontent.com/wasserth/TotalSegmentator/"
                   "0effae9d718aab0c118ce1f8982dcd16b9e32a50/tests/reference_files/example_ct.nii.gz")
 EXAMPLE_CT_SHA256 = "dbd3ae6d614d1d7ef3a46925c30c70038ed52da6b37fdd6afdc7b9b71387e3e1"
@@ -55,19 +56,35 @@ class VertebralFracture(ScriptedLoadableModule):
         self.parent.title = _("Vertebral Fracture")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
         self.parent.dependencies = ["Segmentations", "Markups", "Tables"]
-        self.parent.contributors = ["VertebralFracture contributors"]
+        self.parent.contributors = ["VertebralFracture project team"]
         self.parent.helpText = _(
             "Opportunistic osteoporosis screening on CT: finds and names the vertebrae, measures vertebral body "
             "heights (six morphometry points), grades compression fractures (Genant) and trabecular attenuation. "
             "Drag the height lines to correct points; override grades, fix levels, re-measure after editing "
             "segments, write the clinical report (bone density, referral recommendation, DICOM SEG + SR), save the "
             "scene or export curated training data. "
-            '<a href="https://github.com/VertebralFracture/VertebralFracture/blob/main/README.md">Documentation</a>.'
+            '<a href="https://github.com/VertebralFracture/SlicerVertebralFracture/blob/main/README.md">Documentation</a>.'
+            "<p><b>"
+            "Research use only — not a diagnosis. Not a medical device; a clinician must review the images."
+            "</b></p>"
         )
         self.parent.acknowledgementText = _(
             "Genant semi-quantitative grading (Genant et al., JBMR 1993). VerSe dataset layout (Sekuboyina et al., "
             "Medical Image Analysis 2021)."
         )
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """The example CT in the Sample Data module (downloaded on request, checked against its SHA-256)."""
+    import SampleData
+
+    iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="Vertebral Fracture", sampleName="VertebralFractureExampleCT", uris=EXAMPLE_CT_URL,
+        fileNames="VertebralFractureExampleCT.nii.gz", nodeNames="VertebralFractureExampleCT",
+        checksums=f"SHA256:{EXAMPLE_CT_SHA256}",
+        thumbnailFileName=os.path.join(iconsPath, "VertebralFractureExampleCT.png"))
 
 
 #
@@ -82,14 +99,14 @@ class VertebralFractureParameterNode:
     Node parameters may be None (nothing selected). inputVolume: CT in Hounsfield units. inputSegmentation:
     optional segments named by level. includeUpperThoracic: grade T1-T3 too (Genant grading is defined for T4-L5).
     backend, device: automatic segmentation. caseTable: the selected case (its table node is the hub).
-    exportFolder: dataset folder for curated training data. reportFolder, reportDicom (DICOM SEG + SR),
-    reportDeidentify, reportPseudonym: the clinical report.
+    exportFolder: dataset folder for curated training data. reportFolder (each case writes into its own folder in
+    it), reportDicom (DICOM SEG + SR), reportDeidentify, reportPseudonym: the clinical report.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
     inputSegmentation: vtkMRMLSegmentationNode
     backend: Annotated[str, Choice(["Automatic", "classical", "monai", "totalsegmentator"])] = "Automatic"
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
     includeUpperThoracic: bool = False
     caseTable: vtkMRMLTableNode
     exportFolder: Path = Path.home() / "VertebralFracture-dataset"
@@ -114,6 +131,7 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._case = None
         self._job = None
         self._jobVolumeNode = None
+        self._stopWatchingJob = None
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.timeout.connect(self._pollJob)
@@ -156,7 +174,7 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._timer.stop()
         if self._job is not None:
             self._job.cancel()
-            self._job.cleanup()
+            self._pollJob()
         self._setCase(None)
         self.removeObservers()
 
@@ -170,6 +188,9 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
+        if self._job is not None:  # its CT goes with the scene: stop it (cancel_job_with_scene may have already)
+            self._job.cancel()
+            self._pollJob()
         self._setCase(None)
         self.setParameterNode(None)
 
@@ -216,7 +237,7 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     # ---- analysis -----------------------------------------------------------------------------------------
 
     def onApplyButton(self) -> None:
-        if not self.logic.ensureDependencies():
+        if not self._ensureDependencies():
             return
         parameters = self._parameterNode
         options = {"includeUpperThoracic": parameters.includeUpperThoracic}
@@ -226,8 +247,13 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 self._showCase(case)
                 return
             self._jobVolumeNode = parameters.inputVolume
+            self.ui.logTextEdit.clear()
             self._job = self.logic.startSegmentation(parameters.inputVolume, parameters.backend, parameters.device,
-                                                     onProgress=self._onProgress, **options)
+                                                     onProgress=self._onProgress, onOutput=self._log, **options)
+            from VertebralFractureLib.slicer import mrml
+
+            # Closing the scene or deleting the CT cancels the job: no result for a CT that is gone.
+            self._stopWatchingJob = mrml.cancel_job_with_scene(slicer.mrmlScene, self._job, self._jobVolumeNode)
             self.ui.progressBar.visible = True
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = _("Segmenting...")
@@ -238,6 +264,29 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.progressBar.value = int(round(100 * fraction))
         self.ui.statusLabel.text = message
 
+    def _log(self, line: str) -> None:
+        """A line of the running child process (segmentation, pip) into the panel's live log."""
+        self.ui.logTextEdit.appendPlainText(line)
+
+    def _ensureDependencies(self, group: str = "core") -> bool:
+        """Install what ``group`` lacks if the user agrees (asked only here, on a button press), showing pip's
+        progress in the status line and the log; a failure is one line in the panel, its details in the log."""
+        from VertebralFractureLib.slicer import dependencies
+
+        def onOutput(line: str) -> None:
+            self._log(line)
+            self.ui.statusLabel.text = line[:120]
+
+        self.ui.progressBar.visible, self.ui.progressBar.maximum = True, 0  # busy while pip runs
+        try:
+            return self.logic.ensureDependencies(group=group, onOutput=onOutput)
+        except dependencies.InstallError as error:
+            self.ui.statusLabel.text = str(error)
+            self.ui.logCollapsibleButton.collapsed = False
+            return False
+        finally:
+            self.ui.progressBar.visible, self.ui.progressBar.maximum = False, 100
+
     def _pollJob(self) -> None:
         from VertebralFractureLib.slicer import process
 
@@ -247,9 +296,14 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return
         self._timer.stop()
         self._job = None
+        if self._stopWatchingJob is not None:
+            self._stopWatchingJob()
+            self._stopWatchingJob = None
         self.ui.progressBar.visible = False
         try:
-            if state == process.FINISHED:
+            if state == process.FINISHED and not slicer.mrmlScene.IsNodePresent(self._jobVolumeNode):
+                self.ui.statusLabel.text = _("Cancelled: the CT was removed")
+            elif state == process.FINISHED:
                 with slicer.util.tryWithErrorDisplay(_("Measuring failed."), waitCursor=True):
                     case = self.logic.analyze(self._jobVolumeNode, labels=job.labels(), case=job.case())
                     self._showCase(case)
@@ -257,11 +311,12 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             elif state == process.CANCELLED:
                 self.ui.statusLabel.text = _("Cancelled")
             else:
-                self.ui.statusLabel.text = _("Failed")
-                slicer.util.errorDisplay(_("Segmentation failed: {message}").format(message=job.runner.error_message()),
-                                         detailedText="\n".join(job.runner.lines))
+                message = job.runner.error_message()
+                self.ui.statusLabel.text = _("Segmentation failed: {message}").format(message=message)
+                self.ui.logCollapsibleButton.collapsed = False  # the child's output is in the live log
         finally:
             job.cleanup()
+            self._jobVolumeNode = None
             self._checkCanApply()
 
     def onCancelButton(self) -> None:
@@ -278,7 +333,9 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def _setCase(self, tableNode) -> None:
         if self._case is not None and self._refreshReview in self._case.listeners:
             self._case.listeners.remove(self._refreshReview)
-        if tableNode is not None and not self.logic.ensureDependencies():
+        if tableNode is not None and self.logic.missingDependencies():
+            # Asked only on a button press: an automatic refresh (each keystroke in a field) never asks.
+            self.ui.statusLabel.text = _("Python packages are missing: press Apply to install them.")
             tableNode = None
         self._case = self.logic.caseFor(tableNode) if tableNode is not None else None
         self.ui.resultsTableView.setMRMLTableNode(tableNode)
@@ -381,11 +438,14 @@ class VertebralFractureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if self._case is None:
             return
         parameters = self._parameterNode
-        if parameters.reportDicom and not self.logic.ensureDependencies(group="dicom"):
+        if parameters.reportDicom and not self._ensureDependencies(group="dicom"):
             return
+        # The case's own folder in the reports folder: another case's report never replaces this one's.
+        folder = self._case.report_folder(parameters.reportFolder, parameters.reportDeidentify,
+                                          parameters.reportPseudonym)
         with slicer.util.tryWithErrorDisplay(_("Writing the report failed."), waitCursor=True):
-            self._case.write_report(parameters.reportFolder, dicom_out=parameters.reportDicom,
-                                    deidentify=parameters.reportDeidentify, pseudonym=parameters.reportPseudonym)
+            self._case.write_report(folder, dicom_out=parameters.reportDicom, deidentify=parameters.reportDeidentify,
+                                    pseudonym=parameters.reportPseudonym)
         # The new recommendation shows through the case's listener (_refreshReview): no modal box to dismiss.
 
     def onSaveScene(self) -> None:
@@ -414,18 +474,25 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return VertebralFractureParameterNode(super().getParameterNode())
 
-    def ensureDependencies(self, askConfirmation: bool = True, group: str = "core") -> bool:
-        """Install what ``VertebralFractureLib/requirements/GROUP.txt`` lists and is missing, if the user agrees."""
+    @staticmethod
+    def missingDependencies(group: str = "core") -> list:
+        from VertebralFractureLib.slicer import dependencies
+
+        return dependencies.missing(group, skip=dependencies.SLICER_PROVIDED)
+
+    def ensureDependencies(self, askConfirmation: bool = True, group: str = "core", onOutput=None) -> bool:
+        """Install what ``VertebralFractureLib/requirements/GROUP.txt`` lists and is missing, if the user agrees:
+        pip in a child process, each output line to ``onOutput``; raises ``dependencies.InstallError`` (one line)."""
         from VertebralFractureLib.slicer import dependencies
 
         def confirm(missing) -> bool:
             message = _("Vertebral Fracture needs these Python packages: {packages}. Install them now?").format(
                 packages=", ".join(missing))
-            if group == "dicom":
+            if group == "dicom" and dependencies.version_tuple(dependencies.installed_version("pydicom") or "0") < (3,):
                 message += " " + _("highdicom needs pydicom 3: Slicer's pydicom 2.4 will be upgraded.")
             return not askConfirmation or slicer.util.confirmOkCancelDisplay(message)
 
-        return dependencies.ensure(group, slicer.util.pip_install, confirm)
+        return dependencies.ensure(group, dependencies.pip_installer(onOutput, slicer.app.processEvents), confirm)
 
     def ensureTorch(self, askConfirmation: bool = True) -> bool:
         """PyTorch from the PyTorch extension (the build for the GPU driver), then MONAI, which keeps that torch."""
@@ -435,22 +502,28 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
             slicer.util.errorDisplay(_("The MONAI method needs PyTorch: install the 'PyTorch' extension from the "
                                        "Extensions Manager, restart Slicer, and try again."))
             return False
+        from VertebralFractureLib.slicer import dependencies
+
+        # Absent or older than requirements/deep.txt allows: the extension installs the build for the GPU driver.
+        requirement = dependencies.requirement_specifier("torch", "deep")
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation) is None:
+        if any(name.split(">=")[0] == "torch" for name in dependencies.missing("deep")) and \
+                torchLogic.installTorch(askConfirmation, torchVersionRequirement=requirement) is None:
             return False
         return self.ensureDependencies(askConfirmation, group="deep")
 
     # ---- analysis -----------------------------------------------------------------------------------------
 
     def startSegmentation(self, volumeNode, backend: str = "Automatic", device: str = "auto", onProgress=None,
-                          includeUpperThoracic: bool = False):
+                          includeUpperThoracic: bool = False, onOutput=None):
         """Start segmenting in a child process (``PythonSlicer -m VertebralFractureLib analyze``); returns the job."""
         from VertebralFractureLib.segment import needs_torch
         from VertebralFractureLib.slicer import mrml, process
         if needs_torch(backend) and not self.ensureTorch() and backend == "monai":
             raise RuntimeError(_("PyTorch is not available"))
         job = process.SegmentationJob(mrml.volume_from_node(volumeNode), backend=backend, device=device,
-                                      on_progress=onProgress, include_upper_thoracic=includeUpperThoracic)
+                                      on_progress=onProgress, on_output=onOutput,
+                                      include_upper_thoracic=includeUpperThoracic)
         return job.start()
 
     def segment(self, volumeNode, backend: str = "Automatic", device: str = "auto", onProgress=None,
@@ -622,9 +695,10 @@ class VertebralFractureTest(ScriptedLoadableModuleTest):
         row = next(r for r in mrml.table_rows(tableNode) if r["Level"] == "L3")
         self.assertEqual((row["Grade"], row["Grade override"]), (2, 2))
         self.assertIn("L3 grade 2", widget.ui.summaryTextEdit.plainText)
-        widget._parameterNode.reportFolder = Path(slicer.app.temporaryPath) / "VertebralFractureSelfTestReport"
+        widget._parameterNode.reportFolder = Path(slicer.app.temporaryPath) / "VertebralFractureSelfTestReports"
         widget.onWriteReport()
-        self.assertTrue((widget._parameterNode.reportFolder / "report.pdf").exists())
+        case = widget.logic.caseFor(tableNode)
+        self.assertTrue((case.report_folder(widget._parameterNode.reportFolder) / "report.pdf").exists())
         self.assertIn("grade 2", widget.ui.recommendationLabel.text)
         self.delayDisplay("Panel test passed")
 

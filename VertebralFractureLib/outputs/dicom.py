@@ -25,17 +25,7 @@ from VertebralFractureLib.results import CaseResult
 
 log = logging.getLogger(__name__)
 
-# DICOM PS3.16 CID 7603 "Vertebra": SNOMED CT codes of the individual vertebrae.
-VERTEBRA_SCT = {
-    "C1": ("14806007", "C1 vertebra"), "C2": ("39976000", "C2 vertebra"), "C3": ("113205007", "C3 vertebra"),
-    "C4": ("5329002", "C4 vertebra"), "C5": ("36978003", "C5 vertebra"), "C6": ("36054005", "C6 vertebra"),
-    "C7": ("87391001", "C7 vertebra"), "T1": ("64864005", "T1 vertebra"), "T2": ("53733008", "T2 vertebra"),
-    "T3": ("1626008", "T3 vertebra"), "T4": ("73071006", "T4 vertebra"), "T5": ("56401006", "T5 vertebra"),
-    "T6": ("45296009", "T6 vertebra"), "T7": ("62487009", "T7 vertebra"), "T8": ("11068009", "T8 vertebra"),
-    "T9": ("82687006", "T9 vertebra"), "T10": ("7610001", "T10 vertebra"), "T11": ("12989004", "T11 vertebra"),
-    "T12": ("23215003", "T12 vertebra"), "L1": ("66794005", "L1 vertebra"), "L2": ("14293000", "L2 vertebra"),
-    "L3": ("36470004", "L3 vertebra"), "L4": ("11994002", "L4 vertebra"), "L5": ("49668003", "L5 vertebra"),
-}
+VERTEBRA_SCT = labels_mod.VERTEBRA_SCT
 # Concepts with no standard code (Genant grade, morphology) use a local coding scheme; PS3.16 section 8.2 reserves
 # designators starting with "99" for that, and the SR names the scheme in its Coding Scheme Identification Sequence.
 LOCAL_SCHEME = "99VFX"

@@ -34,10 +34,14 @@ file (everything Slicer-free lives in the review rules and the Lib below).
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import re
+import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +84,17 @@ SUMMARY_REFERENCE = ATTRIBUTE_PREFIX + "Summary"
 LINE_REFERENCE = ATTRIBUTE_PREFIX + "HeightLine"
 CASE_ROLE = "case"
 SCREENING_ATTRIBUTE = ATTRIBUTE_PREFIX + "Screening"
+# A short random id made once per case and saved with the scene: the suffix of the case's own output folder.
+CASE_ID_ATTRIBUTE = ATTRIBUTE_PREFIX + "CaseId"
+CASE_ID_LENGTH = 8
+"""Hex digits of the case id: two cases of one reports folder share a folder name with odds of 1 in 16**8."""
+FOLDER_NAME_MAX_CHARS = 40
+"""Characters kept from a volume name or pseudonym in a case folder's name."""
+# The terminology of a vertebra segment, in Slicer's serialized form (vtkSlicerTerminologiesModuleLogic::
+# SerializeTerminologyEntry: context~category~type~type modifier~anatomic context~region~region modifier, each code as
+# scheme^value^meaning): the same SNOMED CT codes the DICOM SEG output uses (category CID 7150, type CID 7603).
+TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 # Set by Slicer's DICOM scalar volume plugin on the volumes it loads: the SOP Instance UIDs of the source images.
 DICOM_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
 
@@ -139,11 +154,28 @@ class SceneContext:
     cache_folder: str
 
 
+CACHE_FOLDER_PREFIX = "VertebralFracture-cache-"
+_OWNED_CACHE_FOLDERS: set[str] = set()
+"""Cache folders :func:`new_scene` made whose scene still lives."""
+
+
+def _remove_cache_folder(folder: str) -> None:
+    _OWNED_CACHE_FOLDERS.discard(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@atexit.register
+def _remove_remaining_cache_folders() -> None:
+    for folder in list(_OWNED_CACHE_FOLDERS):
+        _remove_cache_folder(folder)
+
+
 def new_scene(cache_folder: str | None = None) -> SceneContext:
     """A fresh MRML scene usable without the Slicer application (scripts, tests, batch under plain Python).
 
     Inside Slicer use ``slicer.mrmlScene`` instead. The data I/O and cache managers are what
-    ``vtkMRMLScene.ReadFromMRB`` needs to unpack a bundle.
+    ``vtkMRMLScene.ReadFromMRB`` needs to unpack a bundle. The cache folder made here (``VertebralFracture-cache-*`` in
+    the temporary folder; none when ``cache_folder`` is given) is removed when the scene is deleted, or at exit.
     """
     register_segmentation_converters()
     scene = slicer.vtkMRMLScene()
@@ -151,7 +183,11 @@ def new_scene(cache_folder: str | None = None) -> SceneContext:
     application_logic.SetMRMLScene(scene)
     markups_logic = slicer.vtkSlicerMarkupsLogic()
     markups_logic.SetMRMLScene(scene)
-    cache_folder = cache_folder or tempfile.mkdtemp(prefix="VertebralFracture-cache-")
+    if cache_folder is None:
+        # Ours to remove: when the scene is deleted (its last reference dropped), else when Python exits.
+        cache_folder = tempfile.mkdtemp(prefix=CACHE_FOLDER_PREFIX)
+        _OWNED_CACHE_FOLDERS.add(cache_folder)
+        scene.AddObserver(vtk.vtkCommand.DeleteEvent, lambda *_args, folder=cache_folder: _remove_cache_folder(folder))
     cache = slicer.vtkCacheManager()
     cache.SetRemoteCacheDirectory(cache_folder)
     data_io = slicer.vtkDataIOManager()
@@ -386,6 +422,30 @@ def _oriented_image(mask: np.ndarray, offset_ijk, ijk_to_ras: np.ndarray):
     return image
 
 
+def terminology_entry(label: int) -> str:
+    """Slicer's terminology of the vertebra segment with VerSe id ``label`` (SNOMED CT, as in the DICOM SEG); "" for a
+    level without a standard code (L6, T13, sacrum)."""
+    level = labels_mod.level_name(label)
+    if level not in labels_mod.VERTEBRA_SCT:
+        return ""
+    category_value, category_meaning = labels_mod.ANATOMICAL_STRUCTURE_SCT
+    type_value, type_meaning = labels_mod.VERTEBRA_SCT[level]
+    return (f"{TERMINOLOGY_CONTEXT}~SCT^{category_value}^{category_meaning}~SCT^{type_value}^{type_meaning}~^^~"
+            f"{ANATOMIC_CONTEXT}~^^~^^")
+
+
+def _name_segment(segment, label: int) -> None:
+    """Name, colour, VerSe-id tag and standard terminology of a vertebra segment: all follow its level."""
+    segment.SetName(labels_mod.level_name(label))
+    segment.SetColor(*level_color(label))
+    segment.SetTag(LABEL_ATTRIBUTE, str(label))
+    terminology = terminology_entry(label)
+    if terminology:
+        segment.SetTerminology(terminology)
+    else:
+        segment.RemoveTag(slicer.vtkSegment.GetTerminologyEntryTagName())
+
+
 def fill_segmentation_from_labels(segmentation_node, labels: Volume, reference_volume_node=None) -> dict[int, str]:
     """Replace every segment of ``segmentation_node`` by one segment per VerSe id in ``labels``.
 
@@ -410,7 +470,7 @@ def fill_segmentation_from_labels(segmentation_node, labels: Volume, reference_v
         image = _oriented_image(mask, [s.start for s in box], labels.ijk_to_ras)
         name = labels_mod.level_name(label)
         segment_id = segmentation_node.AddSegmentFromBinaryLabelmapRepresentation(image, name, level_color(label))
-        segmentation.GetSegment(segment_id).SetTag(LABEL_ATTRIBUTE, str(label))
+        _name_segment(segmentation.GetSegment(segment_id), label)
         mapping[label] = segment_id
     segmentation.CollapseBinaryLabelmaps(False)
     return mapping
@@ -684,10 +744,7 @@ class VertebralFractureCase:
             segmentation = self.segmentation_node.GetSegmentation()
             for old, segment_id in segments.items():
                 if old in mapping:
-                    segment = segmentation.GetSegment(segment_id)
-                    segment.SetName(labels_mod.level_name(mapping[old]))
-                    segment.SetColor(*level_color(mapping[old]))
-                    segment.SetTag(LABEL_ATTRIBUTE, str(mapping[old]))
+                    _name_segment(segmentation.GetSegment(segment_id), mapping[old])
             for node in self.line_nodes():
                 old = int(node.GetAttribute(LABEL_ATTRIBUTE))
                 self._name_line(node, mapping.get(old, old), node.GetAttribute(HEIGHT_ATTRIBUTE))
@@ -723,9 +780,7 @@ class VertebralFractureCase:
         try:
             segmentation = self.segmentation_node.GetSegmentation()
             for label, segment_id in vertebra_segments(self.segmentation_node).items():
-                segment = segmentation.GetSegment(segment_id)
-                segment.SetName(labels_mod.level_name(label))
-                segment.SetColor(*level_color(label))
+                _name_segment(segmentation.GetSegment(segment_id), label)
             self.case = new_case
             self._rebuild_lines()
         finally:
@@ -771,6 +826,34 @@ class VertebralFractureCase:
         stored = self.screening()
         return stored is not None and stored.get("grades") == grades_in_force(self.case)
 
+    @property
+    def case_id(self) -> str:
+        """The case's short random id, made on first use and kept in the table (so saved with the scene)."""
+        case_id = self.table_node.GetAttribute(CASE_ID_ATTRIBUTE)
+        if not case_id:
+            taken = {node.GetAttribute(CASE_ID_ATTRIBUTE) for node in _case_table_nodes(self.scene)}
+            case_id = uuid.uuid4().hex[:CASE_ID_LENGTH]
+            while case_id in taken:
+                case_id = uuid.uuid4().hex[:CASE_ID_LENGTH]
+            self.table_node.SetAttribute(CASE_ID_ATTRIBUTE, case_id)
+        return case_id
+
+    def report_folder(self, reports_folder: str | Path, deidentify: bool = False, pseudonym: str = "") -> Path:
+        """This case's own output folder under ``reports_folder``: ``NAME-CASEID``, never another case's.
+
+        NAME is the CT volume's name, or for a de-identified export the pseudonym ("deidentified" without one), so
+        that no patient detail reaches a shared folder's name; CASEID (:attr:`case_id`) keeps two cases of the same
+        name apart and one case in the same folder every time. Publishing replaces a folder's contents as one set
+        (see :mod:`.outputs`), so one folder per case is what keeps one case's report from replacing another's.
+        """
+        if deidentify:
+            name = pseudonym.strip() or "deidentified"
+        else:
+            volume_node = self.volume_node
+            name = volume_node.GetName() if volume_node is not None else self.table_node.GetName()
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._")[:FOLDER_NAME_MAX_CHARS] or "case"
+        return Path(reports_folder) / f"{name}-{self.case_id}"
+
     def write_report(self, out_dir: str | Path, dicom_out: bool = False, deidentify: bool = False,
                      pseudonym: str = "", dicom_files: list | None = None, kvp: float | None = None,
                      contrast_phase: str | None = None) -> dict[str, Path]:
@@ -784,9 +867,8 @@ class VertebralFractureCase:
         shows the patient and study, and kVp and contrast agent are read from the DICOM header (``kvp`` and
         ``contrast_phase``, e.g. "portal venous", state them for other volumes or override them).
         """
-        from VertebralFractureLib import io as io_mod
-        from VertebralFractureLib import pipeline
         from VertebralFractureLib.screening import recommend as screen
+        from VertebralFractureLib.slicer import reporting
 
         volume_node = self.volume_node
         if volume_node is None or self.segmentation_node is None:
@@ -816,32 +898,18 @@ class VertebralFractureCase:
         volume_is_ct = self.case.inputs.get("volume_is_ct", True)
         ct = volume_from_node(volume_node)
         labels = labels_from_segmentation(self.segmentation_node, volume_node)
-        if files:
-            from VertebralFractureLib.outputs import dicom as dicom_outputs
-
-            # The files must be this volume's images: SEG frames and the report's patient header come from them.
-            datasets, _warnings = dicom_outputs.read_source_datasets(files)
-            dicom_outputs.slice_indices(datasets, ct)
-            ct.meta["dicom_files"] = files
-            ct.meta["dicom"] = io_mod.dicom_header_summary(files[0])
-        header = dict(ct.meta.get("dicom") or {})
-        if kvp is not None:
-            header["kvp"] = float(kvp)
-        if phase:
-            header["contrast_phase"] = phase
-        ct = ct if volume_is_ct else None
-        # Screening fills trabecular HU of the live case; grades are read, never changed.
-        screening = screen.screen_case(labels, ct, self.case, dicom=header or None)
-        stored = {"screening": screening.to_dict(), "grades": grades_in_force(self.case), "written": {}}
-        # The writers scrub (de-identified export) or annotate (DICOM warnings) the case they get: give them a copy.
-        written = pipeline.publish(CaseResult.from_dict(self.case.to_dict()), screening, labels, ct, out_dir,
-                                   dicom_out=dicom_out, deidentify=deidentify, pseudonym=pseudonym)
-        written = {name: Path(path) for name, path in written.items()}
-        stored["written"] = {name: str(path) for name, path in written.items()}
+        # In this process, or in a fresh one when packages changed on disk since they were imported here (Slicer 5.10
+        # after installing highdicom: see .reporting); the screening fills the case's trabecular fields.
+        screened, screening, written = reporting.report(
+            self.case, ct, labels, out_dir, dicom_files=files, kvp=kvp, contrast_phase=phase, volume_is_ct=volume_is_ct,
+            dicom_out=dicom_out, deidentify=deidentify, pseudonym=pseudonym)
+        self.case = screened
+        stored = {"screening": screening, "grades": grades_in_force(self.case),
+                  "written": {name: str(path) for name, path in written.items()}}
         self.table_node.SetAttribute(SCREENING_ATTRIBUTE, json.dumps(stored))
         self._publish()
         log.info("%s: report written to %s (%s)", volume_node.GetName(), out_dir,
-                 screening.recommendation.statement)
+                 screening["recommendation"]["statement"])
         return written
 
     # ---- export -----------------------------------------------------------------------------------------------
@@ -964,14 +1032,38 @@ def table_rows(table_node) -> list[dict]:
     return rows
 
 
+def _case_table_nodes(scene) -> list:
+    nodes = [scene.GetNthNodeByClass(index, "vtkMRMLTableNode")
+             for index in range(scene.GetNumberOfNodesByClass("vtkMRMLTableNode"))]
+    return [node for node in nodes
+            if node.GetAttribute(ROLE_ATTRIBUTE) == CASE_ROLE and node.GetAttribute(CASE_ATTRIBUTE)]
+
+
 def find_cases(scene) -> list[VertebralFractureCase]:
     """Every VertebralFracture case in a scene (e.g. after loading a .mrb), review state restored."""
-    cases = []
-    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLTableNode")):
-        node = scene.GetNthNodeByClass(index, "vtkMRMLTableNode")
-        if node.GetAttribute(ROLE_ATTRIBUTE) == CASE_ROLE and node.GetAttribute(CASE_ATTRIBUTE):
-            cases.append(VertebralFractureCase.from_table_node(node))
-    return cases
+    return [VertebralFractureCase.from_table_node(node) for node in _case_table_nodes(scene)]
+
+
+def cancel_job_with_scene(scene, job, volume_node=None):
+    """Cancel ``job`` (anything with ``cancel()``: a segmentation job) when ``scene`` closes or ``volume_node``, the
+    volume it analyses, leaves the scene, so that no result arrives for a CT that is gone. Returns a function that
+    stops watching (call it when the job ends)."""
+    tags = []
+
+    def stop():
+        while tags:
+            scene.RemoveObserver(tags.pop())
+
+    def cancel(reason: str) -> None:
+        log.info("cancelling the segmentation: %s", reason)
+        stop()
+        job.cancel()
+
+    tags.append(scene.AddObserver(scene.StartCloseEvent, lambda *_args: cancel("the scene closes")))
+    if volume_node is not None:
+        tags.append(scene.AddObserver(scene.NodeRemovedEvent, lambda *_args: None if scene.IsNodePresent(volume_node)
+                                      else cancel(f"{volume_node.GetName()} was removed from the scene")))
+    return stop
 
 
 # --------------------------------------------------------------------------------------------------------------

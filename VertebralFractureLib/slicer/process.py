@@ -289,11 +289,13 @@ class SegmentationJob:
 
     The CT is written to a temporary NIfTI (geometry kept), ``analyze`` writes ``segmentation.nii.gz`` on the CT
     grid and ``results.json``; :meth:`labels` and :meth:`case` read them. The temporary folder goes away with
-    :meth:`cleanup`.
+    :meth:`cleanup`. ``on_progress(fraction, message)`` and ``on_output(line)`` (every line the child prints: the
+    panel's live log) run on the thread that polls.
     """
 
     def __init__(self, ct, backend: str | None = None, device: str | None = None, on_progress=None,
-                 python: str | None = None, work_dir: str | None = None, include_upper_thoracic: bool = False):
+                 python: str | None = None, work_dir: str | None = None, include_upper_thoracic: bool = False,
+                 on_output=None):
         from VertebralFractureLib.io import write_nifti
 
         self.ct = ct
@@ -306,7 +308,7 @@ class SegmentationJob:
         command = analyze_command(self.ct_path, self.out_dir, backend, device, python,
                                   include_upper_thoracic=include_upper_thoracic)
         self.runner = ProcessRunner(command, env=child_environment(device), on_progress=on_progress,
-                                    success_codes=(0, EXIT_QUALITY_FAILED))
+                                    on_output=on_output, success_codes=(0, EXIT_QUALITY_FAILED))
 
     def start(self) -> SegmentationJob:
         self.runner.start()
