@@ -4,8 +4,10 @@
 #   bash dev.sh test   run the whole test suite
 #   bash dev.sh bench  print benchmark figures
 #   bash dev.sh wheel-check  build the wheel, install it (not editable) in a clean venv, run the installed command
-#   bash dev.sh slicer-check a venv with Slicer 5.10's bundled packages: the module's dependency install, then the
-#                            child command, the batch script, the report and de-identification in it
+#   bash dev.sh slicer-check [5.10] [5.12]  venvs with the packages Slicer 5.10 / 5.12 bundle, imported first: the
+#                            module's dependency install, then the report with DICOM SEG + SR, de-identification, the
+#                            child command and the batch script in them
+#   bash dev.sh screenshots  the README's and the Extensions Index's screenshots, from the example CT
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3.11}
@@ -24,6 +26,91 @@ ensure_venv() {
         .venv/bin/python -m pip install --quiet -c requirements-lock.txt -e ".[all,test]"
         touch .venv/.installed
     fi
+}
+
+# The Python packages each Slicer release bundles that the module meets (Slicer's SuperBuild/External_python-*.cmake
+# and External_SimpleITK.cmake at the release tag): they are in place, and imported, before the module installs
+# anything. pydicom is imported at start-up by Slicer's DICOM plugins.
+slicer_bundle() {
+    case "$1" in
+        5.10) echo "numpy==2.0.2 scipy==1.13.1 pydicom==2.4.4 SimpleITK==2.5.2 pillow==11.2.1 packaging==25.0" ;;
+        5.12) echo "numpy==2.4.6 scipy==1.17.1 pydicom==3.0.2 SimpleITK==2.5.5 pillow==12.2.0 packaging==26.2" ;;
+        *) echo "slicer check: unknown Slicer version '$1' (5.10 or 5.12)" >&2; return 2 ;;
+    esac
+}
+
+SLICER_CHECK_FOLDERS=()
+
+slicer_check() {
+    local version=$1 bundle work py
+    bundle=$(slicer_bundle "$version") || return 2
+    work=$(mktemp -d "${TMPDIR:-/tmp}/vf-slicer-$version-XXXXXX")
+    SLICER_CHECK_FOLDERS+=("$work")
+    trap 'rm -rf "${SLICER_CHECK_FOLDERS[@]}"' EXIT
+    export PYTHONPATH="$PWD"
+    "$PYTHON" -m venv "$work/venv"
+    py="$work/venv/bin/python"
+    # shellcheck disable=SC2086
+    "$py" -m pip install --quiet $bundle
+    EXAMPLE="$DATA/totalsegmentator-example"
+    SLICER_VERSION="$version" BUNDLE="$bundle" EXAMPLE="$EXAMPLE" WORK="$work" "$py" - <<'PY'
+import os
+import sys
+from pathlib import Path
+
+# As Slicer at start-up: its own packages are imported before any module installs anything.
+import numpy  # noqa: F401
+import pydicom
+import pydicom.encaps  # noqa: F401 (Slicer's DICOM plugins import pydicom's submodules)
+import scipy.ndimage  # noqa: F401
+import SimpleITK  # noqa: F401
+
+from VertebralFractureLib import dependencies
+
+version, work, example = os.environ["SLICER_VERSION"], Path(os.environ["WORK"]), Path(os.environ["EXAMPLE"])
+bundled = {spec.split("==")[0]: spec.split("==")[1] for spec in os.environ["BUNDLE"].split()}
+assert pydicom.__version__ == bundled["pydicom"], pydicom.__version__
+missing = dependencies.missing("core", skip=dependencies.SLICER_PROVIDED)
+log = open(work / "pip.log", "w")
+pip_install = dependencies.pip_installer(on_output=lambda line: print(line, file=log, flush=True))
+for group in ("core", "dicom"):  # what the panel installs: Apply, then Write report with DICOM SEG + SR
+    assert dependencies.ensure(group, pip_install, confirm=lambda needed: True), dependencies.missing(group)
+kept = {name: dependencies.installed_version(name) for name in ("numpy", "scipy", "SimpleITK")}
+assert kept == {name: bundled[name] for name in kept}, f"Slicer's own packages changed: {kept}"
+stale = dependencies.stale_imports()
+print(f"Slicer {version}: installed {', '.join(missing)} and the DICOM group; kept {kept}; "
+      f"changed under the running process: {stale or 'nothing'}")
+if version == "5.10":  # highdicom needs pydicom 3: Slicer's pydicom 2.4.4 was replaced on disk while in use
+    assert [name for name, *_ in stale] == ["pydicom"], stale
+    try:
+        import highdicom  # noqa: F401
+        print("  highdicom imports here despite the stale pydicom")
+    except ImportError as error:
+        print(f"  as in Slicer 5.10 after the install: import highdicom fails here ({error})")
+
+# The report with DICOM SEG + SR, then the de-identified export, from this process (the panel's Write report).
+from VertebralFractureLib import io, measure, reporting  # noqa: E402
+
+ct = io.read_ct(example / "example_ct_dicom")
+labels = io.read_label_map(example / "example_seg_dicom.nii.gz", "totalseg_v2", reference=ct).volume
+case = measure.measure_case(labels, ct)
+for name, options in (("report", {}), ("deid", {"deidentify": True, "pseudonym": "CASE-1"})):
+    _case, screening, written = reporting.report(case, ct, labels, work / name, dicom_files=ct.meta["dicom_files"],
+                                                 dicom_out=True, **options)
+    for key in ("report_pdf", "dicom_seg", "dicom_sr"):
+        assert written[key].is_file(), (name, key)
+assert written["dicom_series"].is_dir() and any(written["dicom_series"].iterdir())
+where = "a fresh process" if reporting.needs_fresh_process() else "this process"
+print(f"  report, DICOM SEG + SR and the de-identified export written by {where}")
+PY
+    local cli=("$py" -m VertebralFractureLib)
+    # The module's child process and the batch script under the same packages.
+    "${cli[@]}" analyze -i "$EXAMPLE/example_ct.nii.gz" -o "$work/child" --no-report -q >/dev/null || return 1
+    [ -s "$work/child/segmentation.nii.gz" ] || { echo "slicer check: the child wrote no label map" >&2; return 1; }
+    printf 'case,ct\nexample,%s\n' "$(realpath "$EXAMPLE/example_ct.nii.gz")" > "$work/cases.csv"
+    "$py" VertebralFracture/Batch/VertebralFractureBatch.py -i "$work/cases.csv" -o "$work/batch" \
+        --no-report -q || return 1
+    echo "slicer check $version: dependency install, report with DICOM SEG + SR, de-identification, child command and batch work"
 }
 
 case "${1:-}" in
@@ -80,52 +167,60 @@ assert d['levels_status'] and d['vertebrae'], d" "$work/out/results.json"
         echo "wheel check: the installed vertebral-fracture wrote every output"
         ;;
     slicer-check)
-        # Slicer 5.10 bundles numpy 2.0.2, scipy 1.13.1, pydicom 2.4.4 and SimpleITK, and no matplotlib, nibabel or
-        # highdicom. The module's dependency logic must install what is missing without replacing those builds, and
-        # everything the module runs must then work with them.
-        work=$(mktemp -d "${TMPDIR:-/tmp}/vf-slicer-XXXXXX")
-        trap 'rm -rf "$work"' EXIT
-        "$PYTHON" -m venv "$work/venv"
-        py="$work/venv/bin/python"
-        "$py" -m pip install --quiet numpy==2.0.2 scipy==1.13.1 pydicom==2.4.4 SimpleITK==2.4.1
-        export PYTHONPATH="$PWD"
-        "$py" - <<'PY'
+        # bash dev.sh slicer-check [5.10] [5.12] (default: both): a venv holding the Python packages that Slicer
+        # release bundles, imported first as Slicer does at start-up; then, in that same process, the module's
+        # dependency install (core and DICOM groups, pip as a child as in the panel), the report with DICOM SEG + SR
+        # and the de-identified export; then the module's child command and the batch script.
+        shift
+        versions=("$@")
+        [ ${#versions[@]} -eq 0 ] && versions=(5.10 5.12)
+        for version in "${versions[@]}"; do
+            started_check=$SECONDS
+            slicer_check "$version"
+            echo "slicer check $version: $((SECONDS - started_check)) s"
+        done
+        ;;
+    screenshots)
+        # The screenshots the Extensions Index and the README show, and the Sample Data thumbnail: real outputs of
+        # the analysis of the example CT.
+        ensure_venv
+        .venv/bin/python - "$DATA" "$PWD" <<'PY'
+import base64
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
-from VertebralFractureLib import dependencies
+import numpy as np
+from PIL import Image
 
-bundled = ("numpy", "scipy", "pydicom", "SimpleITK")
-before = {name: dependencies.installed_version(name) for name in bundled}
-missing = dependencies.missing("core", skip=dependencies.SLICER_PROVIDED)
-assert {"matplotlib>=3.8", "nibabel>=5.0"} <= set(missing), missing
+from VertebralFractureLib import io
 
-
-def pip_install(arguments):  # what slicer.util.pip_install does with a list
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", *arguments])
-
-
-assert dependencies.ensure("core", pip_install, confirm=lambda needed: True), dependencies.missing("core")
-after = {name: dependencies.installed_version(name) for name in bundled}
-assert after == before, f"Slicer's own packages changed: {before} -> {after}"
-print(f"installed {', '.join(missing)}; kept {after}")
+data, repository = Path(sys.argv[1]), Path(sys.argv[2])
+ct_path = data / "totalsegmentator-example" / "example_ct.nii.gz"
+screenshots = repository / "Screenshots"
+screenshots.mkdir(exist_ok=True)
+with tempfile.TemporaryDirectory() as work:
+    subprocess.run([sys.executable, "-m", "VertebralFractureLib", "analyze", "-i", str(ct_path), "-o", work, "-q"],
+                   check=True, stdout=subprocess.DEVNULL)
+    shutil.copy(Path(work) / "overview.png", screenshots / "VertebralFracture-overview.png")
+    html = (Path(work) / "report.html").read_text(encoding="utf-8")
+    density = re.search(r'alt="Bone density against thresholds" src="data:image/png;base64,([^"]+)"', html).group(1)
+    (screenshots / "VertebralFracture-report-density.png").write_bytes(base64.b64decode(density))
+# Sample Data thumbnail: the mid-sagittal slice in a bone window (-250..750 HU), head up, 128 x 128.
+ct = io.read_ct(ct_path)
+assert ct.axis_codes() == "RAS", ct.axis_codes()
+sagittal = np.asarray(ct.array[ct.shape[0] // 2], dtype=np.float32).T[::-1]  # rows superior first, columns A
+window = np.clip((sagittal + 250.0) / 1000.0, 0.0, 1.0)
+thumbnail = Image.fromarray((window * 255).astype(np.uint8)).resize((128, 128), Image.LANCZOS)
+thumbnail.save(repository / "VertebralFracture" / "Resources" / "Icons" / "VertebralFractureExampleCT.png")
+print("wrote Screenshots/*.png and VertebralFracture/Resources/Icons/VertebralFractureExampleCT.png")
 PY
-        EXAMPLE="$DATA/totalsegmentator-example"
-        cli=("$py" -m VertebralFractureLib)
-        # The module's child process, the report, the batch script and de-identification, under pydicom 2.4.
-        "${cli[@]}" analyze -i "$EXAMPLE/example_ct.nii.gz" -o "$work/child" --no-report -q >/dev/null
-        "${cli[@]}" report --seg "$work/child/segmentation.nii.gz" -i "$EXAMPLE/example_ct.nii.gz" -o "$work/child" \
-            -q >/dev/null
-        [ -s "$work/child/report.pdf" ] || { echo "slicer check: no report" >&2; exit 1; }
-        printf 'case,ct\nexample,%s\n' "$(realpath "$EXAMPLE/example_ct.nii.gz")" > "$work/cases.csv"
-        "$py" VertebralFracture/Batch/VertebralFractureBatch.py -i "$work/cases.csv" -o "$work/batch" --no-report -q
-        "${cli[@]}" report --seg "$EXAMPLE/example_seg_dicom.nii.gz" -i "$EXAMPLE/example_ct_dicom" \
-            -o "$work/deid" --deidentify --pseudonym CASE-1 -q >/dev/null
-        ls "$work/deid/dicom/"*.dcm >/dev/null || { echo "slicer check: no de-identified series" >&2; exit 1; }
-        echo "slicer check: dependency install, child command, report, batch and de-identification work"
         ;;
     *)
-        echo "usage: bash dev.sh demo|test|bench|wheel-check|slicer-check" >&2
+        echo "usage: bash dev.sh demo|test|bench|wheel-check|slicer-check [5.10] [5.12]|screenshots" >&2
         exit 2
         ;;
 esac
