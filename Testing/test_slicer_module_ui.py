@@ -267,3 +267,26 @@ def test_example_ct_is_registered_with_sample_data(module_tree):
     module_cmake = (REPOSITORY / "VertebralFracture" / "CMakeLists.txt").read_text(encoding="utf-8")
     module_cmake = module_cmake.replace("${MODULE_NAME}", "VertebralFracture")
     assert "Resources/Icons/VertebralFractureExampleCT.png" in module_cmake
+
+
+def test_every_lib_name_the_module_and_the_batch_script_use_exists():
+    """The module and the batch script import the Lib inside functions (after the dependency check), where nothing
+    fails until Slicer runs them: every ``from VertebralFractureLib... import NAME`` must resolve, and every
+    ``NAME.attribute`` used on it in that function must exist (the package's folders moved once under them)."""
+    import importlib
+
+    for path in (MODULE, REPOSITORY / "VertebralFracture" / "Batch" / "VertebralFractureBatch.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for function in (node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)):
+            imported = {}
+            for node in ast.walk(function):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("VertebralFractureLib"):
+                    module = importlib.import_module(node.module)
+                    for alias in node.names:
+                        if not hasattr(module, alias.name):
+                            importlib.import_module(f"{node.module}.{alias.name}")  # a submodule
+                        imported[alias.asname or alias.name] = getattr(module, alias.name)
+            for node in ast.walk(function):
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in imported:
+                    assert hasattr(imported[node.value.id], node.attr), \
+                        f"{path.name}: {function.name} uses {node.value.id}.{node.attr}, which does not exist"

@@ -703,10 +703,10 @@ class VertebralFractureTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Panel test passed")
 
     def test_AutomaticSegmentation(self):
-        from VertebralFractureLib import cli
+        from VertebralFractureLib.cli import common, entry
 
-        cli._load_command_modules()
-        if "analyze" not in cli._COMMANDS:
+        entry._load_command_modules()
+        if "analyze" not in common._COMMANDS:
             self.delayDisplay("No segmentation backend installed: automatic segmentation not tested")
             return
         volumeNode = slicer.util.loadVolume(self._exampleCtPath())
