@@ -866,6 +866,10 @@ class VertebralFractureCase:
         ``dicom_files`` or from the volume node (:func:`dicom_files_of_volume`); with them the report's header
         shows the patient and study, and kVp and contrast agent are read from the DICOM header (``kvp`` and
         ``contrast_phase``, e.g. "portal venous", state them for other volumes or override them).
+
+        ``out_dir`` is replaced as one set: give each case its own (:meth:`report_folder`). The files are written in
+        this process, or in a fresh one when packages it imported changed on disk since (:mod:`.reporting`: Slicer
+        5.10 after installing highdicom), so no restart is needed.
         """
         from VertebralFractureLib.screening import recommend as screen
         from VertebralFractureLib.slicer import reporting
