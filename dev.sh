@@ -65,7 +65,7 @@ import pydicom.encaps  # noqa: F401 (Slicer's DICOM plugins import pydicom's sub
 import scipy.ndimage  # noqa: F401
 import SimpleITK  # noqa: F401
 
-from VertebralFractureLib import dependencies
+from VertebralFractureLib.slicer import dependencies
 
 version, work, example = os.environ["SLICER_VERSION"], Path(os.environ["WORK"]), Path(os.environ["EXAMPLE"])
 bundled = {spec.split("==")[0]: spec.split("==")[1] for spec in os.environ["BUNDLE"].split()}
@@ -89,7 +89,9 @@ if version == "5.10":  # highdicom needs pydicom 3: Slicer's pydicom 2.4.4 was r
         print(f"  as in Slicer 5.10 after the install: import highdicom fails here ({error})")
 
 # The report with DICOM SEG + SR, then the de-identified export, from this process (the panel's Write report).
-from VertebralFractureLib import io, measure, reporting  # noqa: E402
+from VertebralFractureLib import io  # noqa: E402
+from VertebralFractureLib.morphometry import measure  # noqa: E402
+from VertebralFractureLib.slicer import reporting  # noqa: E402
 
 ct = io.read_ct(example / "example_ct_dicom")
 labels = io.read_label_map(example / "example_seg_dicom.nii.gz", "totalseg_v2", reference=ct).volume
