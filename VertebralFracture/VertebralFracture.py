@@ -494,7 +494,7 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
 
         return dependencies.ensure(group, dependencies.pip_installer(onOutput, slicer.app.processEvents), confirm)
 
-    def ensureTorch(self, askConfirmation: bool = True) -> bool:
+    def ensureTorch(self, askConfirmation: bool = True, onOutput=None) -> bool:
         """PyTorch from the PyTorch extension (the build for the GPU driver), then MONAI, which keeps that torch."""
         try:
             import PyTorchUtils
@@ -510,7 +510,7 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
         if any(name.split(">=")[0] == "torch" for name in dependencies.missing("deep")) and \
                 torchLogic.installTorch(askConfirmation, torchVersionRequirement=requirement) is None:
             return False
-        return self.ensureDependencies(askConfirmation, group="deep")
+        return self.ensureDependencies(askConfirmation, group="deep", onOutput=onOutput)
 
     # ---- analysis -----------------------------------------------------------------------------------------
 
@@ -519,7 +519,7 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
         """Start segmenting in a child process (``PythonSlicer -m VertebralFractureLib analyze``); returns the job."""
         from VertebralFractureLib.segment import needs_torch
         from VertebralFractureLib.slicer import mrml, process
-        if needs_torch(backend) and not self.ensureTorch() and backend == "monai":
+        if needs_torch(backend) and not self.ensureTorch(onOutput=onOutput) and backend == "monai":
             raise RuntimeError(_("PyTorch is not available"))
         job = process.SegmentationJob(mrml.volume_from_node(volumeNode), backend=backend, device=device,
                                       on_progress=onProgress, on_output=onOutput,
