@@ -332,11 +332,23 @@ def detect_convention(present_labels) -> str:
     return TOTALSEG_V2
 
 
-def to_verse(array: np.ndarray, convention: str) -> np.ndarray:
-    """Convert a label array of the given convention to VerSe ids; labels that are not vertebrae become 0."""
+def verse_ids(values, convention: str) -> list[int]:
+    """The sorted non-zero VerSe ids that the ``values`` of a label map of ``convention`` become (see
+    :func:`to_verse`)."""
+    mapping = CONVENTION_TO_VERSE[convention]
+    return sorted({mapping.get(int(value), 0) for value in values} - {0})
+
+
+def to_verse(array: np.ndarray, convention: str, present=None) -> np.ndarray:
+    """Convert a label array of the given convention to VerSe ids; labels that are not vertebrae become 0.
+
+    ``present``: the non-zero values the array holds, when known; if each is its own VerSe id already, the array is
+    returned as it is (no pass over the voxels)."""
     if convention not in CONVENTION_TO_VERSE:
         raise ValueError(f"unknown label convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
     mapping = CONVENTION_TO_VERSE[convention]
+    if present is not None and all(mapping.get(int(value)) == int(value) for value in present):
+        return array
     lookup_size = int(max(int(array.max(initial=0)), max(mapping))) + 1  # callers pass non-negative labels
     lookup = np.zeros(lookup_size, dtype=np.int16)
     for source, target in mapping.items():

@@ -161,6 +161,7 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
                 lookup[stored] = verse
         verse_array = lookup[volume.array.astype(np.int64)]
         used = "segment names"
+        present = present_labels(verse_array)
     else:
         volume = read_volume(path)
         array = volume.array
@@ -192,8 +193,8 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
             raise InputError(path, str(error)) from None
         if convention == "auto":
             log.info("%s: label convention decided as %s", path.name, used)
-        verse_array = labels_mod.to_verse(array, used)
-    present = present_labels(verse_array)
+        verse_array = labels_mod.to_verse(array, used, present_raw)
+        present = labels_mod.verse_ids(present_raw, used)
     if not any(labels_mod.is_vertebra(v) for v in present):
         raise InputError(
             path, f"label map has no vertebra labels in the {used} convention (choose another with --labels)"

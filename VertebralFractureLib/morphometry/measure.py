@@ -384,15 +384,15 @@ def _thickest_part(xy: np.ndarray, resolution: float) -> np.ndarray:
 
 
 def _largest_component(vertebra: _Vertebra, keep: np.ndarray) -> np.ndarray:
+    # The points are the mask's voxels in C order, the order boolean indexing visits them: no index arrays needed.
     grid = np.zeros(vertebra.mask.shape, dtype=bool)
-    voxels = np.argwhere(vertebra.mask)
-    grid[tuple(voxels[keep].T)] = True
+    grid[vertebra.mask] = keep
     components, count = ndimage.label(grid)
     if count <= 1:
         return keep
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
-    return components[tuple(voxels.T)] == int(np.argmax(sizes))
+    return components[vertebra.mask] == int(np.argmax(sizes))
 
 
 def _measure(vertebra: _Vertebra, labels: Volume, ct: Volume | None) -> VertebraResult:
@@ -470,7 +470,7 @@ def _plane_profiles(vertebra: _Vertebra, labels: Volume, frame: Frame, origin: n
     ys = np.arange(local[:, 1].min() - margin, local[:, 1].max() + margin, DEPTH_STEP_MM)
     zs = np.arange(local[:, 2].min() - margin, local[:, 2].max() + margin, SAMPLE_STEP_MM)
     body_grid = np.zeros(vertebra.mask.shape, dtype=np.float32)
-    body_grid[tuple(np.argwhere(vertebra.mask)[vertebra.body].T)] = 1.0
+    body_grid[vertebra.mask] = vertebra.body  # the points are the mask's voxels in C order
     offset = np.array([s.start for s in vertebra.crop], dtype=float)
     # Local (x, y, z) -> crop voxel index is affine; the grid is separable, so each index is a sum of three axes.
     to_index = labels.ras_to_ijk[:3, :3] @ np.stack([frame.right, frame.anterior, frame.superior], axis=1)
