@@ -24,6 +24,7 @@ LAYERS = {
     "curate": 7,
     "slicer": 8,
     "batch": 9,
+    "cluster": 9,
     "benchmark": 9,
     "train": 9,
     "serve": 9,

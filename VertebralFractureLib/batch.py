@@ -20,6 +20,7 @@ import io as _stdio
 import json
 import logging
 import os
+import socket
 import sys
 import time
 import traceback
@@ -33,6 +34,14 @@ SUMMARY_COLUMNS = ("case", "status", "reason", "input", "series", "segmentation"
                    "levels_status", "fractured_levels", "worst_grade", "l1_trabecular_hu", "recommendation", "qc",
                    "warnings", "seconds", "output", "dataset_subject")
 STATUS_OK, STATUS_QC_FAILED, STATUS_FAILED = "ok", "qc-failed", "failed"
+SUMMARY_INTERVAL_S = 2.0
+"""summary.csv is rewritten after a case at most this often (and after the last): a batch of 100,000 cases would
+spend its time rewriting it otherwise. An interrupted batch loses nothing by it: ``--resume`` rebuilds the rows of
+finished cases from their folders."""
+
+PROCESS_BACKENDS: dict = {}
+"""The segmentation backends this process made, kept for its next case: in the batch process and on each Dask
+worker a deep model is loaded once, not once per case."""
 
 log = logging.getLogger(__name__)
 
@@ -248,9 +257,20 @@ def summary_row(case: Case, analysis_case, out_dir: Path, screening=None) -> dic
     }
 
 
-def process_case(case: Case, options) -> dict:
-    """Analyse one case into ``OUT/CASE`` (published as one set); returns its summary row (raises on failure)."""
+@dataclass
+class CaseOutcome:
+    """What one case gives the batch: its summary row, its results record and screening summary (None when it
+    failed) -- small enough to travel back from a worker process."""
+
+    row: dict
+    result: dict | None = None
+    screening: dict | None = None
+
+
+def process_case(case: Case, options) -> CaseOutcome:
+    """Analyse one case into ``OUT/CASE`` (published as one set); raises on failure."""
     from VertebralFractureLib import pipeline
+    from VertebralFractureLib.outputs import cohort
 
     if case.error:
         raise InputError(None, case.error)
@@ -267,7 +287,7 @@ def process_case(case: Case, options) -> dict:
     if options.save_scene:
         def add_scene(analysis, staging):
             return {"scene": save_review_scene(case.name, staging, analysis)}
-    analysis = pipeline.analyze(request, out_dir, also_write=add_scene)
+    analysis = pipeline.analyze(request, out_dir, also_write=add_scene, backends=PROCESS_BACKENDS)
     row = summary_row(case, analysis.case, out_dir, analysis.screening)
     row["segmentation"] = str(seg) if seg is not None else f"backend {analysis.backend}"
     if options.export_dataset is not None:
@@ -275,7 +295,8 @@ def process_case(case: Case, options) -> dict:
 
         row["dataset_subject"] = curate.export_verse_case(options.export_dataset, analysis.ct, analysis.labels,
                                                           analysis.case)["ct"].parent.name
-    return row
+    screening = None if analysis.screening is None else cohort.screening_summary(analysis.screening.to_dict())
+    return CaseOutcome(row, analysis.case.to_dict(), screening)
 
 
 def case_folder(out: Path, name: str) -> Path:
@@ -286,8 +307,34 @@ def case_folder(out: Path, name: str) -> Path:
     return folder
 
 
-def finished_row(case: Case, options) -> dict | None:
-    """The row of a case an earlier run finished (its results.json was published), for ``--resume``."""
+def run_case(case: Case, options) -> CaseOutcome:
+    """One case as the batch runs it, in this process or on a worker: analysed, or its failure recorded
+    (``OUT/CASE/error.txt``); its time and the process that ran it in the row."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    try:
+        outcome = process_case(case, options)
+    except Exception as error:  # one case failing must not stop the batch; the reason goes in the summary
+        outcome = CaseOutcome(record_failure(case, options, error))
+    outcome.row["seconds"] = round(time.perf_counter() - started, 1)
+    outcome.row["cpu_seconds"] = round(time.process_time() - cpu_started, 1)
+    outcome.row["worker"] = f"{socket.gethostname()}:{os.getpid()}"
+    outcome.row["worker_peak_memory_mb"] = peak_memory_mb()
+    return outcome
+
+
+def peak_memory_mb() -> float | None:
+    """Peak resident memory of this process so far, in MiB (None where the system does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def finished_row(case: Case, options) -> CaseOutcome | None:
+    """The outcome of a case an earlier run finished (its results.json was published), for ``--resume``."""
+    from VertebralFractureLib.outputs import cohort
     from VertebralFractureLib.results import CaseResult
 
     out_dir = case_folder(options.out, case.name)
@@ -295,21 +342,23 @@ def finished_row(case: Case, options) -> dict | None:
     if case.error or not results.is_file():
         return None
     try:
-        analysis_case = CaseResult.from_dict(json.loads(results.read_text(encoding="utf-8")))
+        record = json.loads(results.read_text(encoding="utf-8"))
+        analysis_case = CaseResult.from_dict(record)
     except (OSError, ValueError, TypeError, AttributeError):
         return None
     if bool(analysis_case.inputs.get("include_upper_thoracic")) != options.include_upper_thoracic:
         return None  # graded other levels than this run asks for: not finished for it
     row = summary_row(case, analysis_case, out_dir)
-    screening = out_dir / "screening.json"
-    if screening.is_file():
+    screening = None
+    screening_path = out_dir / "screening.json"
+    if screening_path.is_file():
         try:
-            data = json.loads(screening.read_text(encoding="utf-8"))
-            row["recommendation"] = data["screening"]["recommendation"]["statement"]
+            screening = json.loads(screening_path.read_text(encoding="utf-8"))["screening"]
+            row["recommendation"] = screening["recommendation"]["statement"]
         except (OSError, ValueError, KeyError, TypeError):
-            pass
+            screening = None
     row["reason"] = (row["reason"] + "; " if row["reason"] else "") + "finished by an earlier run"
-    return row
+    return CaseOutcome(row, record, cohort.screening_summary(screening))
 
 
 def save_review_scene(name: str, out_dir: Path, analysis) -> Path:
@@ -334,19 +383,21 @@ def save_review_scene(name: str, out_dir: Path, analysis) -> Path:
     return path
 
 
-def record_failure(case: Case, options, error: BaseException) -> dict:
-    """A failing case publishes ``OUT/CASE/error.txt`` (the traceback) in place of results."""
+def record_failure(case: Case, options, error: BaseException, reason: str | None = None) -> dict:
+    """A failing case publishes ``OUT/CASE/error.txt`` (the reason, then the traceback) in place of results."""
     from VertebralFractureLib.outputs.publish import OutputSet
 
     out_dir = options.out / case.name
+    reason = reason or one_line(error)
     try:
         case_folder(options.out, case.name)
         with OutputSet(out_dir) as staging:
             (staging / "error.txt").write_text(
-                "".join(traceback.format_exception(type(error), error, error.__traceback__)), encoding="utf-8")
+                reason + "\n\n" + "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+                encoding="utf-8")
     except Exception as failure:  # the summary row still says why the case failed
         log.warning("%s: error.txt not written (%s)", out_dir, one_line(failure))
-    return {"case": case.name, "status": STATUS_FAILED, "reason": one_line(error), "input": str(case.path),
+    return {"case": case.name, "status": STATUS_FAILED, "reason": reason, "input": str(case.path),
             "series": case.series or "", "output": str(out_dir)}
 
 
@@ -360,6 +411,28 @@ def check_batch_output(out: Path, inputs: list) -> None:
     if summary.exists() and not _summary_written_here(summary):
         raise InputError(out, "holds a summary.csv this program did not write; it is never replaced: choose an "
                               "empty or new output folder")
+    for name in COHORT_FILES:
+        if (out / name).exists() and not _cohort_file_written_here(out / name):
+            raise InputError(out, f"holds a {name} this program did not write; it is never replaced: choose an "
+                                  "empty or new output folder")
+
+
+COHORT_FILES = ("cases.parquet", "vertebrae.parquet", "cohort.html", "cohort_fractures_by_level.png",
+                "cohort_trabecular_hu_by_level.png", "cohort_recommendations.png")
+"""What a batch writes beside the case folders and summary.csv (see :mod:`.outputs.cohort`)."""
+
+
+def _cohort_file_written_here(path: Path) -> bool:
+    if path.suffix == ".parquet":
+        try:
+            from VertebralFractureLib.outputs import cohort
+
+            return cohort.written_here(path)
+        except ImportError:  # without pyarrow no table is written, so none is replaced
+            return True
+    from VertebralFractureLib.outputs import cohort_report
+
+    return cohort_report.written_here(path)
 
 
 def _summary_written_here(path: Path) -> bool:
@@ -380,8 +453,93 @@ def write_summary(path: Path, rows: list[dict]) -> None:
     io.write_text_atomic(path, buffer.getvalue())
 
 
+class BatchProgress:
+    """A line per finished case with the running counts (done / ok / qc-failed / failed / running) and an ETA
+    from the rate of the cases this run analysed; a status line at least every :data:`.cluster.PROGRESS_INTERVAL_S`
+    while cases run. Failures go to stderr even with ``--quiet``."""
+
+    def __init__(self, total: int, echo=print, quiet: bool = False, interval_s: float = 60.0):
+        self.total, self.echo, self.quiet, self.interval_s = total, echo, quiet, interval_s
+        self.counts = {STATUS_OK: 0, STATUS_QC_FAILED: 0, STATUS_FAILED: 0}
+        self.done = self.analysed = self.running = 0
+        self.started = time.monotonic()
+        self.last_line = self.started
+
+    def counts_text(self) -> str:
+        text = (f"done {self.done}/{self.total}: ok {self.counts[STATUS_OK]}, qc-failed "
+                f"{self.counts[STATUS_QC_FAILED]}, failed {self.counts[STATUS_FAILED]}; running {self.running}")
+        eta = self.eta_s()
+        return text + ("" if eta is None else f"; ETA {format_duration(eta)}")
+
+    def eta_s(self) -> float | None:
+        remaining = self.total - self.done
+        if remaining == 0:
+            return 0.0
+        if self.analysed == 0:
+            return None
+        return remaining * (time.monotonic() - self.started) / self.analysed
+
+    def case_done(self, case: Case, row: dict, resumed: bool) -> None:
+        self.done += 1
+        self.analysed += 0 if resumed else 1
+        self.counts[row["status"]] = self.counts.get(row["status"], 0) + 1
+        self.last_line = time.monotonic()
+        if row["status"] == STATUS_FAILED:
+            print(f"[{self.done}/{self.total}] {case.name}: FAILED: {row['reason']}", file=sys.stderr)
+            if not self.quiet:
+                self.echo(f"  {self.counts_text()}")
+        elif not self.quiet:
+            seconds = "" if resumed else f" ({row['seconds']:.1f} s)"
+            self.echo(f"[{self.done}/{self.total}] {case.name}: {row['status']}{' (earlier run)' if resumed else ''}, "
+                      f"{row['levels']} (levels {row['levels_status'] or 'n/a'}); fractured: "
+                      f"{row['fractured_levels'] or 'none'}{seconds} -- {self.counts_text()}")
+
+    def tick(self, running: int) -> None:
+        self.running = running
+        if not self.quiet and time.monotonic() - self.last_line >= self.interval_s:
+            self.last_line = time.monotonic()
+            self.echo(f"  {self.counts_text()}")
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def check_options(options) -> None:
+    """Refuse unusable parallel options before anything runs."""
+    workers, scheduler = getattr(options, "workers", None), getattr(options, "scheduler", None)
+    if workers is not None and scheduler is not None:
+        raise InputError(None, "give either --workers (a cluster on this machine) or --scheduler (an existing one), "
+                               "not both")
+    if workers is not None and workers < 1:
+        raise InputError(None, f"--workers {workers}: give at least 1")
+    if getattr(options, "memory_per_worker", None) and workers is None:
+        raise InputError(None, "--memory-per-worker applies to the workers --workers starts")
+    if getattr(options, "save_scene", False) and (workers is not None or scheduler is not None):
+        raise InputError(None, "--save-scene runs in the batch process only: leave out --workers/--scheduler")
+
+
+def cohort_tables():
+    """An empty :class:`.cohort.CohortTables`, or None (with a warning) without pyarrow."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        print("warning: cases.parquet, vertebrae.parquet and cohort.html not written: pyarrow is not installed "
+              "(pip install 'VertebralFracture[batch]')", file=sys.stderr)
+        return None
+    from VertebralFractureLib.outputs.cohort import CohortTables
+
+    return CohortTables()
+
+
 def run_batch(options, echo=print) -> int:
     """Run every case; returns the exit code (0 all ok, 1 some failed)."""
+    check_options(options)
     source = Path(options.input)
     if not source.exists():
         raise InputError(source, "does not exist")
@@ -396,30 +554,84 @@ def run_batch(options, echo=print) -> int:
     if options.out.exists() and not options.out.is_dir():
         raise InputError(options.out, "is a file, not a folder")
     check_batch_output(options.out, [source, options.seg_dir] + [p for case in cases for p in (case.path, case.seg)])
-    options.out.mkdir(parents=True, exist_ok=True)
+    # Workers may run in other folders: every path they are given is absolute.
+    options.out = options.out.resolve()
+    if options.seg_dir is not None:
+        options.seg_dir = Path(options.seg_dir).resolve()
+    for case in cases:
+        case.path = Path(os.path.abspath(case.path))
+        case.seg = None if case.seg is None else Path(os.path.abspath(case.seg))
+    workers, scheduler = getattr(options, "workers", None), getattr(options, "scheduler", None)
+    handle = None
+    if workers is not None or scheduler is not None:
+        from VertebralFractureLib import cluster
+
+        handle = cluster.start(workers, scheduler, getattr(options, "memory_per_worker", None))
+    try:
+        options.out.mkdir(parents=True, exist_ok=True)
+        return _run(cases, options, handle, echo)
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def _run(cases: list[Case], options, handle, echo) -> int:
     summary_path = options.out / "summary.csv"
-    rows = []
-    for index, case in enumerate(cases, start=1):
-        started = time.perf_counter()
-        row = finished_row(case, options) if options.resume else None
-        resumed = row is not None
-        if row is None:
-            try:
-                row = process_case(case, options)
-            except KeyboardInterrupt:
-                raise
-            except Exception as error:  # one case failing must not stop the batch; the reason goes in the summary
-                row = record_failure(case, options, error)
-        row["seconds"] = round(time.perf_counter() - started, 1)
-        rows.append(row)
-        write_summary(summary_path, rows)  # after every case, so an interrupted run keeps what it did
-        if row["status"] == STATUS_FAILED:
-            print(f"[{index}/{len(cases)}] {case.name}: FAILED: {row['reason']}", file=sys.stderr)
-        elif not options.quiet:
-            echo(f"[{index}/{len(cases)}] {case.name}: {row['status']}{' (earlier run)' if resumed else ''}, "
-                 f"{row['levels']} (levels {row['levels_status'] or 'n/a'}); fractured: "
-                 f"{row['fractured_levels'] or 'none'} ({row['seconds']:.1f} s)")
-    failed = sum(1 for row in rows if row["status"] != STATUS_OK)
+    rows: dict[int, dict] = {}
+    progress = BatchProgress(len(cases), echo, options.quiet)
+    started = time.monotonic()
+
+    tables = cohort_tables()
+    last_summary = [0.0]
+
+    def finished(index: int, case: Case, outcome: CaseOutcome, resumed: bool = False) -> None:
+        rows[index] = outcome.row
+        if tables is not None:
+            tables.add(index, outcome.row, outcome.result, outcome.screening)
+        if time.monotonic() - last_summary[0] >= SUMMARY_INTERVAL_S or len(rows) == len(cases):
+            write_summary(summary_path, [rows[i] for i in sorted(rows)])
+            last_summary[0] = time.monotonic()
+        progress.case_done(case, outcome.row, resumed)
+
+    work = []
+    for index, case in enumerate(cases):
+        outcome = finished_row(case, options) if options.resume else None
+        if outcome is not None:
+            finished(index, case, outcome, resumed=True)
+        else:
+            work.append((index, case))
+    if handle is None:
+        for index, case in work:
+            progress.tick(1)
+            finished(index, case, run_case(case, options))
+    else:
+        from VertebralFractureLib import cluster
+
+        if not options.quiet:
+            echo(f"{len(work)} case{'s' if len(work) != 1 else ''} on {handle.description}")
+
+        def lost(index: int, case: Case, reason: str | None, error: BaseException) -> None:
+            finished(index, case, CaseOutcome(record_failure(case, options, error, reason)))
+
+        cluster.run_cases(handle, work, run_case, options, lambda i, c, o: finished(i, c, o), lost, progress.tick)
+    write_summary(summary_path, [rows[i] for i in sorted(rows)])
+    throughput = {"workers": "this process" if handle is None else handle.description, "analysed": len(work),
+                  "resumed": len(cases) - len(work), "wall_s": time.monotonic() - started}
+    write_cohort_outputs(options, tables, throughput)
+    failed = sum(1 for row in rows.values() if row["status"] != STATUS_OK)
     print(f"{len(rows) - failed} of {len(rows)} cases done, {failed} failed; summary: {summary_path}",
           file=sys.stderr if failed else sys.stdout)
     return 1 if failed else 0
+
+
+def write_cohort_outputs(options, tables, throughput: dict) -> None:
+    """cases.parquet, vertebrae.parquet and (unless ``--no-report``) cohort.html with its figures."""
+    if tables is None:
+        return
+    written = tables.write(options.out)
+    if not options.no_report:
+        from VertebralFractureLib.outputs import cohort_report
+
+        cases, vertebrae = tables.tables()
+        cohort_report.write_cohort_report(options.out, cases, vertebrae, throughput)
+    return written

@@ -162,14 +162,22 @@ def read_inputs(request: AnalysisRequest, progress=None) -> tuple[Volume | None,
     return ct, labels, inputs
 
 
-def segment(request: AnalysisRequest, ct: Volume, progress=None):
-    """Run the requested backend on the CT; returns its :class:`~.segment.SegmentationOutput`."""
+def segment(request: AnalysisRequest, ct: Volume, progress=None, backends: dict | None = None):
+    """Run the requested backend on the CT; returns its :class:`~.segment.SegmentationOutput`.
+
+    ``backends``: a dictionary that keeps the backends made, by name and options, for the next CT of the same
+    process (``batch`` on a worker: a deep model is loaded once per worker, not once per case)."""
     from VertebralFractureLib.segment import get_backend
 
-    try:
-        backend = get_backend(request.backend, **request.backend_options)
-    except ValueError as error:
-        raise InputError(None, str(error)) from None
+    key = (request.backend, repr(sorted(request.backend_options.items())))
+    backend = None if backends is None else backends.get(key)
+    if backend is None:
+        try:
+            backend = get_backend(request.backend, **request.backend_options)
+        except ValueError as error:
+            raise InputError(None, str(error)) from None
+        if backends is not None:
+            backends[key] = backend
     return backend.segment(ct, device=request.device, progress=progress)
 
 
@@ -238,9 +246,9 @@ def screen_analysis(analysis: Analysis, request: AnalysisRequest) -> None:
                                             dicom=screening_header(analysis.ct, request))
 
 
-def run(request: AnalysisRequest, progress=None) -> Analysis:
+def run(request: AnalysisRequest, progress=None, backends: dict | None = None) -> Analysis:
     """Every stage but writing: returns the :class:`Analysis` (raises :class:`InputError`,
-    :class:`NoVertebraeError`)."""
+    :class:`NoVertebraeError`). ``backends``: see :func:`segment`."""
     from VertebralFractureLib.morphometry import measure
 
     check_request(request)
@@ -263,7 +271,7 @@ def run(request: AnalysisRequest, progress=None) -> Analysis:
             status, evidence, backend, full = "given", [f"levels as named in {request.seg}"], "given", True
             reason = f"label map given with --seg {request.seg}"
     else:
-        output = segment(request, ct, lambda fraction, message: report(0.05 + 0.6 * fraction, message))
+        output = segment(request, ct, lambda fraction, message: report(0.05 + 0.6 * fraction, message), backends)
         labels, status, evidence = output.labels, output.levels_status, list(output.level_evidence)
         backend, full = output.backend, output.full_vertebrae
         reason, details = output.backend_reason, output.backend_details
@@ -334,22 +342,22 @@ def publish(case: CaseResult, screening, labels: Volume, ct: Volume | None, out_
 
 
 def analyze(request: AnalysisRequest, out_dir: str | Path | None = None, progress=None,
-            wait_s: float = 0.0, also_write=None) -> Analysis:
+            wait_s: float = 0.0, also_write=None, backends: dict | None = None) -> Analysis:
     """Run the whole analysis and, with ``out_dir``, publish its outputs there as one set.
 
     The output folder is locked before any work, so a second run on it is refused at once (or waits ``wait_s``).
     ``also_write(analysis, staging) -> {name: path}`` adds files of a front end's own (batch: the review scene) to
-    the set before it is published.
+    the set before it is published. ``backends``: see :func:`segment`.
     """
     from VertebralFractureLib.outputs.publish import OutputSet
 
     report = progress or (lambda fraction, message: None)
     check_request(request)
     if out_dir is None:
-        return run(request, progress)
+        return run(request, progress, backends)
     output_set = OutputSet(out_dir, wait_s=wait_s, inputs=(request.ct, request.seg))
     with output_set as staging:
-        analysis = run(request, progress)
+        analysis = run(request, progress, backends)
         report(0.9, "writing outputs")
         written = write_files(analysis.case, analysis.screening, analysis.labels, analysis.ct, staging,
                               report=request.report and request.screen, dicom_out=request.dicom_out,

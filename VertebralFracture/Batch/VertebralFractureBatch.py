@@ -49,7 +49,10 @@ def _install_dependencies_in_slicer() -> None:
     from VertebralFractureLib.slicer import dependencies
 
     # pip runs as a child process here (no Slicer dialog); its lines go to stderr, its failure is one line.
-    dependencies.install_missing(dependencies.pip_installer(on_output=lambda line: print(line, file=sys.stderr)))
+    # The batch group too: the cohort tables and parallel runs.
+    for group in ("core", "batch"):
+        dependencies.install_missing(dependencies.pip_installer(on_output=lambda line: print(line, file=sys.stderr)),
+                                     group)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,16 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export-dataset", type=Path, metavar="DIR",
                         help="also append every case to a curated dataset in VerSe layout (generated subject ids; "
                              "the case -> subject link is only in the summary table)")
+    parallel = parser.add_argument_group("parallel runs (Dask distributed; see docs/cohort.md)")
+    parallel.add_argument("--workers", type=int, metavar="N",
+                          help="run the cases on N worker processes of a Dask cluster on this machine (listening on "
+                               "127.0.0.1 only); default: one case after another in this process")
+    parallel.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                          help="run the cases on the workers of an existing Dask cluster (they must see the input "
+                               "and output folders under the same paths)")
+    parallel.add_argument("--memory-per-worker", metavar="SIZE",
+                          help="memory each --workers process may use, e.g. 6GB (default: the memory available, "
+                               "shared equally); a worker above it is restarted and its case handed out once more")
     parser.add_argument("--save-scene", action="store_true",
                         help="also write CASE/CASE.mrb with the review nodes (needs Slicer or slicer-core)")
 

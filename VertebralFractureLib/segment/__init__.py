@@ -261,13 +261,17 @@ class AutoBackend:
 
     def __init__(self, **options):
         self.options = options
+        self._backends: dict[str, SegmentationBackend] = {}
+        """The candidates made so far, kept: a model a backend loaded serves the next CT too."""
 
     def segment(self, ct: Volume, device: str = "auto", progress: ProgressCallback | None = None) -> SegmentationOutput:
         _check_device(device)  # a GPU asked for but missing is the user's to fix, not a reason to change backend
         candidates, _notes = choose_backend(self.options.get("model"))
         skipped: list[str] = []
         for candidate in candidates:
-            backend = BACKENDS[candidate.name](**self.options)
+            if candidate.name not in self._backends:
+                self._backends[candidate.name] = BACKENDS[candidate.name](**self.options)
+            backend = self._backends[candidate.name]
             try:
                 output = backend.segment(ct, device=device, progress=progress)
             except NoVertebraeError:

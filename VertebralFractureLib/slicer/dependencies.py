@@ -28,7 +28,7 @@ from pathlib import Path
 from VertebralFractureLib.errors import VertebralFractureError
 
 REQUIREMENTS_FOLDER = Path(__file__).resolve().parents[1] / "requirements"
-GROUPS = ("core", "dicom", "deep", "serve")
+GROUPS = ("core", "dicom", "deep", "serve", "batch")
 SLICER_PROVIDED = frozenset({"numpy", "scipy", "simpleitk", "torch"})
 """Packages Slicer ships (numpy, scipy, SimpleITK) or the PyTorch extension installs (torch): never installed or
 replaced from here inside Slicer, whose own modules depend on its builds."""
