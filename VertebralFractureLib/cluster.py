@@ -137,6 +137,8 @@ def start(workers: int | None, scheduler: str | None, memory_per_worker: str | N
         "distributed.worker.memory.spill": False,
         "distributed.worker.memory.pause": False,
         "distributed.worker.memory.terminate": 0.95,
+        # The workers' statistical profiler samples every thread 100 times a second: CPU a case does not need.
+        "distributed.worker.profile.enabled": False,
         # Dask's default also sets MALLOC_TRIM_THRESHOLD_, which stops glibc from keeping freed volumes for the
         # next case: every large array then costs fresh pages (measured: up to 1.5x the time per case).
         "distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1,
