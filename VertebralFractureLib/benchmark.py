@@ -9,6 +9,9 @@ in a grade table (by scan and VerSe label), and agreement is reported:
 * sensitivity and specificity at grade >= 1 and grade >= 2, each with a 95 % Wilson score interval
   (Wilson 1927; recommended over the Wald interval for small samples: Brown, Cai & DasGupta, Stat Sci 2001);
 * exact-grade accuracy and Cohen's kappa with linear weights (Cohen 1968);
+* the **borderline** vertebrae (graded 0, a reduction in the band where normal shapes and mild fractures overlap;
+  see :mod:`.morphometry.grade`), counted apart by the radiologists' grade, and the grade >= 1 figures twice: with
+  them counted as negative (the predicted grade) and as positive;
 * the ROC curve of the continuous fracture score, with the area under it (Mann-Whitney U / (n_pos n_neg),
   Hanley & McNeil 1982).
 
@@ -393,6 +396,7 @@ class VertebraRow:
     height_loss: float | None = None
     fracture_score: float | None = None
     predicted_grade: int | None = None
+    borderline: bool | None = None
     morphology: str | None = None
     true_grade: int | None = None
     loso_fracture: dict = field(default_factory=dict)
@@ -446,6 +450,7 @@ def _row_from_vertebra(scan: str, vertebra, true_grade: int | None) -> VertebraR
     else:
         row.fracture_score = fracture_score(vertebra)
         row.predicted_grade = int(vertebra.genant_grade)
+        row.borderline = bool(getattr(vertebra, "borderline", False)) and row.predicted_grade == 0
         row.morphology = vertebra.morphology
         row.reason = vertebra.grade_reason
     if true_grade is None and row.status != STATUS_NOT_ASSESSED:
@@ -639,6 +644,11 @@ def summarize(rows: list[VertebraRow], cross_validate: bool = False) -> dict:
                          for r in rows if r.status == STATUS_NOT_ASSESSED and r.true_grade is not None],
         "unknown_labels": [{"scan": r.scan, "label": r.label, "level": r.level, "true_grade": r.true_grade}
                            for r in rows if r.status == STATUS_UNKNOWN_LABEL],
+        "borderline": {
+            "count": sum(bool(r.borderline) for r in evaluated),
+            "by_true_grade": {str(g): sum(bool(r.borderline) and r.true_grade == g for r in evaluated) for g in GRADES},
+            "grade>=1 borderline as positive": None,
+        },
         "score": "fracture_score" if any(r.fracture_score is not None and r.height_loss != r.fracture_score
                                          for r in evaluated) else "height_loss",
         "predicted_grade": {},
@@ -650,6 +660,11 @@ def summarize(rows: list[VertebraRow], cross_validate: bool = False) -> dict:
         summary["predicted_grade"][f"grade>={cutoff}"] = {k: _rounded(v) if "ity" in k else v
                                                                 for k, v in figures.items()}
         summary["auc"][f"grade>={cutoff}"] = _rounded(roc_auc(scores, positive))
+    # The borderline band counted as positive (a reader reviews it and may call it grade 1); as negative above.
+    called = [p >= 1 or bool(r.borderline) for p, r in zip(predicted, evaluated)]
+    figures = binary_figures([t >= 1 for t in truth], called)
+    summary["borderline"]["grade>=1 borderline as positive"] = {k: _rounded(v) if "ity" in k else v
+                                                                  for k, v in figures.items()}
     if cross_validate:
         summary["cross_validated"] = {}
         for cutoff in FRACTURE_CUTOFFS:
@@ -677,7 +692,7 @@ def summarize(rows: list[VertebraRow], cross_validate: bool = False) -> dict:
 
 CSV_COLUMNS = ["scan", "subject", "label", "level", "status", "reason", "anterior_mm", "middle_mm", "posterior_mm",
                "wedge_ratio", "biconcavity_ratio", "middle_to_walls_ratio", "height_loss", "fracture_score",
-               "predicted_grade", "morphology", "true_grade", "grade_counted"]
+               "predicted_grade", "borderline", "morphology", "true_grade", "grade_counted"]
 
 
 def rows_to_csv(result: BenchmarkResult) -> str:
@@ -733,6 +748,12 @@ def format_summary(summary: dict) -> str:
     ]
     for grade, row in zip(GRADES, summary["confusion_matrix"]["counts"]):
         lines.append(f"  true {grade}" + "".join(f"{c:>5}" for c in row))
+    borderline = summary.get("borderline") or {}
+    if borderline:
+        by_grade = borderline["by_true_grade"]
+        counts = ", ".join(f"{by_grade[str(g)]} of true grade {g}" for g in GRADES if by_grade[str(g)])
+        lines.append(f"borderline (graded 0, to review): {borderline['count']}" + (f" ({counts})" if counts else "")
+                     + "; the predicted grade counts them negative")
     lines.append(f"{'':<33}{'sensitivity [95% CI]':<26}{'specificity [95% CI]':<26}AUC")
     for cutoff in FRACTURE_CUTOFFS:
         key = f"grade>={cutoff}"
@@ -740,6 +761,10 @@ def format_summary(summary: dict) -> str:
         auc = summary["auc"][key]
         lines.append(f"{key + ' predicted grade':<33}{_format_rate(figures, 'sensitivity'):<26}"
                      f"{_format_rate(figures, 'specificity'):<26}{'n/a' if auc is None else f'{auc:.3f}'}")
+        if cutoff == 1 and borderline.get("grade>=1 borderline as positive"):
+            figures = borderline["grade>=1 borderline as positive"]
+            lines.append(f"{'grade>=1 borderline positive':<33}{_format_rate(figures, 'sensitivity'):<26}"
+                         f"{_format_rate(figures, 'specificity'):<26}")
         if "cross_validated" in summary:
             loso = summary["cross_validated"][key]
             thresholds = loso["fitted_thresholds"]

@@ -20,6 +20,9 @@ POINT_NAMES = (
 HEIGHT_NAMES = ("anterior", "middle", "posterior")
 MORPHOLOGIES = ("normal", "wedge", "biconcave", "crush")
 SCHEMA_VERSION = "1.1"
+BORDERLINE = "borderline — review"
+"""How a borderline vertebra (:attr:`VertebraResult.borderline`) is named in every output: not a fracture, not
+normal; a reader should look at it."""
 LEVELS_STATUSES = ("confirmed", "conflicting", "unconfirmed", "anchored", "given")
 """How the level names were decided: the anchors in view agree, they disagree, none in view (the count may be
 off), the user fixed the count, or they came with a given label map."""
@@ -64,6 +67,9 @@ class VertebraResult:
     """A reduction that reaches Genant's grade 1 and lies beyond the SD criterion on the population's spread alone,
     but not once the mask's voxel size along the spine counts: not called a fracture (the grade is what the other
     reductions give), and said so in the case's warnings (review it on thinner slices); None otherwise."""
+    borderline: bool = False
+    """Graded 0, but a reduction lies in the band where normal shapes and mild fractures overlap (Genant's grade 0.5,
+    see :mod:`.morphometry.grade`): reported as :data:`BORDERLINE`, neither a fracture nor normal."""
     not_assessed_reason: str | None = None
     """Why the vertebra has no Genant grade although it was measured: outside the grading's scope (cervical spine,
     sacrum, coccyx, T1-T3 by default) or withheld by quality control (:mod:`.qc`); None when graded."""
@@ -75,6 +81,11 @@ class VertebraResult:
     @property
     def final_grade(self) -> int | None:
         return self.grade_override if self.grade_override is not None else self.genant_grade
+
+    @property
+    def borderline_in_force(self) -> bool:
+        """Borderline as the outputs show it: graded 0 automatically, not withheld, not overridden by a reviewer."""
+        return bool(self.borderline) and self.genant_grade == 0 and self.grade_override is None
 
     @property
     def final_morphology(self) -> str | None:

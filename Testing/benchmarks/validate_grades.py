@@ -1,8 +1,9 @@
 """Agreement with the radiologists' Genant grades (VerSe'19) and with the peer's heights (TotalSegmentator example).
 
 Prints, for every graded vertebra of the shared VerSe'19 subjects, the radiologists' grade beside the measured
-grade, fracture score, heights and reason; sensitivity and specificity at grade >= 1 and grade >= 2 (a vertebra left
-ungraded counts as called normal: a missed fracture, a correct negative); the z-scores of the vertebrae graded 0
+grade (``B``: borderline), fracture score, heights and reason; sensitivity and specificity at grade >= 1 and
+grade >= 2 (a vertebra left ungraded counts as called normal: a missed fracture, a correct negative), at grade >= 1
+with the borderline vertebrae counted as negative and as positive; the z-scores of the vertebrae graded 0
 against the per-level normal shapes of grade.py; a leave-one-subject-out fit of grade.REDUCTION_SCALE (the only
 fitted number) beside its in-sample fit; and the grades of the normal example spines.
 
@@ -30,32 +31,45 @@ SCALES = np.round(np.arange(1.0, 2.001, 0.05), 2)
 """Candidate reduction scales of the leave-one-subject-out fit."""
 
 
-def _rates(pairs, cut):
-    """(hits, positives, correct rejections, negatives) of `predicted >= cut` against `truth >= cut`."""
-    positives = [(t, p) for t, p in pairs if t >= cut]
-    negatives = [(t, p) for t, p in pairs if t < cut]
-    hits = sum((p or 0) >= cut for _, p in positives)
-    rejections = sum((p or 0) < cut for _, p in negatives)
+def _rates(pairs, cut, borderline_positive=False):
+    """(hits, positives, correct rejections, negatives) of `predicted >= cut` against `truth >= cut`; a borderline
+    vertebra is called positive with ``borderline_positive``."""
+    def called(p, b):
+        return (p or 0) >= cut or (borderline_positive and b)
+    positives = [(p, b) for t, p, b in pairs if t >= cut]
+    negatives = [(p, b) for t, p, b in pairs if t < cut]
+    hits = sum(called(p, b) for p, b in positives)
+    rejections = sum(not called(p, b) for p, b in negatives)
     return hits, len(positives), rejections, len(negatives)
 
 
 def _summary(pairs) -> str:
-    lines = [f"exact grade: {sum(t == (p or 0) for t, p in pairs)}/{len(pairs)}"]
-    for cut in (1, 2):
-        hits, positives, rejections, negatives = _rates(pairs, cut)
+    lines = [f"exact grade: {sum(t == (p or 0) for t, p, _ in pairs)}/{len(pairs)}; borderline: "
+             f"{sum(b for _, _, b in pairs)} ({sum(b and t >= 1 for t, _, b in pairs)} fractured)"]
+    for cut, borderline_positive in ((1, False), (1, True), (2, False)):
+        hits, positives, rejections, negatives = _rates(pairs, cut, borderline_positive)
         lines.append(
-            f"grade >= {cut}: sensitivity {hits}/{positives} = {hits / positives:.2f}, "
-            f"specificity {rejections}/{negatives} = {rejections / negatives:.2f}"
+            f"grade >= {cut}{' borderline positive' if borderline_positive else ''}: sensitivity {hits}/{positives} "
+            f"= {hits / positives:.2f}, specificity {rejections}/{negatives} = {rejections / negatives:.2f}"
         )
     return "\n".join(lines)
 
 
 def _pairs(cases, reference, rules, subjects):
+    """(radiologists' grade, predicted grade, borderline) of every graded vertebra of these subjects."""
     pairs = []
     for subject in subjects:
         grade.grade_vertebrae(cases[subject].vertebrae, rules)
-        pairs += [(truth, cases[subject].vertebra(level).genant_grade) for level, truth in reference[subject].items()]
+        for level, truth in reference[subject].items():
+            vertebra = cases[subject].vertebra(level)
+            pairs.append((truth, vertebra.genant_grade, bool(vertebra.borderline)))
     return pairs
+
+
+def _grades(case, assessed_only=False) -> str:
+    """Level: grade of every vertebra, ``B`` after a borderline one."""
+    return ", ".join(f"{v.level} {v.genant_grade}{'B' if v.borderline else ''}" for v in case.vertebrae
+                     if not (assessed_only and v.not_assessed_reason))
 
 
 def _fit_scale(cases, reference, subjects) -> float:
@@ -63,7 +77,7 @@ def _fit_scale(cases, reference, subjects) -> float:
     errors = []
     for scale in SCALES:
         rules = dataclasses.replace(grade.DEFAULT_RULES, reduction_scale=float(scale))
-        errors.append(sum(abs(t - (p or 0)) for t, p in _pairs(cases, reference, rules, subjects)))
+        errors.append(sum(abs(t - (p or 0)) for t, p, _ in _pairs(cases, reference, rules, subjects)))
     return float(SCALES[int(np.argmin(errors))])
 
 
@@ -94,7 +108,8 @@ def main(argv=None) -> int:
             wrong = ((measured or 0) >= 1) != (expected >= 1)
             score = "  -  " if vertebra.fracture_score is None else f"{vertebra.fracture_score:5.2f}"
             reason = vertebra.grade_reason if vertebra.complete else vertebra.incomplete_reason
-            print(f"{subject}  {level:>5}  {expected:>5}  {measured!s:>5}  {score}  {columns}  "
+            mark = "B" if vertebra.borderline else " "
+            print(f"{subject}  {level:>5}  {expected:>5}  {measured!s:>4}{mark}  {score}  {columns}  "
                   f"{(reason or '')[:100]}{' *' if wrong else ''}")
     print(_summary(pairs))
 
@@ -128,7 +143,8 @@ def main(argv=None) -> int:
         rules = dataclasses.replace(grade.DEFAULT_RULES, reduction_scale=scale)
         held = _pairs(cases, reference, rules, [held_out])
         loso += held
-        print(f"  {held_out}: scale {scale:.2f}; truth/predicted {held}")
+        print(f"  {held_out}: scale {scale:.2f}; truth/predicted " + ", ".join(
+            f"{t}/{p}{'B' if b else ''}" for t, p, b in held))
     print("LOSO: " + _summary(loso).replace("\n", "; "))
     scale = _fit_scale(cases, reference, subjects)
     rules = dataclasses.replace(grade.DEFAULT_RULES, reduction_scale=scale)
@@ -149,15 +165,16 @@ def main(argv=None) -> int:
             for name in ("anterior", "middle", "posterior")
         )
         volume = vertebra.body_volume_ml - peer[f"vertebrae_{level}_volume_ml"]
-        print(f"  {level}: {differences}  volume {volume:+.2f} ml  grade {vertebra.genant_grade}  "
+        print(f"  {level}: {differences}  volume {volume:+.2f} ml  grade {vertebra.genant_grade}"
+              f"{' borderline' if vertebra.borderline else ''}  "
               f"score {vertebra.fracture_score:.2f}")
     full = io.read_label_map(data / "totalsegmentator-example" / "spine_report" / "totalseg.nii.gz", reference=ct)
     case = measure.measure_case(full.volume, ct)
-    print("full-vertebra labels (totalseg.nii.gz):", {v.level: v.genant_grade for v in case.vertebrae})
+    print("full-vertebra labels (totalseg.nii.gz):", _grades(case))
     for name in ("sub-gl003_dir-ax", "sub-gl017", "healthivert-0007", "sub-sample001"):
         path = data / "ungraded-masks" / f"{name}_seg-vert_msk.nii.gz"
         case = measure.measure_case(io.read_label_map(path).volume)
-        print(f"{name}:", {v.level: v.genant_grade for v in case.vertebrae if v.not_assessed_reason is None})
+        print(f"{name}:", _grades(case, assessed_only=True))
     return 0
 
 

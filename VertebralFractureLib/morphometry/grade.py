@@ -29,6 +29,22 @@ below the area expected from its normal neighbours; otherwise the vertebra is gr
 The **fracture score** is the largest reduction of the six (before scaling, whether or not it meets the SD
 criterion): continuous, higher for more likely fractured vertebrae, the score an ROC curve is drawn from.
 
+**Posterior deformities** (Genant 1993's crush type: the posterior height reduced, or all heights): the posterior
+height against the neighbours' (McCloskey's Hp/Hpp, above) and against the vertebra's own anterior height, ``1 -
+(Hp/Ha) / normal(Hp/Ha)``, the mirror of the wedge (an L4 with Ha/Hp 1.38 where 1.07 is normal has lost 22 % of its
+posterior height against its anterior). As in McCloskey-Kanis, a ratio of the vertebra's own heights counts only
+when the height is also short against the neighbours: the posterior shape counts when its own reduction passes the
+SD criterion **and** Hp lies below the normal range of Hp/Hpp (:data:`NORMAL_RANGE_Z`), for a tall anterior wall
+(normal lower lumbar shapes, osteophytes) raises Ha/Hp as much as a short posterior one. Met on its own, the first
+criterion makes the vertebra borderline.
+
+**Borderline band** (Genant's SQ grade 0.5, "borderline or questionable deformity"): a vertebra graded 0 whose
+largest reduction lies within :data:`READER_DISAGREEMENT_SD` below the grade-1 threshold and outside the normal range
+of its ratio (:data:`NORMAL_RANGE_Z`), or one withheld for the voxel size, or whose posterior shape meets only the
+first criterion, is ``borderline`` (reported "borderline - review"): neither a fracture nor normal. The band is
+where readers disagree about grade 1: between two experts' six-point annotations of the same vertebrae on CT, the
+height ratios differ by an SD of 0.07.
+
 The morphology names the height that lost most: anterior - wedge, middle - biconcave, posterior (or all heights
 alike against the neighbours) - crush. Comparing a vertebra's own heights only (min/max) would over-call normal
 spines: the height differences of a normal lumbar spine reach 0.16-0.22 that way.
@@ -44,7 +60,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from VertebralFractureLib.io import labels as labels_mod
-from VertebralFractureLib.results import PatientSummary, VertebraResult
+from VertebralFractureLib.results import BORDERLINE, PatientSummary, VertebraResult
 
 GRADE_THRESHOLDS = (0.20, 0.25, 0.40)
 """Reductions at or above these start grades 1, 2 and 3 (Genant 1993; 25–40 % is grade 2, above 40 % grade 3)."""
@@ -151,6 +167,21 @@ worst height removes at least about 15 % of the section (a biconcave dip over th
 2/3 x 40 % over about half the depth; a wedge: 40 % / 2 over the anterior part; a crush: 40 %)."""
 
 
+NORMAL_RANGE_Z = 1.96
+"""The normal range of a ratio: its mean +- 1.96 SD, the 95 % reference interval by which normal values are
+conventionally bounded (the ratios are close to normal in distribution). A reduction beyond it is not normal, one
+short of :data:`SD_CRITERION` not a fracture: together with the band below it makes a vertebra borderline; it is
+also McCloskey-Kanis's second criterion for a posterior deformity (the posterior height short against the
+neighbours' predicted posterior height)."""
+READER_DISAGREEMENT_SD = 0.07
+"""SD of the difference between two expert readers' height ratios of one vertebra (Ha/Hp, Hm/Hp, Hm/Ha; log ratio)
+on CT: 0.068-0.070 over 2971 pairs of readings of the six-point annotations of 100 chest CTs (MoscowRadiology-
+CTLungCa-500, Pisov et al., MICCAI 2020; Testing/benchmarks/bench_reader_agreement.py computes it), i.e. 95 % limits
+of agreement of +-13 %, in line with the +-12.5 % of percentage height loss between readers on CT (Buckens 2013).
+A reduction within one such SD below Genant's 20 % could be read as a fracture by a second reader: the
+borderline band is [20 % - 7 %, 20 %) of the graded (scaled) reduction."""
+
+
 GRADED_LEVELS = ("T4", "T5", "T6", "T7", "T8", "T9", "T10", "T11", "T12", "T13", "L1", "L2", "L3", "L4", "L5", "L6")
 """Levels Genant grading is defined for (Genant 1993; Eastell 1991 and McCloskey 1993 give normal ranges for T4-L5
 only). The transitional T13 and L6 are graded with the references of T12 and L5 (:data:`REFERENCE_LEVEL_OF`)."""
@@ -186,6 +217,8 @@ class GradingRules:
     sd_criterion: float = SD_CRITERION
     reduction_scale: float = REDUCTION_SCALE
     severe_area_deficit: float = SEVERE_AREA_DEFICIT
+    normal_range_z: float = NORMAL_RANGE_Z
+    reader_disagreement_sd: float = READER_DISAGREEMENT_SD
     reference_levels: int = 2
     """How many levels above and below may serve as references for the expected heights."""
     relative_normal_height: dict = field(default_factory=lambda: dict(RELATIVE_NORMAL_HEIGHT))
@@ -246,7 +279,9 @@ def own_shape_reductions(heights: dict, level: str, rules: GradingRules = DEFAUL
         1.0 - (middle / posterior) / normal["middle_to_posterior"],
         1.0 - (middle / anterior) / normal["middle_to_anterior"],
     )
-    return {"wedge": max(0.0, wedge), "biconcave": max(0.0, biconcave)}
+    # The mirror of the wedge: the posterior height short against the anterior (Genant's crush type).
+    posterior_shape = 1.0 - (posterior / anterior) * normal["wedge"]
+    return {"wedge": max(0.0, wedge), "biconcave": max(0.0, biconcave), "posterior": max(0.0, posterior_shape)}
 
 
 def expected_heights(
@@ -303,8 +338,12 @@ def grade_vertebrae(vertebrae: list[VertebraResult], rules: GradingRules = DEFAU
         if v.complete and v.heights_mm and not implausible[v.label] and labels_mod.rank(v.label) >= labels_mod.rank(8)
     ]
     own = {v.label: own_shape_reductions(v.heights_mm, v.level, rules) for v in measurable}
+    # A reference's own shape must be normal; its posterior shape alone (unconfirmed: a tall anterior wall reads
+    # alike) does not keep it out.
     references = [
-        v for v in measurable if rules.reduction_scale * max(own[v.label].values()) < rules.grade_thresholds[0]
+        v
+        for v in measurable
+        if rules.reduction_scale * max(own[v.label]["wedge"], own[v.label]["biconcave"]) < rules.grade_thresholds[0]
     ]
     for vertebra in vertebrae:
         vertebra.not_assessed_reason = not_assessed_reason(vertebra.level, rules.include_upper_thoracic)
@@ -325,6 +364,7 @@ def _leave_ungraded(vertebra: VertebraResult, reason: str) -> None:
     """No grade, morphology or height loss for this vertebra; ``reason`` says why."""
     vertebra.genant_grade = None
     vertebra.withheld_for_voxel_size = None
+    vertebra.borderline = False
     vertebra.morphology = None
     vertebra.height_loss = None
     vertebra.expected_posterior_mm = None
@@ -340,16 +380,27 @@ def _grade_one(vertebra: VertebraResult, shape: dict, expected: dict | None, rul
     # (McCloskey's second criterion) decides whether it counts.
     # Each candidate: (reduction, the population's SD of its ratio); the mask's own SD adds to it.
     measured_sd = measurement_sd(vertebra)
+
+    def z_score(reduction: float, population_sd: float) -> float:
+        return reduction / float(np.hypot(population_sd, measured_sd))
+
     candidates = {
         "anterior": [(shape["wedge"], rules.normal_wedge_sd), (loss["anterior"], rules.neighbour_ratio_sd)],
         "middle": [(shape["biconcave"], rules.normal_shape_sd), (loss["middle"], rules.neighbour_ratio_sd)],
         "posterior": [(loss["posterior"], rules.neighbour_ratio_sd)],
     }
+    # The posterior shape (McCloskey-Kanis's two criteria): it counts only where the posterior height is also short
+    # against the neighbours' predicted posterior height, beyond that ratio's normal range.
+    posterior_z = z_score(loss["posterior"], rules.neighbour_ratio_sd)
+    posterior_confirmed = bool(expected) and posterior_z >= rules.normal_range_z
+    posterior_unconfirmed = None
+    if posterior_confirmed:
+        candidates["posterior"].append((shape["posterior"], rules.normal_wedge_sd))
+    elif z_score(shape["posterior"], rules.normal_wedge_sd) >= rules.sd_criterion:
+        posterior_unconfirmed = shape["posterior"]
     score = max(reduction for options in candidates.values() for reduction, _ in options)
     counted = {
-        name: max(
-            (r for r, sd in options if r / float(np.hypot(sd, measured_sd)) >= rules.sd_criterion), default=0.0
-        )
+        name: max((r for r, sd in options if z_score(r, sd) >= rules.sd_criterion), default=0.0)
         for name, options in candidates.items()
     }
     worst_height, reduction = max(counted.items(), key=lambda item: item[1])
@@ -366,10 +417,28 @@ def _grade_one(vertebra: VertebraResult, shape: dict, expected: dict | None, rul
     vertebra.withheld_for_voxel_size = withheld
     morphology = MORPHOLOGY_OF_HEIGHT[worst_height]
     # All heights lost alike with the shape kept: a crush, whichever height lost a little more.
-    if expected and min(loss.values()) >= 0.8 * reduction and max(shape.values()) * rules.reduction_scale < (
-        rules.grade_thresholds[0]
-    ):
+    shape_kept = max(shape["wedge"], shape["biconcave"]) * rules.reduction_scale < rules.grade_thresholds[0]
+    if expected and min(loss.values()) >= 0.8 * reduction and shape_kept:
         morphology = "crush"
+    # Borderline (Genant's grade 0.5): not graded a fracture, but a reduction in the band below grade 1 where
+    # readers disagree, outside the normal range of its ratio; or one withheld for the voxel size; or a posterior
+    # shape that meets only McCloskey-Kanis's first criterion.
+    band_floor = rules.grade_thresholds[0] - rules.reader_disagreement_sd
+    in_band = [
+        (r, name)
+        for name, options in candidates.items()
+        for r, sd in options
+        if rules.reduction_scale * r >= band_floor and z_score(r, sd) >= rules.normal_range_z
+    ]
+    if posterior_unconfirmed is not None and rules.reduction_scale * posterior_unconfirmed >= band_floor:
+        in_band.append((posterior_unconfirmed, "posterior"))
+    borderline = None
+    if grade == 0:
+        if in_band:
+            borderline = max(in_band)
+        elif withheld is not None:
+            borderline = (withheld, worst_height)
+    vertebra.borderline = borderline is not None
     area_deficit = None
     if expected and expected.get("area") and vertebra.midsagittal_area_mm2:
         area_deficit = max(0.0, 1.0 - vertebra.midsagittal_area_mm2 / expected["area"])
@@ -396,6 +465,8 @@ def _grade_one(vertebra: VertebraResult, shape: dict, expected: dict | None, rul
     vertebra.genant_grade = grade
     vertebra.morphology = morphology if grade >= 1 else "normal"
     parts = [f"wedge shape {100 * shape['wedge']:.0f} %", f"biconcave shape {100 * shape['biconcave']:.0f} %"]
+    if posterior_confirmed and shape["posterior"] > 0:
+        parts.append(f"posterior shape {100 * shape['posterior']:.0f} %")
     if expected:
         parts.append("against neighbours: " + ", ".join(f"{name} {100 * loss[name]:.0f} %" for name in loss))
     else:
@@ -407,6 +478,18 @@ def _grade_one(vertebra: VertebraResult, shape: dict, expected: dict | None, rul
         )
     elif score > reduction and rules.reduction_scale * score >= rules.grade_thresholds[0]:
         parts.append(f"a {100 * score:.0f} % reduction lies within {rules.sd_criterion:g} SD of normal")
+    if posterior_unconfirmed is not None:
+        wedge_ratio = heights["anterior"] / heights["posterior"]
+        normal_wedge = normal_ratios(vertebra.level, rules)["wedge"]
+        parts.append(
+            f"posterior shape {100 * posterior_unconfirmed:.0f} % (Ha/Hp {wedge_ratio:.2f}, {normal_wedge:.2f} normal) "
+            "without the posterior height short against the neighbours: not counted"
+        )
+    if borderline is not None:
+        parts.append(
+            f"{BORDERLINE}: a {100 * rules.reduction_scale * borderline[0]:.0f} % {borderline[1]} reduction "
+            f"(as graded) lies where normal shapes and mild fractures overlap"
+        )
     vertebra.grade_reason = f"largest reduction {100 * reduction:.0f} % ({worst_height} height); " + "; ".join(
         parts + notes
     )
