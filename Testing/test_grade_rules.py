@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from VertebralFractureLib.morphometry import grade
-from VertebralFractureLib.results import VertebraResult
+from VertebralFractureLib.results import BORDERLINE, VertebraResult
 
 
 def _vertebra(level, label, anterior, middle, posterior, **fields):
@@ -51,7 +51,7 @@ def test_a_fractured_neighbour_does_not_lower_the_expectation():
     assert spine[0].genant_grade == 0 and spine[3].genant_grade == 0
 
 
-@pytest.mark.parametrize("heights", [(26.0, 18.0, 8.0), (20.0, 30.0, 21.0)])
+@pytest.mark.parametrize("heights", [(42.0, 30.0, 27.0), (20.0, 30.0, 21.0)])
 def test_implausible_shapes_are_flagged_not_graded(heights):
     spine = [_vertebra("L1", 20, 27.0, 26.0, 27.5), _vertebra("L2", 21, *heights),
              _vertebra("L3", 22, 28.0, 27.0, 28.5)]
@@ -116,3 +116,54 @@ def test_fracture_score_grows_with_the_deformity():
         scores.append(spine[1].fracture_score)
         assert spine[0].fracture_score < 0.1 and spine[2].fracture_score < 0.1
     assert scores == sorted(scores) and scores[0] < 0.1 and scores[-1] > 0.5
+
+
+def _lumbar(l4_anterior, l4_posterior):
+    """Normal L3 and L5 (Ha/Hp 1.03 and 1.18) around an L4 of the given wall heights."""
+    middle = grade.NORMAL_CONCAVITY * (l4_anterior + l4_posterior) / 2
+    return [_vertebra("L3", 22, 28.0, 25.6, 27.2), _vertebra("L4", 23, l4_anterior, middle, l4_posterior),
+            _vertebra("L5", 24, 30.7, 26.5, 26.0)]
+
+
+def test_posterior_deformity_is_graded_when_the_posterior_height_is_short_against_the_neighbours():
+    # Ha/Hp 1.38 at L4, where 1.07 is normal: the posterior height 23 % short against the anterior (Genant's crush
+    # type). Against the neighbours' predicted posterior height (L5's 26.0 mm carried over: 27.9 mm) it is 16 % short:
+    # beyond that ratio's normal range (1.96 SD), short of 3 SD, so the neighbour comparison alone grades it 0.
+    spine = _lumbar(32.5, 23.55)
+    grade.grade_vertebrae(spine)
+    l4 = spine[1]
+    assert l4.ratios["wedge"] == pytest.approx(1.38, abs=0.01)
+    shape = 1 - (23.55 / 32.5) * grade.NORMAL_SHAPE["L4"][0]
+    assert (l4.genant_grade, l4.morphology, l4.borderline) == (2, "crush", False)
+    assert l4.height_loss == pytest.approx(grade.REDUCTION_SCALE * shape)
+    assert "posterior shape 22 %" in l4.grade_reason
+    assert spine[0].genant_grade == 0 and spine[2].genant_grade == 0
+    assert not spine[0].borderline and not spine[2].borderline
+
+
+def test_a_tall_anterior_wall_alone_is_borderline_not_a_fracture():
+    # The same Ha/Hp 1.38, but the posterior height is normal against the neighbours (the anterior wall is tall, as
+    # in normal lower lumbar shapes): McCloskey-Kanis's second criterion fails, so the vertebra is only borderline.
+    spine = _lumbar(36.4, 26.4)
+    grade.grade_vertebrae(spine)
+    l4 = spine[1]
+    assert (l4.genant_grade, l4.borderline, l4.borderline_in_force) == (0, True, True)
+    assert "without the posterior height short against the neighbours" in l4.grade_reason
+    assert BORDERLINE in l4.grade_reason
+    l4.grade_override = 0  # a reviewer decided: no longer shown as borderline
+    assert not l4.borderline_in_force
+
+
+@pytest.mark.parametrize("middle_loss, borderline", [(0.05, False), (0.14, True)])
+def test_borderline_band_lies_below_grade_1_beyond_the_normal_range(middle_loss, borderline):
+    # A middle height 14 % below the normal concavity: 2.8 SD (not a fracture, 3 SD are needed) and, scaled, 17-20 %:
+    # within one reader-disagreement SD (7 %) below Genant's 20 %. A 5 % dip is normal.
+    walls = (27.0, 27.5)
+    middle = grade.NORMAL_CONCAVITY * sum(walls) / 2 * (1 - middle_loss)
+    spine = [_vertebra("L1", 20, 27.0, 25.1, 27.5), _vertebra("L2", 21, walls[0], middle, walls[1]),
+             _vertebra("L3", 22, 28.0, 26.0, 28.5)]
+    grade.grade_vertebrae(spine)
+    assert spine[1].genant_grade == 0
+    assert spine[1].borderline is borderline
+    assert (BORDERLINE in spine[1].grade_reason) is borderline
+    assert not spine[0].borderline and not spine[2].borderline

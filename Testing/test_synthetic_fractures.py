@@ -1,10 +1,12 @@
 """Fractures of known size made on real anatomy: a normal vertebra of a real VerSe mask (radiologists' grade 0) is
-compressed along its own superior axis by a known amount (wedge, biconcave, crush at 15, 22, 30 and 45 %), and the
-measured reduction and the grade are checked.
+compressed along its own superior axis by a known amount (wedge, biconcave, crush, posterior at 15, 22, 30 and
+45 %), and the measured reduction and the grade are checked.
 
 The compression resamples the vertebra's mask with a scale along the superior axis that depends on the position
-across the depth (wedge: 1 at the posterior corners falling linearly to 1 - r at the anterior corners;
-biconcave: 1 - r over the middle of the depth, tapering to 1 before the walls' bands; crush: 1 - r everywhere),
+across the depth (wedge: 1 at the posterior corners falling linearly to 1 - r at the anterior corners; posterior,
+its mirror: 1 at the anterior corners falling to 1 - r at the posterior ones, Genant's crush type with the posterior
+height reduced; biconcave: 1 - r over the middle of the depth, tapering to 1 before the walls' bands; crush: 1 - r
+everywhere),
 centred between the endplates, so the imposed reduction of the ratio the grade depends on is r.
 """
 
@@ -67,13 +69,13 @@ def _compress(volume: io.Volume, vertebra, label: int, kind: str, reduction: flo
     ijk = np.indices(shape, dtype=float).reshape(3, -1).T + np.array([s.start for s in region])
     world = volume.ijk_to_world(ijk)
     y, z = world @ anterior, world @ superior
-    if kind == "wedge":
+    if kind in ("wedge", "posterior"):
         # Linear beyond the corners of the central plane too (to WEDGE_OVERHANG): the walls of the other measured
         # planes lie a few per cent of the depth in front of or behind them, and their corners must see the same
         # linear wedge.
         t = np.clip((y - y_of["posterior"]) / (y_of["anterior"] - y_of["posterior"]), -WEDGE_OVERHANG,
                     1.0 + WEDGE_OVERHANG)
-        scale = 1.0 - reduction * t
+        scale = 1.0 - reduction * (t if kind == "wedge" else 1.0 - t)
     elif kind == "biconcave":
         off_centre = np.abs(y - y_of["middle"]) / depth
         scale = 1.0 - reduction * np.clip((0.27 - off_centre) / 0.12, 0.0, 1.0)
@@ -99,11 +101,14 @@ RATIO = {
     "wedge": lambda h: h["anterior"] / h["posterior"],
     "biconcave": lambda h: h["middle"] / h["posterior"],
     "crush": lambda h: h["posterior"],
+    "posterior": lambda h: h["posterior"],
 }
+MORPHOLOGY = {"wedge": "wedge", "biconcave": "biconcave", "crush": "crush", "posterior": "crush"}
+"""Genant's morphology name of each compression: a reduced posterior height is a crush."""
 
 
 @pytest.mark.parametrize("reduction", [0.15, 0.22, 0.30, 0.45])
-@pytest.mark.parametrize("kind", ["wedge", "biconcave", "crush"])
+@pytest.mark.parametrize("kind", ["wedge", "biconcave", "crush", "posterior"])
 def test_known_compression_of_a_real_vertebra(anatomy, kind, reduction):
     volume, baseline, label = anatomy
     before = baseline.vertebra(label)
@@ -113,7 +118,7 @@ def test_known_compression_of_a_real_vertebra(anatomy, kind, reduction):
     assert measured == pytest.approx(reduction, abs=TOLERANCE), (kind, reduction, before.heights_mm, after.heights_mm)
     assert after.genant_grade in _allowed_grades(reduction), after.grade_reason
     if after.genant_grade >= 1:
-        assert after.morphology == kind, after.grade_reason
+        assert after.morphology == MORPHOLOGY[kind], after.grade_reason
     assert after.fracture_score >= before.fracture_score
     for level in ("L2", "L4"):
         assert case.vertebra(level).genant_grade == 0

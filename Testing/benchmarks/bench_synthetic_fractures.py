@@ -1,7 +1,8 @@
 """Known compressions of several real normal vertebrae: how well the measured reduction and the grade follow them.
 
 Testing/test_synthetic_fractures.py checks one vertebra (sub-verse010 L3) to 3 percentage points. This script
-applies the same compression (wedge, biconcave, crush at 15, 22, 30 and 45 %) to normal vertebrae of other subjects
+applies the same compression (wedge, biconcave, crush and posterior, Genant's crush type with the posterior height
+reduced, at 15, 22, 30 and 45 %) to normal vertebrae of other subjects
 and levels (radiologists' grade 0 in the shared VerSe'19 masks), each cropped with its two neighbours, and prints
 the measured reduction of the ratio the grade depends on, the grade and morphology, the grades of the untouched
 neighbours, and in the end the error of the measured reductions and how often the grade falls in the Genant band of
@@ -39,7 +40,7 @@ SOURCES = (
 )
 """Normal vertebrae (radiologists' grade 0) and the neighbours kept beside them."""
 REDUCTIONS = (0.15, 0.22, 0.30, 0.45)
-KINDS = ("wedge", "biconcave", "crush")
+KINDS = ("wedge", "biconcave", "crush", "posterior")
 
 
 def main(argv=None) -> int:
@@ -47,7 +48,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=str(REPOSITORY.parent / "shared" / "data"))
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    errors, in_band, morphology_right, fractured, neighbours_called = [], 0, 0, 0, 0
+    errors, in_band, morphology_right, fractured, neighbours_called, neighbours_borderline = [], 0, 0, 0, 0, 0
+    borderline = 0
     total = neighbours_total = 0
     for path, level, levels in SOURCES:
         volume = io.read_label_map(Path(args.data) / path).volume
@@ -72,10 +74,13 @@ def main(argv=None) -> int:
                 in_band += after.genant_grade in synthetic._allowed_grades(reduction)
                 if after.genant_grade:
                     fractured += 1
-                    morphology_right += after.morphology == kind
+                    morphology_right += after.morphology == synthetic.MORPHOLOGY[kind]
+                borderline += bool(after.borderline)
                 neighbours_called += sum(bool(case.vertebra(n).genant_grade) for n in normal_neighbours)
+                neighbours_borderline += sum(bool(case.vertebra(n).borderline) for n in normal_neighbours)
                 neighbours_total += len(normal_neighbours)
-                cells.append(f"{100 * reduction:.0f} %: {100 * measured:5.1f} % g{after.genant_grade}")
+                mark = "B" if after.borderline else " "
+                cells.append(f"{100 * reduction:.0f} %: {100 * measured:5.1f} % g{after.genant_grade}{mark}")
             print(f"  {kind:9s} " + " | ".join(cells))
     errors = np.array(errors)
     print(f"\nmeasured minus imposed reduction over {total} compressions: mean {100 * errors.mean():+.1f}, "
@@ -83,7 +88,8 @@ def main(argv=None) -> int:
           f"within 3 points: {np.mean(np.abs(errors) <= 0.03):.2f}")
     print(f"grade in the band of the imposed reduction (3 points of tolerance): {in_band}/{total}; morphology right "
           f"where graded >= 1: {morphology_right}/{fractured}; untouched normal neighbours called fractured: "
-          f"{neighbours_called}/{neighbours_total}")
+          f"{neighbours_called}/{neighbours_total}, borderline: {neighbours_borderline}/{neighbours_total}; compressed "
+          f"vertebrae borderline (B): {borderline}/{total}")
     print(f"runtime {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -223,8 +223,10 @@ class GradingRules:
     """How many levels above and below may serve as references for the expected heights."""
     relative_normal_height: dict = field(default_factory=lambda: dict(RELATIVE_NORMAL_HEIGHT))
     max_anterior_to_posterior: float = 1.5
-    """Above this Ha/Hp the shape is no vertebral body's (normal L5, the most anteriorly tall, stays near 1.2-1.3):
-    the segmentation is wrong there, and the vertebra is flagged for review instead of graded."""
+    """Above this Ha/Hp the shape is no normal vertebral body's (normal L5, the most anteriorly tall, stays near
+    1.2-1.3): unless the posterior height is short against the neighbours too (a posterior deformity: a 30 % loss of
+    a normal L3's posterior height gives 1.5), the segmentation is wrong there, and the vertebra is flagged for review
+    instead of graded."""
     max_middle_to_walls: float = 1.25
     """Above this Hm / max(Ha, Hp) the endplates would bulge outwards, which no fracture does: likewise flagged."""
 
@@ -318,6 +320,12 @@ def expected_heights(
     return {name: max(values) for name, values in estimates.items() if values}
 
 
+POSTERIOR_DEFORMITY_NOTE = "the anterior height far above the posterior one is a posterior deformity: Hp is short " \
+    "against the neighbours"
+"""Said in the grade reason of a vertebra whose shape :func:`implausible_shape` alone would reject, graded because its
+posterior height is short against the neighbours (quality control reads it, not to reject the same shape)."""
+
+
 def implausible_shape(heights: dict, rules: GradingRules = DEFAULT_RULES) -> str | None:
     """Why these heights cannot be a vertebral body's (a segmentation error), or None."""
     anterior, middle, posterior = heights["anterior"], heights["middle"], heights["posterior"]
@@ -338,13 +346,21 @@ def grade_vertebrae(vertebrae: list[VertebraResult], rules: GradingRules = DEFAU
         if v.complete and v.heights_mm and not implausible[v.label] and labels_mod.rank(v.label) >= labels_mod.rank(8)
     ]
     own = {v.label: own_shape_reductions(v.heights_mm, v.level, rules) for v in measurable}
-    # A reference's own shape must be normal; its posterior shape alone (unconfirmed: a tall anterior wall reads
-    # alike) does not keep it out.
-    references = [
-        v
-        for v in measurable
-        if rules.reduction_scale * max(own[v.label]["wedge"], own[v.label]["biconcave"]) < rules.grade_thresholds[0]
-    ]
+    # A reference's own shape must be normal: no wedge or biconcave reduction of grade 1 size, and no posterior shape
+    # of that size beyond the SD criterion (its heights would carry a tall anterior or a short posterior wall over).
+    def normal_shape(v: VertebraResult) -> bool:
+        reductions = own[v.label]
+        posterior_sd = float(np.hypot(rules.normal_wedge_sd, measurement_sd(v)))
+        posterior = reductions["posterior"] if reductions["posterior"] / posterior_sd >= rules.sd_criterion else 0.0
+        largest = max(reductions["wedge"], reductions["biconcave"], posterior)
+        return rules.reduction_scale * largest < rules.grade_thresholds[0]
+
+    references = [v for v in measurable if normal_shape(v)]
+    posterior_deformities = set()
+    for vertebra in vertebrae:
+        if implausible.get(vertebra.label) and _posterior_short(vertebra, references, rules):
+            implausible[vertebra.label] = None  # a posterior deformity, graded below
+            posterior_deformities.add(vertebra.label)
     for vertebra in vertebrae:
         vertebra.not_assessed_reason = not_assessed_reason(vertebra.level, rules.include_upper_thoracic)
         vertebra.fracture_score = None
@@ -357,7 +373,24 @@ def grade_vertebrae(vertebrae: list[VertebraResult], rules: GradingRules = DEFAU
         if implausible[vertebra.label]:
             _leave_ungraded(vertebra, f"not graded, review the segmentation: {implausible[vertebra.label]}")
             continue
-        _grade_one(vertebra, own[vertebra.label], expected_heights(vertebra, references, rules), rules)
+        shape = own.get(vertebra.label) or own_shape_reductions(vertebra.heights_mm, vertebra.level, rules)
+        _grade_one(vertebra, shape, expected_heights(vertebra, references, rules), rules)
+        if vertebra.label in posterior_deformities:
+            vertebra.grade_reason += f"; {POSTERIOR_DEFORMITY_NOTE}"
+
+
+def _posterior_short(vertebra: VertebraResult, references: list[VertebraResult], rules: GradingRules) -> bool:
+    """Whether the posterior height is short against the neighbours' predicted posterior height, beyond that ratio's
+    normal range, with the middle height not above both walls (McCloskey-Kanis's second criterion, see the module
+    docstring): an anterior height far above the posterior one is then a posterior deformity, not a wrong mask."""
+    heights = vertebra.heights_mm
+    if heights["middle"] > rules.max_middle_to_walls * max(heights["anterior"], heights["posterior"]):
+        return False
+    expected = expected_heights(vertebra, references, rules)
+    if not expected:
+        return False
+    loss = 1.0 - heights["posterior"] / expected["posterior"]
+    return loss / float(np.hypot(rules.neighbour_ratio_sd, measurement_sd(vertebra))) >= rules.normal_range_z
 
 
 def _leave_ungraded(vertebra: VertebraResult, reason: str) -> None:

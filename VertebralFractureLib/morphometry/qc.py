@@ -214,7 +214,7 @@ def vertebra_problems(vertebra, source: str, levels_trusted: bool, rules: Qualit
         problems.append(f"body volume {volume:.1f} ml outside {rules.min_body_volume_ml:g}-"
                         f"{rules.max_body_volume_ml:g} ml")
     shape = grade_mod.implausible_shape(heights)
-    if shape:
+    if shape and grade_mod.POSTERIOR_DEFORMITY_NOTE not in (vertebra.grade_reason or ""):
         problems.append(f"shape no vertebral body has: {shape}")
     spread = vertebra.trabecular_hu_iqr
     if source == "automatic" and spread is not None:
