@@ -23,7 +23,7 @@ from VertebralFractureLib.io import Volume, atomic_path
 from VertebralFractureLib.io import labels as labels_mod
 from VertebralFractureLib.morphometry.qc import headline as quality_headline
 from VertebralFractureLib.outputs.files import LEVELS_DOUBTFUL, levels_line
-from VertebralFractureLib.results import CaseResult
+from VertebralFractureLib.results import BORDERLINE, CaseResult
 from VertebralFractureLib.screening.rules import RESEARCH_USE
 
 GRADE_COLORS = {0: "#2e7d32", 1: "#f9a825", 2: "#ef6c00", 3: "#c62828", None: "#757575"}
@@ -323,7 +323,7 @@ def vertebra_rows(case: CaseResult) -> list[dict]:
             "loss": "–" if v.height_loss is None else f"{100 * v.height_loss:.0f} %",
             "grade": v.final_grade,
             "grade_text": "not assessed" if v.final_grade is None and v.complete and v.not_assessed_reason
-            else GRADE_TEXT.get(v.final_grade, str(v.final_grade)),
+            else f"0 {BORDERLINE}" if v.borderline_in_force else GRADE_TEXT.get(v.final_grade, str(v.final_grade)),
             "morphology": v.final_morphology or "–",
             "hu": "–" if v.trabecular_hu is None else
             f"{v.trabecular_hu:.0f} [{_fmt(v.trabecular_hu_iqr, 0)}]" + ("" if v.complete else " (cut: not used)"),

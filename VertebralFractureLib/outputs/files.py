@@ -23,7 +23,8 @@ GRADE_COLOURS = {None: "#9e9e9e", 0: "#2e7d32", 1: "#f9a825", 2: "#ef6c00", 3: "
 HEIGHT_COLOURS = {"anterior": "#00b8d4", "middle": "#ffd600", "posterior": "#d500f9"}
 
 CSV_COLUMNS = (
-    ["level", "label", "levels_status", "complete", "genant_grade", "morphology", "height_loss", "fracture_score"]
+    ["level", "label", "levels_status", "complete", "genant_grade", "borderline", "morphology", "height_loss",
+     "fracture_score"]
     + [f"{name}_height_mm" for name in HEIGHT_NAMES]
     + [
         "wedge_ratio",
@@ -90,6 +91,7 @@ def case_to_csv(case: CaseResult) -> str:
             "levels_status": case.levels_status,
             "complete": vertebra.complete,
             "genant_grade": vertebra.genant_grade,
+            "borderline": vertebra.borderline_in_force,
             "morphology": vertebra.morphology,
             "height_loss": _round(vertebra.height_loss, 3),
             "fracture_score": _round(vertebra.fracture_score, 3),

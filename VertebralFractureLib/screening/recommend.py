@@ -29,7 +29,7 @@ from VertebralFractureLib.morphometry.density import (
     measure_density,
 )
 from VertebralFractureLib.morphometry.qc import VERTEBRA_REASON_PREFIX
-from VertebralFractureLib.results import CaseResult, PatientSummary, VertebraResult
+from VertebralFractureLib.results import BORDERLINE, CaseResult, PatientSummary, VertebraResult
 from VertebralFractureLib.screening.contrast import ContrastAssessment, assess_contrast
 from VertebralFractureLib.screening.rules import ACTION_ORDER, GRADE_NAMES, DensityThresholds, RecommendationRules
 
@@ -253,7 +253,10 @@ def recommend(case: CaseResult, level: str | None, level_reason: str, measured_h
         confidence_reasons.append(quality.headline)
         reasons.extend(f"quality control: {item}" for item in quality.failed_checks)
     elif graded:
-        phrases.append(f"No vertebral fracture ({', '.join(v.level for v in graded)} graded)")
+        borderline = [v.level for v in graded if v.borderline_in_force]
+        phrases.append(f"No vertebral fracture ({', '.join(v.level for v in graded)} graded"
+                       + (f"; {BORDERLINE}: {', '.join(borderline)}" if borderline else "")
+                       + "; mild (grade 1) fractures can be missed)")
         reasons.append(f"Genant grade 0 at {', '.join(v.level for v in graded)}")
     else:
         phrases.append("Fracture grading not available")

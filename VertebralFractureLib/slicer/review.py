@@ -14,7 +14,7 @@ import numpy as np
 from VertebralFractureLib.io import labels as labels_mod
 from VertebralFractureLib.morphometry import grade as grade_mod
 from VertebralFractureLib.outputs import files as report_mod
-from VertebralFractureLib.results import HEIGHT_NAMES, MORPHOLOGIES, CaseResult, VertebraResult
+from VertebralFractureLib.results import BORDERLINE, HEIGHT_NAMES, MORPHOLOGIES, CaseResult, VertebraResult
 from VertebralFractureLib.segment.renumber import renumbering
 
 
@@ -92,7 +92,10 @@ def summary_text(case: CaseResult) -> str:
     elif withheld or not graded:
         lines.append("Fractures: not assessed")
     else:
-        lines.append("Fractures: none found")
+        lines.append("Fractures: none found (mild, grade 1, fractures can be missed)")
+    borderline = [v.level for v in graded if v.borderline_in_force]
+    if borderline and not withheld:
+        lines.append(f"{BORDERLINE[0].upper()}{BORDERLINE[1:]} (not a fracture, not normal): " + ", ".join(borderline))
     uncertain = [v for v in graded if v.withheld_for_voxel_size is not None and v.grade_override is None]
     if uncertain and not withheld:
         lines.append("To review (a reduction within the slices' uncertainty): " + ", ".join(
