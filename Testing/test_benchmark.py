@@ -195,6 +195,17 @@ def test_benchmark_figures_agree_with_its_csv(five_subjects):
         benchmark.weighted_kappa(benchmark.confusion_matrix(truth, predicted)), abs=1e-3)
     text = (five_subjects / "summary.txt").read_text()
     assert "LOSO threshold" in text and "predicted grade" in text
+    # The borderline band: counted apart, negative in the predicted grade, positive in the second grade >= 1 line.
+    borderline = [r["borderline"] == "True" for r in rows]
+    assert not any(b and p >= 1 for b, p in zip(borderline, predicted))
+    assert summary["borderline"]["count"] == sum(borderline)
+    assert summary["borderline"]["by_true_grade"] == {
+        str(g): sum(b and t == g for b, t in zip(borderline, truth)) for g in range(4)}
+    positive = summary["borderline"]["grade>=1 borderline as positive"]
+    assert positive["tp"] == sum(t >= 1 and (p >= 1 or b) for t, p, b in zip(truth, predicted, borderline))
+    assert positive["fp"] == sum(t == 0 and (p >= 1 or b) for t, p, b in zip(truth, predicted, borderline))
+    assert positive["tp"] >= summary["predicted_grade"]["grade>=1"]["tp"]
+    assert "borderline positive" in text
 
 
 def test_benchmark_lists_unknown_scan_and_label(five_subjects):
