@@ -41,7 +41,8 @@ criterion makes the vertebra borderline.
 **Borderline band** (Genant's SQ grade 0.5, "borderline or questionable deformity"): a vertebra graded 0 whose
 largest reduction lies within :data:`READER_DISAGREEMENT_SD` below the grade-1 threshold and outside the normal range
 of its ratio (:data:`NORMAL_RANGE_Z`), or one withheld for the voxel size, or whose posterior shape meets only the
-first criterion, is ``borderline`` (reported "borderline - review"): neither a fracture nor normal. The band is
+first criterion, is ``borderline`` (reported as :data:`~VertebralFractureLib.results.BORDERLINE`): neither a
+fracture nor normal. The band is
 where readers disagree about grade 1: between two experts' six-point annotations of the same vertebrae on CT, the
 height ratios differ by an SD of 0.07.
 
@@ -458,19 +459,29 @@ def _grade_one(vertebra: VertebraResult, shape: dict, expected: dict | None, rul
     # shape that meets only McCloskey-Kanis's first criterion.
     band_floor = rules.grade_thresholds[0] - rules.reader_disagreement_sd
     in_band = [
-        (r, name)
+        (r, f"{name} height")
         for name, options in candidates.items()
         for r, sd in options
         if rules.reduction_scale * r >= band_floor and z_score(r, sd) >= rules.normal_range_z
     ]
-    if posterior_unconfirmed is not None and rules.reduction_scale * posterior_unconfirmed >= band_floor:
-        in_band.append((posterior_unconfirmed, "posterior"))
     borderline = None
     if grade == 0:
         if in_band:
-            borderline = max(in_band)
+            largest, name = max(in_band)
+            where = (
+                f"in the band where readers disagree about grade 1 ({100 * band_floor:.0f}-"
+                f"{100 * rules.grade_thresholds[0]:.0f} %)"
+                if rules.reduction_scale * largest < rules.grade_thresholds[0]
+                else f"within {rules.sd_criterion:g} SD of normal"
+            )
+            borderline = (
+                f"a {100 * rules.reduction_scale * largest:.0f} % reduction ({name}, as graded) lies beyond the "
+                f"normal range ({rules.normal_range_z:g} SD) but {where}"
+            )
+        elif posterior_unconfirmed is not None and rules.reduction_scale * posterior_unconfirmed >= band_floor:
+            borderline = "the posterior shape is not confirmed by a short posterior height against the neighbours"
         elif withheld is not None:
-            borderline = (withheld, worst_height)
+            borderline = "the reduction is within the slices' uncertainty"
     vertebra.borderline = borderline is not None
     area_deficit = None
     if expected and expected.get("area") and vertebra.midsagittal_area_mm2:
@@ -519,10 +530,7 @@ def _grade_one(vertebra: VertebraResult, shape: dict, expected: dict | None, rul
             "without the posterior height short against the neighbours: not counted"
         )
     if borderline is not None:
-        parts.append(
-            f"{BORDERLINE}: a {100 * rules.reduction_scale * borderline[0]:.0f} % {borderline[1]} reduction "
-            f"(as graded) lies where normal shapes and mild fractures overlap"
-        )
+        parts.append(f"{BORDERLINE}: {borderline}")
     vertebra.grade_reason = f"largest reduction {100 * reduction:.0f} % ({worst_height} height); " + "; ".join(
         parts + notes
     )
