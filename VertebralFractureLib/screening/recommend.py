@@ -253,10 +253,12 @@ def recommend(case: CaseResult, level: str | None, level_reason: str, measured_h
         confidence_reasons.append(quality.headline)
         reasons.extend(f"quality control: {item}" for item in quality.failed_checks)
     elif graded:
+        # Mild (grade 1) fractures overlap normal shapes: the method misses some, and says so.
         borderline = [v.level for v in graded if v.borderline_in_force]
-        phrases.append(f"No vertebral fracture ({', '.join(v.level for v in graded)} graded"
-                       + (f"; {BORDERLINE}: {', '.join(borderline)}" if borderline else "")
-                       + "; mild (grade 1) fractures can be missed)")
+        phrases.append(f"No vertebral fracture ({', '.join(v.level for v in graded)} graded; mild, grade 1, fractures "
+                       "can be missed)")
+        if borderline:
+            phrases.append(f"{BORDERLINE}: {', '.join(borderline)}")
         reasons.append(f"Genant grade 0 at {', '.join(v.level for v in graded)}")
     else:
         phrases.append("Fracture grading not available")
