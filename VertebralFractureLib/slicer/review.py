@@ -93,10 +93,11 @@ def summary_text(case: CaseResult) -> str:
         lines.append("Fractures: not assessed")
     else:
         lines.append("Fractures: none found (mild, grade 1, fractures can be missed)")
-    borderline = [v.level for v in graded if v.borderline_in_force]
+    uncertain = [v for v in graded if v.withheld_for_voxel_size is not None and v.grade_override is None]
+    # Borderline levels not already listed for the slices' uncertainty below.
+    borderline = [v.level for v in graded if v.borderline_in_force and v not in uncertain]
     if borderline and not withheld:
         lines.append(f"{BORDERLINE[0].upper()}{BORDERLINE[1:]} (not a fracture, not normal): " + ", ".join(borderline))
-    uncertain = [v for v in graded if v.withheld_for_voxel_size is not None and v.grade_override is None]
     if uncertain and not withheld:
         lines.append("To review (a reduction within the slices' uncertainty): " + ", ".join(
             f"{v.level} {100 * v.withheld_for_voxel_size:.0f} %" for v in uncertain))
