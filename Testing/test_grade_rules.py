@@ -128,17 +128,24 @@ def _lumbar(l4_anterior, l4_posterior):
 def test_posterior_deformity_is_graded_when_the_posterior_height_is_short_against_the_neighbours():
     # Ha/Hp 1.38 at L4, where 1.07 is normal: the posterior height 23 % short against the anterior (Genant's crush
     # type). Against the neighbours' predicted posterior height (L5's 26.0 mm carried over: 27.9 mm) it is 16 % short:
-    # beyond that ratio's normal range (1.96 SD), short of 3 SD, so the neighbour comparison alone grades it 0.
+    # beyond that ratio's normal range (1.96 SD), short of 3 SD, so the neighbour comparison alone grades it 0. Against
+    # the mean of both expectations (30.4 and 27.9 mm) it is 19 % short, 3.2 SD: x 1.2 = 23 %, grade 1.
     spine = _lumbar(32.5, 23.55)
     grade.grade_vertebrae(spine)
     l4 = spine[1]
     assert l4.ratios["wedge"] == pytest.approx(1.38, abs=0.01)
-    shape = 1 - (23.55 / 32.5) * grade.NORMAL_SHAPE["L4"][0]
-    assert (l4.genant_grade, l4.morphology, l4.borderline) == (2, "crush", False)
-    assert l4.height_loss == pytest.approx(grade.REDUCTION_SCALE * shape)
+    from_anterior = 32.5 / grade.NORMAL_SHAPE["L4"][0]
+    both = 1 - 23.55 / (0.5 * (from_anterior + l4.expected_posterior_mm))
+    assert l4.expected_posterior_mm == pytest.approx(27.9, abs=0.1)
+    assert (l4.genant_grade, l4.morphology, l4.borderline) == (1, "crush", False)
+    assert l4.height_loss == pytest.approx(grade.REDUCTION_SCALE * both)
     assert "posterior shape 22 %" in l4.grade_reason
     assert spine[0].genant_grade == 0 and spine[2].genant_grade == 0
     assert not spine[0].borderline and not spine[2].borderline
+    # The neighbour comparison alone: within 3 SD, borderline only.
+    alone = _lumbar(32.5, 23.55)
+    grade.grade_vertebrae(alone, grade.GradingRules(normal_range_z=10.0))
+    assert (alone[1].genant_grade, alone[1].borderline) == (0, True)
 
 
 def test_a_tall_anterior_wall_alone_is_borderline_not_a_fracture():

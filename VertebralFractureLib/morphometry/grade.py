@@ -33,9 +33,10 @@ criterion): continuous, higher for more likely fractured vertebrae, the score an
 height against the neighbours' (McCloskey's Hp/Hpp, above) and against the vertebra's own anterior height, ``1 -
 (Hp/Ha) / normal(Hp/Ha)``, the mirror of the wedge (an L4 with Ha/Hp 1.38 where 1.07 is normal has lost 22 % of its
 posterior height against its anterior). As in McCloskey-Kanis, a ratio of the vertebra's own heights counts only
-when the height is also short against the neighbours: the posterior shape counts when its own reduction passes the
-SD criterion **and** Hp lies below the normal range of Hp/Hpp (:data:`NORMAL_RANGE_Z`), for a tall anterior wall
-(normal lower lumbar shapes, osteophytes) raises Ha/Hp as much as a short posterior one. Met on its own, the first
+when the height is also short against the neighbours: the posterior shape counts when Hp lies below the normal range of
+Hp/Hpp (:data:`NORMAL_RANGE_Z`), for a tall anterior wall (normal lower lumbar shapes, osteophytes) raises Ha/Hp as
+much as a short posterior one; its size is then Hp against the mean of the two expected posterior heights (from the
+vertebra's own anterior wall and from the neighbours), which must pass the SD criterion. Met on its own, the first
 criterion makes the vertebra borderline.
 
 **Borderline band** (Genant's SQ grade 0.5, "borderline or questionable deformity"): a vertebra graded 0 whose
@@ -424,12 +425,17 @@ def _grade_one(vertebra: VertebraResult, shape: dict, expected: dict | None, rul
         "posterior": [(loss["posterior"], rules.neighbour_ratio_sd)],
     }
     # The posterior shape (McCloskey-Kanis's two criteria): it counts only where the posterior height is also short
-    # against the neighbours' predicted posterior height, beyond that ratio's normal range.
+    # against the neighbours' predicted posterior height, beyond that ratio's normal range. Its size is then the
+    # posterior height against the mean of the two expectations, from the vertebra's own anterior wall and from the
+    # neighbours (Genant's expected height draws on both), so that neither a tall anterior wall nor a short
+    # neighbour alone sets it.
     posterior_z = z_score(loss["posterior"], rules.neighbour_ratio_sd)
     posterior_confirmed = bool(expected) and posterior_z >= rules.normal_range_z
-    posterior_unconfirmed = None
+    posterior_unconfirmed = posterior_both = None
     if posterior_confirmed:
-        candidates["posterior"].append((shape["posterior"], rules.normal_wedge_sd))
+        from_anterior = heights["anterior"] / normal_ratios(vertebra.level, rules)["wedge"]
+        posterior_both = max(0.0, 1.0 - heights["posterior"] / (0.5 * (from_anterior + expected["posterior"])))
+        candidates["posterior"].append((posterior_both, rules.normal_wedge_sd))
     elif z_score(shape["posterior"], rules.normal_wedge_sd) >= rules.sd_criterion:
         posterior_unconfirmed = shape["posterior"]
     score = max(reduction for options in candidates.values() for reduction, _ in options)
@@ -510,7 +516,10 @@ def _grade_one(vertebra: VertebraResult, shape: dict, expected: dict | None, rul
     vertebra.morphology = morphology if grade >= 1 else "normal"
     parts = [f"wedge shape {100 * shape['wedge']:.0f} %", f"biconcave shape {100 * shape['biconcave']:.0f} %"]
     if posterior_confirmed and shape["posterior"] > 0:
-        parts.append(f"posterior shape {100 * shape['posterior']:.0f} %")
+        parts.append(
+            f"posterior shape {100 * shape['posterior']:.0f} %, posterior height against its anterior wall and "
+            f"the neighbours {100 * posterior_both:.0f} %"
+        )
     if expected:
         parts.append("against neighbours: " + ", ".join(f"{name} {100 * loss[name]:.0f} %" for name in loss))
     else:
