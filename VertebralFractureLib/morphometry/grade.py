@@ -34,7 +34,7 @@ height against the neighbours' (McCloskey's Hp/Hpp, above) and against the verte
 (Hp/Ha) / normal(Hp/Ha)``, the mirror of the wedge (an L4 with Ha/Hp 1.38 where 1.07 is normal has lost 22 % of its
 posterior height against its anterior). As in McCloskey-Kanis, a ratio of the vertebra's own heights counts only
 when the height is also short against the neighbours: the posterior shape counts when Hp lies below the normal range of
-Hp/Hpp (:data:`NORMAL_RANGE_Z`), for a tall anterior wall (normal lower lumbar shapes, osteophytes) raises Ha/Hp as
+Hp/Hpp (:data:`NORMAL_RANGE_Z`; Hpp predicted from the adjacent levels, as McCloskey's), for a tall anterior wall (normal lower lumbar shapes, osteophytes) raises Ha/Hp as
 much as a short posterior one; its size is then Hp against the mean of the two expected posterior heights (from the
 vertebra's own anterior wall and from the neighbours), which must pass the SD criterion. Met on its own, the first
 criterion makes the vertebra borderline.
@@ -376,7 +376,8 @@ def grade_vertebrae(vertebrae: list[VertebraResult], rules: GradingRules = DEFAU
             _leave_ungraded(vertebra, f"not graded, review the segmentation: {implausible[vertebra.label]}")
             continue
         shape = own.get(vertebra.label) or own_shape_reductions(vertebra.heights_mm, vertebra.level, rules)
-        _grade_one(vertebra, shape, expected_heights(vertebra, references, rules), rules)
+        _grade_one(vertebra, shape, expected_heights(vertebra, references, rules), rules,
+                   expected_heights(vertebra, references, replace(rules, reference_levels=1)))
         if vertebra.label in posterior_deformities:
             vertebra.grade_reason += f"; {POSTERIOR_DEFORMITY_NOTE}"
 
@@ -388,10 +389,10 @@ def _posterior_short(vertebra: VertebraResult, references: list[VertebraResult],
     heights = vertebra.heights_mm
     if heights["middle"] > rules.max_middle_to_walls * max(heights["anterior"], heights["posterior"]):
         return False
-    expected = expected_heights(vertebra, references, rules)
-    if not expected:
+    adjacent = expected_heights(vertebra, references, replace(rules, reference_levels=1))
+    if not adjacent:
         return False
-    loss = 1.0 - heights["posterior"] / expected["posterior"]
+    loss = 1.0 - heights["posterior"] / adjacent["posterior"]
     return loss / float(np.hypot(rules.neighbour_ratio_sd, measurement_sd(vertebra))) >= rules.normal_range_z
 
 
@@ -406,7 +407,12 @@ def _leave_ungraded(vertebra: VertebraResult, reason: str) -> None:
     vertebra.grade_reason = reason
 
 
-def _grade_one(vertebra: VertebraResult, shape: dict, expected: dict | None, rules: GradingRules) -> None:
+def _grade_one(
+    vertebra: VertebraResult, shape: dict, expected: dict | None, rules: GradingRules, adjacent: dict | None = None
+) -> None:
+    """Grade one vertebra from its own shape reductions and the heights ``expected`` from normal references within
+    ``rules.reference_levels``; ``adjacent``: those expected from the adjacent levels only (McCloskey's predicted
+    posterior height, which confirms a posterior deformity)."""
     heights = vertebra.heights_mm
     loss = {name: 0.0 for name in ("anterior", "middle", "posterior")}
     if expected:
@@ -428,13 +434,15 @@ def _grade_one(vertebra: VertebraResult, shape: dict, expected: dict | None, rul
     # against the neighbours' predicted posterior height, beyond that ratio's normal range. Its size is then the
     # posterior height against the mean of the two expectations, from the vertebra's own anterior wall and from the
     # neighbours (Genant's expected height draws on both), so that neither a tall anterior wall nor a short
-    # neighbour alone sets it.
-    posterior_z = z_score(loss["posterior"], rules.neighbour_ratio_sd)
-    posterior_confirmed = bool(expected) and posterior_z >= rules.normal_range_z
+    # neighbour alone sets it. The predicted posterior height comes from the adjacent levels (McCloskey): carried over
+    # two levels it is too uncertain to confirm a shape that normal lower lumbar vertebrae can have.
+    posterior_confirmed = bool(adjacent) and (
+        z_score(1.0 - heights["posterior"] / adjacent["posterior"], rules.neighbour_ratio_sd) >= rules.normal_range_z
+    )
     posterior_unconfirmed = posterior_both = None
     if posterior_confirmed:
         from_anterior = heights["anterior"] / normal_ratios(vertebra.level, rules)["wedge"]
-        posterior_both = max(0.0, 1.0 - heights["posterior"] / (0.5 * (from_anterior + expected["posterior"])))
+        posterior_both = max(0.0, 1.0 - heights["posterior"] / (0.5 * (from_anterior + adjacent["posterior"])))
         candidates["posterior"].append((posterior_both, rules.normal_wedge_sd))
     elif z_score(shape["posterior"], rules.normal_wedge_sd) >= rules.sd_criterion:
         posterior_unconfirmed = shape["posterior"]
