@@ -731,7 +731,8 @@ def _format_rate(figures: dict, name: str) -> str:
         return "n/a"
     counts = {"sensitivity": (figures["tp"], figures["tp"] + figures["fn"]),
               "specificity": (figures["tn"], figures["tn"] + figures["fp"])}[name]
-    return f"{value:.2f} [{interval[0]:.2f}-{interval[1]:.2f}] {counts[0]}/{counts[1]}"
+    # From the counts: the stored value is already rounded to three digits, and 0.895 would print as 0.90.
+    return f"{counts[0] / counts[1]:.2f} [{interval[0]:.2f}-{interval[1]:.2f}] {counts[0]}/{counts[1]}"
 
 
 def format_summary(summary: dict) -> str:
