@@ -27,6 +27,8 @@ from VertebralFractureLib.results import BORDERLINE, CaseResult
 from VertebralFractureLib.screening.rules import RESEARCH_USE
 
 GRADE_COLORS = {0: "#2e7d32", 1: "#f9a825", 2: "#ef6c00", 3: "#c62828", None: "#757575"}
+BORDERLINE_COLOR = "#827717"
+"""Neither normal's green nor a fracture's amber: a borderline vertebra is for a reader to look at."""
 GRADE_TEXT = {0: "0 normal", 1: "1 mild", 2: "2 moderate", 3: "3 severe", None: "not graded"}
 ACTION_COLORS = {"refer": "#c62828", "dxa": "#ef6c00", "consider": "#f9a825", "none": "#2e7d32",
                  "indeterminate": "#546e7a"}
@@ -322,6 +324,7 @@ def vertebra_rows(case: CaseResult) -> list[dict]:
             (_fmt(h["anterior"] / h["posterior"], 2) if h.get("anterior") and h.get("posterior") else "–"),
             "loss": "–" if v.height_loss is None else f"{100 * v.height_loss:.0f} %",
             "grade": v.final_grade,
+            "borderline": v.borderline_in_force,
             "grade_text": "not assessed" if v.final_grade is None and v.complete and v.not_assessed_reason
             else f"0 {BORDERLINE}" if v.borderline_in_force else GRADE_TEXT.get(v.final_grade, str(v.final_grade)),
             "morphology": v.final_morphology or "–",
@@ -376,8 +379,8 @@ def build_html(case: CaseResult, screening, header: dict, sagittal_png: bytes | 
         for key, _ in TABLE_COLUMNS:
             value = html.escape(str(row[key]))
             if key == "grade_text":
-                cells.append(f'<td class="grade" style="background:{GRADE_COLORS.get(row["grade"], "#757575")}">'
-                             f"{value}</td>")
+                colour = BORDERLINE_COLOR if row["borderline"] else GRADE_COLORS.get(row["grade"], "#757575")
+                cells.append(f'<td class="grade" style="background:{colour}">{value}</td>')
             else:
                 cells.append(f"<td>{value}</td>")
         table.append("<tr>" + "".join(cells) + "</tr>")
@@ -536,7 +539,7 @@ def write_pdf(path: Path, case: CaseResult, screening, header: dict, sagittal_fi
         grade_column = [k for k, _ in columns].index("grade_text")
         for index, row in enumerate(rows, start=1):
             cell = table[index, grade_column]
-            cell.set_facecolor(GRADE_COLORS.get(row["grade"], "#757575"))
+            cell.set_facecolor(BORDERLINE_COLOR if row["borderline"] else GRADE_COLORS.get(row["grade"], "#757575"))
             cell.get_text().set_color("white")
         pdf.savefig(page)
         plt.close(page)
