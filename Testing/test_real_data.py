@@ -65,6 +65,17 @@ def test_verse005_mild_fractures_are_borderline_not_normal(shared_file):
     summary = review.summary_text(case)
     assert "Fractures: none found (mild, grade 1, fractures can be missed)" in summary
     assert ", ".join(mild) in summary.split("Borderline")[1].splitlines()[0]
+    # The same status in results.json, vertebrae.csv and the report table.
+    import csv
+    import io as stdio
+
+    from VertebralFractureLib.outputs import clinical, files
+
+    assert [v["level"] for v in json.loads(files.case_to_json(case))["vertebrae"] if v["borderline"]] == mild
+    rows = list(csv.DictReader(stdio.StringIO(files.case_to_csv(case))))
+    assert [r["level"] for r in rows if r["borderline"] == "True"] == mild
+    table = {r["level"]: r["grade_text"] for r in clinical.vertebra_rows(case)}
+    assert [level for level, text in table.items() if BORDERLINE in text] == mild
 
 
 @pytest.mark.xfail(
