@@ -8,6 +8,8 @@
 #                            module's dependency install, then the report with DICOM SEG + SR, de-identification, the
 #                            child command and the batch script in them
 #   bash dev.sh screenshots  the README's and the Extensions Index's screenshots, from the example CT
+#   bash dev.sh deep-check   the tests marked deep (real TotalSegmentator / nnU-Net and MONAI bundle code, small
+#                            weights) in .venv-deep, which has TotalSegmentator (pinned in Testing/requirements-deep-lock.txt)
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3.11}
@@ -106,9 +108,20 @@ where = "a fresh process" if reporting.needs_fresh_process() else "this process"
 print(f"  report, DICOM SEG + SR and the de-identified export written by {where}")
 PY
     local cli=("$py" -m VertebralFractureLib)
-    # The module's child process and the batch script under the same packages.
-    "${cli[@]}" analyze -i "$EXAMPLE/example_ct.nii.gz" -o "$work/child" --no-report -q >/dev/null || return 1
+    # The module's child process (its front-end variable set, as the module sets it) and the batch script under the
+    # same packages.
+    VERTEBRAL_FRACTURE_FRONT_END=slicer "${cli[@]}" analyze -i "$EXAMPLE/example_ct.nii.gz" -o "$work/child" \
+        --no-report -q >/dev/null || return 1
     [ -s "$work/child/segmentation.nii.gz" ] || { echo "slicer check: the child wrote no label map" >&2; return 1; }
+    # What the child says about the deep backends names the panel's steps, no command for a terminal.
+    "$py" - "$work/child/results.json" <<'PY' || return 1
+import json, sys
+
+results = json.load(open(sys.argv[1]))
+warning = next(w for w in results["warnings"] if w.startswith("no deep segmentation model could run"))
+assert "Vertebral Fracture panel" in warning and "pip" not in warning and "-m " not in warning, warning
+print("  the child's hints name the panel's steps")
+PY
     printf 'case,ct\nexample,%s\n' "$(realpath "$EXAMPLE/example_ct.nii.gz")" > "$work/cases.csv"
     "$py" VertebralFracture/Batch/VertebralFractureBatch.py -i "$work/cases.csv" -o "$work/batch" \
         --no-report -q || return 1
@@ -162,6 +175,21 @@ case "${1:-}" in
         done
         "$work/venv/bin/python" -c "import json, sys; d = json.load(open(sys.argv[1])); \
 assert d['levels_status'] and d['vertebrae'], d" "$work/out/results.json"
+        # What it says about the deep backends is true here: PyTorch and MONAI are missing, so the hint installs the
+        # [deep] extra with this venv's Python before it names the download (which needs MONAI).
+        "$work/venv/bin/python" - "$work/out/results.json" "$work/venv/bin/python" <<'PY'
+import json, os, shlex, sys
+
+results, python = json.load(open(sys.argv[1])), sys.argv[2]
+reason = results["segmentation_backend_reason"]
+assert "PyTorch and MONAI are not installed" in reason and "TotalSegmentator is not installed" in reason, reason
+warning = next(w for w in results["warnings"] if w.startswith("no deep segmentation model could run"))
+pip = next(part for part in warning.split("`") if "-m pip install" in part)
+assert shlex.split(pip)[3:] == ["install", "VertebralFracture[deep]"], warning
+assert os.path.samefile(shlex.split(pip)[0], python), (pip, python)
+assert warning.index("[deep]") < warning.index("models download"), warning
+print(f"wheel check: the hints name this venv's Python: {pip}")
+PY
         printf 'case,ct\nexample,%s\n' "$(realpath "$CT")" > "$work/cases.csv"
         (cd "$work/run" && "$work/venv/bin/vertebral-fracture" batch -i "$work/cases.csv" -o "$work/batch" \
             --no-report -q) || { echo "wheel check: batch failed" >&2; exit 1; }
@@ -221,8 +249,29 @@ thumbnail.save(repository / "VertebralFracture" / "Resources" / "Icons" / "Verte
 print("wrote Screenshots/*.png and VertebralFracture/Resources/Icons/VertebralFractureExampleCT.png")
 PY
         ;;
+    deep-check)
+        # TotalSegmentator pins its own packages (nnU-Net, and a torchvision pip pairs with the CPU PyTorch), so it
+        # gets a venv of its own: CPU PyTorch first (else pip pulls several GB of CUDA packages), then TotalSegmentator
+        # and this package's requirements, all at the versions of the lock. The package itself comes from the source
+        # tree (PYTHONPATH). About 2 min to build on 2 cores; kept until the lock changes.
+        if [ ! -x .venv-deep/bin/python ] || [ ! -f .venv-deep/.installed ] \
+            || [ Testing/requirements-deep-lock.txt -nt .venv-deep/.installed ]; then
+            rm -rf .venv-deep
+            "$PYTHON" -m venv .venv-deep
+            lock=Testing/requirements-deep-lock.txt
+            .venv-deep/bin/python -m pip install --quiet -c "$lock" torch==2.13.0
+            .venv-deep/bin/python -m pip install --quiet -c "$lock" TotalSegmentator \
+                -r VertebralFractureLib/requirements/core.txt -r VertebralFractureLib/requirements/deep.txt \
+                -r VertebralFractureLib/requirements/dicom.txt pytest
+            touch .venv-deep/.installed
+        fi
+        shift
+        # VERTEBRAL_FRACTURE_DEEP_CHECK: a missing TotalSegmentator fails the tests here instead of skipping them.
+        PYTHONPATH="$PWD" VERTEBRAL_FRACTURE_DATA="$DATA" VERTEBRAL_FRACTURE_DEEP_CHECK=1 \
+            .venv-deep/bin/python -m pytest -m deep "$@"
+        ;;
     *)
-        echo "usage: bash dev.sh demo|test|bench|wheel-check|slicer-check [5.10] [5.12]|screenshots" >&2
+        echo "usage: bash dev.sh demo|test|bench|wheel-check|slicer-check [5.10] [5.12]|screenshots|deep-check" >&2
         exit 2
         ;;
 esac

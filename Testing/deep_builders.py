@@ -128,3 +128,142 @@ def zip_folder(folder: Path, archive: Path, wrapper: str | None = None) -> Path:
             if path.is_file():
                 handle.write(path, f"{wrapper}/{path.relative_to(folder).as_posix()}")
     return archive
+
+# ------------------------------------------------------------------------------- the real Model Zoo bundle config
+
+MODEL_ZOO_BUNDLE = Path(__file__).resolve().parent / "data" / "model-zoo" / "wholeBody_ct_segmentation"
+"""The MONAI Model Zoo's wholeBody_ct_segmentation v0.2.5 configuration as published (configs/, LICENSE,
+large_files.yml, docs/; Apache-2.0), without its weights: see README.md in that folder."""
+
+
+def make_model_zoo_bundle(folder: Path, seed: int = 0, highres: bool | None = None, checksums: bool = True) -> Path:
+    """The real bundle configuration with random weights of the network its ``network_def`` declares, saved where its
+    ``checkpointloader`` looks (``models/model.pt`` and ``models/model_lowres.pt``, the two files of its
+    large_files.yml). ``highres`` sets the configuration's own switch (None keeps the published value)."""
+    import shutil
+
+    import torch
+    from monai.bundle import ConfigParser
+
+    folder = Path(folder)
+    shutil.copytree(MODEL_ZOO_BUNDLE, folder, dirs_exist_ok=True)
+    (folder / "README.md").unlink(missing_ok=True)  # ours, about the copy; not part of the bundle
+    if highres is not None:
+        config_path = folder / "configs" / "inference.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["displayable_configs"]["highres"] = bool(highres)
+        config_path.write_text(json.dumps(config, indent=4), encoding="utf-8")
+    parser = ConfigParser()
+    parser.read_config(str(folder / "configs" / "inference.json"))
+    torch.manual_seed(seed)
+    network = parser.get_parsed_content("network_def", instantiate=True)
+    (folder / "models").mkdir(exist_ok=True)
+    state = network.state_dict()
+    for name in ("model.pt", "model_lowres.pt"):
+        torch.save(state, folder / "models" / name)
+    if checksums:
+        from VertebralFractureLib.segment import models
+
+        models.write_checksums(folder)
+    return folder
+
+
+# -------------------------------------------------------------------- TotalSegmentator's weights folder, tiny nnU-Net
+
+TINY_NNUNET_FEATURES = (4, 8, 16)
+"""Features per stage of the tiny PlainConvUNet in each data set (about 12k parameters: seconds on a CPU)."""
+TINY_NNUNET_PATCH = (32, 32, 32)
+TOTALSEG_CONFIG = {"totalseg_id": "totalseg_TESTS", "send_usage_stats": False, "prediction_counter": 0,
+                   "statistics_disclaimer_shown": True}
+"""TotalSegmentator's config.json for the tests: no usage statistics are sent (it posts them after predicting
+when this is missing or true)."""
+
+
+def _totalseg_datasets() -> dict[int, tuple[str, str, float, dict]]:
+    """Data set id -> (folder, trainer, spacing mm, {label: class name}) exactly as TotalSegmentator names them."""
+    from totalsegmentator.map_tasks_config import TASK_ID_WEIGHTS_CONFIGS
+    from totalsegmentator.map_to_binary import class_map, class_map_5_parts, map_taskid_to_partname_ct
+
+    datasets = {}
+    for dataset, spacing in ((297, 3.0), (298, 6.0)):
+        datasets[dataset] = (TASK_ID_WEIGHTS_CONFIGS[dataset]["foldername"], "nnUNetTrainer_4000epochs_NoMirroring",
+                             spacing, class_map["total"])
+    for dataset in (291, 292, 293, 294, 295):
+        datasets[dataset] = (TASK_ID_WEIGHTS_CONFIGS[dataset]["foldername"], "nnUNetTrainerNoMirroring", 1.5,
+                             class_map_5_parts[map_taskid_to_partname_ct[dataset]])
+    return datasets
+
+
+def nnunet_plans(dataset_name: str, spacing: float, features=TINY_NNUNET_FEATURES, patch=TINY_NNUNET_PATCH,
+                 convs_per_stage: int = 1) -> dict:
+    """An nnU-Net v2 plans.json with one 3d_fullres configuration: CT normalisation, a PlainConvUNet."""
+    stages = len(features)
+    resampling = {"force_separate_z": None, "order_z": 0}
+    strides = [[1, 1, 1]] + [[2 if patch[axis] // 2 ** level >= 4 else 1 for axis in range(3)]
+                             for level in range(1, stages)]
+    return {
+        "dataset_name": dataset_name, "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": [spacing] * 3, "original_median_shape_after_transp": [128] * 3,
+        "image_reader_writer": "NibabelIOWithReorient", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+        "configurations": {"3d_fullres": {
+            "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
+            "batch_size": 2, "patch_size": list(patch), "median_image_size_in_voxels": [128] * 3,
+            "spacing": [spacing] * 3, "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+            "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
+            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, **resampling},
+            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, **resampling},
+            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, **resampling},
+            "architecture": {
+                "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                "arch_kwargs": {
+                    "n_stages": stages, "features_per_stage": list(features), "conv_op": "torch.nn.modules.conv.Conv3d",
+                    "kernel_sizes": [[3, 3, 3]] * stages, "strides": strides,
+                    "n_conv_per_stage": [convs_per_stage] * stages,
+                    "n_conv_per_stage_decoder": [convs_per_stage] * (stages - 1), "conv_bias": True,
+                    "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                    "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+                    "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+                "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+            "batch_dice": True}},
+        "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {"0": {
+            "max": 3071.0, "mean": 100.0, "median": 80.0, "min": -1024.0, "percentile_00_5": -1000.0,
+            "percentile_99_5": 1500.0, "std": 300.0}},
+    }
+
+
+def make_totalseg_dataset(results: Path, dataset: int, seed: int = 0, plans: dict | None = None) -> Path:
+    """One data set folder of TotalSegmentator's weights folder with a tiny network built by nnU-Net's own trainer
+    class, saved as nnU-Net saves a final checkpoint (the keys its predictor reads)."""
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder_name, trainer, spacing, classes = _totalseg_datasets()[dataset]
+    folder = Path(results) / folder_name / f"{trainer}__nnUNetPlans__3d_fullres"
+    (folder / "fold_0").mkdir(parents=True, exist_ok=True)
+    dataset_json = {"channel_names": {"0": "CT"}, "file_ending": ".nii.gz", "numTraining": 0,
+                    "labels": {"background": 0, **{name: int(label) for label, name in classes.items()}}}
+    plans = plans or nnunet_plans(folder_name, spacing)
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1), encoding="utf-8")
+    (folder / "plans.json").write_text(json.dumps(plans, indent=1), encoding="utf-8")
+    manager = PlansManager(plans)
+    torch.manual_seed(seed + dataset)
+    network = nnUNetTrainer.build_network_architecture(manager, manager.get_configuration("3d_fullres"), 1,
+                                                       len(dataset_json["labels"]), enable_deep_supervision=False)
+    torch.save({"network_weights": network.state_dict(), "trainer_name": trainer,
+                "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dataset_json},
+                "inference_allowed_mirroring_axes": None}, folder / "fold_0" / "checkpoint_final.pth")
+    return folder
+
+
+def make_totalseg_home(home: Path, datasets=(297, 298), seed: int = 0) -> Path:
+    """``TOTALSEG_HOME_DIR`` with its config.json (no usage statistics) and the given data sets in
+    ``nnunet/results``, where TotalSegmentator looks for its weights."""
+    home = Path(home)
+    (home / "nnunet" / "results").mkdir(parents=True, exist_ok=True)
+    (home / "config.json").write_text(json.dumps(TOTALSEG_CONFIG, indent=1), encoding="utf-8")
+    for dataset in datasets:
+        make_totalseg_dataset(home / "nnunet" / "results", dataset, seed)
+    return home

@@ -27,7 +27,7 @@ ABSENT = importlib.util.find_spec("totalsegmentator") is None
 @pytest.mark.skipif(not ABSENT, reason="TotalSegmentator is installed here")
 def test_absent_package_gives_one_line_install_hint(shared_file, tmp_path, capsys):
     ct = io.read_ct(shared_file(EXAMPLE_CT))
-    with pytest.raises(VertebralFractureError, match="pip install TotalSegmentator"):
+    with pytest.raises(VertebralFractureError, match="-m pip install TotalSegmentator"):
         get_backend("totalsegmentator").segment(ct, device="cpu")
     code = cli.main(["infer", "--ct", str(shared_file(EXAMPLE_CT)), "--out", str(tmp_path / "seg.nii.gz"),
                      "--backend", "totalsegmentator", "-q"])
@@ -77,13 +77,13 @@ def fake_totalsegmentator(monkeypatch, tmp_path, shared_file):
 
 def _install_weights(weights, fast: bool):
     for dataset in totalseg.WEIGHTS_DATASETS[fast]:
-        (weights / f"Dataset{dataset}_TotalSegmentator").mkdir(parents=True, exist_ok=True)
+        (weights / totalseg.WEIGHTS_FOLDERS[dataset]).mkdir(parents=True, exist_ok=True)
 
 
 def test_calls_totalsegmentator_and_maps_onto_the_ct_grid(fake_totalsegmentator, shared_file):
     calls, weights = fake_totalsegmentator
     ct = io.read_ct(shared_file(EXAMPLE_CT))  # 3 mm voxels: its 3 mm (fast) model unless asked otherwise
-    with pytest.raises(VertebralFractureError, match="Dataset297, Dataset298.*refused .--no-download"):
+    with pytest.raises(VertebralFractureError, match="Dataset297, Dataset298.*--no-download forbids"):
         get_backend("totalsegmentator", allow_download=False).segment(ct, device="cpu")
     assert calls == []  # refused before running
     _install_weights(weights, fast=True)

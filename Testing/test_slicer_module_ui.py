@@ -230,14 +230,13 @@ def test_report_goes_to_the_case_folder(module_tree):
     assert "report_folder" in calls and "write_report" in calls
 
 
-def test_torch_is_installed_with_the_version_requirement(module_tree):
-    """PyTorchUtilsLogic.installTorch(askConfirmation, forceComputationBackend, torchVersionRequirement, ...)
-    (SlicerPyTorch): the requirement comes from requirements/deep.txt."""
-    ensure_torch = _function(module_tree, "ensureTorch")
-    install = next(node for node in ast.walk(ensure_torch) if isinstance(node, ast.Call)
-                   and getattr(node.func, "attr", "") == "installTorch")
-    assert "torchVersionRequirement" in {k.arg for k in install.keywords}
-    assert "requirement_specifier" in _calls(ensure_torch)
+def test_deep_methods_are_installed_by_the_lib_with_one_consent(module_tree):
+    """The module hands the install of a deep method to VertebralFractureLib.slicer.deep_install.ensure (the question,
+    the steps, PyTorch through SlicerPyTorch's installTorch with the requirement of requirements/deep.txt: tested in
+    test_deep_install.py) and starts no segmentation before it."""
+    ensure_backend = _function(module_tree, "ensureBackend")
+    assert "ensure" in _calls(ensure_backend) and "confirmOkCancelDisplay" in _calls(ensure_backend)
+    assert "ensureBackend" in _calls(_function(module_tree, "startSegmentation"))
 
 
 def test_help_says_research_use_only_and_names_the_team(module_tree):

@@ -494,33 +494,29 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
 
         return dependencies.ensure(group, dependencies.pip_installer(onOutput, slicer.app.processEvents), confirm)
 
-    def ensureTorch(self, askConfirmation: bool = True, onOutput=None) -> bool:
-        """PyTorch from the PyTorch extension (the build for the GPU driver), then MONAI, which keeps that torch."""
-        try:
-            import PyTorchUtils
-        except ImportError:
-            slicer.util.errorDisplay(_("The MONAI method needs PyTorch: install the 'PyTorch' extension from the "
-                                       "Extensions Manager, restart Slicer, and try again."))
-            return False
-        from VertebralFractureLib.slicer import dependencies
+    def ensureBackend(self, backend: str, volumeNode=None, askConfirmation: bool = True, onOutput=None) -> bool:
+        """Install what the chosen segmentation method lacks (TotalSegmentator and its weights; PyTorch, MONAI and the
+        whole-body model) after one question listing each step and its licence (slicer.deep_install of the Lib)."""
+        from VertebralFractureLib.slicer import deep_install, dependencies
 
-        # Absent or older than requirements/deep.txt allows: the extension installs the build for the GPU driver.
-        requirement = dependencies.requirement_specifier("torch", "deep")
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if any(name.split(">=")[0] == "torch" for name in dependencies.missing("deep")) and \
-                torchLogic.installTorch(askConfirmation, torchVersionRequirement=requirement) is None:
-            return False
-        return self.ensureDependencies(askConfirmation, group="deep", onOutput=onOutput)
+        def confirm(question: str, licences: str) -> bool:
+            return not askConfirmation or slicer.util.confirmOkCancelDisplay(question, detailedText=licences)
+
+        pipInstall = dependencies.pip_installer(onOutput, slicer.app.processEvents)
+        with deep_install.PanelProgress(slicer) as progress:
+            spacing = volumeNode.GetSpacing() if volumeNode is not None else None
+            return deep_install.ensure(backend, spacing, pipInstall, confirm, progress)
 
     # ---- analysis -----------------------------------------------------------------------------------------
 
     def startSegmentation(self, volumeNode, backend: str = "Automatic", device: str = "auto", onProgress=None,
                           includeUpperThoracic: bool = False, onOutput=None):
         """Start segmenting in a child process (``PythonSlicer -m VertebralFractureLib analyze``); returns the job."""
-        from VertebralFractureLib.segment import needs_torch
+        from VertebralFractureLib.segment import AUTO, PANEL_BACKENDS
         from VertebralFractureLib.slicer import mrml, process
-        if needs_torch(backend) and not self.ensureTorch(onOutput=onOutput) and backend == "monai":
-            raise RuntimeError(_("PyTorch is not available"))
+        installed = self.ensureBackend(backend, volumeNode, onOutput=onOutput)
+        if not installed and PANEL_BACKENDS.get(backend, backend) != AUTO:
+            raise RuntimeError(_("The segmentation method {backend} is not installed").format(backend=backend))
         job = process.SegmentationJob(mrml.volume_from_node(volumeNode), backend=backend, device=device,
                                       on_progress=onProgress, on_output=onOutput,
                                       include_upper_thoracic=includeUpperThoracic)

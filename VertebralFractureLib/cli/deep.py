@@ -40,7 +40,11 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_models_arguments(parser: argparse.ArgumentParser) -> None:
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    verbs.add_parser("list", help="models known to the registry and models installed in the cache folder")
+    listing = verbs.add_parser("list", help="what the deep backends have here (PyTorch, MONAI and its models with "
+                                            "their weights' SHA-256, TotalSegmentator and its weights) and the "
+                                            "models the registry can download")
+    listing.add_argument("--hashes", action="store_true",
+                         help="also compute the SHA-256 of TotalSegmentator's checkpoints (large files: slow)")
     download = verbs.add_parser("download", help="download and install a public model (asks first)")
     download.add_argument("name", help="registry name, e.g. wholeBody_ct_segmentation")
     download.add_argument("--yes", action="store_true", help="consent to the download without being asked")
@@ -64,7 +68,7 @@ def _add_models_arguments(parser: argparse.ArgumentParser) -> None:
 @command("models", "list, download (only when asked) and manage segmentation models in the user cache folder")
 @arguments(_add_models_arguments)
 def cmd_models(args: argparse.Namespace) -> int:
-    from VertebralFractureLib.segment import models
+    from VertebralFractureLib.segment import inventory, models
 
     as_json = getattr(args, "json", False)
     if args.verb == "path":
@@ -73,16 +77,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.verb == "list":
         installed = models.installed_models()
         entries = models.registry()
+        found = inventory.inventory(hashes=args.hashes)
         if as_json:
             print(json.dumps({"models_dir": str(models.models_dir()),
                               "installed": [m.to_dict() for m in installed],
-                              "registry": [vars(e) for e in entries.values()]}, indent=2))
+                              "registry": [vars(e) for e in entries.values()], **found}, indent=2))
             return 0
-        print(f"cache folder: {models.models_dir()}")
-        print("installed:" if installed else "installed: none")
-        for model in installed:
-            origin = model.source.get("url", "local")
-            print(f"  {model.name:<28} {model.kind:<13} {model.source.get('version', ''):<8} {origin}")
+        for line in inventory.describe_inventory(found):
+            print(line)
         print("available for download (only on request):")
         names = {m.name for m in installed}
         for entry in entries.values():

@@ -8,12 +8,14 @@ are imported inside the backend, never at package import.
 ``get_backend("auto")`` (the default of ``analyze``) picks, in this order (:func:`choose_backend`):
 
 1. **TotalSegmentator** when the package is importable: a network trained on 1204 CTs with every vertebra
-   (Wasserthal et al., Radiol AI 2023;5:e230024); it fetches its own weights on first use.
+   (Wasserthal et al., Radiol AI 2023;5:e230024); missing weights are fetched first with its own downloader
+   (``--no-download`` refuses), and when they cannot be, the next backend runs with the reason.
 2. An **installed MONAI model** (``models download wholeBody_ct_segmentation``, or ``--model``) whose weight
    checksums are recorded in the cache, when torch and monai are importable.
-3. The weight-free **classical** backend, with :data:`CLASSICAL_FALLBACK_WARNING`.
+3. The weight-free **classical** backend, with :func:`classical_fallback_warning`.
 
-Whatever ran, the output says which backend and why (:attr:`SegmentationOutput.backend`,
+Reasons and hints name only steps that work where they are printed (:mod:`.environment`). Whatever ran, the
+output says which backend and why (:attr:`SegmentationOutput.backend`,
 :attr:`SegmentationOutput.backend_reason`), so every report can show it. The output then goes through the same
 label-map path (measure, grade, quality control) as a label map the user brings.
 """
@@ -36,14 +38,22 @@ ProgressCallback = Callable[[float, str], None]
 
 AUTO = "auto"
 BACKEND_CHOICES = (AUTO, "classical", "monai", "totalsegmentator")
+"""Values of ``--backend`` (``auto`` is the default)."""
 PANEL_BACKENDS = {"Automatic": "auto"}
 """Segmentation methods as the Slicer panel names them -> ``--backend`` values (others are the same)."""
-"""Values of ``--backend`` (``auto`` is the default)."""
 
 CLASSICAL_FALLBACK_WARNING = (
-    "no deep segmentation model is available, so the weight-free classical backend ran: its results on thoracic "
-    "and contrast-enhanced CT are less reliable (install TotalSegmentator, or run `python -m VertebralFractureLib "
-    "models download wholeBody_ct_segmentation --yes` for the MONAI backend)")
+    "no deep segmentation model could run, so the weight-free classical backend ran: its results on thoracic and "
+    "contrast-enhanced CT are less reliable")
+"""The start of the classical backend's warning in an automatic choice; :func:`classical_fallback_warning` adds
+what to do in this environment."""
+
+
+def classical_fallback_warning() -> str:
+    """:data:`CLASSICAL_FALLBACK_WARNING` with the steps to a deep backend that work here (one line)."""
+    from VertebralFractureLib.segment import environment
+
+    return f"{CLASSICAL_FALLBACK_WARNING} ({environment.deep_backend_hint()})"
 
 
 @dataclass
@@ -156,7 +166,9 @@ def _importable(module: str) -> bool:
 def installed_monai_model(model=None) -> tuple[object | None, str]:
     """(model folder, "") of an installed MONAI model whose weights have recorded checksums, else (None, why not)."""
     if not (_importable("torch") and _importable("monai")):
-        return None, "PyTorch and MONAI are not installed (no MONAI model can run)"
+        from VertebralFractureLib.segment import environment
+
+        return None, f"{environment.monai_missing_reason() or 'PyTorch or MONAI is missing'} (no MONAI model can run)"
     from VertebralFractureLib.segment import models
 
     try:
@@ -266,7 +278,7 @@ class AutoBackend:
 
     def segment(self, ct: Volume, device: str = "auto", progress: ProgressCallback | None = None) -> SegmentationOutput:
         _check_device(device)  # a GPU asked for but missing is the user's to fix, not a reason to change backend
-        candidates, _notes = choose_backend(self.options.get("model"))
+        candidates, notes = choose_backend(self.options.get("model"))
         skipped: list[str] = []
         for candidate in candidates:
             if candidate.name not in self._backends:
@@ -284,9 +296,13 @@ class AutoBackend:
                 log.warning("automatic backend choice: %s", skipped[-1])
                 continue
             output.backend_reason = candidate.reason
+            if candidate.name == "classical" and skipped:  # say why the deep backends that were there did not run
+                output.backend_reason = ("automatic choice: no deep segmentation model could run ("
+                                         + "; ".join(skipped + notes) + ")")
             output.warnings[:0] = [f"automatic backend choice: {text}; used {candidate.name}" for text in skipped]
             if candidate.name == "classical":
-                output.warnings.insert(0, CLASSICAL_FALLBACK_WARNING)
-                log.warning(CLASSICAL_FALLBACK_WARNING)
+                warning = classical_fallback_warning()
+                output.warnings.insert(0, warning)
+                log.warning(warning)
             return output
         raise VertebralFractureError("no segmentation backend could run: " + "; ".join(skipped))

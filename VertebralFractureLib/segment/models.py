@@ -191,9 +191,10 @@ def find_model(name_or_path: str | Path | None) -> Path:
         name_or_path = "wholeBody_ct_segmentation"
         candidate = models_dir() / str(name_or_path)
         if model_kind(candidate) is None:
-            raise ModelError("no MONAI model is installed: download the public whole-body bundle with "
-                             "`python -m VertebralFractureLib models download wholeBody_ct_segmentation` "
-                             "(asks before downloading) or give a model folder with --model DIR")
+            from VertebralFractureLib.segment import environment
+
+            raise ModelError("no MONAI model is installed: for the public whole-body bundle, "
+                             f"{environment.monai_model_hint()}; or give a model folder with --model DIR")
         return candidate
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.name == "model.json":
@@ -208,7 +209,13 @@ def find_model(name_or_path: str | Path | None) -> Path:
         return candidate
     installed = ", ".join(m.name for m in installed_models()) or "none"
     raise ModelError(f"model {name_or_path!r} is neither a folder nor installed in {models_dir()} "
-                     f"(installed: {installed}); see `python -m VertebralFractureLib models list`")
+                     f"(installed: {installed}); see `{_cli('models', 'list')}`")
+
+
+def _cli(*arguments: str) -> str:
+    from VertebralFractureLib.segment import environment
+
+    return environment.cli_command(*arguments)
 
 
 # --------------------------------------------------------------------------------------------------- checksums
@@ -274,8 +281,8 @@ def expected_sha256(folder: Path, weights: Path, given: str | None = None) -> st
         return known
     raise ModelError(f"{weights}: no SHA-256 is known for these weights (no entry in {Path(folder) / CHECKSUMS_FILE}); "
                      "weights are loaded only after their checksum matches. Give the published SHA-256 with "
-                     "--model-sha256 HEX, or run `python -m VertebralFractureLib models trust "
-                     f"{folder}` to record the current files as trusted")
+                     "--model-sha256 HEX, or run `" + _cli("models", "trust", str(folder))
+                     + "` to record the current files as trusted")
 
 
 # --------------------------------------------------------------------------------------------------- download
@@ -339,7 +346,9 @@ def _import_monai_apps():
         from monai.apps import download_url, extractall
         from monai.apps.utils import HashCheckError
     except ImportError:
-        raise ModelError("downloading a MONAI model needs MONAI: pip install monai (after PyTorch)") from None
+        from VertebralFractureLib.segment import environment
+
+        raise ModelError(f"downloading a MONAI model needs MONAI: {environment.monai_install_hint()}") from None
     return download_url, extractall, HashCheckError
 
 
@@ -453,3 +462,4 @@ def trust(folder: str | Path) -> dict[str, str]:
     if not checksums:
         raise InputError(folder, f"holds no weight files ({', '.join(WEIGHT_SUFFIXES)})")
     return checksums
+

@@ -50,9 +50,10 @@ def _import_torch():
         import monai  # noqa: F401
         import torch
     except ImportError as error:
-        raise VertebralFractureError(
-            f"the monai backend needs PyTorch and MONAI ({error.name} is missing): "
-            "pip install 'VertebralFracture[deep]' (or install PyTorch for your GPU first, then monai)") from None
+        from VertebralFractureLib.segment import environment
+
+        raise VertebralFractureError(f"the monai backend needs PyTorch and MONAI ({error.name} is missing): "
+                                     f"{environment.monai_install_hint()}") from None
     return torch
 
 

@@ -101,7 +101,7 @@ def install_missing(pip_install, group: str = "core", skip: frozenset[str] = SLI
     returns what was installed. Ask the user before calling this."""
     needed = missing(group, skip)
     if needed:
-        with _keep_installed(skip) as constraints:
+        with keep_installed(skip) as constraints:
             pip_install((["-c", constraints] if constraints else []) + list(needed))
         importlib.invalidate_caches()
     return needed
@@ -170,7 +170,7 @@ def stale_imports() -> list[tuple[str, str, str]]:
 
 
 @contextlib.contextmanager
-def _keep_installed(names: frozenset[str]):
+def keep_installed(names: frozenset[str]):
     """A pip constraints file pinning the installed versions of ``names`` (Slicer's numpy, scipy, SimpleITK): a
     new package may not pull another build of them under Slicer. Yields its path, or None when none is installed."""
     pins = [f"{name}=={version}" for name in sorted(names) if (version := installed_version(name))]

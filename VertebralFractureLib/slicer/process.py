@@ -33,6 +33,7 @@ from pathlib import Path
 
 from VertebralFractureLib import segment
 from VertebralFractureLib.errors import VertebralFractureError
+from VertebralFractureLib.segment import environment
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +308,9 @@ class SegmentationJob:
 
         command = analyze_command(self.ct_path, self.out_dir, backend, device, python,
                                   include_upper_thoracic=include_upper_thoracic)
-        self.runner = ProcessRunner(command, env=child_environment(device), on_progress=on_progress,
+        # The child's reasons and hints then name the panel's steps, not commands for a terminal.
+        front_end = {environment.FRONT_END_ENVIRONMENT: environment.SLICER}
+        self.runner = ProcessRunner(command, env=child_environment(device, front_end), on_progress=on_progress,
                                     on_output=on_output, success_codes=(0, EXIT_QUALITY_FAILED))
 
     def start(self) -> SegmentationJob:
