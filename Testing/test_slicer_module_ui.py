@@ -194,7 +194,7 @@ def test_automatic_refreshes_never_ask_to_install(module_tree):
     """Declining the install asked once per keystroke in the pseudonym field: every parameter change refreshed the
     case, and the refresh asked. Only button presses may ask (and install); refreshes only look."""
     for name in ("_onParameterNodeModified", "_setCase", "_refreshReview", "_checkCanApply", "onSceneEndImport"):
-        asked = _calls(_function(module_tree, name)) & {"ensureDependencies", "_ensureDependencies", "ensureTorch",
+        asked = _calls(_function(module_tree, name)) & {"ensureDependencies", "_ensureDependencies", "ensureBackend",
                                                          "confirmOkCancelDisplay"}
         assert not asked, f"{name} asks the user ({asked}); a refresh must only check (missingDependencies)"
     assert "missingDependencies" in _calls(_function(module_tree, "_setCase"))
