@@ -344,3 +344,26 @@ def test_a_batch_process_makes_its_segmentation_backend_once(shared_file, tmp_pa
     assert rows["first"]["backend"] == rows["second"]["backend"] == "classical"
     assert rows["first"]["levels"] == rows["second"]["levels"] and rows["first"]["levels"]
     assert len(made) == 1
+
+
+def test_an_interrupted_batch_keeps_the_summary_of_the_finished_cases(small_archive, tmp_path, monkeypatch):
+    """summary.csv is rewritten at most every 2 s while cases finish; Ctrl-C still leaves it listing every finished
+    case (and --resume goes on from there)."""
+    from VertebralFractureLib import batch
+
+    inputs, segs = small_archive
+    out = tmp_path / "out"
+    real_run_case = batch.run_case
+
+    def interrupted_at_the_third(case, options):
+        if case.name == "lumbar":
+            raise KeyboardInterrupt
+        return real_run_case(case, options)
+
+    monkeypatch.setattr(batch, "run_case", interrupted_at_the_third)
+    assert _batch(inputs, segs, out) == 130
+    assert set(_summary(out)) == {"broken", "l3crop"}
+    monkeypatch.setattr(batch, "run_case", real_run_case)
+    assert _batch(inputs, segs, out, "--resume") == 1  # the broken case fails again
+    rows = _summary(out)
+    assert rows["l3crop"]["reason"] == "finished by an earlier run" and rows["lumbar"]["status"] == "ok"

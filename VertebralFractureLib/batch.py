@@ -600,21 +600,24 @@ def _run(cases: list[Case], options, handle, echo) -> int:
             finished(index, case, outcome, resumed=True)
         else:
             work.append((index, case))
-    if handle is None:
-        for index, case in work:
-            progress.tick(1)
-            finished(index, case, run_case(case, options))
-    else:
-        from VertebralFractureLib import cluster
+    try:
+        if handle is None:
+            for index, case in work:
+                progress.tick(1)
+                finished(index, case, run_case(case, options))
+        else:
+            from VertebralFractureLib import cluster
 
-        if not options.quiet:
-            echo(f"{len(work)} case{'s' if len(work) != 1 else ''} on {handle.description}")
+            if not options.quiet:
+                echo(f"{len(work)} case{'s' if len(work) != 1 else ''} on {handle.description}")
 
-        def lost(index: int, case: Case, reason: str | None, error: BaseException) -> None:
-            finished(index, case, CaseOutcome(record_failure(case, options, error, reason)))
+            def lost(index: int, case: Case, reason: str | None, error: BaseException) -> None:
+                finished(index, case, CaseOutcome(record_failure(case, options, error, reason)))
 
-        cluster.run_cases(handle, work, run_case, options, lambda i, c, o: finished(i, c, o), lost, progress.tick)
-    write_summary(summary_path, [rows[i] for i in sorted(rows)])
+            cluster.run_cases(handle, work, run_case, options, lambda i, c, o: finished(i, c, o), lost,
+                              progress.tick)
+    finally:  # Ctrl-C too: the summary lists every case finished so far
+        write_summary(summary_path, [rows[i] for i in sorted(rows)])
     throughput = {"workers": "this process" if handle is None else handle.description, "analysed": len(work),
                   "resumed": len(cases) - len(work), "wall_s": time.monotonic() - started}
     write_cohort_outputs(options, tables, throughput)
