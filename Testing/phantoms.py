@@ -14,8 +14,9 @@ wall heights are read at the corners where the endplate lines (fitted over measu
 walls, the middle height is the median over measure.MIDDLE_BAND; the points are medians over the planes.
 With posterior elements the label holds a pedicle ring around a canal and a spinous process.
 
-CT values: air -1000 HU outside an elliptic body outline, soft tissue 40, discs 90, trabecular bone 180 (or
-``trabecular_hu``), cortical shell (1.5 mm) 700, posterior elements 500, Gaussian noise ``noise_hu``.
+CT values: air -1000 HU outside an elliptic body outline, soft tissue 40, fat -100 lateral to the spine, discs 90,
+trabecular bone 180 (or ``trabecular_hu``), cortical shell (1.5 mm) 700, posterior elements 500,
+Gaussian noise ``noise_hu``.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ def _height_profile(kind: str, reduction: float, height: float, s: np.ndarray, x
         dip = np.clip(1.6 * (1.0 - (rho / BICONCAVE_RADIUS) ** 2), 0.0, 1.0) * reduction * height / 2.0
         top, bottom = top - dip, bottom + dip
     return top, bottom
+
+
+PARAVERTEBRAL_FAT_FROM_MM = 32.0
 
 
 def make_spine(
@@ -228,7 +232,10 @@ def _classify(
     s = np.clip((y + b) / (2 * b), 0.0, 1.0)  # 0 at the posterior margin, 1 anterior
     if want_ct:
         ct = np.full(shape, -1000.0, dtype=np.float32)
+        # Soft tissue (40 HU) with fat (-100 HU) lateral to the spine, beyond the transverse processes' reach and in
+        # every field of view the phantom gets: the body's own references for the HU scale.
         ct[(x / 150.0) ** 2 + ((y + 20.0) / 120.0) ** 2 <= 1.0] = 40.0
+        ct[((x / 150.0) ** 2 + ((y + 20.0) / 120.0) ** 2 <= 1.0) & (np.abs(x) >= PARAVERTEBRAL_FAT_FROM_MM)] = -100.0
         ct[in_ellipse & (zz < z_span[1]) & (zz > z_span[0])] = 90.0  # discs fill the column between bodies
         radial = np.sqrt((x / a) ** 2 + (y / b) ** 2)
     for level in levels:

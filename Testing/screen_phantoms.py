@@ -19,6 +19,9 @@ BODY_HEIGHT_MM = 22.0
 DISC_MM = 8.0
 
 
+FAT_HU = -100.0
+
+
 def spine_phantom(levels_hu: dict[str, float], spacing: float = 1.0, cortex_hu: float = 900.0,
                   vein_hu: float = 0.0, soft_hu: float = 40.0, aorta_hu: float | None = None,
                   pad_mm: float = 12.0, cut_top_mm: float = 0.0, noise_sd: float = 0.0, seed: int = 0):
@@ -35,6 +38,8 @@ def spine_phantom(levels_hu: dict[str, float], spacing: float = 1.0, cortex_hu: 
     centre_x = pad_mm + BODY_HALF_RL_MM + 20.0
     centre_y = pad_mm + BODY_HALF_AP_MM
     ct = np.full(shape, soft_hu, dtype=np.float32)
+    # Adipose tissue behind the spine (-100 HU): with the soft tissue, the reference the HU scale is checked against.
+    ct[:, : int(round((pad_mm - 2.0) / spacing)), :] = FAT_HU
     labels = np.zeros(shape, dtype=np.int16)
     truth = {}
     for index, name in enumerate(names):

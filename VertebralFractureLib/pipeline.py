@@ -18,6 +18,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from VertebralFractureLib.errors import InputError, NoVertebraeError
 from VertebralFractureLib.io import Volume
 from VertebralFractureLib.results import CaseResult
@@ -151,6 +153,8 @@ def read_inputs(request: AnalysisRequest, progress=None) -> tuple[Volume | None,
     report = progress or (lambda fraction, message: None)
     report(0.0, "reading the inputs")
     ct = io.read_ct(request.ct, request.series) if request.ct is not None else None
+    if ct is not None:
+        ct = calibrated_ct(ct)
     labels = None
     inputs = {"ct": None if request.ct is None else str(request.ct), "series": request.series,
               "seg": None if request.seg is None else str(request.seg),
@@ -160,6 +164,19 @@ def read_inputs(request: AnalysisRequest, progress=None) -> tuple[Volume | None,
         labels = label_map.volume
         inputs["labels"] = label_map.convention
     return ct, labels, inputs
+
+
+def calibrated_ct(ct: Volume) -> Volume:
+    """The CT on the HU scale its own tissues confirm (:mod:`.screening.calibration`): corrected where air and fat
+    put it off, so that segmentation, measurement and screening all read Hounsfield units; the calibration travels
+    in ``meta["hu_calibration"]`` for the screening and the reports."""
+    from VertebralFractureLib.screening.calibration import CORRECTED, calibrate_hu
+
+    calibration = calibrate_hu(ct)
+    if calibration.status == CORRECTED:
+        ct = ct.with_array(np.asarray(calibration.to_hu(ct.array), dtype=np.float32))
+    ct.meta["hu_calibration"] = calibration
+    return ct
 
 
 def segment(request: AnalysisRequest, ct: Volume, progress=None, backends: dict | None = None):
@@ -257,6 +274,9 @@ def run(request: AnalysisRequest, progress=None, backends: dict | None = None) -
     if request.dicom_out and not ct.meta.get("dicom_files"):
         raise InputError(request.ct, "is not a DICOM series folder: --dicom-out needs the source DICOM files")
     warnings: list[str] = []
+    calibration = None if ct is None else ct.meta.get("hu_calibration")
+    if calibration is not None and calibration.status != "consistent":
+        warnings.append(calibration.note)
     reason, details = None, {}
     if labels is not None:
         prior = previous_record(request.seg)

@@ -30,6 +30,7 @@ from VertebralFractureLib.morphometry.density import (
 )
 from VertebralFractureLib.morphometry.qc import VERTEBRA_REASON_PREFIX
 from VertebralFractureLib.results import BORDERLINE, CaseResult, PatientSummary, VertebraResult
+from VertebralFractureLib.screening.calibration import CORRECTED, HuCalibration, calibrate_hu
 from VertebralFractureLib.screening.contrast import ContrastAssessment, assess_contrast
 from VertebralFractureLib.screening.rules import ACTION_ORDER, GRADE_NAMES, DensityThresholds, RecommendationRules
 
@@ -60,6 +61,8 @@ class ScreeningResult:
     roi: RoiSettings
     rules: RecommendationRules
     incomplete_levels: list[str] = field(default_factory=list)
+    # The HU scale checked against the body's own tissues (None without a CT).
+    calibration: HuCalibration | None = None
     # The measured trabecular regions (VerSe id per voxel, on the CT grid) for display; not serialised.
     roi_volume: Volume | None = field(default=None, repr=False)
 
@@ -90,6 +93,7 @@ class ScreeningResult:
             "recommendation": dataclasses.asdict(self.recommendation),
             "caveats": list(self.caveats),
             "incomplete_levels": list(self.incomplete_levels),
+            "hu_calibration": None if self.calibration is None else self.calibration.to_dict(),
             "thresholds": dataclasses.asdict(self.thresholds),
             "roi": dataclasses.asdict(self.roi),
             "rules": {**dataclasses.asdict(self.rules), "screening_levels": list(self.rules.screening_levels)},
@@ -212,7 +216,7 @@ def _fracture_evidence(vertebra: VertebraResult) -> str:
 def recommend(case: CaseResult, level: str | None, level_reason: str, measured_hu: float | None,
               corrected_hu: float | None, density: DensityMeasurement | None, contrast: ContrastAssessment | None,
               kvp: float | None, ct_given: bool, thresholds: DensityThresholds,
-              rules: RecommendationRules) -> Recommendation:
+              rules: RecommendationRules, calibration: HuCalibration | None = None) -> Recommendation:
     reasons: list[str] = []
     confidence_reasons: list[str] = []
     penalty = 0.0
@@ -271,8 +275,17 @@ def recommend(case: CaseResult, level: str | None, level_reason: str, measured_h
     if corrected_hu is not None and level is not None:
         category = thresholds.category(corrected_hu)
         hu_text = f"{level} {measured_hu:.0f} HU"
+        corrections = []
+        if calibration is not None and calibration.status == CORRECTED:
+            hu_text = (f"{level} {measured_hu:.0f} ± {calibration.uncertainty_hu(measured_hu):.0f} HU on the HU scale "
+                       "corrected by the body's air and fat")
+            corrections.append("at the lower bound of that uncertainty")
+            penalty += 1
+            confidence_reasons.append(calibration.note)
         if contrast is not None and contrast.offset_hu:
-            hu_text += f" ({corrected_hu:.0f} HU after -{contrast.offset_hu:g} HU {contrast.phase} contrast correction)"
+            corrections.append(f"after -{contrast.offset_hu:g} HU {contrast.phase} contrast correction")
+        if corrections:
+            hu_text += f" ({corrected_hu:.0f} HU {' and '.join(corrections)})"
         if category == "osteoporosis":
             text = "osteoporosis likely"
         elif corrected_hu <= thresholds.specific_hu:
@@ -344,8 +357,9 @@ def recommend(case: CaseResult, level: str | None, level_reason: str, measured_h
         return entry is not None and bool(entry.problems)
 
     # The most trustworthy low value is named: whole bodies before cut ones, plausible segmentations first.
+    density_usable = calibration is None or calibration.density_usable
     low = sorted((((not v.complete, failed_qc(v), v.trabecular_hu - offset), v) for v in case.vertebrae
-                  if v.trabecular_hu is not None and v.level != level
+                  if density_usable and v.trabecular_hu is not None and v.level != level
                   and v.trabecular_hu - offset < thresholds.osteoporosis_below_hu), key=lambda item: item[0])
     if low and max(actions, key=ACTION_ORDER.get) in ("none", "consider"):
         (_, _, value), vertebra = low[0]
@@ -399,7 +413,15 @@ def screen_case(labels: Volume, ct: Volume | None, case: CaseResult | None = Non
     caveats: list[str] = []
     contrast = None
     roi_array = None
+    calibration = None
     if ct is not None:
+        # The HU scale first: a density on a scale that is off by a factor or an offset is a wrong density. The
+        # pipeline checks (and corrects) it when it reads the CT; a CT from elsewhere is checked here.
+        calibration = ct.meta.get("hu_calibration") or calibrate_hu(ct)
+        if calibration.status == CORRECTED and ct.meta.get("hu_calibration") is not calibration:
+            # A new array: every density (and the contrast) is measured again on the corrected scale.
+            ct = ct.with_array(np.asarray(calibration.to_hu(ct.array), dtype=np.float32))
+    if ct is not None and calibration.density_usable:
         # Bounding boxes of all labels in one pass; each vertebra is then handled inside its own box.
         boxes = ndimage.find_objects(labels.array.astype(np.int32, copy=False))
         for vertebra in case.vertebrae:
@@ -432,23 +454,40 @@ def screen_case(labels: Volume, ct: Volume | None, case: CaseResult | None = Non
         contrast = assess_contrast(ct, junction if junction.any() else everything, thresholds, dicom,
                                    bone_mask=everything)
     level, level_reason = choose_level(case, densities, rules)
+    if calibration is not None and not calibration.density_usable:
+        level_reason = calibration.note
     measured = corrected = None
     category = pickhardt = None
     density = densities.get(level) if level else None
     if density is not None:
         measured = density.median_hu
         corrected = measured - (contrast.offset_hu if contrast is not None else 0.0)
+        if calibration is not None and calibration.status == CORRECTED:
+            # A corrected scale is judged at the lower bound of its uncertainty: the correction never hides a referral.
+            corrected -= calibration.uncertainty_hu(measured)
         category = thresholds.category(corrected)
         pickhardt = thresholds.pickhardt_statement(corrected)
     l1 = densities.get("L1")
     l1_vertebra = next((v for v in case.vertebrae if v.level == "L1"), None)
-    # A cut L1's density is not L1's (its region may hold a sliver of bone): it never stands in for L1.
+    # A cut L1's density is not L1's (its region may hold a sliver of bone): it never stands in for L1. Nor is a
+    # density on a HU scale the body's tissues refuse.
     case.patient.l1_trabecular_hu = (l1.median_hu if l1 is not None and l1_vertebra is not None
                                      and l1_vertebra.complete else None)
+    if calibration is not None and calibration.status != "consistent":
+        # No vertebra keeps a density on the stored scale: refused, none at all; corrected, only those measured again.
+        for vertebra in case.vertebrae:
+            if vertebra.level not in densities:
+                vertebra.trabecular_hu = vertebra.trabecular_hu_iqr = None
+        if not calibration.density_usable:
+            case.patient.l1_trabecular_hu = None
 
     if ct is None:
         caveats.append("No CT given: bone density was not measured; the recommendation rests on fracture grades only.")
+    elif not calibration.density_usable:
+        caveats.append(f"{calibration.note}.")
     else:
+        if calibration.status == CORRECTED:
+            caveats.append(f"{calibration.note}.")
         if level is not None and level != "L1":
             caveats.append(f"Screening level {level} instead of L1: {level_reason}. Thresholds were derived at L1.")
         if level is None:
@@ -474,11 +513,12 @@ def screen_case(labels: Volume, ct: Volume | None, case: CaseResult | None = Non
                            "vertebra.")
     caveats.append("Opportunistic CT screening does not replace DXA; thresholds are population cut-offs.")
     recommendation = recommend(case, level, level_reason, measured, corrected, density, contrast, kvp,
-                               ct is not None, thresholds, rules)
+                               ct is not None, thresholds, rules, calibration)
     return ScreeningResult(level=level, level_reason=level_reason, measured_hu=measured, corrected_hu=corrected,
                            category=category, pickhardt=pickhardt,
                            contrast=contrast or ContrastAssessment(status="not assessed", phase="unknown",
                                                                    note="no CT"),
                            kvp=kvp, densities=densities, recommendation=recommendation, caveats=caveats,
                            thresholds=thresholds, roi=roi, rules=rules, incomplete_levels=cut,
-                           roi_volume=None if roi_array is None else labels.with_array(roi_array))
+                           roi_volume=None if roi_array is None else labels.with_array(roi_array),
+                           calibration=calibration)
