@@ -34,7 +34,8 @@ height against the neighbours' (McCloskey's Hp/Hpp, above) and against the verte
 (Hp/Ha) / normal(Hp/Ha)``, the mirror of the wedge (an L4 with Ha/Hp 1.38 where 1.07 is normal has lost 22 % of its
 posterior height against its anterior). As in McCloskey-Kanis, a ratio of the vertebra's own heights counts only
 when the height is also short against the neighbours: the posterior shape counts when Hp lies below the normal range of
-Hp/Hpp (:data:`NORMAL_RANGE_Z`; Hpp predicted from the adjacent levels, as McCloskey's), for a tall anterior wall (normal lower lumbar shapes, osteophytes) raises Ha/Hp as
+Hp/Hpp (:data:`NORMAL_RANGE_Z`; Hpp predicted from the adjacent levels, as McCloskey's), for a tall anterior wall
+(normal lower lumbar shapes, osteophytes) raises Ha/Hp as
 much as a short posterior one; its size is then Hp against the mean of the two expected posterior heights (from the
 vertebra's own anterior wall and from the neighbours), which must pass the SD criterion. Met on its own, the first
 criterion makes the vertebra borderline.
