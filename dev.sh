@@ -267,8 +267,9 @@ PY
         fi
         shift
         # VERTEBRAL_FRACTURE_DEEP_CHECK: a missing TotalSegmentator fails the tests here instead of skipping them.
+        # Only the files with deep tests: this venv has no slicer-core, which other test files import.
         PYTHONPATH="$PWD" VERTEBRAL_FRACTURE_DATA="$DATA" VERTEBRAL_FRACTURE_DEEP_CHECK=1 \
-            .venv-deep/bin/python -m pytest -m deep "$@"
+            .venv-deep/bin/python -m pytest -m deep Testing/test_deep_real.py Testing/test_hints.py "$@"
         ;;
     *)
         echo "usage: bash dev.sh demo|test|bench|wheel-check|slicer-check [5.10] [5.12]|screenshots|deep-check" >&2
