@@ -10,6 +10,10 @@ the process's CPU seconds, peak resident memory (ru_maxrss) and, on CUDA, torch.
   with random weights in a bundle built here: time and memory do not depend on the weights' values.
 * TotalSegmentator: when the package is installed and the weights of the model are in its weights folder (never
   downloaded by this script); its 3 mm model (``fast``) and its 1.5 mm model; nnU-Net sets mixed precision itself.
+  ``--totalseg-weights random`` runs it instead on random weights of nnU-Net's default 3d_fullres network
+  (PlainConvUNet, 6 stages of 32-320 features, 2 convolutions each) at the 3 mm model's patch size 112x112x128, in a
+  weights folder of its own: the real plans come only inside the weights archives, so this is the shape nnU-Net
+  plans for that patch, not a copy of TotalSegmentator's.
 
     python Testing/benchmarks/bench_monai.py                                  # everything, auto device
     python Testing/benchmarks/bench_monai.py --device cpu --inputs native --spacing 3
@@ -86,9 +90,10 @@ def resampled_inputs(ct_path: Path, spacings: list[str], temporary: Path) -> lis
 
 
 def _cpu_seconds() -> float:
-    """User + system CPU time of this process: on a shared machine it shows the work apart from the waiting."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    """User + system CPU time of this process and its ended children (nnU-Net's worker processes): on a shared
+    machine it shows the work apart from the waiting."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _memory(result: dict, torch, torch_device) -> dict:
@@ -166,6 +171,29 @@ def run_totalsegmentator(ct_path: Path, spacing: float, device: str) -> dict:
     return _memory(result, torch, torch_device)
 
 
+TOTALSEG_RANDOM_NETWORK = {"features": (32, 64, 128, 256, 320, 320), "patch": (112, 112, 128), "convs_per_stage": 2}
+"""nnU-Net's default 3d_fullres PlainConvUNet for a 112x112x128 patch (the patch of TotalSegmentator's 3 mm model)."""
+
+
+def build_random_totalseg(home: Path, spacings: list[float]) -> Path:
+    """TOTALSEG_HOME_DIR with random weights of TOTALSEG_RANDOM_NETWORK for the data sets the runs use (the 6 mm crop
+    model 298; 297 for 3 mm; 292, the vertebra part, for 1.5 mm, whose four other parts only need to exist)."""
+    from deep_builders import _totalseg_datasets, make_totalseg_dataset, make_totalseg_home, nnunet_plans
+
+    make_totalseg_home(home, datasets=())
+    results = home / "nnunet" / "results"
+    datasets = _totalseg_datasets()
+    needed = {298} | ({297} if any(s >= 2.0 for s in spacings) else set()) \
+        | ({292} if any(s < 2.0 for s in spacings) else set())
+    for dataset in sorted(needed):
+        folder, _trainer, spacing, _classes = datasets[dataset]
+        make_totalseg_dataset(results, dataset, plans=nnunet_plans(folder, spacing, **TOTALSEG_RANDOM_NETWORK))
+    if any(s < 2.0 for s in spacings):
+        for dataset in (291, 293, 294, 295):
+            (results / datasets[dataset][0]).mkdir(parents=True, exist_ok=True)
+    return home
+
+
 def totalsegmentator_ready(spacing: float) -> tuple[bool, str]:
     import importlib.util
 
@@ -208,6 +236,9 @@ def main(argv=None) -> int:
     parser.add_argument("--all-channels", action="store_true", help="blend all 105 channels (exact argmax)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per configuration")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--totalseg-weights", default="installed", choices=["installed", "random"],
+                        help="TotalSegmentator's installed weights, or random weights of nnU-Net's default network "
+                             "in a temporary weights folder (needs nnunetv2)")
     parser.add_argument("--child", choices=["monai", "totalsegmentator"], help=argparse.SUPPRESS)
     parser.add_argument("--bundle", type=Path, help=argparse.SUPPRESS)  # internal: child runs reuse the bundle
     args = parser.parse_args(argv)
@@ -227,6 +258,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-deep-") as temporary:
         temporary = Path(temporary)
         inputs = resampled_inputs(args.ct, args.inputs, temporary)
+        if "totalsegmentator" in args.backends and args.totalseg_weights == "random":
+            os.environ["TOTALSEG_HOME_DIR"] = str(build_random_totalseg(temporary / "totalseg", args.spacing))
+            os.environ.pop("TOTALSEG_WEIGHTS_PATH", None)
         bundle, weights = monai_bundle(temporary) if "monai" in args.backends else (None, "")
         print(f"device: {torch.cuda.get_device_name(0) if cuda else 'CPU'}; MONAI bundle: {weights}", flush=True)
         runs = []
