@@ -76,9 +76,12 @@ def test_the_tested_version_is_the_installed_one():
 
 @pytest.fixture()
 def totalseg_home(tmp_path, monkeypatch):
-    """TOTALSEG_HOME_DIR in the test's folder; its weights folder starts empty."""
+    """TOTALSEG_HOME_DIR in the test's folder with TotalSegmentator's config.json (no usage statistics); its weights
+    folder starts empty."""
     _needs_totalsegmentator()
-    home = tmp_path / "totalseg"
+    from deep_builders import make_totalseg_home
+
+    home = make_totalseg_home(tmp_path / "totalseg", datasets=())
     monkeypatch.setenv("TOTALSEG_HOME_DIR", str(home))
     monkeypatch.delenv("TOTALSEG_WEIGHTS_PATH", raising=False)
     for variable in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy"):
