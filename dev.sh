@@ -9,7 +9,7 @@
 #                            child command and the batch script in them
 #   bash dev.sh screenshots  the README's and the Extensions Index's screenshots, from the example CT
 #   bash dev.sh deep-check   the tests marked deep (real TotalSegmentator / nnU-Net and MONAI bundle code, small
-#                            weights) in .venv-deep, which has TotalSegmentator (pinned in Testing/requirements-deep-lock.txt)
+#                            weights) in .venv-deep, with TotalSegmentator (Testing/requirements-deep-lock.txt)
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3.11}
@@ -176,7 +176,7 @@ case "${1:-}" in
         "$work/venv/bin/python" -c "import json, sys; d = json.load(open(sys.argv[1])); \
 assert d['levels_status'] and d['vertebrae'], d" "$work/out/results.json"
         # What it says about the deep backends is true here: PyTorch and MONAI are missing, so the hint installs the
-        # [deep] extra with this venv's Python before it names the download (which needs MONAI).
+        # [deep] extra's packages with this venv's Python before it names the download (which needs MONAI).
         "$work/venv/bin/python" - "$work/out/results.json" "$work/venv/bin/python" <<'PY'
 import json, os, shlex, sys
 
@@ -184,10 +184,11 @@ results, python = json.load(open(sys.argv[1])), sys.argv[2]
 reason = results["segmentation_backend_reason"]
 assert "PyTorch and MONAI are not installed" in reason and "TotalSegmentator is not installed" in reason, reason
 warning = next(w for w in results["warnings"] if w.startswith("no deep segmentation model could run"))
-pip = next(part for part in warning.split("`") if "-m pip install" in part)
-assert shlex.split(pip)[3:] == ["install", "VertebralFracture[deep]"], warning
+pip = next(part for part in warning.split("`") if "-m pip install" in part and "monai" in part)
+words = shlex.split(pip)
+assert words[3] == "install" and {word.split(">=")[0] for word in words[4:]} == {"torch", "monai"}, pip
 assert os.path.samefile(shlex.split(pip)[0], python), (pip, python)
-assert warning.index("[deep]") < warning.index("models download"), warning
+assert warning.index("monai>=") < warning.index("models download"), warning
 print(f"wheel check: the hints name this venv's Python: {pip}")
 PY
         printf 'case,ct\nexample,%s\n' "$(realpath "$CT")" > "$work/cases.csv"

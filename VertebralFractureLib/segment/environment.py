@@ -7,8 +7,9 @@ A hint names only steps that work in the environment that prints it:
   choosing TotalSegmentator or MONAI as the segmentation method offers to install what is missing.
 * **Anywhere else** (the development venv, a wheel installed with pip), commands run *this* interpreter
   (``python`` when that is the one on the PATH, else its full path), so they install into the environment that
-  printed them: ``pip install 'VertebralFracture[deep]'`` only where MONAI is missing, ``models download`` only
-  where MONAI can run it.
+  printed them: the packages of ``requirements/deep.txt`` (what the ``[deep]`` extra installs; the package is not on
+  PyPI, so ``pip install 'VertebralFracture[deep]'`` would fail there) only where they are missing,
+  ``models download`` only where MONAI can run it.
 """
 
 from __future__ import annotations
@@ -95,14 +96,28 @@ def monai_missing_reason() -> str:
     return "PyTorch and MONAI are not installed"
 
 
+def deep_requirements() -> dict[str, str]:
+    """{module: requirement} of ``requirements/deep.txt``, the file the ``[deep]`` extra is read from."""
+    path = Path(__file__).resolve().parents[1] / "requirements" / "deep.txt"
+    found = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            found[line.split(">=")[0].split("==")[0].strip().lower()] = line
+    return found
+
+
 def monai_install_hint() -> str:
     """The step that makes PyTorch and MONAI importable here."""
     if in_slicer():
         return ("choose 'monai' as the segmentation method in the Vertebral Fracture panel: it offers to install "
                 "PyTorch and MONAI")
-    if missing_for_monai() == ["monai"]:
-        return f"`{pip_command('monai>=1.4')}` (keeps the installed PyTorch)"
-    return f"`{pip_command(PACKAGE_NAME + '[deep]')}` (or PyTorch for your GPU first, then monai)"
+    requirements = deep_requirements()
+    missing = missing_for_monai()
+    command = pip_command(*(requirements[module] for module in missing))
+    if missing == ["monai"]:
+        return f"`{command}` (keeps the installed PyTorch)"
+    return f"`{command}` (for a GPU, the PyTorch build for its driver first)"
 
 
 def monai_model_hint() -> str:
