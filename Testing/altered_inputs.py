@@ -328,3 +328,104 @@ def seg_nrrd_from_labels(root: Path, scratch: Path, names: dict[int, str], name:
         "encoding": "gzip",
     })
     return path
+
+
+# ---- valid but unusual geometry -----------------------------------------------------------------------------------
+
+
+def _rotation(axis: int, degrees: float) -> np.ndarray:
+    """3x3 rotation about the world (RAS) axis ``axis`` by ``degrees``."""
+    angle = np.deg2rad(degrees)
+    c, s = np.cos(angle), np.sin(angle)
+    a, b = [n for n in range(3) if n != axis]
+    rotation = np.eye(3)
+    rotation[a, a], rotation[a, b], rotation[b, a], rotation[b, b] = c, -s, s, c
+    return rotation
+
+
+def rotated_nifti(source: Path, scratch: Path, axis: int, degrees: float, name: str) -> Path:
+    """The same voxels with the affine rotated about the volume's centre (world axis ``axis``): a valid oblique
+    acquisition whose field of view cuts the anatomy along planes that are oblique to the world axes."""
+    image = nib.load(str(source))
+    affine = image.affine.copy()
+    centre = affine[:3, :3] @ ((np.array(image.shape[:3]) - 1) / 2.0) + affine[:3, 3]
+    rotation = _rotation(axis, degrees)
+    affine[:3, :3] = rotation @ affine[:3, :3]
+    affine[:3, 3] = rotation @ (affine[:3, 3] - centre) + centre
+    out = nib.Nifti1Image(np.asanyarray(image.dataobj), affine, image.header.copy())
+    out.set_sform(affine, code=1)
+    out.set_qform(affine, code=1)
+    nib.save(out, str(scratch / name))
+    return scratch / name
+
+
+def rotated_dicom(root: Path, scratch: Path, axis: int, degrees: float) -> Path:
+    """The DICOM series with every slice's orientation and position rotated about the series' centre (world LPS
+    axis ``axis``): a valid oblique (gantry-tilted, then resliced) series, slices still evenly spaced."""
+    folder = copy_dicom(root, scratch, f"dicom_rotated_{axis}_{degrees:g}")
+    datasets = [(file, pydicom.dcmread(file)) for file in folder.iterdir()]
+    positions = np.array([[float(v) for v in d.ImagePositionPatient] for _, d in datasets])
+    first = datasets[0][1]
+    row, column = np.array(first.ImageOrientationPatient[:3], float), np.array(first.ImageOrientationPatient[3:], float)
+    half = 0.5 * np.array(first.PixelSpacing, float)
+    centre = positions.mean(axis=0) + row * half[1] * (int(first.Columns) - 1) + column * half[0] * (int(first.Rows) - 1)
+    rotation = _rotation(axis, degrees)
+    for (file, dataset), position in zip(datasets, positions):
+        dataset.ImageOrientationPatient = [float(v) for v in np.concatenate([rotation @ row, rotation @ column])]
+        dataset.ImagePositionPatient = [float(v) for v in rotation @ (position - centre) + centre]
+        dataset.save_as(file)
+    return folder
+
+
+def resampled_nifti(source: Path, scratch: Path, spacing: tuple[float, float, float], name: str,
+                    linear: bool = True) -> Path:
+    """The volume resampled onto a finer grid with the same origin and ``round(extent / spacing)`` voxels per axis,
+    as a resampling tool does by default: the new grid reaches half an old voxel beyond the old last voxel centre,
+    where it holds the tool's padding (-1024 for a CT, 0 for labels)."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(source))
+    size = [int(round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing)]
+    padding = -1024.0 if linear else 0.0
+    resampled = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear if linear else sitk.sitkNearestNeighbor,
+                              image.GetOrigin(), spacing, image.GetDirection(), padding, image.GetPixelID())
+    sitk.WriteImage(resampled, str(scratch / name))
+    return scratch / name
+
+
+def cropped_nifti(source: Path, scratch: Path, crop: tuple[slice, slice, slice], name: str) -> Path:
+    """A sub-array of the volume with its affine's origin moved to the crop's first voxel (a mask stored on a
+    grid cropped relative to its CT)."""
+    image = nib.load(str(source))
+    array = np.asanyarray(image.dataobj)[crop]
+    affine = image.affine.copy()
+    affine[:3, 3] = affine[:3, :3] @ np.array([s.start or 0 for s in crop], float) + affine[:3, 3]
+    out = nib.Nifti1Image(np.ascontiguousarray(array), affine, image.header.copy())
+    out.set_sform(affine, code=1)
+    out.set_qform(affine, code=1)
+    nib.save(out, str(scratch / name))
+    return scratch / name
+
+
+def header_mirrored(source: Path, scratch: Path, world_axes: tuple[int, ...], name: str) -> Path:
+    """The same array with the world axes ``world_axes`` of its affine negated: (1,) a header that mirrors the
+    patient front to back, (0, 1) LPS coordinates written as RAS (the patient turned 180 degrees about the long
+    axis). The anatomy itself is unchanged."""
+    image = nib.load(str(source))
+    affine = image.affine.copy()
+    for axis in world_axes:
+        affine[axis, :] *= -1
+    out = nib.Nifti1Image(np.asanyarray(image.dataobj), affine, image.header.copy())
+    out.set_sform(affine, code=1)
+    out.set_qform(affine, code=1)
+    nib.save(out, str(scratch / name))
+    return scratch / name
+
+
+def data_flipped(source: Path, scratch: Path, world_axis: int, name: str) -> Path:
+    """The array flipped along the voxel axis that runs along world axis ``world_axis``, the header unchanged: the
+    data say the patient faces the other way (front to back for ``world_axis`` 1)."""
+    image = nib.load(str(source))
+    voxel_axis = int(np.argmax(np.abs(image.affine[world_axis, :3])))
+    array = np.flip(np.asanyarray(image.dataobj), axis=voxel_axis)
+    return _save_like(image, np.ascontiguousarray(array), scratch / name)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from VertebralFractureLib.errors import InputError
+from VertebralFractureLib.io import field_of_view
 from VertebralFractureLib.io import labels as labels_mod
 
 log = logging.getLogger(__name__)
@@ -371,10 +372,14 @@ def resample_labels_to(labels: Volume, reference: Volume) -> Volume:
         offset=reference_to_label[:3, 3],
         output_shape=reference.shape,
         order=0,
-        mode="constant",
+        # Every point within a label voxel's extent (half a voxel beyond the outer centres) takes its label.
+        mode="grid-constant",
         cval=0,
     )
-    return reference.with_array(resampled.astype(labels.array.dtype), resampled_from=labels.path)
+    # The label map's own box (and any it came from) stays a field of view: beyond it "0" means "not seen".
+    carried = reference.meta.get(field_of_view.FIELDS_OF_VIEW_KEY, []) + field_of_view.carried_boxes(labels)
+    return reference.with_array(resampled.astype(labels.array.dtype), resampled_from=labels.path,
+                                **{field_of_view.FIELDS_OF_VIEW_KEY: carried})
 
 
 def check_overlap(ct: Volume, labels: Volume) -> None:

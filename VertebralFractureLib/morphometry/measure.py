@@ -47,7 +47,7 @@ import numpy as np
 from scipy import ndimage
 
 from VertebralFractureLib.errors import NoVertebraeError
-from VertebralFractureLib.io import Volume
+from VertebralFractureLib.io import Volume, field_of_view
 from VertebralFractureLib.io import labels as labels_mod
 from VertebralFractureLib.morphometry import grade as grade_mod
 from VertebralFractureLib.results import CaseResult, VertebraResult
@@ -136,7 +136,34 @@ class _Vertebra:
     body: np.ndarray | None = None  # bool over `points`
     canal_centre: np.ndarray | None = None  # RAS
     frame: Frame | None = None
-    touches_edge: bool = False
+
+
+@dataclass
+class _FieldOfView:
+    """Where the labels (and the CT on their grid) hold data: see :mod:`..io.field_of_view`."""
+
+    boxes: list
+    padding: float | None
+    ct_array: np.ndarray | None
+    cut_labels: dict
+    label_boxes: list
+
+    def voxel_extent_mm(self, direction: np.ndarray) -> float:
+        """The labels' voxel size along a direction: that of the coarsest grid they were drawn on (a mask moved
+        onto a finer CT grid keeps its own resolution)."""
+        return max(float(np.sum(np.abs(np.asarray(box["ijk_to_ras"])[:3, :3].T @ direction))) for box in self.label_boxes)
+
+    @classmethod
+    def of(cls, labels: Volume, ct: Volume | None) -> _FieldOfView:
+        found = list(field_of_view.boxes(labels))
+        padding = None
+        if ct is not None:
+            # The CT shares the labels' grid; the grids it was resampled from are fields of view as well.
+            found += [box for box in ct.meta.get(field_of_view.FIELDS_OF_VIEW_KEY, []) if box not in found]
+            padding = field_of_view.padding_value(ct.array)
+        cut = {int(label): reason for label, reason in labels.meta.get(field_of_view.CUT_LABELS_KEY, {}).items()}
+        return cls(boxes=found, padding=padding, ct_array=None if ct is None else ct.array, cut_labels=cut,
+                   label_boxes=field_of_view.boxes(labels))
 
 
 STATISTICS_SAMPLE = 250_000
@@ -210,6 +237,7 @@ def measure_vertebrae(labels: Volume, ct: Volume | None = None, progress=None) -
         raise NoVertebraeError(f"{labels.path or 'label map'}: no vertebra labels")
     present = labels_mod.neighbours_in_order(present)
     work = {label: _load_vertebra(labels, label, objects[label - 1]) for label in present}
+    view = _FieldOfView.of(labels, ct)
 
     # Pass 1: frames from the full-vertebra centroids, then the bodies.
     _assign_superior_axes(work, lambda v: v.centroid)
@@ -226,7 +254,7 @@ def measure_vertebrae(labels: Volume, ct: Volume | None = None, progress=None) -
             results.append(_listed_only(labels, vertebra.label, objects[vertebra.label - 1]))
             continue
         report(0.5 + 0.45 * index / len(work), f"measuring {labels_mod.level_name(vertebra.label)}")
-        results.append(_measure(vertebra, labels, ct))
+        results.append(_measure(vertebra, labels, ct, view))
     for label in (labels_mod.SACRUM, labels_mod.COCCYX):
         if label < len(objects) + 1 and objects[label - 1] is not None:
             results.append(_listed_only(labels, label, objects[label - 1]))
@@ -258,9 +286,8 @@ def _load_vertebra(labels: Volume, label: int, bounding: tuple[slice, ...]) -> _
     mask = labels.array[crop] == label
     ijk = np.argwhere(mask).astype(float) + np.array([s.start for s in crop], dtype=float)
     points = labels.ijk_to_world(ijk)
-    touches = any(s.start == 0 or s.stop == n for s, n in zip(bounding, shape))
     return _Vertebra(
-        label=label, crop=crop, mask=mask, points=points, centroid=points.mean(axis=0), touches_edge=touches
+        label=label, crop=crop, mask=mask, points=points, centroid=points.mean(axis=0)
     )
 
 
@@ -395,7 +422,7 @@ def _largest_component(vertebra: _Vertebra, keep: np.ndarray) -> np.ndarray:
     return components[vertebra.mask] == int(np.argmax(sizes))
 
 
-def _measure(vertebra: _Vertebra, labels: Volume, ct: Volume | None) -> VertebraResult:
+def _measure(vertebra: _Vertebra, labels: Volume, ct: Volume | None, view: _FieldOfView) -> VertebraResult:
     level = labels_mod.level_name(vertebra.label)
     frame = vertebra.frame
     body_points = vertebra.points[vertebra.body]
@@ -413,9 +440,9 @@ def _measure(vertebra: _Vertebra, labels: Volume, ct: Volume | None) -> Vertebra
         },
         body_volume_ml=body_volume,
         body_voxels=int(vertebra.body.sum()),
-        voxel_extent_mm=2.0 * _voxel_half_extent(labels, frame.superior),
+        voxel_extent_mm=view.voxel_extent_mm(frame.superior),
     )
-    truncation = _truncation(vertebra, labels) if vertebra.touches_edge else None
+    truncation = _truncation(vertebra, labels, view)
     if truncation:
         result.complete = False
         result.incomplete_reason = f"cut by the edge of the image ({truncation})"
@@ -651,21 +678,61 @@ def _six_points(profile: _Profile, frame: Frame, origin: np.ndarray) -> tuple[di
     return points, heights
 
 
-def _truncation(vertebra: _Vertebra, labels: Volume) -> str | None:
-    """How the field of view truncates the body (see :data:`CUT_SECTION_FRACTION`), or None when it is whole."""
+def _truncation(vertebra: _Vertebra, labels: Volume, view: _FieldOfView) -> str | None:
+    """How a field of view truncates the body (see :data:`CUT_SECTION_FRACTION`), or None when it is whole.
+
+    Every field of view counts: the label array's own, the grids the labels or the CT were resampled from (a mask
+    stored on a cropped grid, a CT a tool resampled onto a finer one) and the CT's constant padding. Sections are
+    taken in slabs one label voxel thick parallel to each face (to the padding's surface), so on the label array's
+    own faces a slab is one plane of voxels."""
+    if vertebra.label in view.cut_labels:
+        return view.cut_labels[vertebra.label]
     body_voxels = np.argwhere(vertebra.mask)[vertebra.body] + np.array([s.start for s in vertebra.crop])
-    for axis, size in enumerate(labels.shape):
-        sections = np.bincount(body_voxels[:, axis], minlength=size)
-        largest = sections.max(initial=0)
-        pixel_mm2 = float(np.prod(np.delete(labels.spacing, axis)))
-        for side in (0, size - 1):
-            section = sections[side]
-            if section and section >= CUT_SECTION_FRACTION * largest and section * pixel_mm2 >= CUT_MIN_SECTION_MM2:
-                return (
-                    f"{section * pixel_mm2:.0f} mm2 of the body, {100 * section / largest:.0f} % of its largest "
-                    f"section, lies in the boundary plane"
-                )
+    world = labels.ijk_to_world(body_voxels)
+    voxel_mm3 = float(abs(np.linalg.det(labels.ijk_to_ras[:3, :3])))
+    for number, box in enumerate(view.boxes):
+        for distance, normal in field_of_view.face_distances(box, world):
+            thickness = 2.0 * _voxel_half_extent(labels, normal)
+            found = _boundary_section(distance, thickness, voxel_mm3)
+            if found:
+                where = "the boundary plane" if number == 0 else "the edge of the field of view it was resampled from"
+                return f"{found}, lies in {where}"
+    if view.padding is not None:
+        found = _padding_section(vertebra, labels, view, voxel_mm3)
+        if found:
+            return f"{found}, lies against the CT's padding (no data beyond)"
     return None
+
+
+def _boundary_section(distance_mm: np.ndarray, thickness_mm: float, voxel_mm3: float) -> str | None:
+    """The body's section in the slab nearest a field-of-view boundary (distances of its voxels from it), when it
+    is large enough to be a cut (see :data:`CUT_SECTION_FRACTION`, :data:`CUT_MIN_SECTION_MM2`)."""
+    inside = distance_mm[distance_mm >= -0.5 * thickness_mm]
+    if inside.size == 0 or inside.min() >= thickness_mm:
+        return None
+    sections = np.bincount(np.clip(np.floor(inside / thickness_mm), 0, None).astype(np.int64))
+    largest = sections.max(initial=0)
+    section = sections[0]
+    area_mm2 = section * voxel_mm3 / thickness_mm
+    if section and section >= CUT_SECTION_FRACTION * largest and area_mm2 >= CUT_MIN_SECTION_MM2:
+        return f"{area_mm2:.0f} mm2 of the body, {100 * section / largest:.0f} % of its largest section"
+    return None
+
+
+def _padding_section(vertebra: _Vertebra, labels: Volume, view: _FieldOfView, voxel_mm3: float) -> str | None:
+    """The body's section next to the CT's padding: slabs one voxel thick by distance from the padding."""
+    crop = vertebra.crop
+    padding = field_of_view.padding_mask(view.ct_array[crop], view.padding)
+    if not padding.any():
+        return None
+    body = np.zeros(vertebra.mask.shape, dtype=bool)
+    body[tuple(np.argwhere(vertebra.mask)[vertebra.body].T)] = True
+    if not (ndimage.binary_dilation(padding) & body).any():
+        return None
+    distance = ndimage.distance_transform_edt(~padding, sampling=labels.spacing)[body]
+    thickness = float(labels.spacing.max())
+    # Distances run from the padding's voxel centres; its surface lies half a voxel nearer.
+    return _boundary_section(distance - 0.5 * float(labels.spacing.min()), thickness, voxel_mm3)
 
 
 def _trabecular(

@@ -982,7 +982,8 @@ def labels_to_ct_grid(label_work: np.ndarray, grid: np.ndarray, ct: Volume) -> n
     shift[:3, 3] = low
     ct_to_work = np.linalg.inv(grid) @ ct.ijk_to_ras @ shift
     sub = ndimage.affine_transform(label_work, _matrix_argument(ct_to_work), offset=ct_to_work[:3, 3],
-                                   output_shape=tuple(int(v) for v in high - low), order=0, cval=0)
+                                   output_shape=tuple(int(v) for v in high - low), order=0,
+                                   mode="grid-constant", cval=0)
     out[low[0] : high[0], low[1] : high[1], low[2] : high[2]] = sub
     return out
 
