@@ -93,13 +93,8 @@ CANAL_MIN_AREA_MM2 = 20.0
 BODY_ONLY_MAX_DEPTH_MM = 60.0
 """A vertebra mask with no canal and at most this antero-posterior extent is taken to be a body only."""
 NEIGHBOUR_MAX_DISTANCE_MM = 90.0
-CUT_SECTION_FRACTION = 0.3
-"""A body is cut by the field of view when its section in a boundary plane of the array is at least this fraction of
-its largest section parallel to that plane. A plane through a body holds a section close to its largest (0.84-1.0
-on VerSe masks truncated through a body); the outermost slice of a whole body, as in a mask cropped to its bounding
-box, only the tip of its rounded endplate or wall (at most 0.06 on the cropped VerSe'19 masks 007 and 008)."""
-CUT_MIN_SECTION_MM2 = 20.0
-"""Sections on the boundary smaller than this (a few stray voxels) never make a body "cut"."""
+CUT_SECTION_FRACTION = field_of_view.CUT_SECTION_FRACTION
+CUT_MIN_SECTION_MM2 = field_of_view.CUT_MIN_SECTION_MM2
 
 
 @dataclass
@@ -693,46 +688,23 @@ def _truncation(vertebra: _Vertebra, labels: Volume, view: _FieldOfView) -> str 
     for number, box in enumerate(view.boxes):
         for distance, normal in field_of_view.face_distances(box, world):
             thickness = 2.0 * _voxel_half_extent(labels, normal)
-            found = _boundary_section(distance, thickness, voxel_mm3)
+            found = field_of_view.boundary_section(distance, thickness, voxel_mm3)
             if found:
                 where = "the boundary plane" if number == 0 else "the edge of the field of view it was resampled from"
                 return f"{found}, lies in {where}"
     if view.padding is not None:
-        found = _padding_section(vertebra, labels, view, voxel_mm3)
+        found = _padding_section(vertebra, labels, view)
         if found:
             return f"{found}, lies against the CT's padding (no data beyond)"
     return None
 
 
-def _boundary_section(distance_mm: np.ndarray, thickness_mm: float, voxel_mm3: float) -> str | None:
-    """The body's section in the slab nearest a field-of-view boundary (distances of its voxels from it), when it
-    is large enough to be a cut (see :data:`CUT_SECTION_FRACTION`, :data:`CUT_MIN_SECTION_MM2`)."""
-    inside = distance_mm[distance_mm >= -0.5 * thickness_mm]
-    if inside.size == 0 or inside.min() >= thickness_mm:
-        return None
-    sections = np.bincount(np.clip(np.floor(inside / thickness_mm), 0, None).astype(np.int64))
-    largest = sections.max(initial=0)
-    section = sections[0]
-    area_mm2 = section * voxel_mm3 / thickness_mm
-    if section and section >= CUT_SECTION_FRACTION * largest and area_mm2 >= CUT_MIN_SECTION_MM2:
-        return f"{area_mm2:.0f} mm2 of the body, {100 * section / largest:.0f} % of its largest section"
-    return None
-
-
-def _padding_section(vertebra: _Vertebra, labels: Volume, view: _FieldOfView, voxel_mm3: float) -> str | None:
-    """The body's section next to the CT's padding: slabs one voxel thick by distance from the padding."""
-    crop = vertebra.crop
-    padding = field_of_view.padding_mask(view.ct_array[crop], view.padding)
-    if not padding.any():
-        return None
+def _padding_section(vertebra: _Vertebra, labels: Volume, view: _FieldOfView) -> str | None:
+    """The body's section next to the CT's padding (see :func:`..io.field_of_view.section_against`)."""
+    padding = field_of_view.padding_mask(view.ct_array[vertebra.crop], view.padding)
     body = np.zeros(vertebra.mask.shape, dtype=bool)
     body[tuple(np.argwhere(vertebra.mask)[vertebra.body].T)] = True
-    if not (ndimage.binary_dilation(padding) & body).any():
-        return None
-    distance = ndimage.distance_transform_edt(~padding, sampling=labels.spacing)[body]
-    thickness = float(labels.spacing.max())
-    # Distances run from the padding's voxel centres; its surface lies half a voxel nearer.
-    return _boundary_section(distance - 0.5 * float(labels.spacing.min()), thickness, voxel_mm3)
+    return field_of_view.section_against(padding, body, labels.spacing)
 
 
 def _trabecular(

@@ -33,7 +33,7 @@ import numpy as np
 from scipy import ndimage, signal
 
 from VertebralFractureLib.errors import NoVertebraeError
-from VertebralFractureLib.io import NotCTError, Volume, check_ct_hounsfield
+from VertebralFractureLib.io import NotCTError, Volume, check_ct_hounsfield, field_of_view
 from VertebralFractureLib.segment import ProgressCallback, SegmentationOutput, register_backend
 from VertebralFractureLib.segment.levels import SACRUM_WIDTH_MM, LevelNaming, name_levels, rib_sides
 from VertebralFractureLib.segment.spine_curve import SpineGeometry, along_curve
@@ -147,20 +147,75 @@ few cm of it even in scoliosis; kidneys, femurs and the iliac wings lie further 
 
 
 
-def working_grid(ct: Volume, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """Resample the CT onto an RAS-aligned isotropic grid (trilinear); returns (array [x, y, z], ijk_to_ras)."""
+FIELD_OF_VIEW_BLUR_VOXELS = 2
+"""Working-grid voxels this close to the edge of the CT's field of view mix the CT with the padding beyond (trilinear
+resampling, then the smoothing of the bone mask): a body ending there may stop short of the edge, so the edge is
+taken this much nearer for the cut test."""
+
+
+FULLY_INSIDE = 0.999
+"""A working voxel is inside the field of view when its trilinear weights fall on the CT's data alone (up to
+rounding)."""
+
+
+def working_grid(ct: Volume, spacing_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Resample the CT onto an RAS-aligned isotropic grid (trilinear); returns (array [x, y, z], ijk_to_ras, the
+    voxels inside the CT's field of view or None when all are). Outside the field of view (the corners of the box
+    around an oblique CT, the CT's own constant padding) the array holds air: those voxels are marked, so that a
+    body cut there is cut, never a body ending in air."""
     low, high = ct.bounds_ras()
     shape = tuple(int(math.floor((high[a] - low[a]) / spacing_mm + 1e-3)) + 1 for a in range(3))
     grid = np.eye(4)
     grid[:3, :3] = np.diag([spacing_mm] * 3)
     grid[:3, 3] = low
+    padding = field_of_view.padding_value(ct.array)
     if ct.same_grid(Volume(np.empty(shape, dtype=np.uint8), grid)):
-        return ct.array.astype(np.float32, copy=False), grid
-    return _resample_linear(ct, grid, shape), grid
+        work = ct.array.astype(np.float32, copy=False)
+        if padding is None:
+            return work, grid, None
+        inside = ~field_of_view.padding_mask(ct.array, padding)
+        return _extend_beyond(work, inside), grid, inside
+    # The field of view on the working grid: a volume of ones (zeros on the padding) resampled like the CT.
+    known = np.ones(ct.shape, dtype=np.float32)
+    if padding is not None:
+        known[field_of_view.padding_mask(ct.array, padding)] = 0.0
+    # Only voxels interpolated from data alone are inside: one that mixes in the padding is partly air.
+    inside = _resample_linear(ct.with_array(known), grid, shape, outside=0.0) >= FULLY_INSIDE
+    work = _resample_linear(ct, grid, shape)
+    if inside.all():
+        return work, grid, None
+    return _extend_beyond(work, inside), grid, inside
 
 
-def _resample_linear(ct: Volume, grid: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """Trilinear resampling of the CT onto ``grid`` (ijk -> RAS) with SimpleITK (multi-threaded), air outside."""
+def _extend_beyond(work: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Each voxel outside the field of view takes the value of the nearest voxel inside: a body cut by the edge
+    continues beyond it as it is at the edge, never closed by air into a false endplate or wall (the bodies are
+    cut back to the field of view afterwards)."""
+    nearest = ndimage.distance_transform_edt(~inside, return_distances=False, return_indices=True)
+    return work[tuple(nearest)]
+
+
+def cut_by_field_of_view(label_work: np.ndarray, inside: np.ndarray | None, spacing_mm: float) -> dict[int, str]:
+    """{label: reason} of the bodies on the working grid that the CT's field of view cuts (see
+    :func:`..io.field_of_view.section_against`; the edge taken :data:`FIELD_OF_VIEW_BLUR_VOXELS` nearer)."""
+    if inside is None:
+        return {}
+    outside = ndimage.binary_dilation(~inside, iterations=FIELD_OF_VIEW_BLUR_VOXELS)
+    cut = {}
+    objects = ndimage.find_objects(label_work)
+    for label, box in enumerate(objects, start=1):
+        if box is None:
+            continue
+        grown = tuple(slice(max(0, b.start - 3), min(n, b.stop + 3)) for b, n in zip(box, label_work.shape))
+        found = field_of_view.section_against(outside[grown], label_work[grown] == label, np.full(3, spacing_mm))
+        if found:
+            cut[label] = f"cut by the edge of the CT's field of view ({found}, lies at the edge)"
+    return cut
+
+
+def _resample_linear(ct: Volume, grid: np.ndarray, shape: tuple[int, int, int], outside: float = -1024.0) -> np.ndarray:
+    """Trilinear resampling of the CT onto ``grid`` (ijk -> RAS) with SimpleITK (multi-threaded), ``outside``
+    (air) beyond its field of view."""
     import SimpleITK as sitk
 
     from VertebralFractureLib.io import LPS_TO_RAS
@@ -177,7 +232,7 @@ def _resample_linear(ct: Volume, grid: np.ndarray, shape: tuple[int, int, int]) 
     reference.SetSpacing([float(v) for v in grid_spacing])
     reference.SetDirection([float(v) for v in (grid_lps[:3, :3] / grid_spacing).ravel()])
     reference.SetOrigin([float(v) for v in grid_lps[:3, 3]])
-    resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+    resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, float(outside), sitk.sitkFloat32)
     return np.ascontiguousarray(sitk.GetArrayFromImage(resampled).transpose(2, 1, 0))
 
 
@@ -815,29 +870,54 @@ class ClassicalBackend:
         check_ct_hounsfield(ct)
         spacing = self.spacing_mm or max(MIN_WORKING_SPACING_MM, float(min(3.0, ct.spacing.max())))
         progress(0.05, "resampling to the working grid")
-        work, grid = working_grid(ct, spacing)
-        result = segment_working(work, spacing, progress)
+        work, grid, inside = working_grid(ct, spacing)
+        result = segment_working(work, spacing, progress, inside)
         if result is None:
             raise NoVertebraeError(f"{ct.path or 'CT'}: no vertebrae found (no bone column with a spinal canal "
                                    "in the field of view)")
         label_work, naming, geometry = result
         progress(0.85, "mapping labels onto the CT grid")
+        if inside is not None:
+            label_work = np.where(inside, label_work, 0).astype(label_work.dtype)
         labels = labels_to_ct_grid(label_work, grid, ct)
         present = [int(v) for v in np.unique(labels) if v]
         if not present:
             raise NoVertebraeError(f"{ct.path or 'CT'}: no vertebrae found")
+        cut = {label: reason for label, reason in cut_by_field_of_view(label_work, inside, spacing).items()
+               if label in present}
+        # The labels were drawn on the working grid: its voxels are their resolution (a field of view that holds
+        # the CT's whole box); bodies it found cut stay cut on the CT's grid.
+        meta = {field_of_view.FIELDS_OF_VIEW_KEY: [*ct.meta.get(field_of_view.FIELDS_OF_VIEW_KEY, []),
+                                                   {"ijk_to_ras": grid.tolist(), "shape": list(label_work.shape)}],
+                field_of_view.CUT_LABELS_KEY: cut}
         warnings = []
         if device not in ("auto", "cpu"):
             warnings.append(f"the classical backend runs on the CPU (device {device!r} ignored)")
         progress(1.0, "segmentation done")
-        return SegmentationOutput(labels=ct.with_array(labels), backend=self.name, full_vertebrae=False,
+        return SegmentationOutput(labels=ct.with_array(labels, **meta), backend=self.name, full_vertebrae=False,
                                   levels_status=naming.status, level_evidence=naming.evidence, warnings=warnings,
                                   vertebra_warnings={label: list(notes) for label, notes in naming.body_warnings.items()
                                                      if label in present})
 
 
-def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback | None = None):
-    """Bodies labelled with VerSe ids on the working grid, the naming, and the spine geometry; None if no spine."""
+def _curve_in_view(geometry: SpineGeometry, inside: np.ndarray | None) -> tuple[float, float]:
+    """Arc length (mm) of the first and last points of the centre curve inside the field of view."""
+    arclength = geometry.arclength_mm
+    if inside is None:
+        return 0.0, float(arclength[-1])
+    xy = np.round(geometry.centre_xy).astype(int)
+    xy[:, 0] = np.clip(xy[:, 0], 0, inside.shape[0] - 1)
+    xy[:, 1] = np.clip(xy[:, 1], 0, inside.shape[1] - 1)
+    seen = np.flatnonzero(inside[xy[:, 0], xy[:, 1], np.asarray(geometry.z_indices, dtype=int)])
+    if seen.size == 0:
+        return 0.0, float(arclength[-1])
+    return float(arclength[seen[0]]), float(arclength[seen[-1]])
+
+
+def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback | None = None,
+                    inside: np.ndarray | None = None):
+    """Bodies labelled with VerSe ids on the working grid, the naming, and the spine geometry; None if no spine.
+    ``inside``: the working voxels inside the CT's field of view (None: all)."""
     progress = progress or (lambda fraction, message: None)
     finder = BodyFinder(work, spacing)
     progress(0.15, "finding bone and vertebral bodies")
@@ -875,7 +955,10 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
     discs, profile = find_discs(u, radial, length, spacing)
     # Near the ends of the spine in view the body area falls because the field of view cuts the body, not because
     # of a disc: area minima there are not trusted; discs seen between endplates are.
-    discs = [d for d in discs if AREA_END_MARGIN_MM <= d <= length - AREA_END_MARGIN_MM]
+    # The ends of the spine in view: where the centre curve leaves the CT's field of view (beyond, the working grid
+    # holds the edge's values carried outwards, in which no disc is real).
+    first, last = _curve_in_view(geometry, inside)
+    discs = [d for d in discs if first + AREA_END_MARGIN_MM <= d <= last - AREA_END_MARGIN_MM]
     hu_profile = core_hu_profile(finder.smooth, geometry, spacing, spacing)
     for extra in endplate_bounded_minima(hu_profile, spacing) + endplate_pair_discs(hu_profile, spacing):
         if all(abs(extra - d) >= MIN_PERIOD_MM for d in discs):
@@ -892,7 +975,7 @@ def segment_working(work: np.ndarray, spacing: float, progress: ProgressCallback
     discs = [next((b for b, _ in blocks if abs(b - d) <= BLOCK_SNAP_MM), d) for d in discs]
     discs = fill_missed_discs(sorted(set(discs)), hu_profile, spacing, length, [b for b, _ in blocks])
     discs = separate_close_discs(discs, hu_profile, spacing, [b for b, _ in blocks])
-    discs = [d for d in discs if MIN_END_PIECE_MM <= d <= length - MIN_END_PIECE_MM]
+    discs = [d for d in discs if first + MIN_END_PIECE_MM <= d <= last - MIN_END_PIECE_MM]
     sacral_u = None
     if sacrum is None:
         sacral_u = sacrum_top(bodies, geometry, spacing)
