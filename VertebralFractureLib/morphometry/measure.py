@@ -130,6 +130,7 @@ class _Vertebra:
     centroid: np.ndarray
     body: np.ndarray | None = None  # bool over `points`
     canal_centre: np.ndarray | None = None  # RAS
+    canal_source: str | None = None  # "mask" or "CT": where the spinal canal behind the body was seen
     frame: Frame | None = None
 
 
@@ -198,12 +199,14 @@ def measure_case(
     front end and every re-measure grades the same levels."""
     from VertebralFractureLib.morphometry import qc
 
-    vertebrae = measure_vertebrae(labels, ct, progress)
+    orientation: list[str] = []
+    vertebrae = measure_vertebrae(labels, ct, progress, notes=orientation)
     grade_mod.grade_vertebrae(vertebrae, rules or grade_mod.rules_from_inputs(inputs))
     summary = grade_mod.summarize(vertebrae)
     case = CaseResult(vertebrae=vertebrae, patient=summary, inputs=dict(inputs or {}))
     # The one quality gate every front end passes: no grade leaves without a plausible segmentation behind it.
     report = qc.apply_quality_gate(case)
+    case.warnings.extend(orientation)
     case.warnings.extend(grade_mod.voxel_size_warnings(vertebrae))
     for vertebra in vertebrae:
         if not vertebra.complete:
@@ -216,8 +219,11 @@ def measure_case(
     return case
 
 
-def measure_vertebrae(labels: Volume, ct: Volume | None = None, progress=None) -> list[VertebraResult]:
-    """Measure every vertebra (not the sacrum or coccyx) of a VerSe-id label volume; results cranial to caudal."""
+def measure_vertebrae(labels: Volume, ct: Volume | None = None, progress=None,
+                      notes: list[str] | None = None) -> list[VertebraResult]:
+    """Measure every vertebra (not the sacrum or coccyx) of a VerSe-id label volume; results cranial to caudal.
+    ``notes`` receives what a reader must know about the frame (front and back from the anatomy against the
+    header)."""
     if ct is not None and not ct.same_grid(labels):
         raise ValueError("the CT and the label map must share one grid (resample the label map first)")
     report = progress or (lambda fraction, message: None)
@@ -234,13 +240,20 @@ def measure_vertebrae(labels: Volume, ct: Volume | None = None, progress=None) -
     work = {label: _load_vertebra(labels, label, objects[label - 1]) for label in present}
     view = _FieldOfView.of(labels, ct)
 
-    # Pass 1: frames from the full-vertebra centroids, then the bodies.
+    # Pass 1: frames from the full-vertebra centroids, front and back from the anatomy, then the bodies.
     _assign_superior_axes(work, lambda v: v.centroid)
+    mask_votes = _header_votes([v for v in work.values() if _measured_level(v.label)], labels)
+    if mask_votes and sum(mask_votes.values()) * 2 < len(mask_votes):
+        for vertebra in work.values():
+            vertebra.frame = Frame(superior=vertebra.frame.superior, anterior=-vertebra.frame.anterior)
     for index, vertebra in enumerate(work.values()):
         if not _measured_level(vertebra.label):
             continue
         report(0.1 + 0.4 * index / len(work), f"isolating the body of {labels_mod.level_name(vertebra.label)}")
         _isolate_body(vertebra, labels)
+    found = _orient_from_anatomy([v for v in work.values() if v.body is not None], labels, ct, mask_votes)
+    if notes is not None:
+        notes.extend(found)
     # Pass 2: the curve through the body centroids gives the final cranio-caudal axes.
     _assign_superior_axes(work, lambda v: v.centroid if v.body is None else v.points[v.body].mean(axis=0))
     results = []
@@ -332,7 +345,8 @@ def _footprint_resolution(labels: Volume, superior: np.ndarray) -> float:
 
 
 def _isolate_body(vertebra: _Vertebra, labels: Volume) -> None:
-    """Find the spinal canal and keep the part of the vertebra anterior to it (twice: the canal refines the frame)."""
+    """Find the spinal canal and keep the part of the vertebra anterior to it (twice: the canal refines the frame).
+    The frame's anterior has been set from the anatomy before (see :func:`_header_votes`)."""
     for _ in range(2):
         frame = vertebra.frame
         local = frame.local(_sample(vertebra.points), vertebra.centroid)
@@ -345,15 +359,157 @@ def _isolate_body(vertebra: _Vertebra, labels: Volume) -> None:
             else:
                 vertebra.body = _thickest_part(frame.local(vertebra.points, vertebra.centroid)[:, :2], resolution)
             vertebra.canal_centre = None
+            vertebra.canal_source = None
             return
-        canal_x, canal_y, canal_front = canal
+        canal_x, canal_y, canal_front, _ = canal
         body = np.einsum("ij,j->i", vertebra.points - vertebra.centroid, frame.anterior) > canal_front
         vertebra.body = _largest_component(vertebra, body)
         vertebra.canal_centre = frame.world(np.array([canal_x, canal_y, 0.0]), vertebra.centroid)[0]
+        vertebra.canal_source = "mask"
         body_centre = vertebra.points[vertebra.body].mean(axis=0)
         vertebra.frame = Frame(
             superior=frame.superior, anterior=_orthogonal(body_centre - vertebra.canal_centre, frame.superior)
         )
+
+
+BODY_SIDE_VOLUME_RATIO = 1.5
+"""The vertebral body holds more of a vertebra's volume than the posterior elements behind the canal: 1.6-7.9 times
+as much on the VerSe, TotalSegmentator and HealthiVert masks of T6-L5 (1.0-1.2 at T1-T5, where the long spinous and
+transverse processes weigh as much). A side this much heavier is the front; a vertebra below it does not vote."""
+
+
+def _header_votes(vertebrae: list[_Vertebra], labels: Volume) -> dict[int, bool]:
+    """{label: True when the header's anterior is the patient's front} for the vertebrae whose mask shows the
+    spinal canal with a clearly heavier side (the body, see :data:`BODY_SIDE_VOLUME_RATIO`)."""
+    votes = {}
+    for vertebra in vertebrae:
+        local = vertebra.frame.local(vertebra.points, vertebra.centroid)
+        canal = _find_canal(_sample(local)[:, :2], _footprint_resolution(labels, vertebra.frame.superior),
+                            either_side=True)
+        if canal is None:
+            continue
+        front = int((local[:, 1] > canal[2]).sum())
+        back = int((local[:, 1] < canal[3]).sum())
+        if front >= BODY_SIDE_VOLUME_RATIO * back:
+            votes[vertebra.label] = True
+        elif back >= BODY_SIDE_VOLUME_RATIO * front:
+            votes[vertebra.label] = False
+    return votes
+
+
+CT_CANAL_BONE_HU = 200.0
+"""Bone of the posterior elements around the spinal canal: cortical and dense trabecular bone lie above, the canal
+(CSF 0-30 HU, epidural fat), discs and muscle below."""
+CT_CANAL_REACH_MM = 45.0
+"""The spinal canal's centre lies 20-35 mm behind the centre of a vertebral body (body depth 25-35 mm, canal depth
+15-20 mm); the posterior elements are looked for within this distance of the body's centre."""
+
+
+def _canal_from_ct(vertebra: _Vertebra, labels: Volume, ct: Volume) -> np.ndarray | None:
+    """The spinal canal behind a body given without its posterior elements, seen in the CT: the hole enclosed by
+    the body and the bone of the arch (above :data:`CT_CANAL_BONE_HU`) in the footprint over the body's height.
+    Returns its centre (RAS) or None."""
+    frame = vertebra.frame
+    body_points = vertebra.points[vertebra.body]
+    centre = body_points.mean(axis=0)
+    heights = frame.local(_sample(body_points), centre)[:, 2]
+    reach = CT_CANAL_REACH_MM + 5.0
+    corners = np.array([[x, y, z] for x in (-reach, reach) for y in (-reach, reach)
+                        for z in (heights.min(), heights.max())])
+    ijk = ct.world_to_ijk(frame.world(corners, centre))
+    low = np.maximum(np.floor(ijk.min(axis=0)).astype(int), 0)
+    high = np.minimum(np.ceil(ijk.max(axis=0)).astype(int) + 1, np.array(ct.shape))
+    if np.any(high <= low):
+        return None
+    box = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    bone = np.argwhere(ct.array[box] > CT_CANAL_BONE_HU) + low
+    local = frame.local(ct.ijk_to_world(bone), centre) if len(bone) else np.empty((0, 3))
+    keep = (local[:, 2] >= heights.min()) & (local[:, 2] <= heights.max()) & (np.hypot(local[:, 0], local[:, 1]) <= reach)
+    footprint = np.concatenate([frame.local(_sample(body_points), centre)[:, :2], local[keep, :2]])
+    resolution = max(1.0, float(ct.spacing[:2].max()))
+    canal = _find_canal(footprint, resolution, either_side=True, reach_mm=CT_CANAL_REACH_MM)
+    if canal is None:
+        return None
+    return frame.world(np.array([canal[0], canal[1], 0.0]), centre)[0]
+
+
+HEADER_ANTERIOR_RAS = np.array([0.0, 1.0, 0.0])
+CANAL_MIN_OFFSET_MM = 8.0
+"""A canal found in the CT whose centre lies nearer than this to the body's centre is not behind the body (the
+canal's centre lies 20-35 mm behind it)."""
+
+
+def _orient_from_anatomy(vertebrae: list[_Vertebra], labels: Volume, ct: Volume | None,
+                         mask_votes: dict[int, bool]) -> list[str]:
+    """Front and back of every vertebra from the anatomy, checked against the image header; returns the warnings.
+
+    The body lies in front of the spinal canal and the posterior elements: seen in the mask when it holds them
+    (``mask_votes``, see :func:`_header_votes`), else in the CT (the canal behind a body of a bodies-only mask). The
+    vertebrae where it was seen vote; their majority sets front and back for all. Where it finds the header's
+    anterior pointing to the patient's back, the frames are turned and the reader is told; Ha and Hp are never
+    swapped silently. With neither (a bodies-only mask without its CT) the header's front is used, unchecked."""
+    votes = dict(mask_votes)
+    header_right = not votes or sum(votes.values()) * 2 >= len(votes)
+    source = "in the mask"
+    if ct is not None:
+        for vertebra in vertebrae:
+            if vertebra.label in votes or vertebra.canal_centre is not None:
+                continue
+            canal = _canal_from_ct(vertebra, labels, ct)
+            body_centre = vertebra.points[vertebra.body].mean(axis=0)
+            if canal is None or np.linalg.norm(body_centre - canal) < CANAL_MIN_OFFSET_MM:
+                continue
+            vertebra.canal_centre, vertebra.canal_source = canal, "CT"
+            anterior = _orthogonal(body_centre - canal, vertebra.frame.superior)
+            votes[vertebra.label] = float(np.dot(anterior, HEADER_ANTERIOR_RAS)) >= 0.0
+            vertebra.frame = Frame(superior=vertebra.frame.superior, anterior=anterior)
+        if not mask_votes and votes:
+            source = "in the CT"
+            header_right = sum(votes.values()) * 2 >= len(votes)
+    if not votes:
+        lordosis = _lordosis_mm(vertebrae)
+        if lordosis is None or abs(lordosis) < LORDOSIS_MIN_MM:
+            return []
+        votes = {0: lordosis > 0}
+        header_right = lordosis > 0
+        source = "no canal seen: from the lumbar lordosis"
+    for vertebra in vertebrae:
+        if (float(np.dot(vertebra.frame.anterior, HEADER_ANTERIOR_RAS)) >= 0.0) != header_right:
+            vertebra.frame = Frame(superior=vertebra.frame.superior, anterior=-vertebra.frame.anterior)
+    notes = []
+    agree = sum(votes.values())
+    if not header_right:
+        notes.append(
+            f"front and back taken from the anatomy: in {len(votes) - agree} of {len(votes)} vertebrae the spinal "
+            f"canal ({source}) lies on the side the image header calls anterior, so the header's anterior is the "
+            "patient's back (a mirrored or LPS/RAS-confused orientation); check the file's orientation"
+        )
+    dissent = [labels_mod.level_name(label) for label, vote in votes.items() if vote != header_right and label]
+    if dissent:
+        notes.append(f"front and back of {', '.join(dissent)} taken from the other vertebrae: the spinal canal was "
+                     "not found on the same side")
+    return notes
+
+
+LORDOSIS_MIN_MM = 4.0
+"""The lumbar spine curves forward (lordosis): the centres of the middle lumbar bodies lie 10-20 mm in front of the
+line through L1 and L5 in adults standing or lying. A bodies-only mask without its CT shows no canal; its front is
+checked against this curve when the bend is at least this large in either direction."""
+LORDOSIS_MIN_BODIES = 4
+
+
+def _lordosis_mm(vertebrae: list[_Vertebra]) -> float | None:
+    """How far (mm, along the header's anterior) the middle lumbar bodies' centres lie in front of the line through
+    the first and last lumbar bodies; None with fewer than :data:`LORDOSIS_MIN_BODIES` lumbar bodies."""
+    lumbar = [v for v in vertebrae if labels_mod.level_name(v.label).startswith("L")]
+    if len(lumbar) < LORDOSIS_MIN_BODIES:
+        return None
+    lumbar.sort(key=lambda v: labels_mod.rank(v.label))
+    centres = np.array([v.points[v.body].mean(axis=0) for v in lumbar])
+    chord = _unit(centres[-1] - centres[0])
+    offsets = centres[1:-1] - centres[0]
+    offsets = offsets - np.outer(offsets @ chord, chord)
+    return float(np.mean(offsets @ _orthogonal(HEADER_ANTERIOR_RAS, chord)))
 
 
 def _rasterise(xy: np.ndarray, resolution: float) -> tuple[np.ndarray, np.ndarray]:
@@ -364,8 +520,12 @@ def _rasterise(xy: np.ndarray, resolution: float) -> tuple[np.ndarray, np.ndarra
     return image, low
 
 
-def _find_canal(xy: np.ndarray, resolution: float) -> tuple[float, float, float] | None:
-    """(x, y of the canal centre, y of its anterior edge) in local mm, or None when the footprint has no canal."""
+def _find_canal(xy: np.ndarray, resolution: float, either_side: bool = False,
+                reach_mm: float | None = None) -> tuple[float, float, float, float] | None:
+    """(x, y of the canal centre, y of its anterior and of its posterior edge) in local mm, or None when the footprint
+    has no canal. The canal is the largest hole near the midline behind the centre (``either_side``: on either side,
+    to decide which side is the front); ``reach_mm``: its centre lies within this distance of the footprint's
+    origin."""
     image, low = _rasterise(xy, resolution)
     image = ndimage.binary_closing(image, iterations=1) | image
     holes = ndimage.binary_fill_holes(image) & ~image
@@ -379,14 +539,17 @@ def _find_canal(xy: np.ndarray, resolution: float) -> tuple[float, float, float]
         if area < CANAL_MIN_AREA_MM2:
             continue
         centre = (pixels.mean(axis=0) + 0.5) * resolution + low
-        # The canal lies on the midline behind the body: prefer large holes near x = 0, behind the centroid.
-        if centre[1] > 0:
+        if reach_mm is not None and np.hypot(*centre) > reach_mm:
             continue
+        if centre[1] > 0 and not either_side:
+            continue
+        # The canal lies on the midline behind the body: prefer large holes near x = 0.
         score = area / (1.0 + abs(centre[0]) / 5.0)
         if best is None or score > best[0]:
             column = pixels[np.abs((pixels[:, 0] + 0.5) * resolution + low[0] - centre[0]) <= max(resolution, 2.0)]
             front = (column[:, 1].max() + 1.0) * resolution + low[1]
-            best = (score, float(centre[0]), float(centre[1]), float(front))
+            back = column[:, 1].min() * resolution + low[1]
+            best = (score, float(centre[0]), float(centre[1]), float(front), float(back))
     return None if best is None else best[1:]
 
 
