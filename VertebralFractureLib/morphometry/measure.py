@@ -472,18 +472,20 @@ def _orient_from_anatomy(vertebrae: list[_Vertebra], labels: Volume, ct: Volume 
             return []
         votes = {0: lordosis > 0}
         header_right = lordosis > 0
-        source = "no canal seen: from the lumbar lordosis"
     for vertebra in vertebrae:
         if (float(np.dot(vertebra.frame.anterior, HEADER_ANTERIOR_RAS)) >= 0.0) != header_right:
             vertebra.frame = Frame(superior=vertebra.frame.superior, anterior=-vertebra.frame.anterior)
     notes = []
     agree = sum(votes.values())
     if not header_right:
-        notes.append(
-            f"front and back taken from the anatomy: in {len(votes) - agree} of {len(votes)} vertebrae the spinal "
-            f"canal ({source}) lies on the side the image header calls anterior, so the header's anterior is the "
-            "patient's back (a mirrored or LPS/RAS-confused orientation); check the file's orientation"
-        )
+        if 0 in votes:
+            seen = ("the lumbar spine bends towards the side the image header calls posterior (a lordosis bends "
+                    "forward; the bodies-only mask shows no spinal canal)")
+        else:
+            seen = (f"in {len(votes) - agree} of {len(votes)} vertebrae the spinal canal ({source}) lies on the side "
+                    "the image header calls anterior")
+        notes.append(f"front and back taken from the anatomy: {seen}, so the header's anterior is the patient's back "
+                     "(a mirrored or LPS/RAS-confused orientation); check the file's orientation")
     dissent = [labels_mod.level_name(label) for label, vote in votes.items() if vote != header_right and label]
     if dissent:
         notes.append(f"front and back of {', '.join(dissent)} taken from the other vertebrae: the spinal canal was "
