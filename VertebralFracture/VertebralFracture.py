@@ -505,7 +505,10 @@ class VertebralFractureLogic(ScriptedLoadableModuleLogic):
         pipInstall = dependencies.pip_installer(onOutput, slicer.app.processEvents)
         with deep_install.PanelProgress(slicer) as progress:
             spacing = volumeNode.GetSpacing() if volumeNode is not None else None
-            return deep_install.ensure(backend, spacing, pipInstall, confirm, progress)
+            installed = deep_install.ensure(backend, spacing, pipInstall, confirm, progress)
+        for line in deep_install.installed_summary().splitlines() if onOutput else []:
+            onOutput(line)  # the panel's log lists what the deep backends have (as `models list` does)
+        return installed
 
     # ---- analysis -----------------------------------------------------------------------------------------
 
