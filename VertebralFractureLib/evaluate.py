@@ -8,7 +8,6 @@ lies less than 20 mm away. The rate is over the reference vertebrae. Both maps a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from scipy import ndimage
 
 from VertebralFractureLib.io import Volume, resample_labels_to
 from VertebralFractureLib.io import labels as labels_mod
+from VertebralFractureLib.results import json_text
 
 ID_DISTANCE_MM = 20.0
 
@@ -91,4 +91,4 @@ def format_report(result: dict) -> str:
 def write_json(result: dict, destination: str | Path) -> None:
     from VertebralFractureLib.io import write_text_atomic
 
-    write_text_atomic(destination, json.dumps(result, indent=2) + "\n")
+    write_text_atomic(destination, json_text(result) + "\n")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,11 +23,14 @@ import numpy as np
 
 from VertebralFractureLib.errors import InputError, NoVertebraeError
 from VertebralFractureLib.io import Volume
-from VertebralFractureLib.results import CaseResult
+from VertebralFractureLib.results import CaseResult, json_text
 
 log = logging.getLogger(__name__)
 
 CONTRAST_PHASES = ("non-contrast", "arterial", "portal-venous", "unknown")
+KVP_RANGE = (70.0, 150.0)
+"""Tube voltages clinical CT scanners use (kV): 70-150 (80-140 on most; dual-energy and paediatric protocols reach
+70 and 150). A stated ``--kvp`` outside is a typing error, not a scan."""
 """Contrast phases a user may state (command-line spelling); screen's table spells "portal venous"."""
 
 
@@ -121,6 +125,14 @@ def check_request(request: AnalysisRequest) -> None:
         if unknown or not request.screening_levels:
             raise InputError(None, f"--levels {','.join(request.screening_levels)!r}: give vertebra levels such as "
                                    "L1,T12,L2")
+    if request.kvp is not None:
+        try:
+            kvp = float(request.kvp)
+        except (TypeError, ValueError):
+            kvp = math.nan
+        if not math.isfinite(kvp) or not KVP_RANGE[0] <= kvp <= KVP_RANGE[1]:
+            raise InputError(None, f"--kvp {request.kvp}: give the tube voltage in kV as a number from "
+                                   f"{KVP_RANGE[0]:g} to {KVP_RANGE[1]:g} (e.g. 120)")
     if request.contrast_phase is not None and request.contrast_phase not in CONTRAST_PHASES:
         raise InputError(None, f"--contrast-phase {request.contrast_phase!r}: one of {', '.join(CONTRAST_PHASES)}")
     if (request.dicom_out or request.deidentify) and not request.report:
@@ -236,6 +248,10 @@ def finish_case(case: CaseResult, labels: Volume, ct: Volume | None, levels_stat
                                 + "; ".join(level_evidence) + "; fix them with --anchor or --anchor-point")
     if full_vertebrae is False:
         case.warnings.append("the segmentation holds vertebral bodies only (no posterior elements)")
+    if not any(v.axes_ras and v.centroid_ras for v in case.vertebrae):
+        from VertebralFractureLib.outputs.files import nothing_measured_statement
+
+        case.warnings.insert(0, nothing_measured_statement(case))
     apply_quality_control(case, labels, ct)
     return case
 
@@ -343,7 +359,7 @@ def write_files(case: CaseResult, screening, labels: Volume, ct: Volume | None, 
             written.update(dicom_outputs.write_dicom_outputs(case, labels, ct, folder, screening))
         written.update(report_clinical.write_clinical_report(case, screening, folder, labels, ct))
         data = {"case": case.to_dict(), "screening": screening.to_dict(), "deidentified": False}
-        io.write_text_atomic(folder / "screening.json", json.dumps(data, indent=2))
+        io.write_text_atomic(folder / "screening.json", json_text(data))
         written["screening_json"] = folder / "screening.json"
     written.update(measure_report.write_measure_files(case, folder, labels, ct))
     return written

@@ -7,6 +7,8 @@ read back for review. Every point is in world millimetres, **RAS**, as the field
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass, field
 
 POINT_NAMES = (
@@ -26,6 +28,25 @@ normal; a reader should look at it."""
 LEVELS_STATUSES = ("confirmed", "conflicting", "unconfirmed", "anchored", "given")
 """How the level names were decided: the anchors in view agree, they disagree, none in view (the count may be
 off), the user fixed the count, or they came with a given label map."""
+
+
+def finite_for_json(value):
+    """``value`` with every NaN or infinite float replaced by None: JSON has no NaN, and a reader parsing the
+    file strictly (any JSON library but Python's) would refuse the whole file for one such number."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_for_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_for_json(item) for item in value]
+    if hasattr(value, "dtype") and getattr(value, "shape", None) == ():  # a NumPy scalar
+        return finite_for_json(value.item())
+    return value
+
+
+def json_text(data, indent: int | None = 2) -> str:
+    """Strict JSON text of ``data`` (no NaN or Infinity: they are written as null)."""
+    return json.dumps(finite_for_json(data), indent=indent, allow_nan=False)
 
 
 def _rounded(values, digits=2):

@@ -183,7 +183,8 @@ def print_analysis(analysis) -> None:
               f"Hp {heights['posterior']:5.1f} mm  grade {vertebra.genant_grade} {vertebra.morphology}")
     patient = case.patient
     withheld = case.quality is not None and case.quality.findings_withheld
-    fractured = ", ".join(patient.fractured_levels) or ("not assessed" if withheld else "none")
+    nothing_graded = not getattr(patient, "graded_levels", True)
+    fractured = ", ".join(patient.fractured_levels) or ("not assessed" if withheld or nothing_graded else "none")
     print(f"fractured: {fractured}; worst grade {patient.worst_grade}; L1 trabecular HU "
           f"{'n/a' if patient.l1_trabecular_hu is None else round(patient.l1_trabecular_hu)}")
     for warning in case.warnings:

@@ -185,7 +185,11 @@ def check_dicom_series(folder: Path, files: list[str], headers: dict) -> dict:
                                  "RescaleSlope: their values cannot be put in Hounsfield units like the others")
     if len(grids) > 1:
         raise InputError(folder, f"DICOM files differ in matrix or pixel spacing ({len(grids)} kinds): not one volume")
-    if multi_frame or len(positions) != len(files) or len(files) < 2:
+    if not multi_frame and len(positions) != len(files):
+        raise InputError(folder, f"{len(files) - len(positions)} of {len(files)} DICOM files have no "
+                                 "ImagePositionPatient/ImageOrientationPatient: slice order, spacing and the position "
+                                 "in the patient cannot be checked; not one measurable volume")
+    if multi_frame or len(files) < 2:
         return {"rescale_present": all(rescale)}
     orientations = np.array(orientations)
     if np.max(np.abs(orientations - orientations[0])) > 1e-4:

@@ -166,6 +166,14 @@ PITCH_DECISION_MARGIN_RATIO = 1.15
 heights, Busscher 2010); otherwise the map is ambiguous."""
 
 
+MAX_VERTEBRA_SPAN_MM = 120.0
+"""No one vertebra spans more than this head to foot. The tallest levels of the shared masks (VerSe'19/'20,
+TotalSegmentator, TPTBox; posterior elements included) span 27-63 mm, and a spine tilted 60 degrees from the
+scanner axis turns the 90-100 mm depth of a lumbar vertebra (body to spinous process tip) into at most about 90 mm.
+A label spanning more is several levels under one value: a mask of all bodies, or of bodies and discs
+(TotalSegmentator's ``vertebrae_body``: 1 bodies, 2 discs, read as VerSe C1 and C2)."""
+
+
 class ConventionError(ValueError):
     """The label convention of a map cannot be decided, or the declared one does not fit its anatomy."""
 
@@ -177,6 +185,8 @@ class LabelExtent:
     count: int
     centroid_ras: tuple[float, float, float]
     touches_edge: bool
+    span_superior_mm: float | None = None
+    """Head-to-foot extent (mm) along the image axis nearest to head-foot; None where not measured."""
 
     @property
     def superior_mm(self) -> float:
@@ -254,6 +264,16 @@ def _looks_like_subregions(extents: dict[int, LabelExtent]) -> bool:
 
 
 def decide_convention(extents: dict[int, LabelExtent], declared: str = "auto") -> str:
+    """The label convention of a map (see :func:`_decide`), refused when a value it reads as one vertebra spans
+    several levels (:func:`several_levels_under_one_value`)."""
+    chosen = _decide(extents, declared)
+    merged = several_levels_under_one_value(extents, chosen)
+    if merged:
+        raise ConventionError(merged)
+    return chosen
+
+
+def _decide(extents: dict[int, LabelExtent], declared: str = "auto") -> str:
     """The label convention of a map, from its values and the head-to-foot order of their centroids.
 
     ``declared`` ("auto" or a convention) is checked against the anatomy: the levels it names must run head to
@@ -304,11 +324,33 @@ def decide_convention(extents: dict[int, LabelExtent], declared: str = "auto") -
     )
 
 
+def several_levels_under_one_value(extents: dict[int, LabelExtent], convention: str) -> str | None:
+    """Why the map holds several levels under one value (None when it does not): a value ``convention`` reads as a
+    vertebra spans more than :data:`MAX_VERTEBRA_SPAN_MM` head to foot."""
+    for raw, verse in sorted(_vertebra_readings(convention, extents).items()):
+        span = extents[raw].span_superior_mm
+        if span is not None and span > MAX_VERTEBRA_SPAN_MM:
+            return (f"label {raw} (read as {level_name(verse)} in the {convention} convention) spans {span:.0f} mm "
+                    f"head to foot, more than any one vertebra ({MAX_VERTEBRA_SPAN_MM:.0f} mm): several levels share "
+                    "one value (a mask of all vertebral bodies, or of bodies and discs?); give a label map with one "
+                    "value per vertebra")
+    return None
+
+
 def _checked_against_verse(chosen: str, extents: dict[int, LabelExtent], reasons: dict[str, str | None]) -> str:
     """A TotalSegmentator reading of a map whose values are all VerSe ids may not drop any of them as organs: that
     is a VerSe map whose levels are out of order (e.g. numbered upside down) as much as a TotalSegmentator map."""
     if chosen == VERSE or max(extents) > max(_NAMES):
         return chosen
+    if reasons[VERSE] == "no vertebra id" and _spine_readings(VERSE, extents):
+        # Only a sacrum or coccyx in VerSe ids, vertebrae in another reading: nothing tells which it is.
+        verse_parts = ", ".join(f"{level_name(verse_id)} (id {raw})" for raw, verse_id
+                                in sorted(_spine_readings(VERSE, extents).items()))
+        other = ", ".join(_name(chosen, raw) for raw in sorted(_spine_readings(chosen, extents)))
+        raise ConventionError(
+            f"is ambiguous: as VerSe ids it holds only {verse_parts} (no vertebra to measure), as {chosen} ids "
+            f"{other}; if it is a {chosen} map, say so with --labels {chosen}"
+        )
     dropped = sorted(set(extents) - set(_spine_readings(chosen, extents)))
     if not dropped:
         return chosen

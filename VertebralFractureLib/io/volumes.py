@@ -137,6 +137,7 @@ def _sitk_to_volume(image, path: Path) -> Volume:
     ijk_to_lps = np.eye(4)
     ijk_to_lps[:3, :3] = direction * np.array(image.GetSpacing(), dtype=float)
     ijk_to_lps[:3, 3] = image.GetOrigin()
+    check_perpendicular_axes(path, ijk_to_lps)
     return Volume(
         array=np.ascontiguousarray(array_kji.transpose(2, 1, 0)), ijk_to_ras=LPS_TO_RAS @ ijk_to_lps, path=str(path)
     )
@@ -166,6 +167,9 @@ def _read_nifti(path: Path) -> Volume:
     slope, intercept = image.dataobj.slope, image.dataobj.inter
     scaled = (slope not in (None, 1) and np.isfinite(slope)) or (intercept not in (None, 0) and np.isfinite(intercept))
     check_memory(path, image.shape, 8 if scaled else image.get_data_dtype().itemsize)
+    offset = int(image.header.get("vox_offset", 0) or 0)
+    check_data_size(path, path, offset + math.prod(int(n) for n in image.shape) * image.get_data_dtype().itemsize,
+                    compressed=path.name.lower().endswith(".gz"))
     try:
         array = _read_nifti_voxels(image, path)
     except (EOFError, OSError, ValueError, zlib.error) as error:  # truncated, corrupt or failing the gzip CRC
@@ -176,7 +180,45 @@ def _read_nifti(path: Path) -> Volume:
     affine = image.affine.astype(float)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise InputError(path, "has an invalid voxel-to-world matrix (singular or not finite)")
+    check_perpendicular_axes(path, affine)
+    check_sform_qform(path, image)
     return Volume(array=array, ijk_to_ras=affine, path=str(path))
+
+
+SHEAR_MAX_COSINE = 1e-3
+"""Voxel axes must be perpendicular to within 0.06 degrees (cosine of the angle between two axes below this; the
+shared NIfTI files are perpendicular to 1e-8). A sheared grid (a gantry-tilted stack stored as is) puts every
+height and angle measured in voxels off; DICOM series with in-plane shifted slices are refused likewise."""
+
+
+def check_perpendicular_axes(path: str | Path, ijk_to_ras: np.ndarray) -> None:
+    """Refuse a voxel-to-world matrix whose axes are not perpendicular (a sheared grid)."""
+    directions = ijk_to_ras[:3, :3] / np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
+    cosines = np.abs(directions.T @ directions - np.eye(3))
+    if float(cosines.max()) > SHEAR_MAX_COSINE:
+        angle = 90.0 - math.degrees(math.acos(min(1.0, float(cosines.max()))))
+        raise InputError(path, f"has a sheared voxel grid (two axes {angle:.1f} degrees from perpendicular; a "
+                               "gantry-tilted stack stored without correction?): heights measured on it would be "
+                               "off; reconstruct or resample it onto a perpendicular grid")
+
+
+def check_sform_qform(path: str | Path, image) -> None:
+    """Refuse a NIfTI whose two voxel-to-world matrices (sform and qform, both set) place the volume differently
+    by more than half a voxel: viewers and tools differ in which one they use (nibabel and this program the sform,
+    others the qform), so the same file would be measured in two places or orientations."""
+    header = image.header
+    sform, sform_code = header.get_sform(coded=True)
+    qform, qform_code = header.get_qform(coded=True)
+    if not sform_code or not qform_code or sform is None or qform is None:
+        return
+    corners = np.array([[i, j, k, 1.0] for i in (0, image.shape[0] - 1) for j in (0, image.shape[1] - 1)
+                        for k in (0, image.shape[2] - 1)]).T
+    apart = float(np.max(np.linalg.norm((sform @ corners - qform @ corners)[:3], axis=0)))
+    half_voxel = 0.5 * float(np.linalg.norm(sform[:3, :3], axis=0).min())
+    if apart > half_voxel:
+        raise InputError(path, f"has an sform and a qform that disagree (they place the volume up to {apart:.1f} mm "
+                               "apart): tools differ in which they use; rewrite the header with one of them (e.g. "
+                               "set the qform from the sform)")
 
 
 def _read_nifti_voxels(image, path: Path) -> np.ndarray:
@@ -235,6 +277,82 @@ def check_memory(path: str | Path, shape, itemsize: int) -> None:
                                "available (crop or downsample the image)")
 
 
+MAX_DEFLATE_RATIO = 1032
+"""The most a deflate (gzip, zlib) stream can expand: 1032 to 1 (zlib technical details, https://zlib.net/
+zlib_tech.html). A compressed file smaller than 1/1032 of the voxels its header declares cannot hold them."""
+
+
+def check_data_size(path: str | Path, data_file: Path, needed_bytes: int, compressed: bool) -> None:
+    """Refuse a file too small to hold the voxels its header declares, before anything is allocated for them (a
+    damaged or hostile header would otherwise make the reader allocate gigabytes first)."""
+    size = data_file.stat().st_size
+    capacity = size * MAX_DEFLATE_RATIO if compressed else size
+    if capacity < needed_bytes:
+        where = "" if Path(data_file) == Path(path) else f" (its voxel data file {data_file})"
+        held = (f"of {size:,} bytes holds at most {capacity:,} once uncompressed" if compressed
+                else f"holds {size:,} bytes")
+        raise InputError(path, f"is truncated or damaged: its header declares {needed_bytes:,} bytes of voxels, "
+                               f"the file{where} {held}")
+
+
+_METAIMAGE_KEYS = ("ElementDataFile", "CompressedData")
+_NRRD_KEYS = ("data file", "datafile", "encoding")
+
+
+def _header_fields(path: Path) -> dict[str, str]:
+    """The text fields of a MetaImage or NRRD header that say where the voxels are (first 64 KiB of the file)."""
+    with open(path, "rb") as handle:
+        text = handle.read(1 << 16).decode("latin-1")
+    fields = {}
+    metaimage = path.name.lower().endswith((".mha", ".mhd"))
+    for line in text.splitlines():
+        if metaimage:
+            key, _, value = line.partition("=")
+            key = key.strip()
+            if key in _METAIMAGE_KEYS:
+                fields[key] = value.strip()
+            if key == "ElementDataFile":
+                break  # the last header line; binary voxels may follow
+        else:
+            if not line.strip() and fields.get("_started"):
+                break  # a blank line ends a NRRD header
+            fields["_started"] = "1"
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key in _NRRD_KEYS and not value.startswith("="):
+                fields[key] = value.strip()
+    return fields
+
+
+def check_itk_data(path: Path, voxels: int, itemsize: int) -> None:
+    """A MetaImage or NRRD file's voxel data must be a regular file (never a device such as /dev/zero, a pipe or a
+    folder) big enough for the voxels its header declares; checked before the reader allocates them."""
+    import stat
+
+    fields = _header_fields(path)
+    metaimage = path.name.lower().endswith((".mha", ".mhd"))
+    name = fields.get("ElementDataFile") if metaimage else (fields.get("data file") or fields.get("datafile"))
+    encoding = fields.get("encoding", "raw").lower()
+    compressed = (fields.get("CompressedData", "false").lower() == "true") if metaimage else encoding in ("gzip", "gz")
+    if not metaimage and encoding not in ("raw", "gzip", "gz"):
+        compressed = None  # ascii, hex, bzip2: no simple bound on the bytes they need
+    if name is None or (metaimage and name.upper() == "LOCAL"):
+        data_file = path
+    elif name.upper().startswith("LIST") or "%" in name or " " in name.strip():
+        return  # slices in several files, each read (and checked) by ITK
+    else:
+        data_file = (path.parent / name) if not Path(name).is_absolute() else Path(name)
+        try:
+            mode = data_file.stat().st_mode
+        except OSError as error:
+            raise InputError(path, f"names a voxel data file {name} that cannot be read ({error.strerror})") from None
+        if not stat.S_ISREG(mode):
+            raise InputError(path, f"names a voxel data file {data_file} that is not a regular file (a device, a "
+                                   "pipe or a folder); refused")
+    if compressed is not None:
+        check_data_size(path, data_file, voxels * itemsize, compressed)
+
+
 def _itk_pixel_bytes(pixel_id: int) -> int:
     import SimpleITK as sitk
 
@@ -251,6 +369,8 @@ def _read_itk_file(path: Path) -> Volume:
     except RuntimeError as error:
         raise InputError(path, f"is not a readable image ({_first_line(error)})") from None
     check_memory(path, reader.GetSize(), _itk_pixel_bytes(reader.GetPixelID()))
+    check_itk_data(path, math.prod(reader.GetSize()),
+                   _itk_pixel_bytes(reader.GetPixelID()) * reader.GetNumberOfComponents())
     try:
         image = reader.Execute()
     except RuntimeError as error:
@@ -324,26 +444,35 @@ def check_ct_hounsfield(ct: Volume) -> None:
 
 
 def label_extents(volume: Volume) -> dict[int, labels_mod.LabelExtent]:
-    """Voxel count, centroid (RAS mm) and edge contact of every non-zero label.
+    """Voxel count, centroid (RAS mm), edge contact and head-to-foot span of every non-zero label.
 
     One histogram of labels per voxel plane along each axis (linear time, no index arrays): the counts per plane
-    give the centroid's voxel coordinates and whether a label reaches the first or last plane.
+    give the centroid's voxel coordinates, whether a label reaches the first or last plane, and the planes it spans
+    along the image axis nearest to head-foot.
     """
     array = volume.array
     size = int(array.max(initial=0)) + 1
     centroid_ijk = np.zeros((3, size))
     touches = np.zeros(size, dtype=bool)
     counts = np.zeros(size, dtype=np.int64)
+    superior_axis = int(np.argmax(np.abs(volume.direction_ras[2, :])))
+    span_mm = np.zeros(size)
     for axis in range(3):
         # A view with the axis first; ravel("K") copies each plane in memory order, fast for C and Fortran order.
         planes = np.stack([np.bincount(plane.ravel("K"), minlength=size) for plane in np.moveaxis(array, axis, 0)])
         counts = planes.sum(axis=0)
         centroid_ijk[axis] = (np.arange(planes.shape[0]) @ planes) / np.maximum(counts, 1)
         touches |= (planes[0] > 0) | (planes[-1] > 0)
+        if axis == superior_axis:
+            occupied = planes > 0
+            first = np.argmax(occupied, axis=0)
+            last = planes.shape[0] - 1 - np.argmax(occupied[::-1], axis=0)
+            along = abs(float(volume.direction_ras[2, axis]))
+            span_mm = (last - first + 1) * float(volume.spacing[axis]) * along
     centroids = volume.ijk_to_world(centroid_ijk.T)
     return {
         int(label): labels_mod.LabelExtent(int(counts[label]), tuple(float(v) for v in centroids[label]),
-                                           bool(touches[label]))
+                                           bool(touches[label]), float(span_mm[label]))
         for label in np.flatnonzero(counts) if label != 0
     }
 

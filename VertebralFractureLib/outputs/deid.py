@@ -23,6 +23,7 @@ from pathlib import Path
 
 from VertebralFractureLib.errors import InputError
 from VertebralFractureLib.io import atomic_path
+from VertebralFractureLib.results import json_text
 
 # keyword -> action (PS3.15 Table E.1-1, Basic Profile; where the table offers a choice such as X/Z/D, the choice
 # that keeps the output a valid object of its IOD is taken: Z for Type 2 attributes, D for Type 1, else X).
@@ -287,7 +288,6 @@ def export_case(case, screening, labels, ct, out_dir: str | Path, pseudonym: str
     ``screening.json``, ``results.json``/``vertebrae.csv``/``overview.png``, the label map as ``labels.nii.gz``
     (and a non-DICOM CT as ``ct.nii.gz``), with no name, ID, date, institution, original UID or original file or
     folder name in any file or file name. Returns {name: path}."""
-    import json
 
     from VertebralFractureLib.outputs import clinical as report_clinical
     from VertebralFractureLib.outputs import dicom as dicom_out
@@ -357,6 +357,6 @@ def export_case(case, screening, labels, ct, out_dir: str | Path, pseudonym: str
         written["ct_nifti"] = str(out_dir / "ct.nii.gz")
     data = {"case": case.to_dict(), "screening": screening.to_dict(), "deidentified": True}
     with atomic_path(out_dir / "screening.json") as temporary:
-        temporary.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        temporary.write_text(json_text(data), encoding="utf-8")
     written["screening_json"] = str(out_dir / "screening.json")
     return written

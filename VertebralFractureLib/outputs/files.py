@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io as stdio
-import json
 import textwrap
 from pathlib import Path
 
@@ -77,7 +76,9 @@ def levels_line(case: CaseResult) -> str | None:
 
 
 def case_to_json(case: CaseResult) -> str:
-    return json.dumps(case.to_dict(), indent=2)
+    from VertebralFractureLib.results import json_text
+
+    return json_text(case.to_dict())
 
 
 def case_to_csv(case: CaseResult) -> str:
@@ -186,6 +187,37 @@ def overview_title(case: CaseResult, width: int = 70) -> list[str]:
     return lines + textwrap.wrap(RESEARCH_USE, width)
 
 
+def nothing_measured_statement(case: CaseResult) -> str:
+    """What the outputs say when no vertebra could be measured (a cervical-only map, a map of bodies and discs
+    without level names): the levels found and why each was not measured."""
+    by_reason: dict[str, list[str]] = {}
+    for vertebra in case.vertebrae:
+        reason = (vertebra.incomplete_reason or vertebra.not_assessed_reason or "not measured").split(" (")[0]
+        if reason.startswith(f"{vertebra.level}: "):
+            reason = reason[len(vertebra.level) + 2:]
+        by_reason.setdefault(reason, []).append(vertebra.level)
+    found = "; ".join(f"{', '.join(levels)}: {reason}" for reason, levels in by_reason.items())
+    return f"No vertebra could be measured, so nothing is graded ({found or 'no vertebra level in the label map'})"
+
+
+def _render_statement(case: CaseResult, statement: str, destination: str | Path) -> list[str]:
+    """An overview image holding only a statement (nothing to draw), with the usual title lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure = plt.figure(figsize=(6.0, 3.0), dpi=110, facecolor="black")
+    title = overview_title(case, width=int(6.0 * 72 / (0.62 * 7)))
+    figure.text(0.5, 0.995, "\n".join(title), ha="center", va="top", fontsize=7, fontweight="bold", color="white",
+                bbox={"boxstyle": "square,pad=0.3", "facecolor": "#4a148c", "alpha": 0.9, "edgecolor": "none"})
+    figure.text(0.5, 0.45, textwrap.fill(statement, 70), ha="center", va="center", fontsize=8, color="white")
+    with open(destination, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=110, facecolor="black")
+    plt.close(figure)
+    return title
+
+
 def render_overview(
     case: CaseResult, labels: Volume, ct: Volume | None, destination: str | Path, pixel_mm: float = 0.5
 ) -> list[str]:
@@ -201,7 +233,7 @@ def render_overview(
 
     measured = [v for v in case.vertebrae if v.axes_ras and v.centroid_ras]
     if not measured:
-        raise ValueError("nothing measured to draw")
+        return _render_statement(case, nothing_measured_statement(case), destination)
     origin, anterior, superior = spine_plane(case)
     centroids = np.array([v.centroid_ras for v in measured])
     along = (centroids - origin) @ superior
