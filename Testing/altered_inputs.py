@@ -486,3 +486,18 @@ def mhd_pointing_at(scratch: Path, target: str, name: str = "points_away.mhd") -
     path.write_text("ObjectType = Image\nNDims = 3\nDimSize = 512 512 1400\nElementSpacing = 1 1 1\n"
                     f"ElementType = MET_SHORT\nElementDataFile = {target}\n")
     return path
+
+
+def seg_nrrd_sharing_value(root: Path, scratch: Path, names: dict[int, str], level: int, with_level: int,
+                           name: str = "shared.seg.nrrd") -> Path:
+    """A .seg.nrrd of ``names`` whose segment for VerSe id ``level`` points at the stored value of ``with_level``
+    (as an export that merged two segments' values leaves it)."""
+    import slicerio
+
+    path = seg_nrrd_from_labels(root, scratch, names, name)
+    segmentation = slicerio.read_segmentation(str(path))
+    order = list(names)
+    segments = segmentation["segments"]
+    segments[order.index(level)]["labelValue"] = segments[order.index(with_level)]["labelValue"]
+    slicerio.write_segmentation(str(path), segmentation)
+    return path

@@ -196,6 +196,7 @@ def test_non_vertebra_segments_ignored_with_a_warning(root, tmp_path, caplog):
         label_map = io.read_label_map(path)
     assert label_map.present == [19, 20, 23, 24]
     assert "'disc L1-L2'" in caplog.text and "'T12 rib'" in caplog.text
+    assert any("'disc L1-L2', 'T12 rib'" in warning for warning in label_map.warnings)  # carried to the outputs
     only_others = altered.seg_nrrd_from_labels(root, tmp_path, {21: "disc L1-L2", 22: "T12 rib"}, "others.seg.nrrd")
     with pytest.raises(io.InputError, match="no segment named after a vertebra"):
         io.read_label_map(only_others)
@@ -352,3 +353,47 @@ def test_metaimage_data_file_must_be_a_regular_file(tmp_path, capsys, target):
     with pytest.raises(io.InputError, match=words[0]):
         io.read_ct(header)
     refused(["measure", "--seg", str(header)], capsys, tmp_path / "out", header.name, *words)
+
+
+@pytest.mark.parametrize("name, shown", [("L1 fractured", "'L1 fractured' is not named after one vertebra level"),
+                                         ("", "segment Segment_2 has no name"),
+                                         ("Segment_2", "'Segment_2' is not named after one vertebra level")])
+def test_segment_not_named_after_a_level_refused_unless_named_explicitly(root, tmp_path, capsys, name, shown):
+    """L1 named "L1 fractured", left unnamed, or keeping Slicer's default name silently vanished (its grade with it),
+    the warning on stderr only."""
+    import json
+
+    path = altered.seg_nrrd_from_labels(root, tmp_path, {**SEGMENT_NAMES, 20: name}, "renamed.seg.nrrd")
+    refused(["measure", "--seg", str(path)], capsys, tmp_path / "out", "renamed.seg.nrrd", shown, "--segment-level")
+    key = name or "Segment_2"
+    out = tmp_path / "named"
+    code = cli.main(["measure", "--seg", str(path), "--segment-level", f"{key}=L1", "--out", str(out), "-q"])
+    capsys.readouterr()
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [v["level"] for v in results["vertebrae"]] == ["T12", "L1", "L2", "L3", "L4", "L5"]
+    assert results["inputs"]["segment_levels"] == [f"{key}=L1"]
+    left_out = tmp_path / "left_out"
+    assert cli.main(["measure", "--seg", str(path), "--segment-level", f"{key}=none", "--out", str(left_out),
+                     "-q"]) == 0
+    stdout = capsys.readouterr().out
+    results = json.loads((left_out / "results.json").read_text())
+    assert "L1" not in [v["level"] for v in results["vertebrae"]]
+    assert any("left out" in warning and key in warning for warning in results["warnings"])
+    assert "left out" in stdout  # on stdout and in every output, not on stderr only
+
+
+def test_segments_sharing_a_value_refused(root, tmp_path, capsys):
+    """L1's segment sharing L2's stored value: L1 vanished into L2."""
+    path = altered.seg_nrrd_sharing_value(root, tmp_path, SEGMENT_NAMES, 20, 21)
+    refused(["measure", "--seg", str(path)], capsys, tmp_path / "out", "shared.seg.nrrd",
+            "segments 'L1' and 'L2' share one stored value")
+
+
+def test_segment_level_option_checked(root, tmp_path, capsys):
+    refused(["measure", "--seg", str(root / altered.EXAMPLE_BODIES), "--segment-level", "L1 fractured=L9"], capsys,
+            tmp_path / "out", "--segment-level", "'L9' is not a vertebra level")
+    refused(["measure", "--seg", str(root / altered.EXAMPLE_BODIES), "--segment-level", "L1"], capsys,
+            tmp_path / "out", "--segment-level", "SEGMENT=LEVEL")
+    refused(["measure", "--seg", str(root / altered.EXAMPLE_BODIES), "--segment-level", "x=L1"], capsys,
+            tmp_path / "out", altered.EXAMPLE_BODIES.rsplit("/", 1)[-1], "plain label map")

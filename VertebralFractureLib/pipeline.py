@@ -43,6 +43,8 @@ class AnalysisRequest:
     """A vertebra label map to use instead of segmenting (resampled onto the CT's grid)."""
     series: str | None = None
     labels: str = "auto"
+    segment_levels: tuple[str, ...] = ()
+    """``--segment-level NAME=LEVEL`` values: the level of a .seg.nrrd segment whose name is not one level."""
     backend: str = "auto"
     """A ``--backend`` value; "auto" picks TotalSegmentator, an installed MONAI model or classical (see segment)."""
     device: str = "auto"
@@ -133,6 +135,13 @@ def check_request(request: AnalysisRequest) -> None:
         if not math.isfinite(kvp) or not KVP_RANGE[0] <= kvp <= KVP_RANGE[1]:
             raise InputError(None, f"--kvp {request.kvp}: give the tube voltage in kV as a number from "
                                    f"{KVP_RANGE[0]:g} to {KVP_RANGE[1]:g} (e.g. 120)")
+    if request.segment_levels:
+        try:
+            labels_mod.parse_segment_levels(request.segment_levels)
+        except ValueError as error:
+            raise InputError(None, str(error)) from None
+        if request.seg is None:
+            raise InputError(None, "--segment-level names segments of a --seg label map; give --seg")
     if request.contrast_phase is not None and request.contrast_phase not in CONTRAST_PHASES:
         raise InputError(None, f"--contrast-phase {request.contrast_phase!r}: one of {', '.join(CONTRAST_PHASES)}")
     if (request.dicom_out or request.deidentify) and not request.report:
@@ -172,9 +181,15 @@ def read_inputs(request: AnalysisRequest, progress=None) -> tuple[Volume | None,
               "seg": None if request.seg is None else str(request.seg),
               "include_upper_thoracic": bool(request.include_upper_thoracic)}
     if request.seg is not None:
-        label_map = io.read_label_map(request.seg, request.labels, reference=ct)
+        from VertebralFractureLib.io import labels as labels_mod
+
+        label_map = io.read_label_map(request.seg, request.labels, reference=ct,
+                                      segment_levels=labels_mod.parse_segment_levels(request.segment_levels))
         labels = label_map.volume
         inputs["labels"] = label_map.convention
+        if request.segment_levels:
+            inputs["segment_levels"] = list(request.segment_levels)
+        inputs["label_warnings"] = list(label_map.warnings)
     return ct, labels, inputs
 
 
@@ -289,7 +304,7 @@ def run(request: AnalysisRequest, progress=None, backends: dict | None = None) -
     ct, labels, inputs = read_inputs(request, report)
     if request.dicom_out and not ct.meta.get("dicom_files"):
         raise InputError(request.ct, "is not a DICOM series folder: --dicom-out needs the source DICOM files")
-    warnings: list[str] = []
+    warnings: list[str] = inputs.pop("label_warnings", [])
     calibration = None if ct is None else ct.meta.get("hu_calibration")
     if calibration is not None and calibration.status != "consistent":
         warnings.append(calibration.note)

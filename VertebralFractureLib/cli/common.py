@@ -83,6 +83,12 @@ def add_grading_arguments(parser: argparse.ArgumentParser) -> None:
                              "normative morphometry does not cover T1-T3; they are listed as not assessed)")
 
 
+def add_segment_level_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--segment-level", action="append", default=[], metavar="SEGMENT=LEVEL",
+                        help="level of a .seg.nrrd segment (by name or id) whose name is not one level, e.g. "
+                             "'L1 fractured=L1', 'Segment_3=T12'; LEVEL 'none' leaves it out (repeat per segment)")
+
+
 def add_measure_arguments(parser: argparse.ArgumentParser) -> None:
     """--seg, --ct, --series, --labels, --include-upper-thoracic, --out: the inputs of every command that starts
     from a label map."""
@@ -93,6 +99,7 @@ def add_measure_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID to read when the DICOM folder holds several")
     parser.add_argument("--labels", default="auto", choices=LABEL_CONVENTIONS,
                         help="label convention of --seg (default: auto; .seg.nrrd files are read by segment name)")
+    add_segment_level_argument(parser)
     add_grading_arguments(parser)
     add_output_argument(parser)
 
@@ -124,6 +131,7 @@ def request_from_args(args: argparse.Namespace, **overrides):
         "seg": getattr(args, "seg", None),
         "series": getattr(args, "series", None),
         "labels": getattr(args, "labels", "auto"),
+        "segment_levels": tuple(getattr(args, "segment_level", None) or ()),
         "backend": getattr(args, "backend", "auto"),
         "device": getattr(args, "device", "auto"),
         "anchor": getattr(args, "anchor", None),

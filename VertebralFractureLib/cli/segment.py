@@ -20,6 +20,7 @@ from VertebralFractureLib.cli.common import (
     add_grading_arguments,
     add_output_argument,
     add_report_arguments,
+    add_segment_level_argument,
     arguments,
     command,
     exit_code,
@@ -48,6 +49,8 @@ def add_analyze_arguments(parser: argparse.ArgumentParser, single_case: bool = T
                             help="use this vertebra label map instead of segmenting (resampled onto the CT grid)")
     parser.add_argument("--labels", default="auto", choices=LABEL_CONVENTIONS,
                         help="label convention of --seg (default: auto)")
+    if single_case:
+        add_segment_level_argument(parser)
     add_grading_arguments(parser)
     if single_case:
         parser.add_argument("--anchor", metavar="LEVEL",

@@ -113,6 +113,43 @@ def label_from_segment_name(name: str) -> int | None:
     return _IDS.get(level.upper())
 
 
+OTHER_STRUCTURE_WORDS = {"disc", "discs", "intervertebral", "ivd", "rib", "ribs", "canal", "cord", "spinal",
+                         "foramen", "process", "processes", "pedicle", "lamina", "endplate", "facet", "ligament",
+                         "nerve", "root", "muscle", "artery", "vein", "dura", "sac"}
+"""Words that make a segment name another structure beside a level ("disc L1-L2", "T12 rib", "L1 canal"): such
+segments are left out with a warning. A level with any other word ("L1 fractured", "L1?") is not understood and
+is refused unless the user says which level it is (``--segment-level``)."""
+
+
+def names_other_structure(name: str) -> bool:
+    """True when a segment name is not a vertebra but says what else it is: no level in it at all ("liver",
+    "aorta"), or a level with a word of :data:`OTHER_STRUCTURE_WORDS`."""
+    if re.fullmatch(r"segment[ _-]?\d*", name.strip().lower()):
+        return False  # Slicer's default name of a new segment: unnamed, not another structure
+    words = set(re.split(r"[^a-z0-9]+", name.strip().lower())) - {""}
+    mentions_level = any(_LEVEL_TOKEN.match(word) for word in words) or re.search(r"(^|[^a-z])[ctl] ?\d", name.lower())
+    return not mentions_level or bool(words & OTHER_STRUCTURE_WORDS)
+
+
+def parse_segment_levels(items) -> dict[str, int | None]:
+    """``--segment-level NAME=LEVEL`` values -> {segment name or id (lower case): VerSe id, or None for "none"}."""
+    mapping: dict[str, int | None] = {}
+    for item in items or ():
+        name, separator, level = str(item).rpartition("=")
+        if not separator or not name.strip() or not level.strip():
+            raise ValueError(f"--segment-level {item!r}: give SEGMENT=LEVEL, e.g. 'L1 fractured=L1' or "
+                             "'Segment_3=none'")
+        if level.strip().lower() in ("none", "ignore"):
+            mapping[name.strip().lower()] = None
+            continue
+        label = label_from_segment_name(level)
+        if label is None:
+            raise ValueError(f"--segment-level {item!r}: {level.strip()!r} is not a vertebra level such as 'L1' "
+                             "(or 'none' to leave the segment out)")
+        mapping[name.strip().lower()] = label
+    return mapping
+
+
 def rank(label: int) -> float:
     """Position along the spine, cranial (small) to caudal (large); transitional levels fall between."""
     return _RANK[int(label)]

@@ -73,15 +73,22 @@ def read_ct(path: str | Path, series_uid: str | None = None) -> Volume:
     return volume
 
 
-def _read_segmentation_nrrd(path: Path) -> tuple[Volume, dict[int, int]]:
-    """Slicer .seg.nrrd: voxels plus a map from stored label value to VerSe id, from the segment names.
+def _read_segmentation_nrrd(path: Path, segment_levels: dict[str, int | None] | None = None
+                            ) -> tuple[Volume, dict[int, int], list[str]]:
+    """Slicer .seg.nrrd: voxels plus a map from stored label value to VerSe id, from the segment names; and the
+    warnings of what was left out.
 
-    Segments whose names are not a vertebra ("disc L1-L2", "T12 rib", "liver") are ignored with a warning; two
-    segments naming the same level are refused. With overlapping segments slicerio returns one layer per first
-    axis; the layers are flattened (a voxel two vertebra segments claim goes to the later one, with a warning).
+    ``segment_levels`` ({segment name or id, lower case: VerSe id or None}, from ``--segment-level``) names the
+    level of a segment explicitly. Otherwise a segment named after one level is that level; a segment whose name
+    says it is something else ("disc L1-L2", "T12 rib", "liver") is left out with a warning; a segment without a
+    name, or with a level and a word not understood ("L1 fractured"), is refused, and so are two segments naming
+    the same level or sharing one stored value (their voxels cannot be told apart): a vertebra must never vanish
+    silently. With overlapping segments slicerio returns one layer per first axis; the layers are flattened (a
+    voxel two vertebra segments claim goes to the later one, with a warning).
     """
     import slicerio
 
+    explicit = segment_levels or {}
     check_memory(path, _nrrd_sizes(path), 1)
     try:
         segmentation = slicerio.read_segmentation(str(path))
@@ -90,20 +97,46 @@ def _read_segmentation_nrrd(path: Path) -> tuple[Volume, dict[int, int]]:
     voxels = np.asarray(segmentation["voxels"])
     segments = segmentation["segments"]
     named: dict[int, str] = {}
+    levels: list[int | None] = []
     ignored = []
     for segment in segments:
-        name = str(segment.get("name", ""))
-        verse = labels_mod.label_from_segment_name(name)
-        if verse is None:
-            ignored.append(name)
-        elif verse in named:
+        name = str(segment.get("name", "") or "").strip()
+        identifier = str(segment.get("id", "") or "").strip()
+        shown = repr(name) if name else f"{identifier or 'a segment'} (no name)"
+        if name.lower() in explicit or identifier.lower() in explicit:
+            verse = explicit.get(name.lower(), explicit.get(identifier.lower()))
+            if verse is None:
+                ignored.append(shown)
+        elif not name:
+            raise InputError(path, f"segment {identifier or '(no id)'} has no name: name it after its level in "
+                                   f"Slicer, or say which level it is with --segment-level '{identifier}=L1' (or "
+                                   f"'{identifier}=none' to leave it out)")
+        else:
+            verse = labels_mod.label_from_segment_name(name)
+            if verse is None:
+                if not labels_mod.names_other_structure(name):
+                    raise InputError(path, f"segment {name!r} is not named after one vertebra level: rename it in "
+                                           f"Slicer, or say which level it is with --segment-level '{name}=L1' (or "
+                                           f"'{name}=none' to leave it out)")
+                ignored.append(shown)
+        if verse is not None and verse in named:
             raise InputError(path, f"has two segments naming {labels_mod.level_name(verse)} ({named[verse]!r} and "
                                    f"{name!r}): rename or merge them in Slicer's Segment Editor")
-        else:
-            named[verse] = name
+        if verse is not None:
+            named[verse] = name or identifier
+        levels.append(verse)
+    stored: dict[tuple[int, int], tuple[str, bool]] = {}
+    for segment, verse in zip(segments, levels):
+        key = (int(segment.get("layer", 0) or 0), int(segment["labelValue"]))
+        name = str(segment.get("name", "") or segment.get("id", ""))
+        if key in stored and (verse is not None or stored[key][1]):
+            raise InputError(path, f"segments {stored[key][0]!r} and {name!r} share one stored value ({key[1]} on "
+                                   f"layer {key[0]}): their voxels cannot be told apart; export the segmentation "
+                                   "again from Slicer (one value per segment)")
+        stored.setdefault(key, (name, verse is not None))
+    warnings = []
     if ignored:
-        log.warning("%s: segments not named after a vertebra are ignored: %s", path.name,
-                    ", ".join(repr(name) for name in ignored))
+        warnings.append(f"{path.name}: segments not named after a vertebra were left out: {', '.join(ignored)}")
     if voxels.ndim == 4:
         layers = [voxels[index] for index in range(voxels.shape[0])]
     else:
@@ -111,8 +144,7 @@ def _read_segmentation_nrrd(path: Path) -> tuple[Volume, dict[int, int]]:
     verse_array = np.zeros(layers[0].shape, dtype=np.int16)
     claimed = np.zeros(layers[0].shape, dtype=bool)
     overlap = 0
-    for segment in segments:
-        verse = labels_mod.label_from_segment_name(str(segment.get("name", "")))
+    for segment, verse in zip(segments, levels):
         layer = int(segment.get("layer", 0) or 0)
         if verse is None or layer >= len(layers):
             continue
@@ -121,11 +153,13 @@ def _read_segmentation_nrrd(path: Path) -> tuple[Volume, dict[int, int]]:
         verse_array[mask] = verse
         claimed |= mask
     if overlap:
-        log.warning("%s: %d voxels belong to two vertebra segments; each is counted in the later one", path.name,
-                    overlap)
+        warnings.append(f"{path.name}: {overlap} voxels belong to two vertebra segments; each is counted in the "
+                        "later one")
+    for warning in warnings:
+        log.warning("%s", warning)
     ijk_to_lps = np.asarray(segmentation["ijkToLPS"], dtype=float)
     volume = Volume(array=_squeeze_to_3d(verse_array, path), ijk_to_ras=LPS_TO_RAS @ ijk_to_lps, path=str(path))
-    return volume, {verse: verse for verse in named}
+    return volume, {verse: verse for verse in named}, warnings
 
 
 def _nrrd_sizes(path: Path) -> list[int]:
@@ -139,18 +173,23 @@ def _nrrd_sizes(path: Path) -> list[int]:
     return [int(n) for n in header.get("sizes", [])]
 
 
-def read_label_map(path: str | Path, convention: str = "auto", reference: Volume | None = None) -> LabelMap:
+def read_label_map(path: str | Path, convention: str = "auto", reference: Volume | None = None,
+                   segment_levels: dict[str, int | None] | None = None) -> LabelMap:
     """Read a vertebra label map and convert it to VerSe ids.
 
     ``convention`` is "auto", "verse", "totalseg_v2" or "totalseg_v1"; Slicer ``.seg.nrrd`` files are read by
-    segment name ("L1", "vertebrae_L1", ...) whatever the convention. With ``reference`` (the CT) the map is
-    resampled onto the reference grid by nearest neighbour when the grids differ.
+    segment name ("L1", "vertebrae_L1", ...) whatever the convention, or by ``segment_levels`` (see
+    :func:`_read_segmentation_nrrd`). With ``reference`` (the CT) the map is resampled onto the reference grid by
+    nearest neighbour when the grids differ.
     """
     path = Path(path)
+    warnings: list[str] = []
     if not path.exists():
         raise InputError(path, "does not exist")
+    if segment_levels and not path.name.lower().endswith(".seg.nrrd"):
+        raise InputError(path, "--segment-level names the segments of a Slicer .seg.nrrd; this is a plain label map")
     if path.name.lower().endswith(".seg.nrrd"):
-        volume, mapping = _read_segmentation_nrrd(path)
+        volume, mapping, warnings = _read_segmentation_nrrd(path, segment_levels)
         if not mapping:
             raise InputError(
                 path, "has no segment named after a vertebra (expected names such as 'L1' or 'vertebrae_L1')"
@@ -210,4 +249,4 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
                 f"label map does not overlap the CT {reference.path} in space "
                 "(no vertebra voxel falls inside the CT's field of view)",
             )
-    return LabelMap(volume=label_volume, convention=used, present=present)
+    return LabelMap(volume=label_volume, convention=used, present=present, warnings=warnings)

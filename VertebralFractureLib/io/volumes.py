@@ -107,6 +107,9 @@ class LabelMap:
     volume: Volume
     convention: str
     present: list[int]
+    warnings: list[str] = field(default_factory=list)
+    """What the reader left out or merged (segments not named after a vertebra, overlaps): carried into the case's
+    warnings, so every output says it, not only the log."""
 
 
 def _first_line(error: BaseException) -> str:
