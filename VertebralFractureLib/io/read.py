@@ -24,6 +24,7 @@ from VertebralFractureLib.io.volumes import (
     _squeeze_to_3d,
     _strip_image_suffix,
     check_ct_hounsfield,
+    check_labels_on_bone,
     check_memory,
     check_overlap,
     label_extents,
@@ -249,4 +250,6 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
                 f"label map does not overlap the CT {reference.path} in space "
                 "(no vertebra voxel falls inside the CT's field of view)",
             )
+    if reference is not None:
+        check_labels_on_bone(reference, label_volume, path)
     return LabelMap(volume=label_volume, convention=used, present=present, warnings=warnings)

@@ -104,6 +104,11 @@ def _leftovers(parent: Path, prefix: str, out_name: str) -> list[tuple[Path, int
 # ---- manifest ---------------------------------------------------------------------------------------------------
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a file, as the manifest records it."""
+    return _sha256(Path(path))
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
