@@ -447,3 +447,17 @@ def test_results_json_of_another_segmentation_not_borrowed(root, tmp_path, capsy
     record = json.loads((tmp_path / "m" / "results.json").read_text())
     assert record["levels_status"] == "given"
     assert record["level_evidence"] == [f"levels as named in {mixed / 'segmentation.nii.gz'}"]
+
+
+def test_sheared_nrrd_refused(root, tmp_path, capsys):
+    """The shear check holds for NRRD (ITK keeps a non-perpendicular direction matrix as it is)."""
+    import nibabel as nib
+    import nrrd
+
+    image = nib.load(str(root / altered.EXAMPLE_BODIES))
+    directions = [[-3.0, 0.0, 0.0], [0.0, -3.0, 0.0], [0.6, 0.0, 3.0]]  # LPS; the k axis leans 11 degrees
+    path = tmp_path / "sheared.nrrd"
+    nrrd.write(str(path), np.asanyarray(image.dataobj).astype(np.uint8),
+               {"space": "left-posterior-superior", "space directions": directions, "space origin": [0.0, 0.0, 0.0]})
+    refused(["measure", "--seg", str(path)], capsys, tmp_path / "out", "sheared.nrrd", "sheared voxel grid",
+            "11.3 degrees")
