@@ -10,6 +10,7 @@ import pytest
 
 from VertebralFractureLib import cli, io
 from VertebralFractureLib.results import CaseResult
+from VertebralFractureLib.segment import CLASSICAL_FALLBACK_WARNING
 from VertebralFractureLib.slicer import process
 
 CT = "totalsegmentator-example/example_ct.nii.gz"
@@ -27,7 +28,9 @@ def _key(case: CaseResult) -> dict:
         "levels_status": case.levels_status,
         "level_evidence": case.level_evidence,
         "backend": case.segmentation_backend,
-        "warnings": case.warnings,
+        # The classical backend's warning ends with the steps to a deep backend that work where it is printed:
+        # the panel's inside Slicer, commands elsewhere; the finding before them is the same everywhere.
+        "warnings": [w.split(" (", 1)[0] if w.startswith(CLASSICAL_FALLBACK_WARNING) else w for w in case.warnings],
         "quality": quality.to_dict() if hasattr(quality, "to_dict") else quality,
     }
 
