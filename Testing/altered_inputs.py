@@ -368,7 +368,8 @@ def rotated_dicom(root: Path, scratch: Path, axis: int, degrees: float) -> Path:
     first = datasets[0][1]
     row, column = np.array(first.ImageOrientationPatient[:3], float), np.array(first.ImageOrientationPatient[3:], float)
     half = 0.5 * np.array(first.PixelSpacing, float)
-    centre = positions.mean(axis=0) + row * half[1] * (int(first.Columns) - 1) + column * half[0] * (int(first.Rows) - 1)
+    centre = (positions.mean(axis=0) + row * half[1] * (int(first.Columns) - 1)
+              + column * half[0] * (int(first.Rows) - 1))
     rotation = _rotation(axis, degrees)
     for (file, dataset), position in zip(datasets, positions):
         dataset.ImageOrientationPatient = [float(v) for v in np.concatenate([rotation @ row, rotation @ column])]

@@ -120,5 +120,19 @@ def padding_mask(array: np.ndarray, value: float | None) -> np.ndarray:
     return array == np.asarray(value, dtype=array.dtype)
 
 
-__all__ = ["CUT_LABELS_KEY", "CUT_MIN_SECTION_MM2", "CUT_SECTION_FRACTION", "boundary_section", "section_against", "FIELDS_OF_VIEW_KEY", "PADDING_FACE_FRACTION", "PADDING_MAX_HU", "box_of", "boxes",
-           "carried_boxes", "face_distances", "padding_mask", "padding_value"]
+__all__ = [
+    "CUT_LABELS_KEY",
+    "CUT_MIN_SECTION_MM2",
+    "CUT_SECTION_FRACTION",
+    "boundary_section",
+    "section_against",
+    "FIELDS_OF_VIEW_KEY",
+    "PADDING_FACE_FRACTION",
+    "PADDING_MAX_HU",
+    "box_of",
+    "boxes",
+    "carried_boxes",
+    "face_distances",
+    "padding_mask",
+    "padding_value",
+]

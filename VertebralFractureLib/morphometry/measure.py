@@ -147,7 +147,8 @@ class _FieldOfView:
     def voxel_extent_mm(self, direction: np.ndarray) -> float:
         """The labels' voxel size along a direction: that of the coarsest grid they were drawn on (a mask moved
         onto a finer CT grid keeps its own resolution)."""
-        return max(float(np.sum(np.abs(np.asarray(box["ijk_to_ras"])[:3, :3].T @ direction))) for box in self.label_boxes)
+        return max(float(np.sum(np.abs(np.asarray(box["ijk_to_ras"])[:3, :3].T @ direction)))
+                   for box in self.label_boxes)
 
     @classmethod
     def of(cls, labels: Volume, ct: Volume | None) -> _FieldOfView:
@@ -424,7 +425,8 @@ def _canal_from_ct(vertebra: _Vertebra, labels: Volume, ct: Volume) -> np.ndarra
     box = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
     bone = np.argwhere(ct.array[box] > CT_CANAL_BONE_HU) + low
     local = frame.local(ct.ijk_to_world(bone), centre) if len(bone) else np.empty((0, 3))
-    keep = (local[:, 2] >= heights.min()) & (local[:, 2] <= heights.max()) & (np.hypot(local[:, 0], local[:, 1]) <= reach)
+    keep = ((local[:, 2] >= heights.min()) & (local[:, 2] <= heights.max())
+            & (np.hypot(local[:, 0], local[:, 1]) <= reach))
     footprint = np.concatenate([frame.local(_sample(body_points), centre)[:, :2], local[keep, :2]])
     resolution = max(1.0, float(ct.spacing[:2].max()))
     canal = _find_canal(footprint, resolution, either_side=True, reach_mm=CT_CANAL_REACH_MM)
