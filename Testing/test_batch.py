@@ -56,20 +56,20 @@ def test_batch_processes_every_case_and_records_failures(folders):
     assert set(rows) == {"lumbar", "thoracolumbar_dicom", "l3crop", "broken"}
 
     lumbar = rows["lumbar"]
-    assert lumbar["status"] == "ok" and lumbar["levels"] == "T12 L1 L2 L3 L4 L5"
+    assert lumbar["status"] == "assessed" and lumbar["levels"] == "T12 L1 L2 L3 L4 L5"
     assert lumbar["worst_grade"] == "0" and lumbar["fractured_levels"] == ""
     assert 50 < float(lumbar["l1_trabecular_hu"]) < 250
     results = json.loads((out / "lumbar" / "results.json").read_text())
     assert [v["level"] for v in results["vertebrae"]] == ["T12", "L1", "L2", "L3", "L4", "L5"]
 
     dicom = rows["thoracolumbar_dicom"]
-    assert dicom["status"] == "ok", dicom["reason"]
+    assert dicom["status"] == "assessed", dicom["reason"]
     assert dicom["segmentation"].endswith("thoracolumbar_dicom.nii.gz")
     assert set(dicom["levels"].split()) == {"T11", "T12"}  # both cut by the 20-slice field of view
     assert dicom["worst_grade"] == ""
 
     crop = rows["l3crop"]
-    assert crop["status"] == "ok" and "L3" in crop["levels"].split()
+    assert crop["status"] == "assessed" and "L3" in crop["levels"].split()
 
     broken = rows["broken"]
     assert broken["status"] == "failed"
@@ -89,7 +89,7 @@ def test_case_without_a_label_map_goes_to_the_backend(folders):
                        "totalsegmentator", "--no-report", "-q"])
     assert code == 1
     rows = _summary(out)
-    assert rows["lumbar"]["status"] == "ok"
+    assert rows["lumbar"]["status"] == "assessed"
     assert rows["l3crop"]["status"] == "failed"
     assert "the totalsegmentator backend needs" in rows["l3crop"]["reason"]
     # An unknown backend is an argument error: nothing runs.
@@ -124,7 +124,7 @@ def test_script_runs_as_a_program_with_exit_codes(folders, tmp_path):
     ok = subprocess.run([sys.executable, str(SCRIPT), "--input", str(inputs), "--output", str(out), "--seg-dir",
                          str(segs), "--save-scene"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "1 of 1 cases done, 0 failed" in ok.stdout
+    assert "1 case: 1 assessed, 0 findings withheld, 0 qc-failed, 0 failed; summary:" in ok.stdout
     assert (out / "lumbar" / "lumbar.mrb").stat().st_size > 100_000
 
     empty = tmp_path / "empty"

@@ -147,7 +147,7 @@ def test_same_results_in_process_on_local_workers_and_on_an_existing_cluster(sma
     reference = outs["in process"]
     rows = _summary(reference)
     assert {case: row["status"] for case, row in rows.items()} == {
-        "broken": "failed", "l3crop": "ok", "lumbar": "ok", "thoracolumbar_dicom": "ok"}
+        "broken": "failed", "l3crop": "assessed", "lumbar": "assessed", "thoracolumbar_dicom": "assessed"}
     assert rows["lumbar"]["levels"] == "T12 L1 L2 L3 L4 L5"
     cases_table, vertebrae_table = _findings(reference, "cases"), _findings(reference, "vertebrae")
     for name, out in outs.items():
@@ -245,7 +245,7 @@ def test_a_killed_worker_loses_only_its_case(shared_file, tmp_path):
     stdout, stderr = batch.communicate(timeout=300)
     assert batch.returncode == 1
     rows = _summary(out)
-    assert rows["lumbar"]["status"] == rows["l3crop"]["status"] == "ok"  # the other cases did not notice
+    assert rows["lumbar"]["status"] == rows["l3crop"]["status"] == "assessed"  # the other cases did not notice
     for case in ("lumbar", "l3crop"):
         assert _visible(out / case) == sorted(MEASUREMENT_FILES)
     # Its worker died again: reported failed with the reason; nothing of either attempt published.
@@ -283,7 +283,7 @@ def test_a_killed_batch_finishes_with_resume(shared_file, tmp_path):
     # Resumed in this process: a run on workers and one without share the output folder's state.
     assert _batch(inputs, segs, out, "--resume") == 0
     rows = _summary(out)
-    assert {row["status"] for row in rows.values()} == {"ok"} and len(rows) == 4
+    assert {row["status"] for row in rows.values()} == {"assessed"} and len(rows) == 4
     for case in finished:
         assert rows[case]["reason"] == "finished by an earlier run"
     assert "finished by an earlier run" not in rows["chest"]["reason"]
@@ -366,4 +366,4 @@ def test_an_interrupted_batch_keeps_the_summary_of_the_finished_cases(small_arch
     monkeypatch.setattr(batch, "run_case", real_run_case)
     assert _batch(inputs, segs, out, "--resume") == 1  # the broken case fails again
     rows = _summary(out)
-    assert rows["l3crop"]["reason"] == "finished by an earlier run" and rows["lumbar"]["status"] == "ok"
+    assert rows["l3crop"]["reason"] == "finished by an earlier run" and rows["lumbar"]["status"] == "assessed"

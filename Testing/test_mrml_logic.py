@@ -222,7 +222,7 @@ def test_override_keeps_the_automatic_grade_beside_it(scene_with_case):
     assert (row["Grade"], row["Auto grade"], row["Grade override"]) == (2, 0, 2)
     assert (row["Morphology"], row["Auto morphology"], row["Morphology override"]) == ("biconcave", "normal",
                                                                                          "biconcave")
-    assert "L1 grade 2 biconcave (reviewer)" in case.summary_node.GetText()
+    assert "L1 grade 2 moderate biconcave (set by the reviewer)" in case.summary_node.GetText()
     assert case.case.patient.worst_grade == 2
 
     # Moving points re-grades the automatic value only; the override stays in force.

@@ -107,13 +107,13 @@ def test_report_shows_the_reviewers_grades(nifti_case, tmp_path):
     recommendation = data["screening"]["recommendation"]
     assert recommendation["action"] == "refer"  # a grade-3 fracture asks for a fracture-liaison referral
     assert "L2" in recommendation["statement"] and "grade 3" in recommendation["statement"]
-    assert any("grade set by reviewer" in reason for reason in recommendation["reasons"])
+    assert any("grade 3 severe crush (set by the reviewer)" in reason for reason in recommendation["reasons"])
     assert data["screening"]["level"] == "L1" and 50 < data["screening"]["measured_hu"] < 250
 
     html = written["report_html"].read_text(encoding="utf-8")
     assert "3 severe" in _rows(html, "L2") and "crush" in _rows(html, "L2")
     assert "0 normal" in _rows(html, "L3")
-    assert "grade set by reviewer" in html
+    assert "(set by the reviewer)" in html
     # No DICOM source: no patient header, and no SEG/SR asked for.
     assert "dicom_seg" not in written
 

@@ -328,7 +328,7 @@ def test_batch_csv_list_summary_and_resume(gap_labels, shared_file, tmp_path, ca
     code, _, err = _run(["batch", "-i", str(listing), "-o", str(out), "--no-report", "-q"], capsys)
     assert code == 1, err
     rows = {row["case"]: row for row in csv.DictReader((out / "summary.csv").open())}
-    assert rows["gap"]["status"] == "ok" and rows["gap"]["levels"] == "T12 L1 L3"
+    assert rows["gap"]["status"] == "assessed" and rows["gap"]["levels"] == "T12 L1 L3"
     assert rows["gap"]["levels_status"] == "given"
     assert rows["missing"]["status"] == "failed" and "nowhere.nii.gz: does not exist" in rows["missing"]["reason"]
     assert (out / "missing" / "error.txt").exists()
@@ -337,7 +337,7 @@ def test_batch_csv_list_summary_and_resume(gap_labels, shared_file, tmp_path, ca
     code, _, _ = _run(["batch", "-i", str(listing), "-o", str(out), "--no-report", "--resume", "-q"], capsys)
     assert code == 1
     rows = {row["case"]: row for row in csv.DictReader((out / "summary.csv").open())}
-    assert rows["gap"]["status"] == "ok" and "earlier run" in rows["gap"]["reason"]
+    assert rows["gap"]["status"] == "assessed" and "earlier run" in rows["gap"]["reason"]
     assert rows["gap"]["levels"] == "T12 L1 L3"
     assert (out / "gap" / "results.json").stat().st_mtime_ns == published  # not analysed again
 
@@ -375,7 +375,7 @@ def test_analyze_and_batch_grade_upper_thoracic_on_request(shared_file, tmp_path
     code, _, err = _run(["batch", "-i", str(listing), "-o", str(batch_out), "--no-report", "--resume", "-q"], capsys)
     assert code == 0, err
     row = next(csv.DictReader((batch_out / "summary.csv").open()))
-    assert row["status"] == "ok" and "earlier run" not in row["reason"]
+    assert row["status"] == "assessed" and "earlier run" not in row["reason"]
     assert (batch_out / "chest" / "results.json").stat().st_mtime_ns != published
     results = json.loads((batch_out / "chest" / "results.json").read_text())
     assert results["inputs"]["include_upper_thoracic"] is False

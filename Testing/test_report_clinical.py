@@ -105,7 +105,7 @@ def test_pdf_is_valid(example_report):
     data = open(written["report_pdf"], "rb").read()
     assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
     pages = len(re.findall(rb"/Type\s*/Page(?!s)", data))
-    assert pages == 3
+    assert pages >= 3  # summary (as many pages as its measured content needs), spine, caveats
     # The cross-reference table points at real objects (a truncated or corrupt file fails this).
     offset = int(re.findall(rb"startxref\s+(\d+)", data)[-1])
     assert data[offset:offset + 4] == b"xref"
@@ -118,7 +118,7 @@ def test_report_without_ct_or_morphometry(tmp_path):
     result = screen.screen_case(labels, None, case)
     written = report_clinical.write_clinical_report(case, result, tmp_path, labels, None)
     text = open(written["report_html"], encoding="utf-8").read()
-    assert "bone density not measured (no CT)" in text and "not graded" in text
+    assert "bone density not assessed (no CT)" in text and "not graded" in text
     # The spine view is drawn from the labels; no empty density scale.
     assert len(re.findall(r"<img ", text)) == 1 and "Straightened sagittal view" in text
     assert open(written["report_pdf"], "rb").read().startswith(b"%PDF-")

@@ -187,7 +187,10 @@ def test_cut_l1_falls_back_to_l2():
 def test_thresholds_are_configurable():
     ct, labels, _ = spine_phantom({"L1": 100.0})
     default = screen.screen_case(labels, ct, _graded_case(labels), dicom=NON_CONTRAST_120)
-    assert default.category == "osteopenia" and default.recommendation.action == "refer"  # <= 110 HU specific
+    # <= 110 HU (Pickhardt's specific cut-off): one verdict, "osteoporosis likely", and nothing beside it.
+    assert default.category == "osteoporosis" and default.recommendation.action == "refer"
+    refer = screen.RecommendationRules().refer_text
+    assert default.recommendation.statement.endswith(f"L1 100 HU: osteoporosis likely — {refer}")
     strict = screen.DensityThresholds(osteoporosis_below_hu=105.0, specific_hu=95.0)
     custom = screen.screen_case(labels, ct, _graded_case(labels), thresholds=strict, dicom=NON_CONTRAST_120)
     assert custom.category == "osteoporosis"
@@ -217,7 +220,8 @@ def test_contrast_from_dicom_header_without_visible_aorta():
     result = screen.screen_case(labels, ct, _graded_case(labels), dicom=header)
     assert result.contrast.status == "contrast" and result.contrast.phase == "unknown"
     assert result.corrected_hu == pytest.approx(120.0 - 14.75)
-    assert any("contrast phase uncertain" in r for r in result.recommendation.confidence_reasons)
+    assert any(r.startswith("contrast: contrast-enhanced, phase unknown (14.75 HU subtracted) — ")
+               for r in result.recommendation.confidence_reasons)
     assert result.recommendation.confidence == "moderate"
 
 
@@ -230,7 +234,8 @@ def test_recommendation_statement_names_measurements():
     assert rec.statement == ("Moderate (grade 2) wedge fracture of T12; L1 82 HU: osteoporosis likely — "
                              "recommend DXA / fracture-liaison referral")
     assert rec.action == "refer"
-    assert any("T12: Genant grade 2 wedge" in r and "height loss 33 %" in r and "Ha 17.0" in r for r in rec.reasons)
+    assert any("T12: Genant grade 2 moderate wedge" in r and "height loss 33 %" in r and "Ha 17.0" in r
+               for r in rec.reasons)
     assert any(r.startswith("L1 trabecular median 82 HU") and "< 90" in r for r in rec.reasons)
     assert rec.confidence == "high"
 
@@ -243,7 +248,7 @@ def test_confidence_drops_with_missing_data():
     # No CT: density not measured, said so, and the confidence is low.
     no_ct = screen.screen_case(labels, None, _graded_case(labels))
     assert no_ct.recommendation.confidence == "low"
-    assert "bone density not measured (no CT)" in no_ct.recommendation.statement
+    assert "bone density not assessed (no CT)" in no_ct.recommendation.statement
     assert any("No CT given" in caveat for caveat in no_ct.caveats)
     # Unknown kVp and no header to confirm the contrast state: moderate.
     unknown = screen.screen_case(labels, ct, _graded_case(labels), dicom={})

@@ -7,10 +7,11 @@ series, searched through their sub-folders (one case per series); or a CSV file 
 ``case_seg.nii.gz``, ``case.seg.nrrd``...), else from the segmentation backend.
 
 Each case publishes ``OUT/CASE/`` as one set (see :mod:`.outputs`): the files of ``analyze`` or, when the case
-failed, ``error.txt``. ``OUT/summary.csv`` lists every case with its status (``ok``, ``qc-failed``, ``failed``)
-and the reason, and is rewritten after every case. ``--resume`` skips cases whose results an earlier run
-published with the same ``--include-upper-thoracic`` choice. Exit code: 0 all cases ok, 1 some failed, 2 unusable
-arguments or input.
+failed, ``error.txt``. ``OUT/summary.csv`` lists every case with its status (``assessed``, ``findings withheld``,
+``qc-failed``, ``failed``: :data:`.screening.rules.CASE_STATUSES`) and the reason, and is rewritten as cases finish.
+``--resume`` skips cases whose results an earlier run published with the same ``--include-upper-thoracic`` choice.
+Exit code: 0 every case assessed or its findings withheld, 5 some failed quality control (none failed), 1 some
+failed, 2 unusable arguments or input.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 SUMMARY_COLUMNS = ("case", "status", "reason", "input", "series", "segmentation", "backend", "levels",
                    "levels_status", "fractured_levels", "worst_grade", "l1_trabecular_hu", "recommendation", "qc",
                    "warnings", "seconds", "output", "dataset_subject")
-STATUS_OK, STATUS_QC_FAILED, STATUS_FAILED = "ok", "qc-failed", "failed"
+STATUS_OK, STATUS_WITHHELD, STATUS_QC_FAILED, STATUS_FAILED = "assessed", "findings withheld", "qc-failed", "failed"
+"""The case statuses of :data:`.screening.rules.CASE_STATUSES`, in the batch's names."""
+EXIT_FAILED = 1
 SUMMARY_INTERVAL_S = 2.0
 """summary.csv is rewritten after a case at most this often (and after the last): a batch of 100,000 cases would
 spend its time rewriting it otherwise. An interrupted batch loses nothing by it: ``--resume`` rebuilds the rows of
@@ -236,25 +239,57 @@ def quality_verdict(case) -> tuple[bool, str]:
 
 def summary_row(case: Case, analysis_case, out_dir: Path, screening=None) -> dict:
     """The summary-table row of a finished case (from its CaseResult, just computed or read back)."""
+    from VertebralFractureLib.screening.rules import ASSESSED, case_status
+
     patient = analysis_case.patient
-    passed, quality = quality_verdict(analysis_case)
+    _passed, quality = quality_verdict(analysis_case)
+    status, reason = case_status(analysis_case)
     recommendation = ""
     if screening is not None:
         recommendation = screening.recommendation.statement
+    assessed = status == ASSESSED
     return {
-        "case": case.name, "status": STATUS_OK if passed else STATUS_QC_FAILED,
-        "reason": "" if passed else f"quality control: {quality}",
+        "case": case.name, "status": status, "reason": reason,
         "input": str(case.path), "series": case.series or "",
         "segmentation": analysis_case.inputs.get("seg") or f"backend {analysis_case.segmentation_backend}",
         "backend": analysis_case.segmentation_backend or "",
         "levels": " ".join(v.level for v in analysis_case.vertebrae),
         "levels_status": analysis_case.levels_status or "",
-        "fractured_levels": " ".join(patient.fractured_levels),
-        "worst_grade": "" if patient.worst_grade is None else patient.worst_grade,
+        # Findings only where the status lets them be stated (a withheld grade is no "none").
+        "fractured_levels": " ".join(patient.fractured_levels) if assessed else "",
+        "worst_grade": "" if patient.worst_grade is None or not assessed else patient.worst_grade,
         "l1_trabecular_hu": "" if patient.l1_trabecular_hu is None else round(patient.l1_trabecular_hu, 1),
         "recommendation": recommendation, "qc": quality, "warnings": " | ".join(analysis_case.warnings),
         "output": str(out_dir),
     }
+
+
+def progress_line(row: dict) -> str:
+    """What a finished case found, in the words of its status."""
+    if row["status"] != STATUS_OK:
+        return "fractures not assessed"
+    if not row.get("worst_grade") and row.get("worst_grade") != 0:
+        return "fractures not assessed (no vertebra graded)"
+    return f"fractured: {row['fractured_levels'] or 'none'}"
+
+
+def closing_line(rows: list[dict]) -> str:
+    """"4 cases: 2 assessed, 1 findings withheld, 1 qc-failed, 0 failed"."""
+    counts = {status: sum(1 for row in rows if row["status"] == status)
+              for status in (STATUS_OK, STATUS_WITHHELD, STATUS_QC_FAILED, STATUS_FAILED)}
+    return f"{len(rows)} case{'s' if len(rows) != 1 else ''}: " + ", ".join(
+        f"{count} {status}" for status, count in counts.items())
+
+
+def batch_exit_code(rows: list[dict]) -> int:
+    """1 when a case failed, else 5 (:data:`.morphometry.qc.EXIT_QUALITY_FAILED`, as ``analyze``) when one failed
+    quality control, else 0 (withheld findings are a finished case that says why)."""
+    from VertebralFractureLib.morphometry.qc import EXIT_QUALITY_FAILED
+
+    statuses = {row["status"] for row in rows}
+    if STATUS_FAILED in statuses:
+        return EXIT_FAILED
+    return EXIT_QUALITY_FAILED if STATUS_QC_FAILED in statuses else 0
 
 
 @dataclass
@@ -454,20 +489,20 @@ def write_summary(path: Path, rows: list[dict]) -> None:
 
 
 class BatchProgress:
-    """A line per finished case with the running counts (done / ok / qc-failed / failed / running) and an ETA
+    """A line per finished case with the running counts (done / each status / running) and an ETA
     from the rate of the cases this run analysed; a status line at least every :data:`.cluster.PROGRESS_INTERVAL_S`
     while cases run. Failures go to stderr even with ``--quiet``."""
 
     def __init__(self, total: int, echo=print, quiet: bool = False, interval_s: float = 60.0):
         self.total, self.echo, self.quiet, self.interval_s = total, echo, quiet, interval_s
-        self.counts = {STATUS_OK: 0, STATUS_QC_FAILED: 0, STATUS_FAILED: 0}
+        self.counts = {STATUS_OK: 0, STATUS_WITHHELD: 0, STATUS_QC_FAILED: 0, STATUS_FAILED: 0}
         self.done = self.analysed = self.running = 0
         self.started = time.monotonic()
         self.last_line = self.started
 
     def counts_text(self) -> str:
-        text = (f"done {self.done}/{self.total}: ok {self.counts[STATUS_OK]}, qc-failed "
-                f"{self.counts[STATUS_QC_FAILED]}, failed {self.counts[STATUS_FAILED]}; running {self.running}")
+        text = (f"done {self.done}/{self.total}: " + ", ".join(f"{status} {count}" for status, count in
+                                                                 self.counts.items()) + f"; running {self.running}")
         eta = self.eta_s()
         return text + ("" if eta is None else f"; ETA {format_duration(eta)}")
 
@@ -490,9 +525,11 @@ class BatchProgress:
                 self.echo(f"  {self.counts_text()}")
         elif not self.quiet:
             seconds = "" if resumed else f" ({row['seconds']:.1f} s)"
-            self.echo(f"[{self.done}/{self.total}] {case.name}: {row['status']}{' (earlier run)' if resumed else ''}, "
-                      f"{row['levels']} (levels {row['levels_status'] or 'n/a'}); fractured: "
-                      f"{row['fractured_levels'] or 'none'}{seconds} -- {self.counts_text()}")
+            from VertebralFractureLib.screening.rules import status_text
+
+            self.echo(f"[{self.done}/{self.total}] {case.name}: {status_text(row['status'], row['reason'])}, "
+                      f"{row['levels']} (levels {row['levels_status'] or 'n/a'}); {progress_line(row)}{seconds}"
+                      f" -- {self.counts_text()}")
 
     def tick(self, running: int) -> None:
         self.running = running
@@ -538,7 +575,7 @@ def cohort_tables():
 
 
 def run_batch(options, echo=print) -> int:
-    """Run every case; returns the exit code (0 all ok, 1 some failed)."""
+    """Run every case; returns the exit code (:func:`batch_exit_code`)."""
     check_options(options)
     source = Path(options.input)
     if not source.exists():
@@ -621,10 +658,10 @@ def _run(cases: list[Case], options, handle, echo) -> int:
     throughput = {"workers": "this process" if handle is None else handle.description, "analysed": len(work),
                   "resumed": len(cases) - len(work), "wall_s": time.monotonic() - started}
     write_cohort_outputs(options, tables, throughput)
-    failed = sum(1 for row in rows.values() if row["status"] != STATUS_OK)
-    print(f"{len(rows) - failed} of {len(rows)} cases done, {failed} failed; summary: {summary_path}",
-          file=sys.stderr if failed else sys.stdout)
-    return 1 if failed else 0
+    code = batch_exit_code(list(rows.values()))
+    print(f"{closing_line(list(rows.values()))}; summary: {summary_path}",
+          file=sys.stderr if code == EXIT_FAILED else sys.stdout)
+    return code
 
 
 def write_cohort_outputs(options, tables, throughput: dict) -> None:

@@ -275,8 +275,6 @@ def finish_case(case: CaseResult, labels: Volume, ct: Volume | None, levels_stat
     if levels_status in ("unconfirmed", "conflicting"):
         case.warnings.insert(0, f"vertebra levels are {levels_status} (nothing in view confirms the count): "
                                 + "; ".join(level_evidence) + "; fix them with --anchor or --anchor-point")
-    if full_vertebrae is False:
-        case.warnings.append("the segmentation holds vertebral bodies only (no posterior elements)")
     if not any(v.axes_ras and v.centroid_ras for v in case.vertebrae):
         from VertebralFractureLib.outputs.files import nothing_measured_statement
 

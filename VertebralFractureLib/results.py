@@ -337,3 +337,42 @@ class QualityReport:
             checks=[QualityCheck(**c) for c in data.get("checks", [])],
             vertebrae=[VertebraQuality.from_dict(v) for v in data.get("vertebrae", [])],
         )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The one rule for density statements (re-exported by screening.rules, where the other screening rules live)
+# --------------------------------------------------------------------------------------------------------------
+DOUBTFUL_LEVEL_STATUSES = ("unconfirmed", "conflicting")
+
+
+def density_not_usable(case, vertebra) -> str | None:
+    """The one rule for density statements: None when the vertebra's trabecular density may be stated and a
+    recommendation made from it, else why not (a few words, for the headline).
+
+    A density is stated only from a vertebra that is in view and whole (not cut by the field of view), whose
+    segmentation passed quality control (the case's and its own), and whose level name is confirmed (the
+    thresholds are level-specific: a density of an unknown vertebra cannot be compared with them)."""
+    if vertebra is None:
+        return "not in view"
+    if not vertebra.complete:
+        return "cut by the field of view"
+    quality = getattr(case, "quality", None)
+    if quality is not None and quality.status == FAILED:
+        return "segmentation failed quality control"
+    entry = None if quality is None else quality.vertebra(vertebra.label)
+    if entry is not None and entry.problems:
+        return "failed quality control"
+    # Quality control decides whether the names are trusted (a model that names the levels itself is); without
+    # it, the case's own level status does.
+    if (quality.status == LEVELS_UNCONFIRMED if quality is not None
+            else getattr(case, "levels_status", None) in DOUBTFUL_LEVEL_STATUSES):
+        return "level name unconfirmed"
+    return None
+
+
+def stated_l1_hu(case) -> float | None:
+    """``patient.l1_trabecular_hu``: L1's trabecular median when :func:`density_not_usable` lets it be stated."""
+    l1 = next((v for v in case.vertebrae if v.level == "L1"), None)
+    if l1 is None or l1.trabecular_hu is None or density_not_usable(case, l1) is not None:
+        return None
+    return l1.trabecular_hu

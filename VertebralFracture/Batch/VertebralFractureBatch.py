@@ -12,9 +12,9 @@ running, and none opens a dialog.
 
 See :mod:`VertebralFractureLib.batch` for the cases, the per-case outputs, ``summary.csv`` and ``--resume``. In
 Slicer the Python packages the Lib needs are installed first (the batch runs unattended, so without asking: running
-this script is the consent), pip's output going to stderr. Exit code: 0 all cases done, 1 some failed, 2 unusable
-arguments or input, 3 the batch could not run (the packages could not be installed, or an unexpected error: one
-``error:`` line says which).
+this script is the consent), pip's output going to stderr. Exit code: 0 every case assessed or its findings
+withheld, 5 some failed quality control (none failed), 1 some failed, 2 unusable arguments or input, 3 the batch
+could not run (the packages could not be installed, or an unexpected error: one ``error:`` line says which).
 """
 
 from __future__ import annotations

@@ -164,6 +164,7 @@ def print_analysis(analysis) -> None:
     screening, files written."""
     from VertebralFractureLib.morphometry import qc
     from VertebralFractureLib.outputs.files import levels_line
+    from VertebralFractureLib.screening.rules import case_status, status_text
     from VertebralFractureLib.segment import describe_backend
 
     case = analysis.case
@@ -171,30 +172,18 @@ def print_analysis(analysis) -> None:
         print(qc.headline(case))
         for item in case.quality.failed_checks:
             print(f"  {item}")
+    print(f"status: {status_text(*case_status(case))}")
     if case.segmentation_backend:
+        contents = {False: "; masks of the vertebral bodies (no posterior elements)",
+                    True: "; masks of whole vertebrae"}.get(case.full_vertebrae, "")
         print("segmentation: " + describe_backend(case.segmentation_backend, case.segmentation_backend_reason,
-                                                  case.segmentation_backend_details))
+                                                  case.segmentation_backend_details) + contents)
     line = levels_line(case)
     if line:
         print(line)
     for vertebra in case.vertebrae:
-        if not vertebra.complete:
-            print(f"{vertebra.level:>4}  incomplete ({vertebra.incomplete_reason})")
-            continue
-        heights = vertebra.heights_mm
-        if vertebra.genant_grade is None:
-            measured = "" if not heights else (f"Ha {heights['anterior']:5.1f}  Hm {heights['middle']:5.1f}  "
-                                               f"Hp {heights['posterior']:5.1f} mm  ")
-            print(f"{vertebra.level:>4}  {measured}{vertebra.not_assessed_reason or vertebra.grade_reason}")
-            continue
-        print(f"{vertebra.level:>4}  Ha {heights['anterior']:5.1f}  Hm {heights['middle']:5.1f}  "
-              f"Hp {heights['posterior']:5.1f} mm  grade {vertebra.genant_grade} {vertebra.morphology}")
-    patient = case.patient
-    withheld = case.quality is not None and case.quality.findings_withheld
-    nothing_graded = not getattr(patient, "graded_levels", True)
-    fractured = ", ".join(patient.fractured_levels) or ("not assessed" if withheld or nothing_graded else "none")
-    print(f"fractured: {fractured}; worst grade {patient.worst_grade}; L1 trabecular HU "
-          f"{'n/a' if patient.l1_trabecular_hu is None else round(patient.l1_trabecular_hu)}")
+        print(vertebra_line(case, vertebra))
+    print(findings_line(case))
     for warning in case.warnings:
         if warning != qc.headline(case):
             print(f"warning: {warning}")
@@ -209,6 +198,47 @@ def print_analysis(analysis) -> None:
         from VertebralFractureLib.screening.rules import RESEARCH_USE
 
         print(RESEARCH_USE)
+
+
+def vertebra_line(case, vertebra) -> str:
+    """One vertebra in the printed summary: its heights and grade, or why it has none."""
+    from VertebralFractureLib.screening.rules import grade_words, height_loss_text
+
+    if not vertebra.complete:
+        return f"{vertebra.level:>4}  incomplete ({vertebra.incomplete_reason})"
+    heights = vertebra.heights_mm
+    measured = "" if not heights else (f"Ha {heights['anterior']:5.1f}  Hm {heights['middle']:5.1f}  "
+                                       f"Hp {heights['posterior']:5.1f} mm  ")
+    if vertebra.final_grade is None:
+        quality = case.quality.vertebra(vertebra.label) if case.quality is not None else None
+        own = f" (this body: {'; '.join(quality.problems)})" if quality is not None and quality.problems \
+            and not (vertebra.not_assessed_reason or "").endswith(quality.problems[-1]) else ""
+        return f"{vertebra.level:>4}  {measured}{vertebra.not_assessed_reason or vertebra.grade_reason}{own}"
+    loss = height_loss_text(vertebra)
+    return f"{vertebra.level:>4}  {measured}{grade_words(vertebra)}" + (f", {loss}" if loss else "")
+
+
+def findings_line(case) -> str:
+    """Fractures, worst grade and L1 density, each stated only where the case's status lets it be."""
+    from VertebralFractureLib.screening.rules import ASSESSED, case_status, density_not_usable
+
+    patient = case.patient
+    status, _reason = case_status(case)
+    if status != ASSESSED:
+        fractures = f"fractures not assessed ({status})"
+    elif not patient.graded_levels:
+        fractures = "fractures not assessed (no vertebra graded)"
+    elif patient.fractured_levels:
+        fractures = f"fractured: {', '.join(patient.fractured_levels)}; worst grade {patient.worst_grade}"
+    else:
+        fractures = f"fractured: none of {len(patient.graded_levels)} graded"
+    if patient.l1_trabecular_hu is not None:
+        density = f"L1 trabecular HU {round(patient.l1_trabecular_hu)}"
+    else:
+        l1 = next((v for v in case.vertebrae if v.level == "L1"), None)
+        why = density_not_usable(case, l1)
+        density = "L1 density not measured" if why is None else f"L1 density not stated ({why})"
+    return f"{fractures}; {density}"
 
 
 def backend_options(args: argparse.Namespace) -> dict:

@@ -17,7 +17,7 @@ from VertebralFractureLib.errors import VertebralFractureError, os_error_line
 
 def build_parser() -> argparse.ArgumentParser:
     _load_command_modules()
-    parser = argparse.ArgumentParser(prog="python -m VertebralFractureLib",
+    parser = argparse.ArgumentParser(prog="vertebral-fracture",
                                      description="Vertebral fracture and bone density screening on CT.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -39,6 +39,7 @@ from VertebralFractureLib.results import (  # the report's records and statuses 
     QualityCheck,
     QualityReport,
     VertebraQuality,
+    stated_l1_hu,
 )
 
 __all__ = ["FAILED", "LEVELS_UNCONFIRMED", "PASSED", "QualityCheck", "QualityReport", "VertebraQuality"]
@@ -397,6 +398,7 @@ def apply_quality_gate(case, labels=None, ct=None, rules: QualityRules = DEFAULT
             vertebra.not_assessed_reason = None
     case.quality = report
     case.patient = grade_mod.summarize(case.vertebrae)
+    case.patient.l1_trabecular_hu = stated_l1_hu(case)
     case.warnings = [w for w in case.warnings if not _is_quality_warning(w)]
     if report.headline:
         case.warnings.insert(0, report.headline)

@@ -22,9 +22,20 @@ from VertebralFractureLib import __version__
 from VertebralFractureLib.io import Volume, atomic_path
 from VertebralFractureLib.io import labels as labels_mod
 from VertebralFractureLib.morphometry.qc import headline as quality_headline
-from VertebralFractureLib.outputs.files import LEVELS_DOUBTFUL, levels_line
+from VertebralFractureLib.outputs.density_scale import render_density_scale
+from VertebralFractureLib.outputs.files import LEVELS_DOUBTFUL, levels_line, separate_labels
+from VertebralFractureLib.outputs.layout import PdfFlow
 from VertebralFractureLib.results import BORDERLINE, CaseResult
-from VertebralFractureLib.screening.rules import RESEARCH_USE
+from VertebralFractureLib.screening.rules import (
+    BANDS_TEXT,
+    RESEARCH_USE,
+    case_status,
+    contrast_words,
+    density_not_usable,
+    grade_explanation,
+    grade_words,
+    loss_percent,
+)
 
 GRADE_COLORS = {0: "#2e7d32", 1: "#f9a825", 2: "#ef6c00", 3: "#c62828", None: "#757575"}
 BORDERLINE_COLOR = "#827717"
@@ -183,6 +194,7 @@ def render_straightened(case: CaseResult, ct: Volume | None, labels: Volume | No
                 ax.contourf(view.u, view.s, region, levels=[0.5, 1.5], colors=["#00e5ff"], alpha=0.25)
             ax.contour(view.u, view.s, region, levels=[0.5], colors=["#00e5ff"], linewidths=1.1 if chosen else 0.5,
                        linestyles="solid" if chosen else "dotted")
+    labels = []
     for vertebra in vertebrae:
         color = GRADE_COLORS.get(vertebra.final_grade, "#757575")
         u_c, s_c = view.project(vertebra.centroid_ras)
@@ -195,20 +207,18 @@ def render_straightened(case: CaseResult, ct: Volume | None, labels: Volume | No
             xs = [p[0] for p in projected.values()]
             ys = [p[1] for p in projected.values()]
             ax.plot(xs, ys, "o", ms=3.2, mfc="white", mec=color, mew=1.2)
-        label = f"{vertebra.level}"
         detail = ""
         if vertebra.heights_mm:
             h = vertebra.heights_mm
-            detail = f"Ha {h['anterior']:.0f} Hm {h['middle']:.0f} Hp {h['posterior']:.0f} mm"
+            detail = f"\nHa {h['anterior']:.0f} Hm {h['middle']:.0f} Hp {h['posterior']:.0f} mm"
         if not vertebra.complete:
-            detail = "cut (incomplete)"
+            detail = "\ncut (incomplete)"
         grade = vertebra.final_grade
         grade_text = f"G{grade}" if grade is not None else ("not assessed" if vertebra.not_assessed_reason else "–")
-        ax.text(view.u[0] + 1.5, s_c, f"{label} {grade_text}", color="white", fontsize=8, fontweight="bold",
-                va="center", ha="right", bbox={"boxstyle": "round,pad=0.2", "fc": color, "ec": "none", "alpha": 0.9})
-        if detail:
-            ax.text(view.u[-1] - 1.5, s_c, detail, color="white", fontsize=6.5, va="center", ha="left",
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "black", "ec": "none", "alpha": 0.55})
+        # Beside the image, not on it: a narrow image (a long spine) leaves no room for labels inside.
+        labels.append(ax.text(1.02, s_c, f"{vertebra.level} {grade_text}{detail}", color="white", fontsize=6.5,
+                              va="center", ha="left", transform=ax.get_yaxis_transform(), clip_on=False,
+                              bbox={"boxstyle": "round,pad=0.2", "fc": color, "ec": "none", "alpha": 0.9}))
     ax.set_xlim(view.u[-1], view.u[0])
     ax.set_ylim(view.s[-1], view.s[0])
     ax.set_xlabel("anterior  ←  offset from the spine's centre line (mm)  →  posterior", fontsize=7)
@@ -216,58 +226,19 @@ def render_straightened(case: CaseResult, ct: Volume | None, labels: Volume | No
     ax.tick_params(labelsize=6)
     ax.set_title("Sagittal view straightened along the spine (curved reformat through the body centroids)",
                  fontsize=8)
-    fig.tight_layout()
-    return fig
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-
-def render_density_scale(screening, width_in: float = 6.5):
-    """Horizontal HU scale with the threshold bands, Pickhardt's cut-offs and the measured value."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    t = screening.thresholds
-    low, high = 0.0, 260.0
-    fig, ax = plt.subplots(figsize=(width_in, 1.35))
-    ax.axvspan(low, t.osteoporosis_below_hu, color="#ef9a9a")
-    ax.axvspan(t.osteoporosis_below_hu, t.normal_from_hu, color="#ffe082")
-    ax.axvspan(t.normal_from_hu, high, color="#a5d6a7")
-    for x, text in ((t.osteoporosis_below_hu / 2, "osteoporosis"),
-                    ((t.osteoporosis_below_hu + t.normal_from_hu) / 2, "osteopenia"),
-                    ((t.normal_from_hu + high) / 2, "normal")):
-        ax.text(x, 0.18, text, ha="center", va="center", fontsize=7, color="#333333")
-    for x, text in ((t.specific_hu, f"≤{t.specific_hu:g} specific"),
-                    (t.sensitive_hu, f"≤{t.sensitive_hu:g} sensitive")):
-        ax.axvline(x, color="#37474f", ls="--", lw=0.9)
-        ax.text(x, 1.02, text, ha="center", va="bottom", fontsize=6, color="#37474f",
-                transform=ax.get_xaxis_transform())
-    incomplete = set(screening.incomplete_levels)
-    others = [(level, d) for level, d in screening.densities.items()
-              if d.median_hu is not None and level != screening.level and level not in incomplete]
-    for index, (level, density) in enumerate(sorted(others, key=lambda item: item[1].median_hu)):
-        value = float(np.clip(density.median_hu - screening.contrast.offset_hu, low, high))
-        ax.plot([value], [0.74], "|", color="#455a64", ms=7)
-        # Alternate label heights so neighbouring levels with similar values stay readable.
-        ax.text(value, 0.83 + 0.09 * (index % 2), level, ha="center", fontsize=5.5, color="#455a64")
-    if screening.corrected_hu is not None:
-        value = float(np.clip(screening.corrected_hu, low, high))
-        ax.plot([value], [0.5], "v", color="black", ms=11)
-        text = f"{screening.level} {screening.corrected_hu:.0f} HU"
-        right = value
-        if screening.measured_hu != screening.corrected_hu:
-            # Hollow marker: the value before the contrast correction.
-            raw = float(np.clip(screening.measured_hu, low, high))
-            ax.plot([raw], [0.5], "v", mfc="none", mec="black", ms=9)
-            text += f" (measured {screening.measured_hu:.0f})"
-            right = max(right, raw)
-        ax.text(right + 3, 0.5, text, va="center", fontsize=8, fontweight="bold")
-    ax.set_xlim(low, high)
-    ax.set_ylim(0, 1)
-    ax.set_yticks([])
-    ax.set_xlabel("trabecular attenuation (HU, contrast-corrected); thresholds for L1 at 120 kVp", fontsize=7)
-    ax.tick_params(labelsize=7)
-    fig.tight_layout()
+    handles = [Line2D([], [], color="#616161", lw=1.4, marker="o", ms=3.2, mfc="white",
+                      label="Ha / Hm / Hp: anterior (left), middle, posterior height, in the grade's colour")]
+    handles += [Patch(facecolor=GRADE_COLORS[grade], label=GRADE_TEXT[grade]) for grade in (0, 1, 2, 3, None)]
+    handles.append(Patch(facecolor="#00e5ff", alpha=0.4, label="density region (filled: screening level)"))
+    legend = fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=6.5, frameon=False,
+                        bbox_to_anchor=(0.5, 0.0))
+    # The legend gets its measured height under the image.
+    legend_in = legend.get_window_extent(fig.canvas.get_renderer()).height / fig.dpi + 0.1
+    fig.tight_layout(rect=(0, legend_in / fig.get_figheight(), 1, 1))
+    separate_labels(fig, ax, labels)
     return fig
 
 
@@ -300,15 +271,39 @@ def report_header(dataset) -> dict:
     return {
         "patient_name": str(dataset.get("PatientName", "") or "").replace("^", " ").strip(),
         "patient_id": str(dataset.get("PatientID", "") or ""),
-        "study_date": str(dataset.get("StudyDate", "") or ""),
+        "study_date": readable_date(str(dataset.get("StudyDate", "") or "")),
         "institution": str(dataset.get("InstitutionName", "") or ""),
         "series_description": str(dataset.get("SeriesDescription", "") or ""),
         "deidentified": str(dataset.get("PatientIdentityRemoved", "")) == "YES",
     }
 
 
+def readable_date(value: str) -> str:
+    """A DICOM date (YYYYMMDD) as YYYY-MM-DD; anything else as it is."""
+    value = value.strip()
+    try:
+        return datetime.datetime.strptime(value, "%Y%m%d").date().isoformat()
+    except ValueError:
+        return value
+
+
 def _fmt(value, digits=1, suffix=""):
     return "–" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def vertebra_status(case: CaseResult, vertebra) -> str:
+    """The vertebra's status in the report: "graded", or why it has no grade (cut, failed quality control and
+    which check, withheld with the case, outside the graded levels)."""
+    if not vertebra.complete:
+        return f"cut: {vertebra.incomplete_reason or 'by the field of view'}"
+    quality = case.quality.vertebra(vertebra.label) if case.quality is not None else None
+    if quality is not None and quality.problems:
+        return "failed quality control: " + "; ".join(quality.problems)
+    if vertebra.final_grade is None:
+        if case.quality is not None and case.quality.findings_withheld:
+            return f"not assessed ({case_status(case)[0]})"
+        return f"not assessed: {vertebra.not_assessed_reason or vertebra.grade_reason or 'no grade'}"
+    return "graded" + (" by the reviewer" if vertebra.grade_override is not None else "")
 
 
 def vertebra_rows(case: CaseResult) -> list[dict]:
@@ -316,22 +311,37 @@ def vertebra_rows(case: CaseResult) -> list[dict]:
     for v in sorted(case.vertebrae, key=lambda v: labels_mod.rank(v.label)):
         h = v.heights_mm or {}
         ratios = v.ratios or {}
+        graded = v.final_grade is not None
+        loss = "–"
+        if graded and v.height_loss is not None:
+            loss = f"{loss_percent(v.height_loss)} %"
+            if v.withheld_for_voxel_size is not None:
+                loss += f" ({100 * v.withheld_for_voxel_size:.0f} % not counted)"
+        density_usable = density_not_usable(case, v)
         rows.append({
             "level": v.level,
-            "status": "measured" if v.complete else f"incomplete: {v.incomplete_reason or 'cut'}",
+            "status": vertebra_status(case, v),
             "ha": _fmt(h.get("anterior")), "hm": _fmt(h.get("middle")), "hp": _fmt(h.get("posterior")),
             "wedge": _fmt(ratios.get("wedge"), 2) if "wedge" in ratios else
             (_fmt(h["anterior"] / h["posterior"], 2) if h.get("anterior") and h.get("posterior") else "–"),
-            "loss": "–" if v.height_loss is None else f"{100 * v.height_loss:.0f} %",
+            # A loss is shown only beside the grade it was given for: a withheld grade's loss is no finding.
+            "loss": loss,
             "grade": v.final_grade,
             "borderline": v.borderline_in_force,
-            "grade_text": "not assessed" if v.final_grade is None and v.complete and v.not_assessed_reason
-            else f"0 {BORDERLINE}" if v.borderline_in_force else GRADE_TEXT.get(v.final_grade, str(v.final_grade)),
-            "morphology": v.final_morphology or "–",
+            "grade_text": "not assessed" if not graded else f"0 {BORDERLINE}" if v.borderline_in_force
+            else grade_words(v).replace("grade ", "", 1),
+            "morphology": (v.final_morphology or "–") if graded else "–",
             "hu": "–" if v.trabecular_hu is None else
-            f"{v.trabecular_hu:.0f} [{_fmt(v.trabecular_hu_iqr, 0)}]" + ("" if v.complete else " (cut: not used)"),
+            f"{v.trabecular_hu:.0f} [{_fmt(v.trabecular_hu_iqr, 0)}]" + (
+                "" if density_usable is None else f" (not used: {density_usable})"),
             "reviewed": "yes" if v.reviewed else "",
+            "explanation": grade_explanation(v),
         })
+        status, why = rows[-1]["status"], rows[-1]["explanation"]
+        # One line per vertebra where its grade (or its lack) is explained; a reason the status already gives is
+        # not said twice.
+        rows[-1]["explained"] = f"{v.level}: {status}" + ("" if why in status or why.split(": ", 1)[-1] in status
+                                                           else f"; {why}")
     return rows
 
 
@@ -396,13 +406,10 @@ def build_html(case: CaseResult, screening, header: dict, sagittal_png: bytes | 
         if screening.corrected_hu != screening.measured_hu:
             density_lines.append(f"Contrast-corrected: <b>{screening.corrected_hu:.0f} HU</b> "
                                  f"(−{contrast.offset_hu:g} HU, {html.escape(contrast.phase)} phase)")
-        density_lines.append(f"Category: <b>{html.escape(screening.category)}</b>; "
-                             f"{html.escape(screening.pickhardt)}")
+        band = screening.thresholds.band(screening.corrected_hu)
+        density_lines.append(f"Verdict: <b>{html.escape(band.verdict)}</b>: {html.escape(band.cut_off)}")
     density_lines.append(f"Why this level: {html.escape(screening.level_reason)}")
-    state = {"non-contrast": "none detected", "contrast": f"yes, {contrast.phase} phase",
-             "uncertain": "uncertain"}.get(contrast.status, contrast.status)
-    density_lines.append(f"Contrast: {html.escape(state)} ({html.escape(contrast.source or 'no source')}) — "
-                         f"{html.escape(contrast.note)}")
+    density_lines.append(f"Contrast: {html.escape(contrast_words(contrast))} — {html.escape(contrast.note)}")
     density_lines.append(f"Tube voltage: {html.escape(kvp)}")
     image = (f'<img alt="Straightened sagittal view of the spine" src="data:image/png;base64,'
              f'{base64.b64encode(sagittal_png).decode()}">' if sagittal_png else "<p>No image available.</p>")
@@ -436,13 +443,15 @@ Study date: {html.escape(study_date)} &nbsp;·&nbsp; Series: {html.escape(header
 <h2>Spine (sagittal, straightened)</h2>
 <div class="cols"><div class="wide">{image}</div><div class="small">Each level: six morphometry points (white circles:
 superior and inferior endplate at the anterior, middle and posterior cortex), the anterior, middle and
-posterior heights (Ha, Hm, Hp) as lines, and the Genant grade (G0 normal, G1 mild 20–25 %, G2 moderate 25–40 %,
-G3 severe &gt; 40 % height loss). Colours: <span style="color:{GRADE_COLORS[0]}">■ grade 0</span>
+posterior heights (Ha, Hm, Hp) as lines, and the Genant grade (G0 normal, G1 mild, G2 moderate, G3 severe;
+height-loss bands {html.escape(BANDS_TEXT)}). Colours: <span style="color:{GRADE_COLORS[0]}">■ grade 0</span>
 <span style="color:{GRADE_COLORS[1]}">■ 1</span> <span style="color:{GRADE_COLORS[2]}">■ 2</span>
 <span style="color:{GRADE_COLORS[3]}">■ 3</span> <span style="color:{GRADE_COLORS[None]}">■ not graded</span>.
 Cyan: the trabecular regions where bone density was measured (filled: the screening level). The image follows
 the spine's curve, so distances along it are true lengths; anterior is on the left.</div></div>
 <h2>Per vertebra</h2>{"".join(table)}
+<div class="small">Height loss: the loss the grade was given for ({html.escape(BANDS_TEXT)}).</div>
+<h2>Grades explained</h2>{_html_list(row["explained"] for row in rows)}
 <h2>Caveats</h2>{_html_list(screening.caveats + warnings)}
 <h2>Method</h2><div class="small">Trabecular attenuation: median HU inside the vertebral body, at least
 {screening.roi.erosion_mm:g} mm below its surface (away from the cortex and endplates), the posterior
@@ -462,10 +471,19 @@ DXA or a radiologist's reading.</div>
 # --------------------------------------------------------------------------------------------------------------
 # PDF (matplotlib only)
 # --------------------------------------------------------------------------------------------------------------
-def _wrap(text: str, width: int) -> str:
-    import textwrap
+PDF_COLUMNS = (("level", "Level"), ("status", "Status"), ("ha", "Ha mm"), ("hm", "Hm mm"), ("hp", "Hp mm"),
+               ("wedge", "Ha/Hp"), ("loss", "Height loss"), ("grade_text", "Grade"), ("morphology", "Morphology"),
+               ("hu", "HU median [IQR]"))
 
-    return "\n".join(textwrap.wrap(text, width)) or text
+
+def short_status(status: str) -> str:
+    """The table's status word ("graded", "cut", "failed quality control", "not assessed"); the reasons are listed
+    under the table."""
+    return status.split(":")[0].split(" (")[0]
+
+
+def short_hu(text: str) -> str:
+    return text.split(" (not used")[0] + (" (not used)" if "(not used" in text else "")
 
 
 def write_pdf(path: Path, case: CaseResult, screening, header: dict, sagittal_fig_factory,
@@ -478,98 +496,85 @@ def write_pdf(path: Path, case: CaseResult, screening, header: dict, sagittal_fi
 
     rec = screening.recommendation
     with atomic_path(path) as temporary, PdfPages(temporary) as pdf:
-        page = plt.figure(figsize=(8.27, 11.69))
-        y = 0.965
-        page.text(0.06, y, "Opportunistic vertebral fracture and bone density screening", fontsize=14,
-                  fontweight="bold")
-        y -= 0.025
+        flow = PdfFlow(pdf, RESEARCH_USE)
+        flow.text("Opportunistic vertebral fracture and bone density screening", size=14, fontweight="bold")
         who = header.get("patient_name") or ("de-identified" if header.get("deidentified") else "not given")
-        page.text(0.06, y, f"Patient: {who}   ID: {header.get('patient_id') or '–'}   Study date: "
-                           f"{header.get('study_date') or '–'}   VertebralFracture {__version__}", fontsize=8,
-                  color="#546e7a")
-        y -= 0.02
-        page.text(0.06, y, RESEARCH_USE, fontsize=8.5, fontweight="bold", color="#6a1b9a")
+        flow.text(f"Patient: {who}   ID: {header.get('patient_id') or '–'}   Study date: "
+                  f"{header.get('study_date') or '–'}   VertebralFracture {__version__}", size=8, color="#546e7a")
+        flow.text(RESEARCH_USE, size=8.5, fontweight="bold", color="#6a1b9a")
+        status, reason = case_status(case)
+        flow.text(f"Status: {status}" + (f" ({reason})" if reason else ""), size=8.5, fontweight="bold",
+                  color="#212121" if status == "assessed" else "#b71c1c")
         if quality_headline(case):
-            y -= 0.025
-            banner = _wrap(quality_headline(case), 90)
-            page.text(0.06, y, banner, fontsize=10, fontweight="bold", va="top", color="#b71c1c")
-            y -= 0.016 * banner.count("\n")
+            flow.text(quality_headline(case), size=10, fontweight="bold", color="#b71c1c")
         levels_text = levels_line(case)
         if levels_text:
-            wrapped = _wrap(levels_text, 120)
-            page.text(0.06, y - 0.018, wrapped, fontsize=7.5, va="top",
-                      fontweight="bold" if case.levels_status in LEVELS_DOUBTFUL else "normal",
-                      color="#c62828" if case.levels_status in LEVELS_DOUBTFUL else "#546e7a")
-            y -= 0.0125 * (wrapped.count("\n") + 1)
-        y -= 0.045
-        statement = _wrap(rec.statement, 78)
-        page.text(0.06, y, statement, fontsize=10.5, fontweight="bold", va="top",
-                  color=ACTION_COLORS.get(rec.action, "black"))
-        y -= 0.018 * (statement.count("\n") + 1) + 0.012
-        page.text(0.06, y, f"Confidence: {rec.confidence}", fontsize=9, fontweight="bold", va="top")
-        y -= 0.022
+            doubtful = case.levels_status in LEVELS_DOUBTFUL
+            flow.text(levels_text, size=7.5, fontweight="bold" if doubtful else "normal",
+                      color="#c62828" if doubtful else "#546e7a")
+        flow.space(0.012)
+        flow.text(rec.statement, size=10.5, fontweight="bold", color=ACTION_COLORS.get(rec.action, "black"))
+        flow.text(f"Confidence: {rec.confidence}", size=9, fontweight="bold")
         for title, items in (("Based on:", rec.reasons), ("Confidence reflects:", rec.confidence_reasons)):
-            page.text(0.06, y, title, fontsize=8.5, fontweight="bold", va="top")
-            y -= 0.016
+            flow.text(title, size=8.5, fontweight="bold")
             for item in items:
-                wrapped = _wrap("• " + item, 120)
-                page.text(0.08, y, wrapped, fontsize=7.5, va="top")
-                y -= 0.0125 * (wrapped.count("\n") + 1) + 0.003
+                flow.text("• " + item, size=7.5, indent=0.02, gap=0.003)
         if scale_png is not None:
-            # Density scale as an embedded image.
-            scale = plt.imread(_io.BytesIO(scale_png))
-            axis = page.add_axes([0.06, y - 0.14, 0.88, 0.13])
-            axis.imshow(scale)
-            axis.axis("off")
-            y -= 0.155
+            flow.space(0.006)
+            flow.image(scale_png, 0.13)
         rows = vertebra_rows(case)
-        columns = [c for c in TABLE_COLUMNS if c[0] != "reviewed"]
-        table_axis = page.add_axes([0.04, max(0.05, y - 0.03 * (len(rows) + 1)), 0.92, 0.03 * (len(rows) + 1)])
-        table_axis.axis("off")
-        short = {"status": "Status", "grade_text": "Grade", "hu": "HU median [IQR]", "loss": "Loss",
-                 "morphology": "Morphology"}
-        cells = [[("cut" if key == "status" and not str(row[key]).startswith("measured") else str(row[key]))
-                  for key, _ in columns] for row in rows]
-        table = table_axis.table(cellText=cells or [["–"] * len(columns)],
-                                 colLabels=[short.get(key, title) for key, title in columns],
-                                 loc="upper center", cellLoc="center")
-        table.auto_set_font_size(False)
-        table.set_fontsize(7)
-        table.auto_set_column_width(list(range(len(columns))))
-        grade_column = [k for k, _ in columns].index("grade_text")
-        for index, row in enumerate(rows, start=1):
-            cell = table[index, grade_column]
-            cell.set_facecolor(BORDERLINE_COLOR if row["borderline"] else GRADE_COLORS.get(row["grade"], "#757575"))
-            cell.get_text().set_color("white")
-        pdf.savefig(page)
-        plt.close(page)
+        cells = [[short_status(row[key]) if key == "status" else short_hu(row[key]) if key == "hu" else str(row[key])
+                  for key, _ in PDF_COLUMNS] for row in rows]
+        grade_column = [key for key, _ in PDF_COLUMNS].index("grade_text")
+        fills = [[(BORDERLINE_COLOR if row["borderline"] else GRADE_COLORS.get(row["grade"], "#757575"))
+                  if c == grade_column else None for c in range(len(PDF_COLUMNS))] for row in rows]
+        flow.text("Per vertebra", size=10, fontweight="bold")
+        flow.table([title for _, title in PDF_COLUMNS], cells or [["–"] * len(PDF_COLUMNS)],
+                   fills or [[None] * len(PDF_COLUMNS)])
+        flow.text(GRADE_LEGEND, size=7, color="#546e7a")
+        flow.text("Grades explained", size=10, fontweight="bold")
+        for row in rows:
+            flow.text(row["explained"], size=7, indent=0.01, gap=0.002)
+        flow.close()
 
         figure = sagittal_fig_factory()
         if figure is not None:
             pdf.savefig(figure)
             plt.close(figure)
-        notes = plt.figure(figsize=(8.27, 11.69))
-        notes.text(0.06, 0.95, "Caveats", fontsize=12, fontweight="bold")
-        y = 0.92
+        flow = PdfFlow(pdf, RESEARCH_USE)
+        flow.text("Caveats", size=12, fontweight="bold")
         for item in screening.caveats + list(case.warnings):
-            wrapped = _wrap("• " + item, 110)
-            notes.text(0.07, y, wrapped, fontsize=8, va="top")
-            y -= 0.015 * (wrapped.count("\n") + 1) + 0.005
-        y -= 0.02
-        notes.text(0.06, y, "Density", fontsize=12, fontweight="bold")
-        y -= 0.03
-        for line in (screening.level_reason, f"Contrast: {screening.contrast.status} ({screening.contrast.phase}) - "
-                     f"{screening.contrast.note}",
-                     f"Tube voltage: {'unknown' if screening.kvp is None else f'{screening.kvp:g} kVp'}"):
-            wrapped = _wrap(line, 110)
-            notes.text(0.07, y, wrapped, fontsize=8, va="top")
-            y -= 0.015 * (wrapped.count("\n") + 1) + 0.005
-        notes.text(0.06, 0.03, RESEARCH_USE, fontsize=8.5, fontweight="bold", color="#6a1b9a")
-        pdf.savefig(notes)
-        plt.close(notes)
+            flow.text("• " + item, size=8, indent=0.01)
+        flow.space(0.015)
+        flow.text("Density", size=12, fontweight="bold")
+        for line in density_lines(screening):
+            flow.text(line, size=8, indent=0.01)
+        flow.close()
         info = pdf.infodict()
         info["Title"] = "Vertebral fracture and bone density screening"
         info["Creator"] = f"VertebralFracture {__version__}"
+
+
+GRADE_LEGEND = (f"Height loss: the loss the grade was given for (Genant bands: {BANDS_TEXT}); Ha, Hm, Hp: anterior, "
+                "middle, posterior height; grade colours: green 0 normal, yellow 1 mild, orange 2 moderate, red 3 "
+                "severe, grey not graded.")
+
+
+def density_lines(screening) -> list[str]:
+    """The density details in plain text, the same facts as the HTML's density section."""
+    lines = []
+    if screening.level is not None:
+        d = screening.densities[screening.level]
+        band = screening.thresholds.band(screening.corrected_hu)
+        lines.append(f"Screening level {screening.level}: median {screening.measured_hu:.0f} HU (IQR {d.iqr_hu:.0f} "
+                     f"HU, {d.p25_hu:.0f}–{d.p75_hu:.0f}; {d.voxels} voxels, {d.volume_ml:.1f} ml)")
+        if screening.corrected_hu != screening.measured_hu:
+            lines.append(f"Contrast-corrected: {screening.corrected_hu:.0f} HU")
+        lines.append(f"Verdict: {band.verdict}: {band.cut_off}")
+    lines.append(f"Why this level: {screening.level_reason}")
+    lines.append(f"Contrast: {contrast_words(screening.contrast)} — {screening.contrast.note}")
+    lines.append(f"Tube voltage: {'unknown' if screening.kvp is None else f'{screening.kvp:g} kVp'}")
+    return lines
 
 
 def write_clinical_report(case: CaseResult, screening, out_dir: str | Path, labels: Volume | None,
@@ -586,7 +591,10 @@ def write_clinical_report(case: CaseResult, screening, out_dir: str | Path, labe
 
     sagittal_png = _png(sagittal(6.0)) if have_centroids and (ct is not None or labels is not None) else None
     # No CT, no density: the scale would only show thresholds with nothing on them.
-    scale_png = _png(render_density_scale(screening), dpi=160) if screening.densities else None
+    # Without a density that may be stated the scale would show thresholds with nothing on them.
+    stated = screening.level is not None or any(density_not_usable(case, v) is None and v.trabecular_hu is not None
+                                                for v in case.vertebrae)
+    scale_png = _png(render_density_scale(screening, case), dpi=160) if screening.densities and stated else None
     text = build_html(case, screening, header, sagittal_png, scale_png)
     with atomic_path(out_dir / "report.html") as temporary:
         temporary.write_text(text, encoding="utf-8")

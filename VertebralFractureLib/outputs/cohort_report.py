@@ -170,7 +170,14 @@ def write_cohort_report(out_dir: Path, cases: list[dict], vertebrae: list[dict],
 
     ``throughput``: ``workers`` (description), ``wall_s``, ``analysed`` (cases this run analysed), ``resumed``.
     """
-    from VertebralFractureLib.screening.rules import RESEARCH_USE, DensityThresholds
+    from VertebralFractureLib.screening.rules import (
+        ASSESSED,
+        FAILED,
+        FINDINGS_WITHHELD,
+        QC_FAILED,
+        RESEARCH_USE,
+        DensityThresholds,
+    )
 
     if not isinstance(cases, list):  # Arrow tables: only the columns the report reads
         cases = cases.select(CASE_FIELDS).to_pylist()
@@ -186,10 +193,10 @@ def write_cohort_report(out_dir: Path, cases: list[dict], vertebrae: list[dict],
     qc_reasons = collections.Counter(
         check for c in cases if c["status"] == "qc-failed" for check in (c.get("qc_failed_checks") or "?").split("; "))
     failure_reasons = collections.Counter((c.get("reason") or "?")[:160] for c in cases if c["status"] == "failed")
-    screened = [c for c in cases if c["status"] == "ok"]
+    screened = [c for c in cases if c["status"] == ASSESSED]
     with_grades = [c for c in screened if (c.get("graded_vertebrae") or 0) > 0]
     by_worst = collections.Counter(c.get("worst_grade") for c in with_grades)
-    graded = [v for v in vertebrae if v.get("final_grade") is not None and v.get("case_status") == "ok"]
+    graded = [v for v in vertebrae if v.get("final_grade") is not None and v.get("case_status") == ASSESSED]
     levels = _level_order(v["level"] for v in graded)
     level_rows = []
     for level in levels:
@@ -223,10 +230,10 @@ def write_cohort_report(out_dir: Path, cases: list[dict], vertebrae: list[dict],
         f"{html.escape(__version__)} · tables: <code>cases.parquet</code>, <code>vertebrae.parquet</code>, "
         f"<code>summary.csv</code></p>",
         "<h2>Cases</h2>",
-        _table(["cases", "screened (ok)", "refused by quality control", "failed"],
-               [[total, f"{status['ok']} ({_percent(status['ok'], total)})",
-                 f"{status['qc-failed']} ({_percent(status['qc-failed'], total)})",
-                 f"{status['failed']} ({_percent(status['failed'], total)})"]]),
+        _table(["cases", "assessed", "findings withheld (level names unconfirmed)", "qc-failed (refused by quality "
+                "control)", "failed"],
+               [[total] + [f"{status[s]} ({_percent(status[s], total)})"
+                           for s in (ASSESSED, FINDINGS_WITHHELD, QC_FAILED, FAILED)]]),
         "<h3>Why quality control refused cases</h3>",
         _table(["failed check", "cases"], [[k, n] for k, n in qc_reasons.most_common()]),
         "<h3>Why cases failed</h3>",

@@ -216,6 +216,57 @@ def _render_statement(case: CaseResult, statement: str, destination: str | Path)
         figure.savefig(handle, format="png", dpi=110, facecolor="black")
     plt.close(figure)
     return title
+def separate_labels(fig, ax, labels) -> None:
+    """Move level labels apart along the image's vertical where their measured boxes would overlap, keeping them
+    within the image's height (the font shrinks when they cannot all fit). Labels are text artists centred
+    vertically on their vertebra."""
+    if not labels:
+        return
+    renderer = fig.canvas.get_renderer()
+    axes_box = ax.get_window_extent(renderer)
+
+    def display_y(label):
+        return ax.transData.transform((0.0, label.get_position()[1]))[1]
+
+    order = sorted(labels, key=display_y, reverse=True)  # top of the image first
+    wanted = [display_y(label) for label in order]
+    while True:
+        # The text's extent and its box's padding (about half the font size above and below).
+        heights = [label.get_window_extent(renderer).height + label.get_fontsize() * fig.dpi / 72 * 0.6
+                   for label in order]
+        if sum(heights) <= axes_box.height or order[0].get_fontsize() <= 4.5:
+            break
+        for label in order:
+            label.set_fontsize(label.get_fontsize() - 0.5)
+    centres = list(wanted)
+    for i in range(1, len(order)):  # top to bottom: each below the one above
+        centres[i] = min(centres[i], centres[i - 1] - (heights[i - 1] + heights[i]) / 2)
+    centres[-1] = max(centres[-1], axes_box.y0 + heights[-1] / 2)
+    for i in range(len(order) - 2, -1, -1):  # bottom to top: each above the one below, none below the image
+        centres[i] = max(centres[i], centres[i + 1] + (heights[i] + heights[i + 1]) / 2)
+    to_data = ax.transData.inverted()
+    for label, centre in zip(order, centres):
+        label.set_y(to_data.transform((0.0, centre))[1])
+        # Nor across the figure's left or right edge (a long reason beside a vertebra near the edge).
+        box = label.get_window_extent(renderer)  # the text; its rounded box pads it by a few points
+        margin = 6.0
+        shift = max(0.0, fig.bbox.x0 + margin - box.x0) - max(0.0, box.x1 - (fig.bbox.x1 - margin))
+        if shift and label.get_transform() is ax.transData:
+            x_display = ax.transData.transform((label.get_position()[0], 0.0))[0] + shift
+            label.set_x(to_data.transform((x_display, 0.0))[0])
+
+
+def _overview_legend(figure):
+    """Legend strip under the overview: what the line colours (heights) and label colours (grades) mean."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Line2D([], [], color=HEIGHT_COLOURS[name], marker="o", markersize=3.5, linewidth=1.4,
+                      label=f"{short} {name} height") for name, short in zip(HEIGHT_NAMES, ("Ha", "Hm", "Hp"))]
+    handles += [Patch(facecolor=GRADE_COLOURS[grade], label=text) for grade, text in
+                ((0, "G0 normal"), (1, "G1 mild"), (2, "G2 moderate"), (3, "G3 severe"), (None, "not graded"))]
+    return figure.legend(handles=handles, loc="lower center", ncol=4, fontsize=6.5, frameon=False,
+                         labelcolor="white", bbox_to_anchor=(0.5, 0.0), handlelength=1.6, columnspacing=1.0)
 
 
 def render_overview(
@@ -247,13 +298,34 @@ def render_overview(
         image, u, v = _sample_plane(labels, origin, anterior, superior, u_range, v_range, pixel_mm, order=0)
         display = np.where(image > 0, 0.75, 0.08)
     height_px, width_px = display.shape
-    figure = Figure(figsize=(max(4.5, width_px / 110), max(5.0, height_px / 110)), dpi=110)
+    width_in, image_in = max(4.5, width_px / 110), max(5.0, height_px / 110)
+    figure = Figure(figsize=(width_in, image_in), dpi=110)
     FigureCanvasAgg(figure)
-    axes = figure.add_axes((0, 0, 1, 1))
+    # Across the top a banner, below the image a legend: each gets its measured height of the figure, so neither
+    # covers the image (and the top vertebra's label).
+    withheld = case.quality is not None and case.quality.findings_withheld
+    font_size = 8 if withheld else 7
+    # About 0.6 em per character: the lines fit the figure's width.
+    title = overview_title(case, width=int(width_in * 72 / (0.62 * font_size)))
+    banner = figure.text(0.5, 1.0, "\n".join(title), ha="center", va="top", fontsize=font_size,
+                         fontweight="bold", color="white",
+                         bbox={"boxstyle": "square,pad=0.3", "facecolor": "#b71c1c" if withheld else "#4a148c",
+                               "alpha": 0.9, "edgecolor": "none"})
+    renderer = figure.canvas.get_renderer()
+    # The text's own extent plus the box's padding (0.3 em above and below).
+    banner_in = banner.get_window_extent(renderer).height / figure.dpi + 2 * 0.3 * font_size / 72 + 0.06
+    legend = _overview_legend(figure)
+    legend_in = legend.get_window_extent(renderer).height / figure.dpi + 0.08
+    total_in = image_in + banner_in + legend_in
+    figure.set_size_inches(width_in, total_in)
+    banner.set_position((0.5, 1.0 - 0.02 / total_in))
+    figure.set_facecolor("black")
+    axes = figure.add_axes((0, legend_in / total_in, 1, image_in / total_in))
     # Anterior to the left: flip the u axis.
     axes.imshow(display[:, ::-1], cmap="gray", vmin=0, vmax=1, extent=(u[-1], u[0], v[-1], v[0]), aspect="equal")
     axes.set_xlim(u[-1], u[0])
     axes.set_ylim(v[-1], v[0])
+    placed_labels = []
     for vertebra in measured:
         colour = GRADE_COLOURS.get(vertebra.final_grade, GRADE_COLOURS[None])
         centre = np.array(vertebra.centroid_ras) - origin
@@ -289,7 +361,7 @@ def render_overview(
             # The label stands beside the image: the reason without its figures (results.json keeps them), wrapped.
             reason = (vertebra.incomplete_reason or "").split(" (")[0]
             text = f"{vertebra.level}  not graded\n" + textwrap.fill(reason, width=28)
-        axes.text(
+        placed = axes.text(
             label_u + 30,
             label_v,
             text,
@@ -299,6 +371,8 @@ def render_overview(
             ha="right",
             bbox={"boxstyle": "round,pad=0.25", "facecolor": colour, "alpha": 0.85, "edgecolor": "none"},
         )
+        placed_labels.append(placed)
+    separate_labels(figure, axes, placed_labels)
     axes.text(u[-1] - 2, v[0] - 2, "A", color="white", fontsize=9, ha="left", va="top")
     axes.text(u[0] + 2, v[0] - 2, "P", color="white", fontsize=9, ha="right", va="top")
     if case.levels_status and case.levels_status != "confirmed":
@@ -307,14 +381,6 @@ def render_overview(
                   bbox={"boxstyle": "round,pad=0.25", "facecolor": "#ef6c00" if case.levels_status in LEVELS_DOUBTFUL
                         else "#546e7a", "alpha": 0.9, "edgecolor": "none"})
     axes.set_axis_off()
-    withheld = case.quality is not None and case.quality.findings_withheld
-    font_size = 8 if withheld else 7
-    # About 0.6 em per character: the lines fit the figure's width.
-    title = overview_title(case, width=int(figure.get_figwidth() * 72 / (0.62 * font_size)))
-    figure.text(0.5, 0.995, "\n".join(title), ha="center", va="top", fontsize=font_size,
-                fontweight="bold", color="white",
-                bbox={"boxstyle": "square,pad=0.3", "facecolor": "#b71c1c" if withheld else "#4a148c",
-                      "alpha": 0.9, "edgecolor": "none"})
     with open(destination, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=110)
+        figure.savefig(handle, format="png", dpi=110, facecolor="black")
     return title

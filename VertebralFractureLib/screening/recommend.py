@@ -32,7 +32,21 @@ from VertebralFractureLib.morphometry.qc import VERTEBRA_REASON_PREFIX
 from VertebralFractureLib.results import BORDERLINE, CaseResult, PatientSummary, VertebraResult
 from VertebralFractureLib.screening.calibration import CORRECTED, HuCalibration, calibrate_hu
 from VertebralFractureLib.screening.contrast import ContrastAssessment, assess_contrast
-from VertebralFractureLib.screening.rules import ACTION_ORDER, GRADE_NAMES, DensityThresholds, RecommendationRules
+from VertebralFractureLib.screening.rules import (
+    ACTION_ORDER,
+    FINDINGS_WITHHELD,
+    GRADE_NAMES,
+    QC_FAILED,
+    DensityThresholds,
+    RecommendationRules,
+    case_status,
+    contrast_words,
+    density_not_usable,
+    grade_words,
+    graded_loss_text,
+    height_loss_text,
+    stated_l1_hu,
+)
 
 
 @dataclass
@@ -153,20 +167,42 @@ def _quality_of(case: CaseResult, vertebra: VertebraResult):
 
 
 def _usability(case: CaseResult, vertebra: VertebraResult | None, density: DensityMeasurement | None) -> str | None:
-    """None if the level can be the screening level, else why not."""
-    if vertebra is None:
-        return "not in the label map"
-    if not vertebra.complete:
+    """None if the level can be the screening level, else why not: first the rule for every density statement
+    (:func:`rules.density_not_usable`), then what screening asks beyond it (not fractured, a trabecular region)."""
+    why_not = density_not_usable(case, vertebra)
+    if why_not == "cut by the field of view":
         return f"incomplete ({vertebra.incomplete_reason or 'cut'})"
-    quality = _quality_of(case, vertebra)
-    if quality is not None and quality.problems:
-        return "failed quality control (" + "; ".join(quality.problems) + ")"
+    if why_not == "not in view":
+        return "not in the label map"
+    if why_not == "failed quality control":
+        return "failed quality control (" + "; ".join(_quality_of(case, vertebra).problems) + ")"
+    if why_not is not None:
+        return why_not
     grade = vertebra.final_grade
     if grade is not None and grade >= 1:
         return f"fractured (Genant grade {grade})"
     if density is None or not density.usable:
         return "no trabecular measurement" + (f" ({density.note})" if density is not None and density.note else "")
     return None
+
+
+def density_not_assessed_reason(case: CaseResult, rules: RecommendationRules) -> str:
+    """Why no density is stated, in a few words for the headline: the case's reason when one rules out every level
+    (quality control failed, level names unconfirmed), else each screening level's."""
+    status, _reason = case_status(case)
+    if status == QC_FAILED:
+        return "segmentation failed quality control"
+    if status == FINDINGS_WITHHELD:
+        return "level names unconfirmed"
+    parts = []
+    for level in rules.screening_levels:
+        vertebra = next((v for v in case.vertebrae if v.level == level), None)
+        why_not = density_not_usable(case, vertebra)
+        if why_not is None:
+            grade = vertebra.final_grade
+            why_not = "fractured" if grade is not None and grade >= 1 else "no trabecular measurement"
+        parts.append(f"{level} {why_not}")
+    return "; ".join(parts)
 
 
 def choose_level(case: CaseResult, densities: dict[str, DensityMeasurement],
@@ -197,19 +233,15 @@ def _fracture_phrase(vertebra: VertebraResult) -> str:
 
 
 def _fracture_evidence(vertebra: VertebraResult) -> str:
-    parts = [f"{vertebra.level}: Genant grade {vertebra.final_grade}"]
-    if vertebra.final_morphology:
-        parts[0] += f" {vertebra.final_morphology}"
-    if vertebra.grade_override is not None:
-        parts.append("grade set by reviewer")
-    if vertebra.height_loss is not None:
-        parts.append(f"height loss {100 * vertebra.height_loss:.0f} %")
+    """The grade, the loss it was given for, the heights, and every reduction the grading looked at."""
+    parts = [f"{vertebra.level}: Genant {grade_words(vertebra)}"]
+    if height_loss_text(vertebra):
+        parts.append(graded_loss_text(vertebra))
     if vertebra.heights_mm:
         h = vertebra.heights_mm
-        parts.append(f"Ha {h.get('anterior', float('nan')):.1f} / Hm {h.get('middle', float('nan')):.1f} / "
-                     f"Hp {h.get('posterior', float('nan')):.1f} mm")
+        parts.append(f"Ha {h['anterior']:.1f} / Hm {h['middle']:.1f} / Hp {h['posterior']:.1f} mm")
     if vertebra.grade_reason:
-        parts.append(vertebra.grade_reason)
+        parts.append(f"measured: {vertebra.grade_reason}")
     return ", ".join(parts)
 
 
@@ -273,7 +305,7 @@ def recommend(case: CaseResult, level: str | None, level_reason: str, measured_h
         confidence_reasons.append(f"no vertebra graded ({why})")
 
     if corrected_hu is not None and level is not None:
-        category = thresholds.category(corrected_hu)
+        band = thresholds.band(corrected_hu)
         hu_text = f"{level} {measured_hu:.0f} HU"
         corrections = []
         if calibration is not None and calibration.status == CORRECTED:
@@ -286,29 +318,12 @@ def recommend(case: CaseResult, level: str | None, level_reason: str, measured_h
             corrections.append(f"after -{contrast.offset_hu:g} HU {contrast.phase} contrast correction")
         if corrections:
             hu_text += f" ({corrected_hu:.0f} HU {' and '.join(corrections)})"
-        if category == "osteoporosis":
-            text = "osteoporosis likely"
-        elif corrected_hu <= thresholds.specific_hu:
-            text = (f"osteoporosis likely (<= {thresholds.specific_hu:g} HU specific cut-off; "
-                    f"heuristic band: osteopenia)")
-        elif category == "osteopenia":
-            text = "low bone density (osteopenia range)"
-        elif corrected_hu <= thresholds.sensitive_hu:
-            text = f"bone density normal range (<= {thresholds.sensitive_hu:g} HU: osteoporosis not excluded)"
-        else:
-            text = "bone density normal; osteoporosis unlikely"
-        phrases.append(f"{hu_text}: {text}")
+        phrases.append(f"{hu_text}: {band.verdict}")
         reasons.append(
             f"{level} trabecular median {measured_hu:.0f} HU (IQR {density.iqr_hu:.0f} HU, {density.voxels} voxels, "
             f"{density.volume_ml:.1f} ml); {'corrected ' if corrected_hu != measured_hu else ''}{corrected_hu:.0f} HU "
-            f"is in the {category} band (< {thresholds.osteoporosis_below_hu:g} / "
-            f"{thresholds.osteoporosis_below_hu:g}-{thresholds.normal_from_hu:g} / "
-            f">= {thresholds.normal_from_hu:g} HU) "
-            f"and {thresholds.pickhardt_statement(corrected_hu)}")
-        if category == "osteoporosis" or corrected_hu <= thresholds.specific_hu:
-            actions.append("refer")
-        elif category == "osteopenia":
-            actions.append("consider")
+            f"is {band.cut_off}")
+        actions.append(band.action)
         if level != "L1":
             penalty += 1
             confidence_reasons.append(level_reason)
@@ -316,26 +331,27 @@ def recommend(case: CaseResult, level: str | None, level_reason: str, measured_h
             penalty += 1
             confidence_reasons.append(f"{level} trabecular HU spread is wide (IQR {density.iqr_hu:.0f} HU)")
     elif not ct_given:
-        phrases.append("bone density not measured (no CT)")
+        phrases.append("bone density not assessed (no CT)")
         penalty += 3
         confidence_reasons.append("no CT given: bone density not measured")
     else:
-        phrases.append("bone density not measured")
+        phrases.append(f"bone density not assessed ({density_not_assessed_reason(case, rules)})")
         penalty += 3
         confidence_reasons.append(level_reason)
 
     if contrast is not None and ct_given:
+        # One wording of the contrast state (rules.contrast_words) here, in the report and in the PDF.
         if contrast.status == "contrast":
-            reasons.append(f"contrast: {contrast.note}")
+            reasons.append(f"contrast: {contrast_words(contrast)} — {contrast.note}")
             if not contrast.certain:
                 penalty += 1
-                confidence_reasons.append(f"contrast phase uncertain ({contrast.note})")
+                confidence_reasons.append(f"contrast: {contrast_words(contrast)} — {contrast.note}")
         elif contrast.status == "uncertain":
             penalty += 2
-            confidence_reasons.append(f"contrast uncertain ({contrast.note}); no correction applied")
+            confidence_reasons.append(f"contrast: {contrast_words(contrast)} — {contrast.note}")
         elif not contrast.certain:
             penalty += 1
-            confidence_reasons.append(f"contrast state not confirmed ({contrast.note})")
+            confidence_reasons.append(f"contrast: {contrast_words(contrast)} — {contrast.note}")
     if ct_given:
         if kvp is None:
             penalty += 0.5
@@ -349,29 +365,25 @@ def recommend(case: CaseResult, level: str | None, level_reason: str, measured_h
         penalty += 1
         confidence_reasons.append(f"incomplete vertebrae (cut by the field of view): {', '.join(cut)}")
 
-    # A measured vertebra below the osteoporosis band is never "no action", whichever level it is and however it
-    # was measured (not a screening level, cut by the field of view, failed quality control): the wording says so.
+    # A whole vertebra of confirmed level and plausible segmentation below the osteoporosis band is never "no
+    # action", whichever level it is: the wording says so. Vertebrae the density rule rules out are never quoted.
     offset = contrast.offset_hu if contrast is not None else 0.0
-    def failed_qc(vertebra):
-        entry = None if quality is None else quality.vertebra(vertebra.label)
-        return entry is not None and bool(entry.problems)
-
-    # The most trustworthy low value is named: whole bodies before cut ones, plausible segmentations first.
+    # Nor on a HU scale the body's own tissues refuse.
     density_usable = calibration is None or calibration.density_usable
-    low = sorted((((not v.complete, failed_qc(v), v.trabecular_hu - offset), v) for v in case.vertebrae
+    low = sorted(((v.trabecular_hu - offset, v) for v in case.vertebrae
                   if density_usable and v.trabecular_hu is not None and v.level != level
+                  and density_not_usable(case, v) is None
                   and v.trabecular_hu - offset < thresholds.osteoporosis_below_hu), key=lambda item: item[0])
     if low and max(actions, key=ACTION_ORDER.get) in ("none", "consider"):
-        (_, _, value), vertebra = low[0]
-        notes = ["not the screening level"]
-        if not vertebra.complete:
-            notes.append("cut by the field of view")
-        if failed_qc(vertebra):
-            notes.append("its segmentation failed quality control")
-        phrases.append(f"{vertebra.level} {value:.0f} HU ({', '.join(notes)}) is below "
-                       f"{thresholds.osteoporosis_below_hu:g} HU: bone density may be low")
-        reasons.append(f"{vertebra.level} trabecular median {value:.0f} HU < {thresholds.osteoporosis_below_hu:g} HU "
-                       f"(osteoporosis band); {', '.join(notes)}")
+        value, vertebra = low[0]
+        if level is None:
+            # The screening levels said nothing: the headline says where the density comes from.
+            phrases = [p.replace("bone density not assessed (", "bone density not assessed at the screening "
+                                 "levels (", 1) for p in phrases]
+        phrases.append(f"{vertebra.level} {value:.0f} HU (not a screening level): "
+                       f"{thresholds.band(value).verdict}")
+        reasons.append(f"{vertebra.level} trabecular median {value:.0f} HU is {thresholds.band(value).cut_off}; "
+                       "not a screening level")
         actions.append("dxa")
     action = max(actions, key=ACTION_ORDER.get)
     if action == "none" and not graded and corrected_hu is None:
@@ -467,19 +479,17 @@ def screen_case(labels: Volume, ct: Volume | None, case: CaseResult | None = Non
             corrected -= calibration.uncertainty_hu(measured)
         category = thresholds.category(corrected)
         pickhardt = thresholds.pickhardt_statement(corrected)
-    l1 = densities.get("L1")
-    l1_vertebra = next((v for v in case.vertebrae if v.level == "L1"), None)
-    # A cut L1's density is not L1's (its region may hold a sliver of bone): it never stands in for L1. Nor is a
-    # density on a HU scale the body's tissues refuse.
-    case.patient.l1_trabecular_hu = (l1.median_hu if l1 is not None and l1_vertebra is not None
-                                     and l1_vertebra.complete else None)
     if calibration is not None and calibration.status != "consistent":
         # No vertebra keeps a density on the stored scale: refused, none at all; corrected, only those measured again.
         for vertebra in case.vertebrae:
             if vertebra.level not in densities:
                 vertebra.trabecular_hu = vertebra.trabecular_hu_iqr = None
-        if not calibration.density_usable:
-            case.patient.l1_trabecular_hu = None
+    # The patient-level L1 density follows the one rule for density statements (whole, passed quality control,
+    # level confirmed): a cut L1's region may hold a sliver of bone, a failed segmentation's "L1" an unknown piece.
+    # Nor is a density on a HU scale the body's tissues refuse.
+    case.patient.l1_trabecular_hu = stated_l1_hu(case)
+    if calibration is not None and not calibration.density_usable:
+        case.patient.l1_trabecular_hu = None
 
     if ct is None:
         caveats.append("No CT given: bone density was not measured; the recommendation rests on fracture grades only.")
@@ -507,10 +517,6 @@ def screen_case(labels: Volume, ct: Volume | None, case: CaseResult | None = Non
     quality = getattr(case, "quality", None)
     if quality is not None and quality.findings_withheld:
         caveats.insert(0, quality.headline + ".")
-        if level is not None:
-            caveats.append(f"The density level is named {level} by a segmentation whose level names are "
-                           f"{'unconfirmed' if quality.status != 'failed' else 'not trusted'}: it may be another "
-                           "vertebra.")
     caveats.append("Opportunistic CT screening does not replace DXA; thresholds are population cut-offs.")
     recommendation = recommend(case, level, level_reason, measured, corrected, density, contrast, kvp,
                                ct is not None, thresholds, rules, calibration)

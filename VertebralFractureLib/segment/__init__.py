@@ -301,8 +301,10 @@ class AutoBackend:
                                          + "; ".join(skipped + notes) + ")")
             output.warnings[:0] = [f"automatic backend choice: {text}; used {candidate.name}" for text in skipped]
             if candidate.name == "classical":
+                # Said once: the warning travels with the results to every output (the command line's summary,
+                # the reports, the Slicer panel); the log keeps it at info level for library users.
                 warning = classical_fallback_warning()
                 output.warnings.insert(0, warning)
-                log.warning(warning)
+                log.info(warning)
             return output
         raise VertebralFractureError("no segmentation backend could run: " + "; ".join(skipped))

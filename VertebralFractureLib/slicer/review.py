@@ -14,7 +14,14 @@ import numpy as np
 from VertebralFractureLib.io import labels as labels_mod
 from VertebralFractureLib.morphometry import grade as grade_mod
 from VertebralFractureLib.outputs import files as report_mod
-from VertebralFractureLib.results import BORDERLINE, HEIGHT_NAMES, MORPHOLOGIES, CaseResult, VertebraResult
+from VertebralFractureLib.results import (
+    BORDERLINE,
+    HEIGHT_NAMES,
+    MORPHOLOGIES,
+    CaseResult,
+    VertebraResult,
+    stated_l1_hu,
+)
 from VertebralFractureLib.segment.renumber import renumbering
 
 
@@ -77,18 +84,22 @@ def summary_text(case: CaseResult) -> str:
     """The patient summary as a few lines of plain text (module panel, text node, batch logs); the quality-control
     headline first when findings are withheld."""
     from VertebralFractureLib.morphometry import qc
+    from VertebralFractureLib.screening.rules import (
+        ASSESSED,
+        case_status,
+        density_not_usable,
+        grade_words,
+        status_text,
+    )
 
     patient = case.patient
-    lines = []
+    status, reason = case_status(case)
+    lines = [f"Status: {status_text(status, reason)}"]
     graded = [v for v in case.vertebrae if v.complete and v.final_grade is not None]
     fractured = [v for v in graded if (v.final_grade or 0) > 0]
-    withheld = case.quality is not None and case.quality.findings_withheld
+    withheld = status != ASSESSED
     if fractured:
-        parts = []
-        for vertebra in fractured:
-            note = " (reviewer)" if vertebra.grade_override is not None else ""
-            parts.append(f"{vertebra.level} grade {vertebra.final_grade} {vertebra.final_morphology or ''}{note}")
-        lines.append("Fractures: " + "; ".join(p.replace("  ", " ").strip() for p in parts))
+        lines.append("Fractures: " + "; ".join(f"{v.level} {grade_words(v)}" for v in fractured))
     elif withheld or not graded:
         lines.append("Fractures: not assessed")
     else:
@@ -101,10 +112,15 @@ def summary_text(case: CaseResult) -> str:
     if uncertain and not withheld:
         lines.append("To review (a reduction within the slices' uncertainty): " + ", ".join(
             f"{v.level} {100 * v.withheld_for_voxel_size:.0f} %" for v in uncertain))
-    worst = max((v.final_grade or 0 for v in graded), default=None)
-    lines.append(f"Worst Genant grade: {'n/a' if worst is None else worst}")
+    if graded:
+        lines.append(f"Worst Genant grade: {max(v.final_grade for v in graded)}")
     hu = patient.l1_trabecular_hu
-    lines.append(f"L1 trabecular attenuation: {'n/a' if hu is None else f'{hu:.0f} HU'}")
+    if hu is not None:
+        lines.append(f"L1 trabecular attenuation: {hu:.0f} HU")
+    else:
+        l1 = next((v for v in case.vertebrae if v.level == "L1"), None)
+        why = density_not_usable(case, l1) or "not measured"
+        lines.append(f"L1 trabecular attenuation: not stated ({why})")
     lines.append(f"Graded levels: {', '.join(v.level for v in graded) or 'none'}")
     incomplete = [v for v in case.vertebrae if not v.complete]
     if incomplete:
@@ -116,9 +132,9 @@ def summary_text(case: CaseResult) -> str:
     lines.append(f"Reviewed: {reviewed} of {len(case.vertebrae)} vertebrae")
     levels = report_mod.levels_line(case)
     if levels:
-        lines.insert(0, levels)
+        lines.insert(1, levels)
     if qc.headline(case):
-        lines.insert(0, qc.headline(case))
+        lines.insert(1, qc.headline(case))
     return "\n".join(lines)
 
 
@@ -133,14 +149,20 @@ def set_grade_override(case: CaseResult, level, grade: int | None) -> None:
     if grade is not None and int(grade) not in (0, 1, 2, 3):
         raise ValueError(f"Genant grade must be 0, 1, 2 or 3, not {grade!r}")
     case.vertebra(level_of(level)).grade_override = None if grade is None else int(grade)
-    case.patient = grade_mod.summarize(case.vertebrae)
+    _summarize(case)
 
 
 def set_morphology_override(case: CaseResult, level, morphology: str | None) -> None:
     if morphology is not None and morphology not in MORPHOLOGIES:
         raise ValueError(f"morphology must be one of {', '.join(MORPHOLOGIES)}, not {morphology!r}")
     case.vertebra(level_of(level)).morphology_override = morphology
+    _summarize(case)
+
+
+def _summarize(case: CaseResult) -> None:
+    """The patient summary after a reviewer's change: grades in force, and L1's density where it may be stated."""
     case.patient = grade_mod.summarize(case.vertebrae)
+    case.patient.l1_trabecular_hu = stated_l1_hu(case)
 
 
 def level_mapping(case: CaseResult, level, new_level) -> dict[int, int]:
