@@ -118,5 +118,5 @@ def test_a_crop_whose_scale_cannot_be_checked_states_no_density(shared_file, tmp
     assert all(vertebra["trabecular_hu"] is None for vertebra in results["vertebrae"])
     assert results["patient"]["l1_trabecular_hu"] is None
     statement = screening["recommendation"]["statement"]
-    assert " HU:" not in statement and "bone density not measured" in statement
+    assert " HU:" not in statement and "bone density not assessed (HU scale doubtful)" in statement
     assert "HU scale doubtful" in screening["level_reason"]

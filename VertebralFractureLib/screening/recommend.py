@@ -335,7 +335,10 @@ def recommend(case: CaseResult, level: str | None, level_reason: str, measured_h
         penalty += 3
         confidence_reasons.append("no CT given: bone density not measured")
     else:
-        phrases.append(f"bone density not assessed ({density_not_assessed_reason(case, rules)})")
+        # The HU scale refused by the body's own tissues rules out every level at once: said first.
+        why = ("HU scale doubtful" if calibration is not None and not calibration.density_usable
+               else density_not_assessed_reason(case, rules))
+        phrases.append(f"bone density not assessed ({why})")
         penalty += 3
         confidence_reasons.append(level_reason)
 
