@@ -35,8 +35,6 @@ SUMMARY_COLUMNS = ("case", "status", "reason", "input", "series", "segmentation"
                    "levels_status", "fractured_levels", "worst_grade", "l1_trabecular_hu", "recommendation", "qc",
                    "warnings", "seconds", "output", "dataset_subject")
 STATUS_OK, STATUS_WITHHELD, STATUS_QC_FAILED, STATUS_FAILED = "assessed", "findings withheld", "qc-failed", "failed"
-"""The case statuses of :data:`.screening.rules.CASE_STATUSES`, in the batch's names."""
-EXIT_FAILED = 1
 SUMMARY_INTERVAL_S = 2.0
 """summary.csv is rewritten after a case at most this often (and after the last): a batch of 100,000 cases would
 spend its time rewriting it otherwise. An interrupted batch loses nothing by it: ``--resume`` rebuilds the rows of
@@ -262,34 +260,6 @@ def summary_row(case: Case, analysis_case, out_dir: Path, screening=None) -> dic
         "recommendation": recommendation, "qc": quality, "warnings": " | ".join(analysis_case.warnings),
         "output": str(out_dir),
     }
-
-
-def progress_line(row: dict) -> str:
-    """What a finished case found, in the words of its status."""
-    if row["status"] != STATUS_OK:
-        return "fractures not assessed"
-    if not row.get("worst_grade") and row.get("worst_grade") != 0:
-        return "fractures not assessed (no vertebra graded)"
-    return f"fractured: {row['fractured_levels'] or 'none'}"
-
-
-def closing_line(rows: list[dict]) -> str:
-    """"4 cases: 2 assessed, 1 findings withheld, 1 qc-failed, 0 failed"."""
-    counts = {status: sum(1 for row in rows if row["status"] == status)
-              for status in (STATUS_OK, STATUS_WITHHELD, STATUS_QC_FAILED, STATUS_FAILED)}
-    return f"{len(rows)} case{'s' if len(rows) != 1 else ''}: " + ", ".join(
-        f"{count} {status}" for status, count in counts.items())
-
-
-def batch_exit_code(rows: list[dict]) -> int:
-    """1 when a case failed, else 5 (:data:`.morphometry.qc.EXIT_QUALITY_FAILED`, as ``analyze``) when one failed
-    quality control, else 0 (withheld findings are a finished case that says why)."""
-    from VertebralFractureLib.morphometry.qc import EXIT_QUALITY_FAILED
-
-    statuses = {row["status"] for row in rows}
-    if STATUS_FAILED in statuses:
-        return EXIT_FAILED
-    return EXIT_QUALITY_FAILED if STATUS_QC_FAILED in statuses else 0
 
 
 @dataclass
@@ -525,10 +495,11 @@ class BatchProgress:
                 self.echo(f"  {self.counts_text()}")
         elif not self.quiet:
             seconds = "" if resumed else f" ({row['seconds']:.1f} s)"
-            from VertebralFractureLib.screening.rules import status_text
+            from VertebralFractureLib.screening.rules import fractures_text, status_text
 
             self.echo(f"[{self.done}/{self.total}] {case.name}: {status_text(row['status'], row['reason'])}, "
-                      f"{row['levels']} (levels {row['levels_status'] or 'n/a'}); {progress_line(row)}{seconds}"
+                      f"{row['levels']} (levels {row['levels_status'] or 'n/a'}); "
+                      f"{fractures_text(row['status'], row['fractured_levels'], row['worst_grade'])}{seconds}"
                       f" -- {self.counts_text()}")
 
     def tick(self, running: int) -> None:
@@ -575,7 +546,7 @@ def cohort_tables():
 
 
 def run_batch(options, echo=print) -> int:
-    """Run every case; returns the exit code (:func:`batch_exit_code`)."""
+    """Run every case; returns the exit code (:func:`.screening.rules.exit_code_of`)."""
     check_options(options)
     source = Path(options.input)
     if not source.exists():
@@ -658,9 +629,11 @@ def _run(cases: list[Case], options, handle, echo) -> int:
     throughput = {"workers": "this process" if handle is None else handle.description, "analysed": len(work),
                   "resumed": len(cases) - len(work), "wall_s": time.monotonic() - started}
     write_cohort_outputs(options, tables, throughput)
-    code = batch_exit_code(list(rows.values()))
-    print(f"{closing_line(list(rows.values()))}; summary: {summary_path}",
-          file=sys.stderr if code == EXIT_FAILED else sys.stdout)
+    from VertebralFractureLib.screening.rules import EXIT_FAILED, count_text, exit_code_of
+
+    statuses = [row["status"] for row in rows.values()]
+    code = exit_code_of(statuses)
+    print(f"{count_text(statuses)}; summary: {summary_path}", file=sys.stderr if code == EXIT_FAILED else sys.stdout)
     return code
 
 

@@ -197,6 +197,35 @@ def case_status(case) -> tuple[str, str]:
     return ASSESSED, ""
 
 
+def count_text(statuses: list[str]) -> str:
+    """"4 cases: 2 assessed, 1 findings withheld, 1 qc-failed, 0 failed": every status counted apart."""
+    counts = ", ".join(f"{statuses.count(status)} {status}" for status in CASE_STATUSES)
+    return f"{len(statuses)} case{'s' if len(statuses) != 1 else ''}: {counts}"
+
+
+EXIT_FAILED = 1
+
+
+def exit_code_of(statuses: list[str]) -> int:
+    """A batch's exit code: 1 when a case failed, else 5 (``morphometry.qc.EXIT_QUALITY_FAILED``, as ``analyze``)
+    when one failed quality control, else 0 (withheld findings are a finished case that says why)."""
+    from VertebralFractureLib.morphometry.qc import EXIT_QUALITY_FAILED
+
+    if FAILED in statuses:
+        return EXIT_FAILED
+    return EXIT_QUALITY_FAILED if QC_FAILED in statuses else 0
+
+
+def fractures_text(status: str, fractured_levels: str, worst_grade) -> str:
+    """What a case found about fractures, in the words its status allows: "fractured: L1 T9", "fractured: none",
+    or "fractures not assessed" (never "none" for a case whose grades were withheld or never given)."""
+    if status != ASSESSED:
+        return "fractures not assessed"
+    if worst_grade in (None, ""):
+        return "fractures not assessed (no vertebra graded)"
+    return f"fractured: {fractured_levels or 'none'}"
+
+
 def status_text(status: str, reason: str) -> str:
     """``assessed`` or ``STATUS (reason)``: how a case's status is written in sentences."""
     return status if not reason else f"{status} ({reason})"
