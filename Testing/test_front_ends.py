@@ -74,4 +74,4 @@ def test_command_line_module_and_batch_agree(shared_file, tmp_path, capsys):
     assert row["recommendation"] == json.loads((tmp_path / "cli" / "screening.json").read_text())[
         "screening"]["recommendation"]["statement"]
     summary = module.summary()
-    assert summary.startswith("Level names confirmed by an anatomical anchor in view")
+    assert summary.startswith("Status: assessed\nLevel names confirmed by an anatomical anchor in view")
