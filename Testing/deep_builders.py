@@ -132,8 +132,8 @@ def zip_folder(folder: Path, archive: Path, wrapper: str | None = None) -> Path:
 # ------------------------------------------------------------------------------- the real Model Zoo bundle config
 
 MODEL_ZOO_BUNDLE = Path(__file__).resolve().parent / "data" / "model-zoo" / "wholeBody_ct_segmentation"
-"""The MONAI Model Zoo's wholeBody_ct_segmentation v0.2.5 configuration as published (configs/, LICENSE,
-large_files.yml, docs/; Apache-2.0), without its weights: see README.md in that folder."""
+"""The MONAI Model Zoo's wholeBody_ct_segmentation v0.2.5 configuration as published (configs/, large_files.yml,
+docs/; Apache-2.0, the repository's own LICENSE), without its weights: see README.md in that folder."""
 
 
 def make_model_zoo_bundle(folder: Path, seed: int = 0, highres: bool | None = None, checksums: bool = True) -> Path:
