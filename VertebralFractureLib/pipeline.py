@@ -19,8 +19,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from VertebralFractureLib.errors import InputError, NoVertebraeError
 from VertebralFractureLib.io import Volume
 from VertebralFractureLib.results import CaseResult, json_text
@@ -189,7 +187,10 @@ def read_inputs(request: AnalysisRequest, progress=None) -> tuple[Volume | None,
     report(0.0, "reading the inputs")
     ct = io.read_ct(request.ct, request.series) if request.ct is not None else None
     if ct is not None:
-        ct = calibrated_ct(ct)
+        from VertebralFractureLib.screening.calibration import on_checked_scale
+
+        # Checked against the body's own tissues (and corrected) before segmentation, measurement and screening.
+        ct = on_checked_scale(ct)
     labels = None
     inputs = {"ct": None if request.ct is None else str(request.ct), "series": request.series,
               "seg": None if request.seg is None else str(request.seg),
@@ -205,19 +206,6 @@ def read_inputs(request: AnalysisRequest, progress=None) -> tuple[Volume | None,
             inputs["segment_levels"] = list(request.segment_levels)
         inputs["label_warnings"] = list(label_map.warnings)
     return ct, labels, inputs
-
-
-def calibrated_ct(ct: Volume) -> Volume:
-    """The CT on the HU scale its own tissues confirm (:mod:`.screening.calibration`): corrected where air and fat
-    put it off, so that segmentation, measurement and screening all read Hounsfield units; the calibration travels
-    in ``meta["hu_calibration"]`` for the screening and the reports."""
-    from VertebralFractureLib.screening.calibration import CORRECTED, calibrate_hu
-
-    calibration = calibrate_hu(ct)
-    if calibration.status == CORRECTED:
-        ct = ct.with_array(np.asarray(calibration.to_hu(ct.array), dtype=np.float32))
-    ct.meta["hu_calibration"] = calibration
-    return ct
 
 
 def segment(request: AnalysisRequest, ct: Volume, progress=None, backends: dict | None = None):

@@ -261,3 +261,16 @@ def _without_air(tissue: np.ndarray, references: TissueReferences) -> HuCalibrat
                                   f"{low:g} to {high:g} and {references.muscle_min_hu:g} to "
                                   f"{references.muscle_max_hu:g}) and no air is in view to correct it; density not "
                                   "assessed", references=references, **stored)
+
+
+def on_checked_scale(ct: Volume) -> Volume:
+    """The CT on the HU scale its own tissues confirm: corrected where air and fat put it off (a new array), as it
+    is otherwise. The calibration travels in ``meta["hu_calibration"]``; a CT that already carries one is returned
+    unchanged, so the check runs once however many steps ask for it."""
+    if ct.meta.get("hu_calibration") is not None:
+        return ct
+    calibration = calibrate_hu(ct)
+    if calibration.status == CORRECTED:
+        ct = ct.with_array(np.asarray(calibration.to_hu(ct.array), dtype=np.float32))
+    ct.meta["hu_calibration"] = calibration
+    return ct

@@ -30,7 +30,7 @@ from VertebralFractureLib.morphometry.density import (
 )
 from VertebralFractureLib.morphometry.qc import VERTEBRA_REASON_PREFIX
 from VertebralFractureLib.results import BORDERLINE, CaseResult, PatientSummary, VertebraResult
-from VertebralFractureLib.screening.calibration import CORRECTED, HuCalibration, calibrate_hu
+from VertebralFractureLib.screening.calibration import CORRECTED, HuCalibration, on_checked_scale
 from VertebralFractureLib.screening.contrast import ContrastAssessment, assess_contrast
 from VertebralFractureLib.screening.rules import (
     ACTION_ORDER,
@@ -432,10 +432,9 @@ def screen_case(labels: Volume, ct: Volume | None, case: CaseResult | None = Non
     if ct is not None:
         # The HU scale first: a density on a scale that is off by a factor or an offset is a wrong density. The
         # pipeline checks (and corrects) it when it reads the CT; a CT from elsewhere is checked here.
-        calibration = ct.meta.get("hu_calibration") or calibrate_hu(ct)
-        if calibration.status == CORRECTED and ct.meta.get("hu_calibration") is not calibration:
-            # A new array: every density (and the contrast) is measured again on the corrected scale.
-            ct = ct.with_array(np.asarray(calibration.to_hu(ct.array), dtype=np.float32))
+        # Corrected, the CT is a new array: every density (and the contrast) is then measured again on it.
+        ct = on_checked_scale(ct)
+        calibration = ct.meta["hu_calibration"]
     if ct is not None and calibration.density_usable:
         # Bounding boxes of all labels in one pass; each vertebra is then handled inside its own box.
         boxes = ndimage.find_objects(labels.array.astype(np.int32, copy=False))
