@@ -368,3 +368,46 @@ def test_an_interrupted_batch_keeps_the_summary_of_the_finished_cases(small_arch
     assert _batch(inputs, segs, out, "--resume") == 1  # the broken case fails again
     rows = _summary(out)
     assert rows["l3crop"]["reason"] == "finished by an earlier run" and rows["lumbar"]["status"] == "assessed"
+
+
+def test_a_cluster_started_beside_the_scan_is_closed_when_the_input_holds_no_ct(tmp_path, capsys):
+    """The workers start while the input is scanned; an input without a CT stops the batch with its one line and
+    leaves no worker process behind."""
+    import psutil
+
+    inputs = tmp_path / "in"
+    (inputs / "notes").mkdir(parents=True)
+    (inputs / "notes" / "readme.txt").write_text("no images here")
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
+    assert cli.main(["batch", "-i", str(inputs), "-o", str(tmp_path / "out"), "--workers", "1", "-q"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "no CT found" in error and "\n" not in error
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        left = [child for child in psutil.Process().children(recursive=True)
+                if child.pid not in before and child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+                and "resource_tracker" not in " ".join(child.cmdline())]  # multiprocessing's own, one per process
+        if not left:
+            break
+        time.sleep(0.5)
+    assert not left
+    assert not (tmp_path / "out").exists()
+
+
+def test_workers_take_the_largest_studies_first_and_the_summary_keeps_name_order(shared_file, tmp_path, capsys):
+    """A large CT handed out last keeps every other worker waiting: cases go out by input size, largest first
+    (one worker: they finish in that order), while summary.csv and the tables keep the name order."""
+    from VertebralFractureLib import batch
+
+    inputs, segs = _archive(shared_file, tmp_path, ("lumbar", "l3crop", "chest"))
+    cases = batch.find_cases(inputs)
+    sizes = {case.name: batch.input_size_bytes(case) for case in cases}
+    assert sizes == {name: (inputs / f"{name}.nii.gz").resolve().stat().st_size for name in sizes}
+    out = tmp_path / "out"
+    assert cli.main(["batch", "-i", str(inputs), "-o", str(out), "--seg-dir", str(segs), "--backend", "classical",
+                     "--no-report", "--workers", "1"]) in (0, 5)
+    finished = [line.split("] ", 1)[1].split(":", 1)[0] for line in capsys.readouterr().out.splitlines()
+                if line.startswith("[")]
+    assert finished == sorted(sizes, key=lambda name: -sizes[name])
+    assert list(_summary(out)) == sorted(sizes)
+    assert list(pd.read_parquet(out / "cases.parquet")["case"]) == sorted(sizes)

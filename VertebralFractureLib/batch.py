@@ -74,7 +74,8 @@ def _is_image(path: Path) -> bool:
 
 
 def dicom_series_under(folder: Path, seen: set | None = None) -> list[dict]:
-    """Every DICOM series in ``folder`` and its sub-folders (a series is read from the folder holding its files).
+    """Every DICOM series in ``folder`` and its sub-folders, as {"uid", "folder"} (a series is read from the folder
+    holding its files; the worker that analyses it lists and sorts its files).
 
     Links are followed, but each real folder is read once (``seen``: the (device, inode) pairs already read, shared
     by the calls of one batch), so a symlink loop or two links to one series give each series once.
@@ -95,7 +96,7 @@ def dicom_series_under(folder: Path, seen: set | None = None) -> list[dict]:
         seen.add((status.st_dev, status.st_ino))
         directories[:] = sorted(d for d in directories if not d.startswith("."))
         if files:
-            series.extend(io.list_dicom_series(Path(root)))
+            series.extend({"uid": uid, "folder": Path(root)} for uid in io.series_uids(Path(root)))
     return series
 
 
@@ -152,9 +153,9 @@ def find_cases(source: Path) -> list[Case]:
                 cases.append(Case(path.name, path, error=one_line(error)))
                 continue
             if len(series) == 1:
-                cases.append(Case(path.name, Path(series[0]["files"][0]).parent, series[0]["uid"]))
+                cases.append(Case(path.name, series[0]["folder"], series[0]["uid"]))
             for index, item in enumerate(series if len(series) > 1 else [], start=1):
-                cases.append(Case(f"{path.name}-series{index}", Path(item["files"][0]).parent, item["uid"]))
+                cases.append(Case(f"{path.name}-series{index}", item["folder"], item["uid"]))
     return _distinct_names(cases)
 
 
@@ -302,6 +303,17 @@ def process_case(case: Case, options) -> CaseOutcome:
                                                           analysis.case)["ct"].parent.name
     screening = None if analysis.screening is None else cohort.screening_summary(analysis.screening.to_dict())
     return CaseOutcome(row, analysis.case.to_dict(), screening)
+
+
+def input_size_bytes(case: Case) -> int:
+    """Bytes of a case's input (a file, or the files of its DICOM series folder): how long it will take, roughly."""
+    try:
+        if case.path.is_file():
+            return case.path.stat().st_size
+        with os.scandir(case.path) as entries:
+            return sum(entry.stat().st_size for entry in entries if entry.is_file())
+    except OSError:
+        return 0
 
 
 def case_folder(out: Path, name: str) -> Path:
@@ -555,32 +567,47 @@ def run_batch(options, echo=print) -> int:
         raise InputError(source, "is neither a folder of studies nor a CSV case list")
     if options.seg_dir is not None and not Path(options.seg_dir).is_dir():
         raise InputError(options.seg_dir, "not a folder")
-    cases = find_cases(source)
-    if not cases:
-        raise InputError(source, "no CT found (NIfTI, NRRD, MetaImage files or DICOM series folders)")
-    options.out = Path(options.out)
-    if options.out.exists() and not options.out.is_dir():
-        raise InputError(options.out, "is a file, not a folder")
-    check_batch_output(options.out, [source, options.seg_dir] + [p for case in cases for p in (case.path, case.seg)])
-    # Workers may run in other folders: every path they are given is absolute.
-    options.out = options.out.resolve()
-    if options.seg_dir is not None:
-        options.seg_dir = Path(options.seg_dir).resolve()
-    for case in cases:
-        case.path = Path(os.path.abspath(case.path))
-        case.seg = None if case.seg is None else Path(os.path.abspath(case.seg))
     workers, scheduler = getattr(options, "workers", None), getattr(options, "scheduler", None)
-    handle = None
+    starting = None
     if workers is not None or scheduler is not None:
         from VertebralFractureLib import cluster
 
-        handle = cluster.start(workers, scheduler, getattr(options, "memory_per_worker", None))
+        # The workers start, and import the pipeline, while this process scans the input.
+        starting = cluster.start_in_background(workers, scheduler, getattr(options, "memory_per_worker", None),
+                                               warm_up=WORKER_MODULES)
     try:
+        cases = find_cases(source)
+        if not cases:
+            raise InputError(source, "no CT found (NIfTI, NRRD, MetaImage files or DICOM series folders)")
+        options.out = Path(options.out)
+        if options.out.exists() and not options.out.is_dir():
+            raise InputError(options.out, "is a file, not a folder")
+        check_batch_output(options.out,
+                           [source, options.seg_dir] + [p for case in cases for p in (case.path, case.seg)])
+        # Workers may run in other folders: every path they are given is absolute.
+        options.out = options.out.resolve()
+        if options.seg_dir is not None:
+            options.seg_dir = Path(options.seg_dir).resolve()
+        for case in cases:
+            case.path = Path(os.path.abspath(case.path))
+            case.seg = None if case.seg is None else Path(os.path.abspath(case.seg))
+        handle = None if starting is None else starting.handle()
         options.out.mkdir(parents=True, exist_ok=True)
         return _run(cases, options, handle, echo)
     finally:
-        if handle is not None:
-            handle.close()
+        if starting is not None:
+            starting.close()
+
+
+WORKER_MODULES = (
+    "VertebralFractureLib.pipeline", "VertebralFractureLib.segment.classical",
+    "VertebralFractureLib.morphometry.measure", "VertebralFractureLib.morphometry.qc",
+    "VertebralFractureLib.morphometry.density", "VertebralFractureLib.screening.calibration",
+    "VertebralFractureLib.screening.recommend", "VertebralFractureLib.outputs.files",
+    "VertebralFractureLib.outputs.publish", "VertebralFractureLib.outputs.cohort",
+    "matplotlib.figure", "matplotlib.backends.backend_agg", "nibabel", "pydicom", "SimpleITK", "scipy.ndimage",
+)
+"""What a case imports (a second of a worker's first case otherwise), imported by every worker as it starts."""
 
 
 def _run(cases: list[Case], options, handle, echo) -> int:
@@ -622,8 +649,11 @@ def _run(cases: list[Case], options, handle, echo) -> int:
             def lost(index: int, case: Case, reason: str | None, error: BaseException) -> None:
                 finished(index, case, CaseOutcome(record_failure(case, options, error, reason)))
 
-            cluster.run_cases(handle, work, run_case, options, lambda i, c, o: finished(i, c, o), lost,
+            # The largest studies first: a worker that starts a large CT last keeps the others waiting.
+            largest_first = sorted(work, key=lambda item: -input_size_bytes(item[1]))
+            cluster.run_cases(handle, largest_first, run_case, options, lambda i, c, o: finished(i, c, o), lost,
                               progress.tick)
+            handle.close_in_background()  # the workers stop while the cohort files are written
     finally:  # Ctrl-C too: the summary lists every case finished so far
         write_summary(summary_path, [rows[i] for i in sorted(rows)])
     throughput = {"workers": "this process" if handle is None else handle.description, "analysed": len(work),

@@ -16,6 +16,10 @@ when it dies (killed, out of memory, a crash in a library) only that case is los
 its worker dies again it is reported as failed with that reason. (On an existing cluster its scheduler may retry it
 first: ``distributed.scheduler.allowed-failures``.) A case that fails with an error is not retried: the same input
 fails the same way.
+
+The cluster starts on a thread of its own (:func:`start_in_background`) and its workers import the pipeline before
+their first case, while the client scans the input; it is closed on another thread while the client writes the
+cohort files (:meth:`ClusterHandle.close_in_background`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import os
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from VertebralFractureLib.errors import InputError
 
@@ -82,6 +86,7 @@ class ClusterHandle:
     client: object
     cluster: object | None
     description: str
+    _closing: object = field(default=None, repr=False)
 
     def threads(self) -> int:
         try:
@@ -89,7 +94,22 @@ class ClusterHandle:
         except Exception:  # the scheduler went away: the caller's next wait reports it
             return 0
 
+    def close_in_background(self) -> None:
+        """Begin :meth:`close` on another thread (the workers take about a second to stop): the client writes its
+        cohort files meanwhile. :meth:`close` then waits for it."""
+        import threading
+
+        if self._closing is None:
+            self._closing = threading.Thread(target=self._close, name="cluster-close", daemon=True)
+            self._closing.start()
+
     def close(self) -> None:
+        if self._closing is None:
+            self._close()
+        else:
+            self._closing.join()
+
+    def _close(self) -> None:
         for thing in (self.client, self.cluster):
             if thing is None:
                 continue
@@ -107,27 +127,40 @@ def _import_distributed():
                                "pip install 'VertebralFracture[batch]'") from None
 
 
-def start(workers: int | None, scheduler: str | None, memory_per_worker: str | None = None) -> ClusterHandle:
-    """Connect to ``scheduler`` or start ``workers`` local worker processes; refuses unusable values at once."""
+def check_start(workers: int | None, scheduler: str | None, memory_per_worker: str | None = None) -> int | None:
+    """Refuse unusable cluster options at once, before a slow scan of the input; returns the memory per local
+    worker in bytes (None with ``scheduler``)."""
     _import_distributed()
-    import dask
-    from distributed import Client, LocalCluster
-
     if scheduler is not None:
         if not SCHEDULER_ADDRESS.match(scheduler):
             raise InputError(scheduler, "is not a Dask scheduler address; give tcp://HOST:PORT")
-        try:
-            client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s", set_as_default=False)
-        except (OSError, TimeoutError) as error:
-            raise InputError(scheduler, f"no Dask scheduler answers there ({' '.join(str(error).split())})") from None
-        threads = int(sum(client.nthreads().values()))
-        return ClusterHandle(client, None, f"Dask scheduler {scheduler} ({threads} worker threads now)")
+        return None
     if workers < 1:
         raise InputError(None, f"--workers {workers}: give at least 1")
     memory = parse_memory(memory_per_worker) if memory_per_worker else default_memory_per_worker(workers)
     if memory < MIN_MEMORY_PER_WORKER:
         raise InputError(None, f"{format_bytes(memory)} per worker is below the {format_bytes(MIN_MEMORY_PER_WORKER)} "
                                f"a CT needs; use fewer --workers or a larger --memory-per-worker")
+    return memory
+
+
+def start(workers: int | None, scheduler: str | None, memory_per_worker: str | None = None,
+          warm_up: tuple[str, ...] = ()) -> ClusterHandle:
+    """Connect to ``scheduler`` or start ``workers`` local worker processes; refuses unusable values at once.
+    ``warm_up``: modules every worker imports before its first case (see :func:`import_modules`)."""
+    memory = check_start(workers, scheduler, memory_per_worker)
+    import dask
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s", set_as_default=False)
+        except (OSError, TimeoutError) as error:
+            raise InputError(scheduler, f"no Dask scheduler answers there ({' '.join(str(error).split())})") from None
+        threads = int(sum(client.nthreads().values()))
+        handle = ClusterHandle(client, None, f"Dask scheduler {scheduler} ({threads} worker threads now)")
+        _warm_up(handle, warm_up)
+        return handle
     settings = {
         # A worker's death is reported at once; the retry is ours (RETRIES_AFTER_WORKER_DEATH), counted per case.
         "distributed.scheduler.allowed-failures": 0,
@@ -154,8 +187,60 @@ def start(workers: int | None, scheduler: str | None, memory_per_worker: str | N
                                dashboard_address=f"{LOCAL_HOST}:0", memory_limit=memory, silence_logs=logging.CRITICAL,
                                protocol="tcp://")
         client = Client(cluster, set_as_default=False)
-    return ClusterHandle(client, cluster, f"{workers} local worker process{'es' if workers > 1 else ''} "
-                                          f"(1 thread, {format_bytes(memory)} each, on {LOCAL_HOST})")
+    handle = ClusterHandle(client, cluster, f"{workers} local worker process{'es' if workers > 1 else ''} "
+                                            f"(1 thread, {format_bytes(memory)} each, on {LOCAL_HOST})")
+    _warm_up(handle, warm_up)
+    return handle
+
+
+def start_in_background(workers: int | None, scheduler: str | None, memory_per_worker: str | None = None,
+                        warm_up: tuple[str, ...] = ()) -> BackgroundStart:
+    """:func:`start` on a thread of its own, so that the workers start and import the pipeline while this process
+    scans the input (both take seconds; on an archive of DICOM series the scan takes longest). Unusable options are
+    refused here, at once."""
+    check_start(workers, scheduler, memory_per_worker)
+    return BackgroundStart(workers, scheduler, memory_per_worker, warm_up)
+
+
+class BackgroundStart:
+    """A cluster being started by :func:`start` on another thread: :meth:`handle` waits for it (and raises what
+    the start raised); :meth:`close` waits for it and closes it."""
+
+    def __init__(self, workers, scheduler, memory_per_worker, warm_up):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cluster-start")
+        self._future = self._executor.submit(start, workers, scheduler, memory_per_worker, warm_up)
+        self._executor.shutdown(wait=False)
+
+    def handle(self) -> ClusterHandle:
+        return self._future.result()
+
+    def close(self) -> None:
+        try:
+            handle = self._future.result()
+        except Exception:  # the start failed: nothing to close (the caller reports the error from handle())
+            return
+        handle.close()
+
+
+def import_modules(names: tuple[str, ...]) -> int:
+    """Import ``names`` in this (worker) process; returns the process id. Run on every worker before its first
+    case, so that the case's time is the case's own and the imports overlap the client's scan of the input."""
+    import importlib
+
+    for name in names:
+        importlib.import_module(name)
+    return os.getpid()
+
+
+def _warm_up(handle: ClusterHandle, modules: tuple[str, ...]) -> None:
+    if not modules:
+        return
+    try:
+        handle.client.run(import_modules, modules)
+    except Exception as error:  # a worker without the package: its first case reports that, with the case's name
+        log.debug("warming up the workers: %s", error)
 
 
 def run_cases(handle: ClusterHandle, work: list, task, options, on_outcome, on_failure, on_progress=None) -> None:

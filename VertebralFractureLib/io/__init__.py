@@ -12,6 +12,7 @@ from .dicom import (
     dicom_header_summary,
     list_dicom_series,
     scan_dicom_folder,
+    series_uids,
 )
 from .read import (
     read_ct,
@@ -72,6 +73,7 @@ __all__ = [
     "check_dicom_series",
     "dicom_header_summary",
     "list_dicom_series",
+    "series_uids",
     "scan_dicom_folder",
     "read_ct",
     "read_label_map",

@@ -16,6 +16,20 @@ log = logging.getLogger(__name__)
 
 
 
+def series_uids(folder: Path) -> tuple[str, ...]:
+    """The DICOM series in a folder (not its sub-folders), as GDCM identifies them: one read of every file's
+    header. :func:`list_dicom_series` also lists each series' files, sorted, at the cost of a second read."""
+    import SimpleITK as sitk
+
+    # ITK prints a warning to the terminal for every folder without a series: a batch scans many such folders.
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
 def list_dicom_series(folder: Path) -> list[dict]:
     """Series in a DICOM folder: uid, number of files, description (read with pydicom, headers only)."""
     import pydicom
@@ -23,7 +37,7 @@ def list_dicom_series(folder: Path) -> list[dict]:
 
     reader = sitk.ImageSeriesReader()
     series = []
-    for uid in reader.GetGDCMSeriesIDs(str(folder)):
+    for uid in series_uids(folder):
         files = reader.GetGDCMSeriesFileNames(str(folder), uid)
         description = ""
         try:
