@@ -23,6 +23,7 @@ LAYERS = {
     "evaluate": 7,
     "curate": 7,
     "slicer": 8,
+    "archive": 9,
     "batch": 9,
     "cluster": 9,
     "benchmark": 9,
