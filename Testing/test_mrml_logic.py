@@ -118,9 +118,22 @@ def test_case_nodes_from_label_volume(scene_with_case, example):
     # A normal spine: every complete vertebra grade 0; T12 is cut by the field of view and not graded.
     assert _row(case, "T12")["Status"].startswith("not graded")
     for row in rows[1:]:
-        assert row["Grade"] == 0 and row["Auto grade"] == 0 and row["Grade override"] == -1
+        assert row["Grade"] == 0 and row["Auto grade"] == 0 and row["Grade override"] is None
         assert 20.0 < row["Hp"] < 35.0
         assert 50.0 < row["Trabecular HU"] < 250.0
+
+    # What the table view shows: T12 was not graded, so its grade cells are empty (never "nan" or a sentinel -1),
+    # while its measured numbers keep their decimals; Reviewed is a check box column.
+    table = case.table_node.GetTable()
+    t12 = [r["Level"] for r in rows].index("T12")
+    shown = {table.GetColumn(c).GetName(): table.GetColumn(c).GetVariantValue(t12).ToString()
+             for c in range(table.GetNumberOfColumns())}
+    assert shown["Grade"] == shown["Auto grade"] == shown["Grade override"] == ""
+    assert not [name for name, text in shown.items() if text.lower() in ("nan", "-1")]
+    assert _row(case, "T12")["Grade"] is None
+    assert table.GetColumnByName("Reviewed").GetClassName() == "vtkBitArray"
+    l1 = table.GetColumnByName("Hp").GetValue([r["Level"] for r in rows].index("L1"))
+    assert l1 == f"{_row(case, 'L1')['Hp']:.1f}" and len(l1.split(".")[1]) == 1
 
     # Three height lines per measured vertebra; their lengths are the heights in the table.
     for vertebra in case.case.vertebrae:
@@ -235,7 +248,7 @@ def test_override_keeps_the_automatic_grade_beside_it(scene_with_case):
     case.set_grade_override("L1", None)
     case.set_morphology_override("L1", None)
     row = _row(case, "L1")
-    assert (row["Grade"], row["Grade override"], row["Morphology override"]) == (0, -1, "")
+    assert (row["Grade"], row["Grade override"], row["Morphology override"]) == (0, None, "")
     with pytest.raises(ValueError, match="Genant grade must be"):
         case.set_grade_override("L1", 4)
     with pytest.raises(ValueError, match="morphology must be one of"):

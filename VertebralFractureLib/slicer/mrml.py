@@ -112,14 +112,15 @@ TABLE_COLUMNS = (
     ("Hm/Hp", "double", "", "middle to posterior height ratio (biconcave)"),
     ("Hp/expected", "double", "", "posterior height against the one expected from the neighbours (crush)"),
     ("Height loss", "double", "", "largest height loss graded (0..1)"),
-    ("Grade", "int", "", "Genant grade in force: the reviewer's override, else the automatic grade"),
-    ("Auto grade", "int", "", "automatic Genant grade"),
-    ("Grade override", "int", "", "reviewer's Genant grade (-1: none)"),
+    ("Grade", "int", "", "Genant grade in force: the reviewer's override, else the automatic grade (empty: not "
+                         "graded)"),
+    ("Auto grade", "int", "", "automatic Genant grade (empty: not graded)"),
+    ("Grade override", "int", "", "reviewer's Genant grade (empty: none)"),
     ("Morphology", "string", "", "morphology in force"),
     ("Auto morphology", "string", "", "automatic morphology"),
     ("Morphology override", "string", "", "reviewer's morphology (empty: none)"),
     ("Trabecular HU", "double", "HU", "median attenuation of the trabecular bone"),
-    ("Reviewed", "int", "", "1 when a reviewer has checked this vertebra"),
+    ("Reviewed", "bool", "", "ticked when a reviewer has checked this vertebra"),
     ("Status", "string", "", "complete, or why the vertebra is not graded"),
 )
 
@@ -972,44 +973,51 @@ def _remove_with_display_nodes(scene, node) -> None:
             scene.RemoveNode(display)
 
 
+TABLE_DIGITS = {"Ha": 1, "Hm": 1, "Hp": 1, "Ha/Hp": 3, "Hm/Hp": 3, "Hp/expected": 3, "Height loss": 3,
+                "Trabecular HU": 0}
+"""Decimals shown per number column (heights to 0.1 mm, ratios to 0.001, HU whole)."""
+
+
 def _fill_table(table_node, case: CaseResult) -> None:
+    """One row per vertebra. Numbers are shown as text with their decimals, and a missing one as an empty cell:
+    Slicer's table view prints a number column's missing value as "nan" or a sentinel such as -1, which a reader
+    takes for a value. :func:`table_rows` gives them back as numbers (None when missing)."""
     table = vtk.vtkTable()
     arrays = {}
-    for name, kind, _unit, _description in TABLE_COLUMNS:
-        array = {"string": vtk.vtkStringArray, "int": vtk.vtkIntArray, "double": vtk.vtkDoubleArray}[kind]()
+    for name, _kind, _unit, _description in TABLE_COLUMNS:
+        # Label is always there: a number column. Reviewed: a check box in the table view.
+        array = {"Label": vtk.vtkIntArray, "Reviewed": vtk.vtkBitArray}.get(name, vtk.vtkStringArray)()
         array.SetName(name)
         arrays[name] = array
         table.AddColumn(array)
-
-    def number(value, digits=2):
-        return float("nan") if value is None else round(float(value), digits)
 
     for vertebra in case.vertebrae:
         heights = vertebra.heights_mm or {}
         ratios = vertebra.ratios or {}
         row = {
             "Level": vertebra.level, "Label": vertebra.label,
-            "Ha": number(heights.get("anterior"), 1), "Hm": number(heights.get("middle"), 1),
-            "Hp": number(heights.get("posterior"), 1),
-            "Ha/Hp": number(ratios.get("wedge"), 3), "Hm/Hp": number(ratios.get("biconcavity"), 3),
-            "Hp/expected": number(ratios.get("crush"), 3),
-            "Height loss": number(vertebra.height_loss, 3),
-            "Grade": -1 if vertebra.final_grade is None else vertebra.final_grade,
-            "Auto grade": -1 if vertebra.genant_grade is None else vertebra.genant_grade,
-            "Grade override": -1 if vertebra.grade_override is None else vertebra.grade_override,
+            "Ha": heights.get("anterior"), "Hm": heights.get("middle"), "Hp": heights.get("posterior"),
+            "Ha/Hp": ratios.get("wedge"), "Hm/Hp": ratios.get("biconcavity"), "Hp/expected": ratios.get("crush"),
+            "Height loss": vertebra.height_loss,
+            "Grade": vertebra.final_grade, "Auto grade": vertebra.genant_grade,
+            "Grade override": vertebra.grade_override,
             "Morphology": vertebra.final_morphology or "",
             "Auto morphology": vertebra.morphology or "",
             "Morphology override": vertebra.morphology_override or "",
-            "Trabecular HU": number(vertebra.trabecular_hu, 0),
+            "Trabecular HU": vertebra.trabecular_hu,
             "Reviewed": int(vertebra.reviewed),
             "Status": "complete" if vertebra.complete else f"not graded: {vertebra.incomplete_reason}",
         }
         for name, value in row.items():
             array = arrays[name]
-            if isinstance(array, vtk.vtkStringArray):
-                array.InsertNextValue(str(value))
-            else:
+            if not isinstance(array, vtk.vtkStringArray):
                 array.InsertNextValue(value)
+            elif value is None:
+                array.InsertNextValue("")
+            elif name in TABLE_DIGITS:
+                array.InsertNextValue(f"{float(value):.{TABLE_DIGITS[name]}f}")
+            else:
+                array.InsertNextValue(str(value))
     table_node.SetAndObserveTable(table)
     for name, _kind, unit, description in TABLE_COLUMNS:
         if unit:
@@ -1023,15 +1031,20 @@ def _fill_table(table_node, case: CaseResult) -> None:
 
 
 def table_rows(table_node) -> list[dict]:
-    """The case table as a list of dicts (column name -> value), for checks and scripts."""
+    """The case table as a list of dicts (column name -> value: numbers as int or float, None where the cell is
+    empty; Reviewed as 0 or 1), for checks and scripts."""
+    kinds = {name: kind for name, kind, _unit, _description in TABLE_COLUMNS}
     table = table_node.GetTable()
     rows = []
     for row in range(table.GetNumberOfRows()):
         values = {}
         for column in range(table.GetNumberOfColumns()):
             array = table.GetColumn(column)
+            name = array.GetName()
             value = array.GetValue(row)
-            values[array.GetName()] = value
+            if isinstance(array, vtk.vtkStringArray) and kinds.get(name) in ("int", "double"):
+                value = None if value == "" else (int(value) if kinds[name] == "int" else float(value))
+            values[name] = value
         rows.append(values)
     return rows
 
