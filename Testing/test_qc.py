@@ -283,10 +283,12 @@ def test_chest_crop_end_to_end_contrast_and_no_false_fracture(shared_file, tmp_p
     assert code in (0, qc.EXIT_QUALITY_FAILED)
     capsys.readouterr()
     report_out = tmp_path / "report"
-    assert cli.main(["report", "--ct", str(ct), "--seg", str(out / "segmentation.nii.gz"), "--out",
-                     str(report_out), "-q"]) == 0
+    report_code = cli.main(["report", "--ct", str(ct), "--seg", str(out / "segmentation.nii.gz"), "--out",
+                            str(report_out), "-q"])
     printed = capsys.readouterr().out
     screening = json.loads((report_out / "screening.json").read_text())
+    # The exit code says what the report says, as analyze's does.
+    assert report_code == (qc.EXIT_QUALITY_FAILED if screening["case"]["quality"]["status"] == "failed" else 0)
     assert screening["screening"]["contrast"]["status"] == "contrast"
     assert screening["case"]["patient"]["fractured_levels"] == []
     html = (report_out / "report.html").read_text()

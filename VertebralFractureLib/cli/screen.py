@@ -11,6 +11,7 @@ from VertebralFractureLib.cli.common import (
     add_report_arguments,
     arguments,
     command,
+    exit_code,
     print_analysis,
     request_from_args,
 )
@@ -31,4 +32,4 @@ def cmd_report(args: argparse.Namespace) -> int:
     analysis = pipeline.analyze(request_from_args(args), args.out, progress)
     progress.close()
     print_analysis(analysis)
-    return 0
+    return exit_code(analysis.case)
