@@ -27,7 +27,9 @@ from VertebralFractureLib.io.volumes import (
     check_labels_on_bone,
     check_memory,
     check_overlap,
+    label_boxes,
     label_extents,
+    labels_in,
     present_labels,
     resample_labels_to,
 )
@@ -216,11 +218,15 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
             raise InputError(path, f"label map has voxel type {array.dtype}, not integers")
         if array.min(initial=0) < 0:
             raise InputError(path, "label map holds negative values; it looks like an intensity image")
-        if array.max(initial=0) > 65535:
+        largest = array.max(initial=0)
+        if largest > 65535:
             raise InputError(path, "label map holds values above 65535; it looks like an intensity image")
-        # Integer labels of the smallest type that holds them: counting and lookups stay fast on large maps.
-        array = array.astype(np.uint8 if array.max(initial=0) < 256 else np.uint16, copy=False)
-        present_raw = present_labels(array)
+        if array.dtype.kind not in "iu" or array.dtype.itemsize > 2:
+            # Integer labels of the smallest type that holds them: boxes and lookups stay fast on large maps. Maps
+            # stored as 8- or 16-bit integers are used as they are (no copy).
+            array = array.astype(np.uint8 if largest < 256 else np.uint16)
+        boxes = label_boxes(array)
+        present_raw = labels_in(boxes)
         if not present_raw:
             raise InputError(path, "label map is empty (every voxel is 0)")
         if len(present_raw) > 256:
@@ -228,7 +234,7 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
                 path, f"holds {len(present_raw)} distinct values; it looks like an intensity image, not a label map"
             )
         try:
-            used = labels_mod.decide_convention(label_extents(volume.with_array(array)), convention)
+            used = labels_mod.decide_convention(label_extents(volume.with_array(array), boxes), convention)
         except labels_mod.ConventionError as error:
             raise InputError(path, str(error)) from None
         if convention == "auto":
@@ -239,7 +245,7 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
         raise InputError(
             path, f"label map has no vertebra labels in the {used} convention (choose another with --labels)"
         )
-    label_volume = volume.with_array(verse_array.astype(np.int16))
+    label_volume = volume.with_array(verse_array.astype(np.int16, copy=False))
     if reference is not None and not label_volume.same_grid(reference):
         check_overlap(reference, label_volume)
         label_volume = resample_labels_to(label_volume, reference)

@@ -446,33 +446,61 @@ def check_ct_hounsfield(ct: Volume) -> None:
                     "units and are used as such", ct.path)
 
 
-def label_extents(volume: Volume) -> dict[int, labels_mod.LabelExtent]:
+def label_boxes(array: np.ndarray) -> list[tuple[slice, slice, slice] | None]:
+    """The bounding box of every label of a non-negative integer array, as ``scipy.ndimage.find_objects`` gives
+    them (entry ``value - 1``; None for a value the array does not hold).
+
+    ``find_objects`` visits every voxel; a label map is mostly background, so it runs on the box of the labelled
+    voxels only (from three projections): about 40 % of the array for the spine of a VerSe mask.
+    """
+    from scipy import ndimage
+
+    region = []
+    for axis in range(3):
+        occupied = np.flatnonzero(array.max(axis=tuple(other for other in range(3) if other != axis)))
+        if occupied.size == 0:
+            return []
+        region.append(slice(int(occupied[0]), int(occupied[-1]) + 1))
+    return [None if box is None else
+            tuple(slice(inner.start + outer.start, inner.stop + outer.start) for inner, outer in zip(box, region))
+            for box in ndimage.find_objects(array[tuple(region)])]
+
+
+def labels_in(boxes: list[tuple[slice, ...] | None]) -> list[int]:
+    """The sorted non-zero labels that :func:`label_boxes` found."""
+    return [value for value, box in enumerate(boxes, start=1) if box is not None]
+
+
+def label_extents(volume: Volume, boxes: list[tuple[slice, ...] | None] | None = None
+                  ) -> dict[int, labels_mod.LabelExtent]:
     """Voxel count, centroid (RAS mm), edge contact and head-to-foot span of every non-zero label.
 
-    One histogram of labels per voxel plane along each axis (linear time, no index arrays): the counts per plane
-    give the centroid's voxel coordinates, whether a label reaches the first or last plane, and the planes it spans
-    along the image axis nearest to head-foot.
+    Each label is counted inside its own bounding box (``boxes`` from :func:`label_boxes`, found here when not
+    given): its voxels per plane along each axis give the centroid's voxel coordinates; the box says whether the
+    label reaches the first or last plane of an axis and how many planes it spans along the image axis nearest to
+    head-foot.
     """
     array = volume.array
-    size = int(array.max(initial=0)) + 1
-    centroid_ijk = np.zeros((3, size))
-    touches = np.zeros(size, dtype=bool)
+    boxes = label_boxes(array) if boxes is None else boxes
+    size = len(boxes) + 1
+    index_sums = np.zeros((3, size), dtype=np.int64)
     counts = np.zeros(size, dtype=np.int64)
-    superior_axis = int(np.argmax(np.abs(volume.direction_ras[2, :])))
+    touches = np.zeros(size, dtype=bool)
     span_mm = np.zeros(size)
-    for axis in range(3):
-        # A view with the axis first; ravel("K") copies each plane in memory order, fast for C and Fortran order.
-        planes = np.stack([np.bincount(plane.ravel("K"), minlength=size) for plane in np.moveaxis(array, axis, 0)])
-        counts = planes.sum(axis=0)
-        centroid_ijk[axis] = (np.arange(planes.shape[0]) @ planes) / np.maximum(counts, 1)
-        touches |= (planes[0] > 0) | (planes[-1] > 0)
-        if axis == superior_axis:
-            occupied = planes > 0
-            first = np.argmax(occupied, axis=0)
-            last = planes.shape[0] - 1 - np.argmax(occupied[::-1], axis=0)
-            along = abs(float(volume.direction_ras[2, axis]))
-            span_mm = (last - first + 1) * float(volume.spacing[axis]) * along
-    centroids = volume.ijk_to_world(centroid_ijk.T)
+    superior_axis = int(np.argmax(np.abs(volume.direction_ras[2, :])))
+    along = abs(float(volume.direction_ras[2, superior_axis]))
+    for label, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        inside = array[box] == label
+        for axis, planes in enumerate(box):
+            per_plane = inside.sum(axis=tuple(other for other in range(3) if other != axis))
+            index_sums[axis, label] = np.arange(planes.start, planes.stop) @ per_plane
+            counts[label] = per_plane.sum()
+            touches[label] |= planes.start == 0 or planes.stop == array.shape[axis]
+        planes = box[superior_axis]
+        span_mm[label] = (planes.stop - planes.start) * float(volume.spacing[superior_axis]) * along
+    centroids = volume.ijk_to_world((index_sums / np.maximum(counts, 1)).T)
     return {
         int(label): labels_mod.LabelExtent(int(counts[label]), tuple(float(v) for v in centroids[label]),
                                            bool(touches[label]), float(span_mm[label]))
@@ -481,16 +509,8 @@ def label_extents(volume: Volume) -> dict[int, labels_mod.LabelExtent]:
 
 
 def present_labels(array: np.ndarray) -> list[int]:
-    """Sorted non-zero labels of a non-negative integer array.
-
-    A histogram of the labelled voxels only: a label map is mostly background, and ``bincount`` over the whole
-    array would first copy it widened to 64-bit integers (8 bytes a voxel, slow to allocate in a fresh process).
-    """
-    flat = array.ravel("K")  # a view for C- and Fortran-ordered arrays
-    labelled = flat[flat != 0]
-    if labelled.size == 0:
-        return []
-    return [int(v) for v in np.flatnonzero(np.bincount(labelled)) if v != 0]
+    """Sorted non-zero labels of a non-negative integer array (see :func:`label_boxes`)."""
+    return labels_in(label_boxes(array))
 
 
 def resample_labels_to(labels: Volume, reference: Volume) -> Volume:

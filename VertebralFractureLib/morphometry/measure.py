@@ -47,7 +47,7 @@ import numpy as np
 from scipy import ndimage
 
 from VertebralFractureLib.errors import NoVertebraeError
-from VertebralFractureLib.io import Volume, field_of_view
+from VertebralFractureLib.io import Volume, field_of_view, label_boxes
 from VertebralFractureLib.io import labels as labels_mod
 from VertebralFractureLib.morphometry import grade as grade_mod
 from VertebralFractureLib.results import CaseResult, VertebraResult
@@ -229,7 +229,7 @@ def measure_vertebrae(labels: Volume, ct: Volume | None = None, progress=None,
         raise ValueError("the CT and the label map must share one grid (resample the label map first)")
     report = progress or (lambda fraction, message: None)
     array = labels.array
-    objects = ndimage.find_objects(array if array.min(initial=0) >= 0 else np.clip(array, 0, None))
+    objects = label_boxes(array if array.min(initial=0) >= 0 else np.clip(array, 0, None))
     present = [
         label
         for label in range(1, len(objects) + 1)
