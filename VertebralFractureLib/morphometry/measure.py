@@ -576,12 +576,29 @@ def _largest_component(vertebra: _Vertebra, keep: np.ndarray) -> np.ndarray:
     # The points are the mask's voxels in C order, the order boolean indexing visits them: no index arrays needed.
     grid = np.zeros(vertebra.mask.shape, dtype=bool)
     grid[vertebra.mask] = keep
-    components, count = ndimage.label(grid)
+    # Labelled on the box of the kept voxels only (the body: about half the vertebra's crop); the components and
+    # their order (the first voxel of each in C order) are those of the whole crop.
+    box = _bounding_box(grid)
+    if box is None:
+        return keep
+    components, count = ndimage.label(grid[box])
     if count <= 1:
         return keep
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
-    return components[vertebra.mask] == int(np.argmax(sizes))
+    grid[box] = components == int(np.argmax(sizes))
+    return grid[vertebra.mask]
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box holding every True voxel of a mask; None for an empty mask."""
+    box = []
+    for axis in range(mask.ndim):
+        occupied = np.flatnonzero(mask.any(axis=tuple(other for other in range(mask.ndim) if other != axis)))
+        if occupied.size == 0:
+            return None
+        box.append(slice(int(occupied[0]), int(occupied[-1]) + 1))
+    return tuple(box)
 
 
 def _measure(vertebra: _Vertebra, labels: Volume, ct: Volume | None, view: _FieldOfView) -> VertebraResult:
@@ -682,8 +699,7 @@ def _plane_profiles(vertebra: _Vertebra, labels: Volume, frame: Frame, origin: n
     bridged = ndimage.binary_closing(padded, structure=np.ones((1, 1, 2 * gap + 1), dtype=bool))
     inside |= bridged[:, :, gap:-gap]
     planes = []
-    for plane, plane_inside in zip(values, inside):
-        section = _clean_section(plane_inside)
+    for plane, section in zip(values, _clean_sections(inside)):
         if section is None:
             continue
         measured = _plane_shape(section, plane, ys, zs)
@@ -710,20 +726,38 @@ def _plane_profiles(vertebra: _Vertebra, labels: Volume, frame: Frame, origin: n
     )
 
 
-def _clean_section(inside: np.ndarray) -> np.ndarray | None:
-    """The body's section on one plane: holes filled, pieces detached from the largest one dropped."""
-    if not inside.any():
-        return None
-    # Holes: background pieces that do not reach the border of the plane (faster than iterative hole filling).
-    background, _ = ndimage.label(~inside)
-    border = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
+_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
+"""Connectivity within each plane of a stack (first axis) and none across: ``ndimage.label`` labels every plane
+at once as it would label each alone."""
+
+
+def _clean_sections(inside: np.ndarray) -> list[np.ndarray | None]:
+    """The body's section on each plane of ``inside`` (planes along the first axis): holes filled, pieces detached
+    from the largest one dropped; None where the plane holds no section of :data:`MIN_SECTION_MM2`.
+
+    The planes are labelled in one call (one call per plane costs more than the labelling); labels are numbered in
+    raster order, so within a plane in the order a label of that plane alone gives them, and the largest piece of
+    a plane is the same (the first of equal ones)."""
+    # Holes: background pieces that do not reach the border of their plane (faster than iterative hole filling).
+    background, _ = ndimage.label(~inside, structure=_IN_PLANE)
+    border = np.unique(np.concatenate([background[:, 0].ravel(), background[:, -1].ravel(),
+                                       background[:, :, 0].ravel(), background[:, :, -1].ravel()]))
     filled = inside | ~np.isin(background, border)
-    pieces, count = ndimage.label(filled)
-    if count > 1:
-        sizes = np.bincount(pieces.ravel())
-        sizes[0] = 0
-        filled = pieces == int(np.argmax(sizes))
-    return filled if filled.sum() * DEPTH_STEP_MM * SAMPLE_STEP_MM >= MIN_SECTION_MM2 else None
+    pieces, _ = ndimage.label(filled, structure=_IN_PLANE)
+    sizes = np.bincount(pieces.ravel())
+    sections = []
+    for plane_inside, plane_filled, plane_pieces in zip(inside, filled, pieces):
+        if not plane_inside.any():
+            sections.append(None)
+            continue
+        here = np.unique(plane_pieces)
+        here = here[here != 0]
+        if len(here) > 1:
+            plane_filled = plane_pieces == int(here[np.argmax(sizes[here])])
+        sections.append(plane_filled if plane_filled.sum() * DEPTH_STEP_MM * SAMPLE_STEP_MM >= MIN_SECTION_MM2
+                        else None)
+    return sections
 
 
 def _robust_line(x: np.ndarray, y: np.ndarray, group: np.ndarray | None = None) -> tuple[float, float] | None:
@@ -849,8 +883,7 @@ def _truncation(vertebra: _Vertebra, labels: Volume, view: _FieldOfView) -> str 
     own faces a slab is one plane of voxels."""
     if vertebra.label in view.cut_labels:
         return view.cut_labels[vertebra.label]
-    body_voxels = np.argwhere(vertebra.mask)[vertebra.body] + np.array([s.start for s in vertebra.crop])
-    world = labels.ijk_to_world(body_voxels)
+    world = vertebra.points[vertebra.body]
     voxel_mm3 = float(abs(np.linalg.det(labels.ijk_to_ras[:3, :3])))
     for number, box in enumerate(view.boxes):
         for distance, normal in field_of_view.face_distances(box, world):
@@ -870,7 +903,7 @@ def _padding_section(vertebra: _Vertebra, labels: Volume, view: _FieldOfView) ->
     """The body's section next to the CT's padding (see :func:`..io.field_of_view.section_against`)."""
     padding = field_of_view.padding_mask(view.ct_array[vertebra.crop], view.padding)
     body = np.zeros(vertebra.mask.shape, dtype=bool)
-    body[tuple(np.argwhere(vertebra.mask)[vertebra.body].T)] = True
+    body[vertebra.mask] = vertebra.body  # the points are the mask's voxels in C order
     return field_of_view.section_against(padding, body, labels.spacing)
 
 
@@ -881,8 +914,7 @@ def _trabecular(
     from VertebralFractureLib.morphometry.density import RoiSettings, TrabecularMeasurement, measure_density
 
     grid = np.zeros(vertebra.mask.shape, dtype=bool)
-    voxels = np.argwhere(vertebra.mask)[vertebra.body]
-    grid[tuple(voxels.T)] = True
+    grid[vertebra.mask] = vertebra.body  # the points are the mask's voxels in C order
     offset = np.array([s.start for s in vertebra.crop], dtype=float)
     cropped = ct.with_array(ct.array[vertebra.crop])
     cropped.ijk_to_ras = ct.ijk_to_ras.copy()
