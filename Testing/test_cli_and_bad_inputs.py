@@ -50,6 +50,31 @@ def test_measure_writes_results(shared_file, tmp_path, capsys):
     assert "L1" in stdout
 
 
+def test_measure_publishes_the_label_map_it_measured(shared_file, tmp_path, capsys):
+    """segmentation.nii.gz holds the VerSe ids measured: a given .nii.gz of VerSe ids is published as it is (its
+    bytes), a map in another convention as its VerSe ids; measuring either again gives the same results."""
+    from VertebralFractureLib.io import labels as labels_mod
+
+    verse = shared_file("verse19/sub-verse005_seg-vert_msk.nii.gz")
+    totalseg = shared_file("totalsegmentator-example/spine_report/totalseg.nii.gz")
+    for name, given in (("verse", verse), ("totalseg", totalseg)):
+        out = tmp_path / name
+        assert run(["measure", "--seg", str(given), "--out", str(out), "-q"], capsys)[0] == 0
+        published = out / "segmentation.nii.gz"
+        stored = np.asanyarray(nib.load(given).dataobj)
+        voxels = np.asanyarray(nib.load(published).dataobj)
+        assert np.array_equal(nib.load(published).affine, nib.load(given).affine)
+        if name == "verse":
+            assert published.read_bytes() == given.read_bytes()
+        else:
+            assert voxels.dtype == np.int16
+            assert np.array_equal(voxels, labels_mod.to_verse(stored.astype(np.uint8), "totalseg_v2"))
+        again = tmp_path / f"{name}-again"
+        assert run(["measure", "--seg", str(published), "--out", str(again), "-q"], capsys)[0] == 0
+        first, second = (json.loads((folder / "results.json").read_text()) for folder in (out, again))
+        assert first["vertebrae"] == second["vertebrae"]
+
+
 def test_measure_without_ct_reports_no_hu(shared_file, tmp_path, capsys):
     out = tmp_path / "out"
     code, _, _ = run(

@@ -300,10 +300,10 @@ def test_file_system_errors_are_one_line(problem, gap_labels, shared_file, tmp_p
 
         monkeypatch.setattr(outputs.tempfile, "mkdtemp", read_only)
     else:
-        def disk_full(volume, destination):
+        def disk_full(destination, text):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(destination))
 
-        monkeypatch.setattr(io, "write_nifti", disk_full)
+        monkeypatch.setattr(io, "write_text_atomic", disk_full)
     code, stdout, err = _run(_measure_args(shared_file, gap_labels["path"], out), capsys)
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and expected in err

@@ -76,6 +76,9 @@ class Analysis:
     screening: object | None = None
     """:class:`.screen.ScreeningResult` when screened."""
     written: dict[str, Path] = field(default_factory=dict)
+    labels_file: bytes | None = None
+    """The given label map's file when it holds ``labels`` exactly (:attr:`.io.LabelMap.stored_file`): written as
+    the output's segmentation as it is."""
 
     @property
     def levels_status(self) -> str | None:
@@ -205,6 +208,7 @@ def read_inputs(request: AnalysisRequest, progress=None) -> tuple[Volume | None,
         if request.segment_levels:
             inputs["segment_levels"] = list(request.segment_levels)
         inputs["label_warnings"] = list(label_map.warnings)
+        inputs["label_file"] = label_map.stored_file
     return ct, labels, inputs
 
 
@@ -305,6 +309,7 @@ def run(request: AnalysisRequest, progress=None, backends: dict | None = None) -
     if request.dicom_out and not ct.meta.get("dicom_files"):
         raise InputError(request.ct, "is not a DICOM series folder: --dicom-out needs the source DICOM files")
     warnings: list[str] = inputs.pop("label_warnings", [])
+    labels_file = inputs.pop("label_file", None)
     calibration = None if ct is None else ct.meta.get("hu_calibration")
     if calibration is not None and calibration.status != "consistent":
         warnings.append(calibration.note)
@@ -327,7 +332,10 @@ def run(request: AnalysisRequest, progress=None, backends: dict | None = None) -
         backend, full = output.backend, output.full_vertebrae
         reason, details = output.backend_reason, output.backend_details
         warnings.extend(output.warnings)
+    given = labels
     labels, anchor_evidence = apply_anchor(labels, request)
+    if labels is not given:
+        labels_file = None  # renumbered
     if anchor_evidence:
         evidence.append(anchor_evidence)
         status = "anchored"
@@ -335,7 +343,7 @@ def run(request: AnalysisRequest, progress=None, backends: dict | None = None) -
     case = measure.measure_case(labels, ct, inputs=inputs,
                                progress=lambda fraction, message: report(0.7 + 0.1 * fraction, message))
     finish_case(case, labels, ct, status, evidence, backend, full, warnings, reason, details)
-    analysis = Analysis(case=case, labels=labels, ct=ct)
+    analysis = Analysis(case=case, labels=labels, ct=ct, labels_file=labels_file)
     if request.screen:
         report(0.8, "screening bone density")
         screen_analysis(analysis, request)
@@ -346,12 +354,14 @@ def run(request: AnalysisRequest, progress=None, backends: dict | None = None) -
 
 
 def write_files(case: CaseResult, screening, labels: Volume, ct: Volume | None, folder: str | Path,
-                report: bool = True, dicom_out: bool = False, deidentify: bool = False, pseudonym: str = "") -> dict:
+                report: bool = True, dicom_out: bool = False, deidentify: bool = False, pseudonym: str = "",
+                labels_file: bytes | None = None) -> dict:
     """Write a run's files into ``folder`` as is (a staging folder); returns {name: path}.
 
     Always the measurement files (segmentation.nii.gz, results.json, vertebrae.csv, overview.png); with a screening
     and ``report`` the clinical report (report.html, report.pdf) and screening.json; with ``dicom_out`` DICOM SEG +
-    SR. ``deidentify``: the de-identified export of :func:`.deid.export_case` instead.
+    SR. ``deidentify``: the de-identified export of :func:`.deid.export_case` instead. ``labels_file``: see
+    :attr:`Analysis.labels_file`.
     """
     from VertebralFractureLib.outputs import files as measure_report
 
@@ -376,7 +386,7 @@ def write_files(case: CaseResult, screening, labels: Volume, ct: Volume | None, 
         data = {"case": case.to_dict(), "screening": screening.to_dict(), "deidentified": False}
         io.write_text_atomic(folder / "screening.json", json_text(data))
         written["screening_json"] = folder / "screening.json"
-    written.update(measure_report.write_measure_files(case, folder, labels, ct))
+    written.update(measure_report.write_measure_files(case, folder, labels, ct, labels_file=labels_file))
     return written
 
 
@@ -412,7 +422,8 @@ def analyze(request: AnalysisRequest, out_dir: str | Path | None = None, progres
         report(0.9, "writing outputs")
         written = write_files(analysis.case, analysis.screening, analysis.labels, analysis.ct, staging,
                               report=request.report and request.screen, dicom_out=request.dicom_out,
-                              deidentify=request.deidentify, pseudonym=request.pseudonym)
+                              deidentify=request.deidentify, pseudonym=request.pseudonym,
+                              labels_file=analysis.labels_file)
         if also_write is not None:
             written.update(also_write(analysis, staging) or {})
     analysis.written = {name: output_set.path(Path(path).relative_to(staging).as_posix())

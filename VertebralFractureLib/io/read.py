@@ -29,7 +29,6 @@ from VertebralFractureLib.io.volumes import (
     check_overlap,
     label_boxes,
     label_extents,
-    labels_in,
     present_labels,
     resample_labels_to,
 )
@@ -50,7 +49,7 @@ def read_volume(path: str | Path, series_uid: str | None = None) -> Volume:
         raise InputError(path, "is an empty file")
     suffix = _strip_image_suffix(path)
     if suffix in NIFTI_SUFFIXES:
-        return _read_nifti(path)
+        return _read_nifti(path)[0]
     if suffix in ITK_SUFFIXES or suffix == ".seg.nrrd":
         return _read_itk_file(path)
     if path.suffix.lower() == ".dcm":
@@ -187,6 +186,7 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
     """
     path = Path(path)
     warnings: list[str] = []
+    stored_file = None
     if not path.exists():
         raise InputError(path, "does not exist")
     if segment_levels and not path.name.lower().endswith(".seg.nrrd"):
@@ -205,7 +205,10 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
         used = "segment names"
         present = present_labels(verse_array)
     else:
-        volume = read_volume(path)
+        if _strip_image_suffix(path) == ".nii.gz" and path.is_file() and path.stat().st_size:
+            volume, stored_file = _read_nifti(path, keep_file=True)
+        else:
+            volume = read_volume(path)
         array = volume.array
         if array.dtype.kind == "f":
             if not np.all(np.isfinite(array)):
@@ -226,7 +229,7 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
             # stored as 8- or 16-bit integers are used as they are (no copy).
             array = array.astype(np.uint8 if largest < 256 else np.uint16)
         boxes = label_boxes(array)
-        present_raw = labels_in(boxes)
+        present_raw = present_labels(array, boxes)
         if not present_raw:
             raise InputError(path, "label map is empty (every voxel is 0)")
         if len(present_raw) > 256:
@@ -240,6 +243,8 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
         if convention == "auto":
             log.info("%s: label convention decided as %s", path.name, used)
         verse_array = labels_mod.to_verse(array, used, present_raw)
+        if verse_array is not array:
+            stored_file = None  # relabelled: the file holds other values
         present = labels_mod.verse_ids(present_raw, used)
     if not any(labels_mod.is_vertebra(v) for v in present):
         raise InputError(
@@ -249,6 +254,7 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
     if reference is not None and not label_volume.same_grid(reference):
         check_overlap(reference, label_volume)
         label_volume = resample_labels_to(label_volume, reference)
+        stored_file = None
         present = present_labels(label_volume.array)
         if not any(labels_mod.is_vertebra(v) for v in present):
             raise InputError(
@@ -258,4 +264,4 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
             )
     if reference is not None:
         check_labels_on_bone(reference, label_volume, path)
-    return LabelMap(volume=label_volume, convention=used, present=present, warnings=warnings)
+    return LabelMap(volume=label_volume, convention=used, present=present, warnings=warnings, stored_file=stored_file)

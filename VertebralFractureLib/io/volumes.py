@@ -110,6 +110,9 @@ class LabelMap:
     warnings: list[str] = field(default_factory=list)
     """What the reader left out or merged (segments not named after a vertebra, overlaps): carried into the case's
     warnings, so every output says it, not only the log."""
+    stored_file: bytes | None = None
+    """The bytes of the file read, when they hold exactly ``volume``: a .nii.gz of integer VerSe ids on this grid
+    (not relabelled, not resampled). Saving the label map again is then a copy of them (no re-encoding)."""
 
 
 def _first_line(error: BaseException) -> str:
@@ -156,7 +159,9 @@ def _squeeze_to_3d(array: np.ndarray, path: Path) -> np.ndarray:
     return array
 
 
-def _read_nifti(path: Path) -> Volume:
+def _read_nifti(path: Path, keep_file: bool = False) -> tuple[Volume, bytes | None]:
+    """The volume of a NIfTI file; with ``keep_file``, also the bytes of a .nii.gz whose voxels it holds as
+    stored (a 3-D array of integers: not scaled, no axis dropped), else None."""
     import nibabel as nib
 
     try:
@@ -174,18 +179,20 @@ def _read_nifti(path: Path) -> Volume:
     check_data_size(path, path, offset + math.prod(int(n) for n in image.shape) * image.get_data_dtype().itemsize,
                     compressed=path.name.lower().endswith(".gz"))
     try:
-        array = _read_nifti_voxels(image, path)
+        array, stored = _read_nifti_voxels(image, path, keep_file)
     except (EOFError, OSError, ValueError, zlib.error) as error:  # truncated, corrupt or failing the gzip CRC
         raise InputError(
             path, f"is truncated or corrupt: its voxel data cannot be read ({_first_line(error)})"
         ) from None
+    if array.ndim != 3 or array.dtype.kind not in "iu":
+        stored = None
     array = _squeeze_to_3d(array, path)
     affine = image.affine.astype(float)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise InputError(path, "has an invalid voxel-to-world matrix (singular or not finite)")
     check_perpendicular_axes(path, affine)
     check_sform_qform(path, image)
-    return Volume(array=array, ijk_to_ras=affine, path=str(path))
+    return Volume(array=array, ijk_to_ras=affine, path=str(path)), stored
 
 
 SHEAR_MAX_COSINE = 1e-3
@@ -224,22 +231,26 @@ def check_sform_qform(path: str | Path, image) -> None:
                                "set the qform from the sform)")
 
 
-def _read_nifti_voxels(image, path: Path) -> np.ndarray:
-    """The voxels of a NIfTI image; a .nii.gz is read through one gzip stream to its end, so its CRC-32 and length
-    are checked (nibabel alone stops after the voxels and never reaches the checksum: a flipped bit would pass)."""
+def _read_nifti_voxels(image, path: Path, keep_file: bool = False) -> tuple[np.ndarray, bytes | None]:
+    """The voxels of a NIfTI image, and with ``keep_file`` the bytes of a .nii.gz (else None). A .nii.gz is read
+    through one gzip stream to its end, so its CRC-32 and length are checked (nibabel alone stops after the voxels
+    and never reaches the checksum: a flipped bit would pass)."""
     import gzip
+    import io
 
     import nibabel as nib
 
     if not path.name.lower().endswith(".gz"):
-        return np.asanyarray(image.dataobj)
-    with gzip.open(path, "rb") as stream:
+        return np.asanyarray(image.dataobj), None
+    # Kept, the compressed bytes are read once and decoded from memory: they are the very file the voxels came from.
+    stored = path.read_bytes() if keep_file else None
+    with gzip.open(path if stored is None else io.BytesIO(stored), "rb") as stream:
         holder = nib.FileHolder(fileobj=stream)
         streamed = type(image).from_file_map({"header": holder, "image": holder})
         array = np.asanyarray(streamed.dataobj)
         while stream.read(1 << 20):  # the rest of the stream, then the CRC-32 and length check at its end
             pass
-    return array
+    return array, stored
 
 
 MEMORY_COPY_BYTES_PER_VOXEL = 8
@@ -466,11 +477,6 @@ def label_boxes(array: np.ndarray) -> list[tuple[slice, slice, slice] | None]:
             for box in ndimage.find_objects(array[tuple(region)])]
 
 
-def labels_in(boxes: list[tuple[slice, ...] | None]) -> list[int]:
-    """The sorted non-zero labels that :func:`label_boxes` found."""
-    return [value for value, box in enumerate(boxes, start=1) if box is not None]
-
-
 def label_extents(volume: Volume, boxes: list[tuple[slice, ...] | None] | None = None
                   ) -> dict[int, labels_mod.LabelExtent]:
     """Voxel count, centroid (RAS mm), edge contact and head-to-foot span of every non-zero label.
@@ -508,9 +514,9 @@ def label_extents(volume: Volume, boxes: list[tuple[slice, ...] | None] | None =
     }
 
 
-def present_labels(array: np.ndarray) -> list[int]:
-    """Sorted non-zero labels of a non-negative integer array (see :func:`label_boxes`)."""
-    return labels_in(label_boxes(array))
+def present_labels(array: np.ndarray, boxes: list[tuple[slice, ...] | None] | None = None) -> list[int]:
+    """Sorted non-zero labels of a non-negative integer array (from its :func:`label_boxes`, found when not given)."""
+    return [value for value, box in enumerate(label_boxes(array) if boxes is None else boxes, 1) if box is not None]
 
 
 def resample_labels_to(labels: Volume, reference: Volume) -> Volume:

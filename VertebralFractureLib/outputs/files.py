@@ -124,16 +124,22 @@ def _round(value, digits=2):
 
 
 def write_measure_files(case: CaseResult, folder: str | Path, labels: Volume, ct: Volume | None = None,
-                        segmentation: bool = True) -> dict:
+                        segmentation: bool = True, labels_file: bytes | None = None) -> dict:
     """Write results.json, vertebrae.csv, overview.png (and the label map as segmentation.nii.gz) into
-    ``folder``; returns {name: path}."""
+    ``folder``; returns {name: path}. ``labels_file``: the bytes of a .nii.gz that holds ``labels`` exactly (the
+    label map given, read as it is stored: :attr:`.io.LabelMap.stored_file`), written as the segmentation instead of
+    encoding the voxels again."""
     from VertebralFractureLib import io
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
-    if segmentation:
-        io.write_nifti(labels.with_array(labels.array.astype("int16")), folder / "segmentation.nii.gz")
+    if segmentation and labels_file is not None:
+        with io.atomic_path(folder / "segmentation.nii.gz") as temporary:
+            temporary.write_bytes(labels_file)
+        written["segmentation"] = folder / "segmentation.nii.gz"
+    elif segmentation:
+        io.write_nifti(labels.with_array(labels.array.astype("int16", copy=False)), folder / "segmentation.nii.gz")
         written["segmentation"] = folder / "segmentation.nii.gz"
     io.write_text_atomic(folder / "results.json", case_to_json(case))
     io.write_text_atomic(folder / "vertebrae.csv", case_to_csv(case))
