@@ -7,7 +7,9 @@ written as .nii.gz. Then, each in a fresh Python process, alternating so that bo
 - the command: ``python -m VertebralFractureLib measure --seg PATH -o OUT`` (start-up, imports, reading and
   checking, measuring and grading, quality control, writing its four files).
 
-Goal: the command takes at most 3 x the floor. Also prints where the command's time goes (one profiled run).
+Goal: the command takes at most 3 x the floor. Also prints where the command's time goes (one more run of the
+command in a fresh process, under cProfile, which slows it somewhat) and the machine's load average before and after
+(the machine may be shared: compare ratios, and repeat when the load is high).
 
     .venv/bin/python Testing/benchmarks/bench_measure.py [--data ../shared/data] [--spacing 0.5] [--repeats 5]
 """
@@ -15,8 +17,6 @@ Goal: the command takes at most 3 x the floor. Also prints where the command's t
 from __future__ import annotations
 
 import argparse
-import contextlib
-import cProfile
 import io as _stdio
 import os
 import pstats
@@ -40,6 +40,10 @@ STAGES = (  # (label, function whose cumulative time is the stage's), in the ord
     ("measure, grade, quality control", "measure_case"),
     ("write the files", "write_measure_files"),
 )
+PARTS = (  # parts of a stage, printed below it
+    ("  of which the overview image", "render_overview"),
+    ("  of which segmentation.nii.gz", "write_nifti"),
+)
 
 
 def resample_to(volume: io.Volume, spacing_mm: float) -> io.Volume:
@@ -59,20 +63,18 @@ def timed(command: list[str], environment: dict) -> float:
     return time.perf_counter() - start
 
 
-def stage_times(path: Path, out: Path) -> tuple[float, dict[str, float]]:
-    """(total, {stage: seconds}) of one run of the command in this process, profiled (imports included: this
-    process has not imported the command's modules yet)."""
-    from VertebralFractureLib import cli
-
-    profile = cProfile.Profile()
+def stage_times(command: list[str], environment: dict, profile: Path) -> tuple[float, dict[str, float]]:
+    """(total, {stage or part: seconds}) of one run of the command in a fresh process under cProfile (start-up and
+    imports as in any run)."""
+    module = command.index("-m")
+    profiled = command[:module] + ["-m", "cProfile", "-o", str(profile)] + command[module:]
     start = time.perf_counter()
-    with contextlib.redirect_stdout(_stdio.StringIO()):
-        profile.runcall(cli.main, ["measure", "--seg", str(path), "-o", str(out), "-q"])
+    subprocess.run(profiled, check=True, stdout=subprocess.DEVNULL, env=environment)
     total = time.perf_counter() - start
-    stats = pstats.Stats(profile, stream=_stdio.StringIO())
+    stats = pstats.Stats(str(profile), stream=_stdio.StringIO())
     found = {}
     for (_, _, name), (_, _, _, cumulative, _) in stats.stats.items():
-        for label, function in STAGES:
+        for label, function in STAGES + PARTS:
             if name == function:
                 found[label] = max(found.get(label, 0.0), cumulative)
     return total, found
@@ -94,21 +96,30 @@ def main(argv=None) -> int:
         floor_command = [sys.executable, "-c", FLOOR, str(path)]
         command = [sys.executable, "-m", "VertebralFractureLib", "measure", "--seg", str(path), "-o",
                    str(Path(folder) / "out"), "-q"]
+        load_before = os.getloadavg()[0]
         floors, commands = [], []
         for _ in range(args.repeats):
             floors.append(timed(floor_command, environment))
             commands.append(timed(command, environment))
-        total, stages = stage_times(path, Path(folder) / "profiled")
+        load_after = os.getloadavg()[0]
+        total, stages = stage_times(command, environment, Path(folder) / "profile")
         files = sorted(p.name for p in (Path(folder) / "out").iterdir())
     floor, whole = float(np.median(floors)), float(np.median(commands))
+    print(f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after the timed runs "
+          f"({os.cpu_count()} cores)")
     print(f"label map: {large.shape} voxels at {args.spacing} mm ({np.prod(large.shape) / 1e6:.1f} M voxels)")
     print(f"nibabel read, fresh process:    {floor:6.2f} s (median of {args.repeats})")
     print(f"measure command, fresh process: {whole:6.2f} s (median of {args.repeats}) = {whole / floor:.2f} x the "
           f"nibabel read (goal <= {GOAL_RATIO:g} x)")
-    print(f"one profiled run ({total:.2f} s, imports and start-up included in the rest):")
-    for label, _ in STAGES:
+    print(f"one profiled run, fresh process ({total:.2f} s; imports inside a stage count in it):")
+    for label, function in STAGES:
         print(f"  {label:34s} {stages.get(label, 0.0):6.2f} s")
-    print(f"  {'start-up, imports, the rest':34s} {total - sum(stages.values()):6.2f} s")
+        if function == "write_measure_files":
+            for part, _ in PARTS:
+                if part in stages:
+                    print(f"  {part:34s} {stages[part]:6.2f} s")
+    staged = sum(stages.get(label, 0.0) for label, _ in STAGES)
+    print(f"  {'start-up, imports, the rest':34s} {total - staged:6.2f} s")
     print("files written:", ", ".join(files))
     return 0
 
