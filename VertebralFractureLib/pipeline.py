@@ -207,8 +207,7 @@ def read_inputs(request: AnalysisRequest, progress=None) -> tuple[Volume | None,
         inputs["labels"] = label_map.convention
         if request.segment_levels:
             inputs["segment_levels"] = list(request.segment_levels)
-        inputs["label_warnings"] = list(label_map.warnings)
-        inputs["label_file"] = label_map.stored_file
+        inputs["label_map"] = label_map  # for run(): its warnings, file and boxes; not part of the record
     return ct, labels, inputs
 
 
@@ -308,8 +307,8 @@ def run(request: AnalysisRequest, progress=None, backends: dict | None = None) -
     ct, labels, inputs = read_inputs(request, report)
     if request.dicom_out and not ct.meta.get("dicom_files"):
         raise InputError(request.ct, "is not a DICOM series folder: --dicom-out needs the source DICOM files")
-    warnings: list[str] = inputs.pop("label_warnings", [])
-    labels_file = inputs.pop("label_file", None)
+    label_map = inputs.pop("label_map", None)
+    warnings: list[str] = [] if label_map is None else list(label_map.warnings)
     calibration = None if ct is None else ct.meta.get("hu_calibration")
     if calibration is not None and calibration.status != "consistent":
         warnings.append(calibration.note)
@@ -332,18 +331,18 @@ def run(request: AnalysisRequest, progress=None, backends: dict | None = None) -
         backend, full = output.backend, output.full_vertebrae
         reason, details = output.backend_reason, output.backend_details
         warnings.extend(output.warnings)
-    given = labels
     labels, anchor_evidence = apply_anchor(labels, request)
-    if labels is not given:
-        labels_file = None  # renumbered
+    # The file read and its labels' boxes hold the label map as read; a renumbered one is written and boxed anew.
+    as_read = label_map if label_map is not None and labels is label_map.volume else None
     if anchor_evidence:
         evidence.append(anchor_evidence)
         status = "anchored"
     report(0.7, "measuring and grading")
     case = measure.measure_case(labels, ct, inputs=inputs,
-                               progress=lambda fraction, message: report(0.7 + 0.1 * fraction, message))
+                               progress=lambda fraction, message: report(0.7 + 0.1 * fraction, message),
+                               boxes=None if as_read is None else as_read.boxes)
     finish_case(case, labels, ct, status, evidence, backend, full, warnings, reason, details)
-    analysis = Analysis(case=case, labels=labels, ct=ct, labels_file=labels_file)
+    analysis = Analysis(case=case, labels=labels, ct=ct, labels_file=None if as_read is None else as_read.stored_file)
     if request.screen:
         report(0.8, "screening bone density")
         screen_analysis(analysis, request)

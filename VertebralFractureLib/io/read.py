@@ -186,7 +186,7 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
     """
     path = Path(path)
     warnings: list[str] = []
-    stored_file = None
+    stored_file = boxes = None
     if not path.exists():
         raise InputError(path, "does not exist")
     if segment_levels and not path.name.lower().endswith(".seg.nrrd"):
@@ -244,7 +244,7 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
             log.info("%s: label convention decided as %s", path.name, used)
         verse_array = labels_mod.to_verse(array, used, present_raw)
         if verse_array is not array:
-            stored_file = None  # relabelled: the file holds other values
+            stored_file = boxes = None  # relabelled: the file and the boxes hold other values
         present = labels_mod.verse_ids(present_raw, used)
     if not any(labels_mod.is_vertebra(v) for v in present):
         raise InputError(
@@ -254,7 +254,7 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
     if reference is not None and not label_volume.same_grid(reference):
         check_overlap(reference, label_volume)
         label_volume = resample_labels_to(label_volume, reference)
-        stored_file = None
+        stored_file = boxes = None
         present = present_labels(label_volume.array)
         if not any(labels_mod.is_vertebra(v) for v in present):
             raise InputError(
@@ -264,4 +264,5 @@ def read_label_map(path: str | Path, convention: str = "auto", reference: Volume
             )
     if reference is not None:
         check_labels_on_bone(reference, label_volume, path)
-    return LabelMap(volume=label_volume, convention=used, present=present, warnings=warnings, stored_file=stored_file)
+    return LabelMap(volume=label_volume, convention=used, present=present, warnings=warnings, stored_file=stored_file,
+                    boxes=boxes)

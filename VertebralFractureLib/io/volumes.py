@@ -113,6 +113,8 @@ class LabelMap:
     stored_file: bytes | None = None
     """The bytes of the file read, when they hold exactly ``volume``: a .nii.gz of integer VerSe ids on this grid
     (not relabelled, not resampled). Saving the label map again is then a copy of them (no re-encoding)."""
+    boxes: list | None = None
+    """:func:`label_boxes` of ``volume.array`` when the reader found them (not relabelled, not resampled)."""
 
 
 def _first_line(error: BaseException) -> str:

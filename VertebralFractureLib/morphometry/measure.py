@@ -194,14 +194,16 @@ def measure_case(
     inputs: dict | None = None,
     progress=None,
     rules: grade_mod.GradingRules | None = None,
+    boxes: list | None = None,
 ) -> CaseResult:
     """Measure and grade every vertebra of a VerSe-id label volume (CT, when given, on the same grid). ``rules``:
     the grading rules; by default those the ``inputs`` record asks for (``include_upper_thoracic``), so that every
-    front end and every re-measure grades the same levels."""
+    front end and every re-measure grades the same levels. ``boxes``: the labels' bounding boxes when known (see
+    :func:`measure_vertebrae`)."""
     from VertebralFractureLib.morphometry import qc
 
     orientation: list[str] = []
-    vertebrae = measure_vertebrae(labels, ct, progress, notes=orientation)
+    vertebrae = measure_vertebrae(labels, ct, progress, notes=orientation, boxes=boxes)
     grade_mod.grade_vertebrae(vertebrae, rules or grade_mod.rules_from_inputs(inputs))
     summary = grade_mod.summarize(vertebrae)
     case = CaseResult(vertebrae=vertebrae, patient=summary, inputs=dict(inputs or {}))
@@ -221,15 +223,16 @@ def measure_case(
 
 
 def measure_vertebrae(labels: Volume, ct: Volume | None = None, progress=None,
-                      notes: list[str] | None = None) -> list[VertebraResult]:
+                      notes: list[str] | None = None, boxes: list | None = None) -> list[VertebraResult]:
     """Measure every vertebra (not the sacrum or coccyx) of a VerSe-id label volume; results cranial to caudal.
     ``notes`` receives what a reader must know about the frame (front and back from the anatomy against the
-    header)."""
+    header). ``boxes``: :func:`..io.label_boxes` of ``labels.array`` when the reader found them already."""
     if ct is not None and not ct.same_grid(labels):
         raise ValueError("the CT and the label map must share one grid (resample the label map first)")
     report = progress or (lambda fraction, message: None)
     array = labels.array
-    objects = label_boxes(array if array.min(initial=0) >= 0 else np.clip(array, 0, None))
+    objects = boxes if boxes is not None else label_boxes(array if array.min(initial=0) >= 0
+                                                          else np.clip(array, 0, None))
     present = [
         label
         for label in range(1, len(objects) + 1)
@@ -292,7 +295,9 @@ def _listed_only(labels: Volume, label: int, bounding: tuple[slice, ...]) -> Ver
 def _load_vertebra(labels: Volume, label: int, bounding: tuple[slice, ...]) -> _Vertebra:
     shape = labels.shape
     crop = tuple(slice(max(s.start - 3, 0), min(s.stop + 3, n)) for s, n in zip(bounding, shape))
-    mask = labels.array[crop] == label
+    # C order in memory, the order of the points: finding them, and every scatter onto the crop and gather back
+    # (the body, its largest part, its planes), walk the mask in its own memory order (NIfTI arrays are in F order).
+    mask = np.ascontiguousarray(labels.array[crop] == label)
     ijk = np.argwhere(mask).astype(float) + np.array([s.start for s in crop], dtype=float)
     points = labels.ijk_to_world(ijk)
     return _Vertebra(
