@@ -14,6 +14,11 @@ from .dicom import (
     scan_dicom_folder,
     series_uids,
 )
+from .labels import (
+    label_boxes,
+    label_extents,
+    present_labels,
+)
 from .read import (
     read_ct,
     read_label_map,
@@ -37,9 +42,6 @@ from .volumes import (
     check_ct_hounsfield,
     check_memory,
     check_overlap,
-    label_boxes,
-    label_extents,
-    present_labels,
     resample_labels_to,
     write_nifti,
     write_text_atomic,

@@ -1,4 +1,4 @@
-"""Vertebra names and label conventions.
+"""Vertebra names and label conventions, and where each label of a map lies (boxes, counts, centroids).
 
 Internally every label map uses **VerSe ids** (Löffler 2020, Sekuboyina 2021):
 1–7 C1–C7, 8–19 T1–T12, 20–24 L1–L5, 25 L6 (transitional), 26 sacrum, 27 coccyx, 28 T13 (transitional).
@@ -433,3 +433,75 @@ def to_verse(array: np.ndarray, convention: str, present=None) -> np.ndarray:
     for source, target in mapping.items():
         lookup[source] = target
     return lookup[array]
+
+
+def label_boxes(array: np.ndarray) -> list[tuple[slice, slice, slice] | None]:
+    """The bounding box of every label of a non-negative integer array, as ``scipy.ndimage.find_objects`` gives
+    them (entry ``value - 1``; None for a value the array does not hold).
+
+    ``find_objects`` visits every voxel; a label map is mostly background, so it runs on the box of the labelled
+    voxels only (from projections: about 40 % of the array for the spine of a VerSe mask), in the order the voxels
+    lie in memory (NIfTI arrays are in F order; walked in C order they take twice as long).
+    """
+    from scipy import ndimage
+
+    plane = array.max(axis=2)
+    region = []
+    for occupied in (plane.max(axis=1), plane.max(axis=0), array.max(axis=(0, 1))):
+        where = np.flatnonzero(occupied)
+        if where.size == 0:
+            return []
+        region.append(slice(int(where[0]), int(where[-1]) + 1))
+    axes = sorted(range(3), key=lambda axis: -array.strides[axis])  # the axis that varies slowest in memory first
+    boxes = []
+    for found in ndimage.find_objects(array[tuple(region)].transpose(axes)):
+        box = None
+        if found is not None:
+            box = [None] * 3
+            for inner, axis in zip(found, axes):
+                box[axis] = slice(inner.start + region[axis].start, inner.stop + region[axis].start)
+            box = tuple(box)
+        boxes.append(box)
+    return boxes
+
+
+def label_extents(volume, boxes: list[tuple[slice, ...] | None] | None = None) -> dict[int, LabelExtent]:
+    """Voxel count, centroid (RAS mm), edge contact and head-to-foot span of every non-zero label of a label
+    :class:`~.volumes.Volume`.
+
+    Each label is counted inside its own bounding box (``boxes`` from :func:`label_boxes`, found here when not
+    given): its voxels per plane along each axis give the centroid's voxel coordinates; the box says whether the
+    label reaches the first or last plane of an axis and how many planes it spans along the image axis nearest to
+    head-foot.
+    """
+    array = volume.array
+    boxes = label_boxes(array) if boxes is None else boxes
+    size = len(boxes) + 1
+    index_sums = np.zeros((3, size), dtype=np.int64)
+    counts = np.zeros(size, dtype=np.int64)
+    touches = np.zeros(size, dtype=bool)
+    span_mm = np.zeros(size)
+    superior_axis = int(np.argmax(np.abs(volume.direction_ras[2, :])))
+    along = abs(float(volume.direction_ras[2, superior_axis]))
+    for label, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        inside = array[box] == label
+        for axis, planes in enumerate(box):
+            per_plane = inside.sum(axis=tuple(other for other in range(3) if other != axis))
+            index_sums[axis, label] = np.arange(planes.start, planes.stop) @ per_plane
+            counts[label] = per_plane.sum()
+            touches[label] |= planes.start == 0 or planes.stop == array.shape[axis]
+        planes = box[superior_axis]
+        span_mm[label] = (planes.stop - planes.start) * float(volume.spacing[superior_axis]) * along
+    centroids = volume.ijk_to_world((index_sums / np.maximum(counts, 1)).T)
+    return {
+        int(label): LabelExtent(int(counts[label]), tuple(float(v) for v in centroids[label]),
+                                           bool(touches[label]), float(span_mm[label]))
+        for label in np.flatnonzero(counts) if label != 0
+    }
+
+
+def present_labels(array: np.ndarray, boxes: list[tuple[slice, ...] | None] | None = None) -> list[int]:
+    """Sorted non-zero labels of a non-negative integer array (from its :func:`label_boxes`, found when not given)."""
+    return [value for value, box in enumerate(label_boxes(array) if boxes is None else boxes, 1) if box is not None]

@@ -12,6 +12,7 @@ import numpy as np
 from VertebralFractureLib.errors import InputError
 from VertebralFractureLib.io import labels as labels_mod
 from VertebralFractureLib.io.dicom import _read_dicom_folder
+from VertebralFractureLib.io.labels import label_boxes, label_extents, present_labels
 from VertebralFractureLib.io.volumes import (
     ITK_SUFFIXES,
     LPS_TO_RAS,
@@ -27,9 +28,6 @@ from VertebralFractureLib.io.volumes import (
     check_labels_on_bone,
     check_memory,
     check_overlap,
-    label_boxes,
-    label_extents,
-    present_labels,
     resample_labels_to,
 )
 

@@ -459,68 +459,6 @@ def check_ct_hounsfield(ct: Volume) -> None:
                     "units and are used as such", ct.path)
 
 
-def label_boxes(array: np.ndarray) -> list[tuple[slice, slice, slice] | None]:
-    """The bounding box of every label of a non-negative integer array, as ``scipy.ndimage.find_objects`` gives
-    them (entry ``value - 1``; None for a value the array does not hold).
-
-    ``find_objects`` visits every voxel; a label map is mostly background, so it runs on the box of the labelled
-    voxels only (from three projections): about 40 % of the array for the spine of a VerSe mask.
-    """
-    from scipy import ndimage
-
-    region = []
-    for axis in range(3):
-        occupied = np.flatnonzero(array.max(axis=tuple(other for other in range(3) if other != axis)))
-        if occupied.size == 0:
-            return []
-        region.append(slice(int(occupied[0]), int(occupied[-1]) + 1))
-    return [None if box is None else
-            tuple(slice(inner.start + outer.start, inner.stop + outer.start) for inner, outer in zip(box, region))
-            for box in ndimage.find_objects(array[tuple(region)])]
-
-
-def label_extents(volume: Volume, boxes: list[tuple[slice, ...] | None] | None = None
-                  ) -> dict[int, labels_mod.LabelExtent]:
-    """Voxel count, centroid (RAS mm), edge contact and head-to-foot span of every non-zero label.
-
-    Each label is counted inside its own bounding box (``boxes`` from :func:`label_boxes`, found here when not
-    given): its voxels per plane along each axis give the centroid's voxel coordinates; the box says whether the
-    label reaches the first or last plane of an axis and how many planes it spans along the image axis nearest to
-    head-foot.
-    """
-    array = volume.array
-    boxes = label_boxes(array) if boxes is None else boxes
-    size = len(boxes) + 1
-    index_sums = np.zeros((3, size), dtype=np.int64)
-    counts = np.zeros(size, dtype=np.int64)
-    touches = np.zeros(size, dtype=bool)
-    span_mm = np.zeros(size)
-    superior_axis = int(np.argmax(np.abs(volume.direction_ras[2, :])))
-    along = abs(float(volume.direction_ras[2, superior_axis]))
-    for label, box in enumerate(boxes, start=1):
-        if box is None:
-            continue
-        inside = array[box] == label
-        for axis, planes in enumerate(box):
-            per_plane = inside.sum(axis=tuple(other for other in range(3) if other != axis))
-            index_sums[axis, label] = np.arange(planes.start, planes.stop) @ per_plane
-            counts[label] = per_plane.sum()
-            touches[label] |= planes.start == 0 or planes.stop == array.shape[axis]
-        planes = box[superior_axis]
-        span_mm[label] = (planes.stop - planes.start) * float(volume.spacing[superior_axis]) * along
-    centroids = volume.ijk_to_world((index_sums / np.maximum(counts, 1)).T)
-    return {
-        int(label): labels_mod.LabelExtent(int(counts[label]), tuple(float(v) for v in centroids[label]),
-                                           bool(touches[label]), float(span_mm[label]))
-        for label in np.flatnonzero(counts) if label != 0
-    }
-
-
-def present_labels(array: np.ndarray, boxes: list[tuple[slice, ...] | None] | None = None) -> list[int]:
-    """Sorted non-zero labels of a non-negative integer array (from its :func:`label_boxes`, found when not given)."""
-    return [value for value, box in enumerate(label_boxes(array) if boxes is None else boxes, 1) if box is not None]
-
-
 def resample_labels_to(labels: Volume, reference: Volume) -> Volume:
     """Nearest-neighbour resampling of a label volume onto the reference grid (world RAS matched)."""
     from scipy import ndimage
