@@ -626,7 +626,7 @@ def _measure(vertebra: _Vertebra, labels: Volume, ct: Volume | None, view: _Fiel
         body_voxels=int(vertebra.body.sum()),
         voxel_extent_mm=view.voxel_extent_mm(frame.superior),
     )
-    truncation = _truncation(vertebra, labels, view)
+    truncation = _truncation(vertebra, labels, view, body_points)
     if truncation:
         result.complete = False
         result.incomplete_reason = f"cut by the edge of the image ({truncation})"
@@ -638,7 +638,7 @@ def _measure(vertebra: _Vertebra, labels: Volume, ct: Volume | None, view: _Fiel
     if not result.complete:
         return result
 
-    profile = _plane_profiles(vertebra, labels, frame, origin)
+    profile = _plane_profiles(vertebra, labels, frame, origin, body_points)
     if profile is None:
         result.complete = False
         result.incomplete_reason = "no body found on the central sagittal planes"
@@ -670,9 +670,11 @@ class _Profile:
     planes: int
 
 
-def _plane_profiles(vertebra: _Vertebra, labels: Volume, frame: Frame, origin: np.ndarray) -> _Profile | None:
-    """Sample the body on parasagittal planes across its central width; six points per plane, then medians."""
-    local = frame.local(vertebra.points[vertebra.body], origin)
+def _plane_profiles(vertebra: _Vertebra, labels: Volume, frame: Frame, origin: np.ndarray,
+                    body_points: np.ndarray) -> _Profile | None:
+    """Sample the body on parasagittal planes across its central width; six points per plane, then medians.
+    ``body_points``: the points of the body (RAS)."""
+    local = frame.local(body_points, origin)
     x_mid = float(np.median(local[:, 0]))
     width = float(np.ptp(local[:, 0]))
     count = int(PLANE_BAND_FRACTION * width / 2 / PLANE_STEP_MM)
@@ -879,19 +881,18 @@ def _six_points(profile: _Profile, frame: Frame, origin: np.ndarray) -> tuple[di
     return points, heights
 
 
-def _truncation(vertebra: _Vertebra, labels: Volume, view: _FieldOfView) -> str | None:
+def _truncation(vertebra: _Vertebra, labels: Volume, view: _FieldOfView, body_points: np.ndarray) -> str | None:
     """How a field of view truncates the body (see :data:`CUT_SECTION_FRACTION`), or None when it is whole.
 
     Every field of view counts: the label array's own, the grids the labels or the CT were resampled from (a mask
     stored on a cropped grid, a CT a tool resampled onto a finer one) and the CT's constant padding. Sections are
     taken in slabs one label voxel thick parallel to each face (to the padding's surface), so on the label array's
-    own faces a slab is one plane of voxels."""
+    own faces a slab is one plane of voxels. ``body_points``: the points of the body (RAS)."""
     if vertebra.label in view.cut_labels:
         return view.cut_labels[vertebra.label]
-    world = vertebra.points[vertebra.body]
     voxel_mm3 = float(abs(np.linalg.det(labels.ijk_to_ras[:3, :3])))
     for number, box in enumerate(view.boxes):
-        for distance, normal in field_of_view.face_distances(box, world):
+        for distance, normal in field_of_view.face_distances(box, body_points):
             thickness = 2.0 * _voxel_half_extent(labels, normal)
             found = field_of_view.boundary_section(distance, thickness, voxel_mm3)
             if found:
