@@ -132,3 +132,24 @@ def test_ct_flipped_front_to_back_checked_against_its_canal(root, tmp_path, caps
     _, record, _ = _run(["analyze", "-i", str(flipped)], tmp_path / "out", capsys)
     assert all(grade in (None, 0) for grade in _grades(record).values()), _grades(record)
     assert any("front and back taken from the anatomy" in w and "in the CT" in w for w in record["warnings"])
+
+
+@pytest.mark.parametrize("voxels", [-7, -8])
+def test_bodies_only_mask_moved_backwards_onto_the_arches_is_not_graded(root, tmp_path, capsys, voxels):
+    """The example's bodies-only mask moved 21-24 mm backwards against its CT (3 mm voxels, RAS: axis 1 is
+    posterior-anterior): it sits on the arches, the bone in front of it encloses the canal, and the CT's canal
+    "turned" the header ("L5 grade 2 moderate wedge, height loss 44 %", exit 0). The lumbar curve contradicts it:
+    no grade, quality control failed, and it says why."""
+    moved = altered.shifted_labels(root, tmp_path, altered.EXAMPLE_BODIES, axis=1, voxels=voxels)
+    code, record, screening = _run(["report", "--seg", str(moved), "-i", str(root / altered.EXAMPLE_CT)],
+                                   tmp_path / "out", capsys)
+    assert code == 5
+    assert all(grade is None for grade in _grades(record).values()), _grades(record)
+    assert record["quality"]["status"] == "failed"
+    assert record["front_back_doubt"].startswith("not established: in ")
+    assert any(w.startswith("quality control: front and back: not established") for w in record["warnings"])
+    assert screening["level"] is None  # no density from a mask off its bodies
+    # In place, the same mask and CT: front and back established, nothing in doubt.
+    _, reference, _ = _run(["report", "--seg", str(root / altered.EXAMPLE_BODIES), "-i",
+                            str(root / altered.EXAMPLE_CT)], tmp_path / "reference", capsys)
+    assert reference["front_back_doubt"] is None and reference["quality"]["status"] == "passed"

@@ -21,7 +21,7 @@ POINT_NAMES = (
 )
 HEIGHT_NAMES = ("anterior", "middle", "posterior")
 MORPHOLOGIES = ("normal", "wedge", "biconcave", "crush")
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 BORDERLINE = "borderline — review"
 """How a borderline vertebra (:attr:`VertebraResult.borderline`) is named in every output: not a fracture, not
 normal; a reader should look at it."""
@@ -197,6 +197,9 @@ class CaseResult:
     """True when the masks hold the posterior elements, False for vertebral bodies only."""
     level_corrections: list[dict] = field(default_factory=list)
     """Renumberings a reviewer made, in order: ``{"from": "L3", "to": "L4"}``."""
+    front_back_doubt: str | None = None
+    """Why the patient's front and back could not be established from the anatomy (two signs disagree: a
+    bodies-only mask off its bodies, or a mirrored header); None when they were. Quality control fails on it."""
 
     def vertebra(self, level_or_label) -> VertebraResult:
         for vertebra in self.vertebrae:
@@ -216,6 +219,7 @@ class CaseResult:
             "segmentation_backend_details": dict(self.segmentation_backend_details),
             "full_vertebrae": self.full_vertebrae,
             "level_corrections": [dict(c) for c in self.level_corrections],
+            "front_back_doubt": self.front_back_doubt,
             "patient": self.patient.to_dict(),
             "vertebrae": [v.to_dict() for v in self.vertebrae],
             "warnings": list(self.warnings),
@@ -249,6 +253,7 @@ class CaseResult:
                                                     legacy.get("backend_details")) or {}),
             full_vertebrae=typed("full_vertebrae"),
             level_corrections=list(typed("level_corrections", []) or []),
+            front_back_doubt=data.get("front_back_doubt"),
         )
 
 

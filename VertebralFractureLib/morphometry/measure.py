@@ -203,10 +203,12 @@ def measure_case(
     from VertebralFractureLib.morphometry import qc
 
     orientation: list[str] = []
-    vertebrae = measure_vertebrae(labels, ct, progress, notes=orientation, boxes=boxes)
+    doubts: list[str] = []
+    vertebrae = measure_vertebrae(labels, ct, progress, notes=orientation, boxes=boxes, doubts=doubts)
     grade_mod.grade_vertebrae(vertebrae, rules or grade_mod.rules_from_inputs(inputs))
     summary = grade_mod.summarize(vertebrae)
-    case = CaseResult(vertebrae=vertebrae, patient=summary, inputs=dict(inputs or {}))
+    case = CaseResult(vertebrae=vertebrae, patient=summary, inputs=dict(inputs or {}),
+                      front_back_doubt=doubts[0] if doubts else None)
     # The one quality gate every front end passes: no grade leaves without a plausible segmentation behind it.
     report = qc.apply_quality_gate(case)
     case.warnings.extend(orientation)
@@ -223,10 +225,12 @@ def measure_case(
 
 
 def measure_vertebrae(labels: Volume, ct: Volume | None = None, progress=None,
-                      notes: list[str] | None = None, boxes: list | None = None) -> list[VertebraResult]:
+                      notes: list[str] | None = None, boxes: list | None = None,
+                      doubts: list[str] | None = None) -> list[VertebraResult]:
     """Measure every vertebra (not the sacrum or coccyx) of a VerSe-id label volume; results cranial to caudal.
     ``notes`` receives what a reader must know about the frame (front and back from the anatomy against the
-    header). ``boxes``: :func:`..io.label_boxes` of ``labels.array`` when the reader found them already."""
+    header); ``doubts`` why front and back could not be established (see :func:`_orient_from_anatomy`).
+    ``boxes``: :func:`..io.label_boxes` of ``labels.array`` when the reader found them already."""
     if ct is not None and not ct.same_grid(labels):
         raise ValueError("the CT and the label map must share one grid (resample the label map first)")
     report = progress or (lambda fraction, message: None)
@@ -255,9 +259,11 @@ def measure_vertebrae(labels: Volume, ct: Volume | None = None, progress=None,
             continue
         report(0.1 + 0.4 * index / len(work), f"isolating the body of {labels_mod.level_name(vertebra.label)}")
         _isolate_body(vertebra, labels)
-    found = _orient_from_anatomy([v for v in work.values() if v.body is not None], labels, ct, mask_votes)
+    found, doubt = _orient_from_anatomy([v for v in work.values() if v.body is not None], labels, ct, mask_votes)
     if notes is not None:
         notes.extend(found)
+    if doubts is not None and doubt:
+        doubts.append(doubt)
     # Pass 2: the curve through the body centroids gives the final cranio-caudal axes.
     _assign_superior_axes(work, lambda v: v.centroid if v.body is None else v.points[v.body].mean(axis=0))
     results = []
@@ -447,14 +453,21 @@ canal's centre lies 20-35 mm behind it)."""
 
 
 def _orient_from_anatomy(vertebrae: list[_Vertebra], labels: Volume, ct: Volume | None,
-                         mask_votes: dict[int, bool]) -> list[str]:
-    """Front and back of every vertebra from the anatomy, checked against the image header; returns the warnings.
+                         mask_votes: dict[int, bool]) -> tuple[list[str], str | None]:
+    """Front and back of every vertebra from the anatomy, checked against the image header; returns the warnings
+    and, when two anatomical signs disagree, why front and back are in doubt (None otherwise).
 
     The body lies in front of the spinal canal and the posterior elements: seen in the mask when it holds them
     (``mask_votes``, see :func:`_header_votes`), else in the CT (the canal behind a body of a bodies-only mask). The
     vertebrae where it was seen vote; their majority sets front and back for all. Where it finds the header's
     anterior pointing to the patient's back, the frames are turned and the reader is told; Ha and Hp are never
-    swapped silently. With neither (a bodies-only mask without its CT) the header's front is used, unchecked."""
+    swapped silently. With neither (a bodies-only mask without its CT) the header's front is used, unchecked.
+
+    A canal seen in the CT in front of a bodies-only mask has two explanations: a header that mirrors the patient,
+    or a mask that does not sit on the bodies (moved backwards onto the arches, where the bone in front encloses
+    the canal). The lumbar curve tells them apart where it is seen (:data:`LORDOSIS_MIN_MM`): a mirrored header
+    turns it too, a displaced mask does not. When it contradicts the canal, front and back are not established:
+    the header's are kept and the doubt is returned, and quality control withholds every grade."""
     votes = dict(mask_votes)
     header_right = not votes or sum(votes.values()) * 2 >= len(votes)
     source = "in the mask"
@@ -473,10 +486,23 @@ def _orient_from_anatomy(vertebrae: list[_Vertebra], labels: Volume, ct: Volume 
         if not mask_votes and votes:
             source = "in the CT"
             header_right = sum(votes.values()) * 2 >= len(votes)
+    doubt = None
+    if source == "in the CT" and not header_right:
+        lordosis = _lordosis_mm(vertebrae)
+        if lordosis is not None and lordosis >= LORDOSIS_MIN_MM:
+            doubt = (f"not established: in {len(votes) - sum(votes.values())} of {len(votes)} vertebrae the spinal "
+                     f"canal seen in the CT lies on the side the image header calls anterior, but the lumbar spine "
+                     f"bends {lordosis:.0f} mm towards that side, as a lordosis bends forward: the bodies-only mask "
+                     "may not sit on the vertebral bodies (moved backwards), or the header is mirrored; check the "
+                     "mask against the CT")
+            header_right = True
+            for vertebra in vertebrae:
+                if vertebra.canal_source == "CT":  # the canal seen is not trusted: no line is drawn to it
+                    vertebra.canal_centre, vertebra.canal_source = None, None
     if not votes:
         lordosis = _lordosis_mm(vertebrae)
         if lordosis is None or abs(lordosis) < LORDOSIS_MIN_MM:
-            return []
+            return [], None
         votes = {0: lordosis > 0}
         header_right = lordosis > 0
     for vertebra in vertebrae:
@@ -484,6 +510,8 @@ def _orient_from_anatomy(vertebrae: list[_Vertebra], labels: Volume, ct: Volume 
             vertebra.frame = Frame(superior=vertebra.frame.superior, anterior=-vertebra.frame.anterior)
     notes = []
     agree = sum(votes.values())
+    if doubt is not None:
+        return [], doubt
     if not header_right:
         if 0 in votes:
             seen = ("the lumbar spine bends towards the side the image header calls posterior (a lordosis bends "
@@ -497,7 +525,7 @@ def _orient_from_anatomy(vertebrae: list[_Vertebra], labels: Volume, ct: Volume 
     if dissent:
         notes.append(f"front and back of {', '.join(dissent)} taken from the other vertebrae: the spinal canal was "
                      "not found on the same side")
-    return notes
+    return notes, None
 
 
 LORDOSIS_MIN_MM = 4.0

@@ -342,6 +342,9 @@ def assess_quality(case, rules: QualityRules = DEFAULT_RULES) -> QualityReport:
             and share_fractured > rules.max_fractured_share_automatic:
         detail += " (a given mask: many fractures are possible, not a failure on its own)"
     report.checks.append(QualityCheck("share of fractured levels", not too_many_fractures, detail))
+    doubt = getattr(case, "front_back_doubt", None)
+    report.checks.append(QualityCheck("front and back", doubt is None,
+                                      doubt or "front and back of the bodies established"))
     report.checks.append(QualityCheck(
         "level names", levels_trusted,
         f"level names {levels_status}" + ("" if levels_trusted else ": no agreeing anatomical anchor in view")))
