@@ -7,6 +7,7 @@ turns errors into a one-line message and an exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 
@@ -44,8 +45,19 @@ def _load_command_modules() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command; returns its exit code. ``argv``: the command's words (default: the command line's)."""
+    try:
+        return _run(build_parser().parse_args(argv))
+    finally:
+        if argv is None:
+            # Run as the program: the process ends next. The collections the interpreter makes while it shuts down
+            # walk every object the libraries created (0.2-0.3 s after a ``measure`` run, most of them
+            # matplotlib's); frozen, they go back to the operating system with the rest of the memory. Callers in
+            # the same process (argv given) keep their garbage collection.
+            gc.freeze()
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
