@@ -44,3 +44,37 @@ def test_cranio_caudal_order_with_transitional_levels():
     assert labels.shift_level(20, -1) == 19 and labels.shift_level(24, 1) == labels.SACRUM
     with pytest.raises(ValueError):
         labels.shift_level(1, -1)
+
+
+@pytest.mark.parametrize("order", ["F", "C"])
+def test_label_boxes_and_extents_of_a_real_mask(shared_file, order):
+    """Boxes, counts, centroids, edge contact and head-to-foot span of every label of a real VerSe mask (stored in F
+    order, as NIfTI arrays are read, and in C order), against scipy's find_objects and every voxel counted directly;
+    the mask is cropped so that labels touch the array's edge, and one value is left out (a gap in the ids)."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    from VertebralFractureLib.io import Volume
+
+    image = nib.load(shared_file("verse19/sub-verse004_seg-vert_msk.nii.gz"))
+    stored = np.asanyarray(image.dataobj).astype(np.int16)[:, 40:-60, :]
+    stored[stored == 21] = 0
+    array = np.asfortranarray(stored) if order == "F" else np.ascontiguousarray(stored)
+    volume = Volume(array=array, ijk_to_ras=image.affine)
+    boxes = labels.label_boxes(array)
+    assert boxes == ndimage.find_objects(array)
+    assert labels.present_labels(array) == [16, 17, 18, 19, 20, 22, 23, 24]
+    extents = labels.label_extents(volume, boxes)
+    assert sorted(extents) == labels.present_labels(array)
+    superior = int(np.argmax(np.abs(volume.direction_ras[2])))
+    for label, extent in extents.items():
+        voxels = np.argwhere(array == label)
+        assert extent.count == len(voxels)
+        assert np.allclose(extent.centroid_ras, volume.ijk_to_world(voxels.mean(axis=0))[0], atol=1e-9)
+        assert extent.touches_edge == bool(np.any(voxels == 0) or np.any(voxels == np.array(array.shape) - 1))
+        planes = np.ptp(voxels[:, superior]) + 1
+        assert extent.span_superior_mm == pytest.approx(
+            planes * volume.spacing[superior] * abs(volume.direction_ras[2, superior]))
+    assert any(extent.touches_edge for extent in extents.values())
+    assert not all(extent.touches_edge for extent in extents.values())
+    assert labels.label_boxes(np.zeros((3, 4, 5), dtype=np.uint8)) == []
