@@ -118,3 +118,21 @@ def test_vertebra_cut_by_the_field_of_view_is_not_graded():
     assert not l1.complete and l1.genant_grade is None and "edge" in l1.incomplete_reason
     assert case.vertebra("L2").complete and case.vertebra("L2").genant_grade == 0
     assert "L1" in case.patient.incomplete_levels
+
+
+def test_vertebrae_measured_on_several_threads_as_on_one(shared_file, monkeypatch):
+    """The vertebrae of a real mask with its fractures (sub-verse004: T9, T10, L1) give the same record, to the
+    last digit, measured one after another and on three threads."""
+    from VertebralFractureLib import io
+    from VertebralFractureLib.results import json_text
+
+    labels = io.read_label_map(shared_file("verse19/sub-verse004_seg-vert_msk.nii.gz")).volume
+    records = {}
+    for threads in ("1", "3"):
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+        assert measure.measuring_threads() == int(threads)
+        records[threads] = json_text(measure.measure_case(labels).to_dict())
+    assert records["1"] == records["3"]
+    assert '"level": "L1"' in records["3"] and '"genant_grade": 3' in records["3"]
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert 1 <= measure.measuring_threads() <= measure.MAX_MEASURING_THREADS

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -401,6 +402,14 @@ def publish(case: CaseResult, screening, labels: Volume, ct: Volume | None, out_
     return {name: output_set.path(Path(path).relative_to(staging).as_posix()) for name, path in written.items()}
 
 
+def _import_drawing() -> None:
+    try:
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+    except Exception:  # the overview reports its own import errors when it draws
+        pass
+
+
 def analyze(request: AnalysisRequest, out_dir: str | Path | None = None, progress=None,
             wait_s: float = 0.0, also_write=None, backends: dict | None = None) -> Analysis:
     """Run the whole analysis and, with ``out_dir``, publish its outputs there as one set.
@@ -417,6 +426,9 @@ def analyze(request: AnalysisRequest, out_dir: str | Path | None = None, progres
         return run(request, progress, backends)
     output_set = OutputSet(out_dir, wait_s=wait_s, inputs=(request.ct, request.seg))
     with output_set as staging:
+        # The drawing library (a quarter of a second to import) loads while the case is read and measured: the
+        # array work of both runs outside the interpreter lock.
+        threading.Thread(target=_import_drawing, name="import-drawing", daemon=True).start()
         analysis = run(request, progress, backends)
         report(0.9, "writing outputs")
         written = write_files(analysis.case, analysis.screening, analysis.labels, analysis.ct, staging,

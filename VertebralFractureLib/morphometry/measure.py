@@ -41,6 +41,7 @@ computation on one vertebra's crop; the thresholds it names are read together wi
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -245,7 +246,9 @@ def measure_vertebrae(labels: Volume, ct: Volume | None = None, progress=None,
     if not present:
         raise NoVertebraeError(f"{labels.path or 'label map'}: no vertebra labels")
     present = labels_mod.neighbours_in_order(present)
-    work = {label: _load_vertebra(labels, label, objects[label - 1]) for label in present}
+    threads = measuring_threads()
+    work = dict(zip(present, _each(lambda label: _load_vertebra(labels, label, objects[label - 1]), present,
+                                   threads)))
     view = _FieldOfView.of(labels, ct)
 
     # Pass 1: frames from the full-vertebra centroids, front and back from the anatomy, then the bodies.
@@ -254,11 +257,9 @@ def measure_vertebrae(labels: Volume, ct: Volume | None = None, progress=None,
     if mask_votes and sum(mask_votes.values()) * 2 < len(mask_votes):
         for vertebra in work.values():
             vertebra.frame = Frame(superior=vertebra.frame.superior, anterior=-vertebra.frame.anterior)
-    for index, vertebra in enumerate(work.values()):
-        if not _measured_level(vertebra.label):
-            continue
-        report(0.1 + 0.4 * index / len(work), f"isolating the body of {labels_mod.level_name(vertebra.label)}")
-        _isolate_body(vertebra, labels)
+    measured = [v for v in work.values() if _measured_level(v.label)]
+    for index, vertebra in enumerate(_each(lambda v: _isolate_body(v, labels) or v, measured, threads)):
+        report(0.1 + 0.4 * (index + 1) / len(work), f"isolating the body of {labels_mod.level_name(vertebra.label)}")
     found, doubt = _orient_from_anatomy([v for v in work.values() if v.body is not None], labels, ct, mask_votes)
     if notes is not None:
         notes.extend(found)
@@ -266,17 +267,44 @@ def measure_vertebrae(labels: Volume, ct: Volume | None = None, progress=None,
         doubts.append(doubt)
     # Pass 2: the curve through the body centroids gives the final cranio-caudal axes.
     _assign_superior_axes(work, lambda v: v.centroid if v.body is None else v.points[v.body].mean(axis=0))
-    results = []
-    for index, vertebra in enumerate(work.values()):
+    def measured_or_listed(vertebra: _Vertebra) -> VertebraResult:
         if not _measured_level(vertebra.label):
-            results.append(_listed_only(labels, vertebra.label, objects[vertebra.label - 1]))
-            continue
-        report(0.5 + 0.45 * index / len(work), f"measuring {labels_mod.level_name(vertebra.label)}")
-        results.append(_measure(vertebra, labels, ct, view))
+            return _listed_only(labels, vertebra.label, objects[vertebra.label - 1])
+        return _measure(vertebra, labels, ct, view)
+
+    results = []
+    for index, result in enumerate(_each(measured_or_listed, list(work.values()), threads)):
+        report(0.5 + 0.45 * (index + 1) / len(work), f"measuring {result.level}")
+        results.append(result)
     for label in (labels_mod.SACRUM, labels_mod.COCCYX):
         if label < len(objects) + 1 and objects[label - 1] is not None:
             results.append(_listed_only(labels, label, objects[label - 1]))
     return results
+
+
+MAX_MEASURING_THREADS = 4
+"""Vertebrae are measured on at most this many threads at once (each vertebra is independent once the frames are
+set; the array work in NumPy and SciPy's ndimage runs outside the interpreter lock)."""
+
+
+def measuring_threads() -> int:
+    """Threads one measurement uses: ``OMP_NUM_THREADS`` where set (Dask workers get 1: their cases already run in
+    parallel), else the cores this process may use, at most :data:`MAX_MEASURING_THREADS`."""
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        return min(int(given), MAX_MEASURING_THREADS)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, MAX_MEASURING_THREADS))
+
+
+def _each(function, items: list, threads: int):
+    """``function`` of every item, in the items' order, on up to ``threads`` threads (here, one after another)."""
+    if threads <= 1 or len(items) <= 1:
+        return map(function, items)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(threads, len(items)), thread_name_prefix="measure") as pool:
+        return list(pool.map(function, items))
 
 
 def _measured_level(label: int) -> bool:
