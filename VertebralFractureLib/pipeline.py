@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from VertebralFractureLib.errors import InputError, NoVertebraeError
-from VertebralFractureLib.io import Volume
+from VertebralFractureLib.io import LabelMap, Volume
 from VertebralFractureLib.results import CaseResult, json_text
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,8 @@ def previous_record(seg_path: str | Path) -> CaseResult | None:
         return None
 
 
-def read_inputs(request: AnalysisRequest, progress=None) -> tuple[Volume | None, Volume | None, dict]:
-    """(CT or None, given label map on the CT's grid or None, inputs record)."""
+def read_inputs(request: AnalysisRequest, progress=None) -> tuple[Volume | None, LabelMap | None, dict]:
+    """(CT or None, the given label map (on the CT's grid) or None, inputs record)."""
     from VertebralFractureLib import io
 
     report = progress or (lambda fraction, message: None)
@@ -195,7 +195,7 @@ def read_inputs(request: AnalysisRequest, progress=None) -> tuple[Volume | None,
 
         # Checked against the body's own tissues (and corrected) before segmentation, measurement and screening.
         ct = on_checked_scale(ct)
-    labels = None
+    label_map = None
     inputs = {"ct": None if request.ct is None else str(request.ct), "series": request.series,
               "seg": None if request.seg is None else str(request.seg),
               "include_upper_thoracic": bool(request.include_upper_thoracic)}
@@ -204,12 +204,10 @@ def read_inputs(request: AnalysisRequest, progress=None) -> tuple[Volume | None,
 
         label_map = io.read_label_map(request.seg, request.labels, reference=ct,
                                       segment_levels=labels_mod.parse_segment_levels(request.segment_levels))
-        labels = label_map.volume
         inputs["labels"] = label_map.convention
         if request.segment_levels:
             inputs["segment_levels"] = list(request.segment_levels)
-        inputs["label_map"] = label_map  # for run(): its warnings, file and boxes; not part of the record
-    return ct, labels, inputs
+    return ct, label_map, inputs
 
 
 def segment(request: AnalysisRequest, ct: Volume, progress=None, backends: dict | None = None):
@@ -305,10 +303,10 @@ def run(request: AnalysisRequest, progress=None, backends: dict | None = None) -
 
     check_request(request)
     report = progress or (lambda fraction, message: None)
-    ct, labels, inputs = read_inputs(request, report)
+    ct, label_map, inputs = read_inputs(request, report)
     if request.dicom_out and not ct.meta.get("dicom_files"):
         raise InputError(request.ct, "is not a DICOM series folder: --dicom-out needs the source DICOM files")
-    label_map = inputs.pop("label_map", None)
+    labels = None if label_map is None else label_map.volume
     warnings: list[str] = [] if label_map is None else list(label_map.warnings)
     calibration = None if ct is None else ct.meta.get("hu_calibration")
     if calibration is not None and calibration.status != "consistent":
