@@ -435,6 +435,19 @@ def to_verse(array: np.ndarray, convention: str, present=None) -> np.ndarray:
     return lookup[array]
 
 
+def occupied_box(array: np.ndarray, margin: int = 0) -> tuple[slice, slice, slice] | None:
+    """The smallest box holding every non-zero voxel of a 3-D array, widened by ``margin`` voxels within the array;
+    None when every voxel is zero. Two passes over the array (the projection onto the first two axes serves both)."""
+    plane = array.max(axis=2)
+    box = []
+    for axis, occupied in enumerate((plane.max(axis=1), plane.max(axis=0), array.max(axis=(0, 1)))):
+        where = np.flatnonzero(occupied)
+        if where.size == 0:
+            return None
+        box.append(slice(max(int(where[0]) - margin, 0), min(int(where[-1]) + 1 + margin, array.shape[axis])))
+    return tuple(box)
+
+
 def label_boxes(array: np.ndarray) -> list[tuple[slice, slice, slice] | None]:
     """The bounding box of every label of a non-negative integer array, as ``scipy.ndimage.find_objects`` gives
     them (entry ``value - 1``; None for a value the array does not hold).
@@ -445,13 +458,9 @@ def label_boxes(array: np.ndarray) -> list[tuple[slice, slice, slice] | None]:
     """
     from scipy import ndimage
 
-    plane = array.max(axis=2)
-    region = []
-    for occupied in (plane.max(axis=1), plane.max(axis=0), array.max(axis=(0, 1))):
-        where = np.flatnonzero(occupied)
-        if where.size == 0:
-            return []
-        region.append(slice(int(where[0]), int(where[-1]) + 1))
+    region = occupied_box(array)
+    if region is None:
+        return []
     axes = sorted(range(3), key=lambda axis: -array.strides[axis])  # the axis that varies slowest in memory first
     boxes = []
     for found in ndimage.find_objects(array[tuple(region)].transpose(axes)):

@@ -11,6 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from VertebralFractureLib.io import Volume
+from VertebralFractureLib.io.labels import occupied_box
 from VertebralFractureLib.results import VertebraResult
 
 
@@ -72,13 +73,6 @@ class DensityMeasurement:
 # --------------------------------------------------------------------------------------------------------------
 # Trabecular region
 # --------------------------------------------------------------------------------------------------------------
-def _bounding_box(mask: np.ndarray, margin: int = 2) -> tuple[slice, ...]:
-    coords = np.argwhere(mask)
-    low = np.maximum(coords.min(axis=0) - margin, 0)
-    high = np.minimum(coords.max(axis=0) + margin + 1, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
-
-
 def _unit(vector) -> np.ndarray:
     vector = np.asarray(vector, dtype=float)
     norm = np.linalg.norm(vector)
@@ -115,7 +109,7 @@ def trabecular_roi(body_mask: np.ndarray, volume: Volume, anterior_ras: np.ndarr
     roi = np.zeros(body_mask.shape, dtype=bool)
     if not body_mask.any():
         return roi
-    box = _bounding_box(body_mask, margin=2)
+    box = occupied_box(body_mask, margin=2)
     local = body_mask[box]
     # The distance is computed in index space scaled by the spacing; direction cosines are orthonormal, so this is
     # the true distance in mm even on oblique grids. The EDT measures to the nearest outside voxel *centre*; the

@@ -639,7 +639,7 @@ def _largest_component(vertebra: _Vertebra, keep: np.ndarray) -> np.ndarray:
     grid[vertebra.mask] = keep
     # Labelled on the box of the kept voxels only (the body: about half the vertebra's crop); the components and
     # their order (the first voxel of each in C order) are those of the whole crop.
-    box = _bounding_box(grid)
+    box = labels_mod.occupied_box(grid)
     if box is None:
         return keep
     components, count = ndimage.label(grid[box])
@@ -649,17 +649,6 @@ def _largest_component(vertebra: _Vertebra, keep: np.ndarray) -> np.ndarray:
     sizes[0] = 0
     grid[box] = components == int(np.argmax(sizes))
     return grid[vertebra.mask]
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The smallest box holding every True voxel of a mask; None for an empty mask."""
-    box = []
-    for axis in range(mask.ndim):
-        occupied = np.flatnonzero(mask.any(axis=tuple(other for other in range(mask.ndim) if other != axis)))
-        if occupied.size == 0:
-            return None
-        box.append(slice(int(occupied[0]), int(occupied[-1]) + 1))
-    return tuple(box)
 
 
 def _measure(vertebra: _Vertebra, labels: Volume, ct: Volume | None, view: _FieldOfView) -> VertebraResult:
