@@ -46,6 +46,15 @@ def _save_like(image, array, path: Path, affine=None) -> Path:
     return path
 
 
+def _save_with_affine(image, array, affine, path: Path) -> Path:
+    """``array`` with ``image``'s header and ``affine`` as both its sform and its qform."""
+    out = nib.Nifti1Image(array, affine, image.header.copy())
+    out.set_sform(affine, code=1)
+    out.set_qform(affine, code=1)
+    nib.save(out, str(path))
+    return path
+
+
 def totalseg_v1_map(root: Path, scratch: Path) -> Path:
     """TotalSegmentator's v2 labels of the example renumbered to v1 (v2 27 L5 .. 50 C1 -> v1 18 .. 41; no S1)."""
     image = nib.load(str(root / EXAMPLE_TOTALSEG))
@@ -236,12 +245,7 @@ def mirrored_nifti(source: Path, scratch: Path, axis: int, name: str) -> Path:
     affine = image.affine.copy()
     affine[:3, 3] += affine[:3, axis] * (image.shape[axis] - 1)
     affine[:3, axis] *= -1
-    header = image.header.copy()
-    out = nib.Nifti1Image(np.ascontiguousarray(array), affine, header)
-    out.set_sform(affine, code=1)
-    out.set_qform(affine, code=1)
-    nib.save(out, str(scratch / name))
-    return scratch / name
+    return _save_with_affine(image, np.ascontiguousarray(array), affine, scratch / name)
 
 
 def negative_spacing_mha(source: Path, scratch: Path, axis: int, name: str) -> Path:
@@ -352,11 +356,7 @@ def rotated_nifti(source: Path, scratch: Path, axis: int, degrees: float, name: 
     rotation = _rotation(axis, degrees)
     affine[:3, :3] = rotation @ affine[:3, :3]
     affine[:3, 3] = rotation @ (affine[:3, 3] - centre) + centre
-    out = nib.Nifti1Image(np.asanyarray(image.dataobj), affine, image.header.copy())
-    out.set_sform(affine, code=1)
-    out.set_qform(affine, code=1)
-    nib.save(out, str(scratch / name))
-    return scratch / name
+    return _save_with_affine(image, np.asanyarray(image.dataobj), affine, scratch / name)
 
 
 def rotated_dicom(root: Path, scratch: Path, axis: int, degrees: float) -> Path:
@@ -401,11 +401,7 @@ def cropped_nifti(source: Path, scratch: Path, crop: tuple[slice, slice, slice],
     array = np.asanyarray(image.dataobj)[crop]
     affine = image.affine.copy()
     affine[:3, 3] = affine[:3, :3] @ np.array([s.start or 0 for s in crop], float) + affine[:3, 3]
-    out = nib.Nifti1Image(np.ascontiguousarray(array), affine, image.header.copy())
-    out.set_sform(affine, code=1)
-    out.set_qform(affine, code=1)
-    nib.save(out, str(scratch / name))
-    return scratch / name
+    return _save_with_affine(image, np.ascontiguousarray(array), affine, scratch / name)
 
 
 def header_mirrored(source: Path, scratch: Path, world_axes: tuple[int, ...], name: str) -> Path:
@@ -416,11 +412,7 @@ def header_mirrored(source: Path, scratch: Path, world_axes: tuple[int, ...], na
     affine = image.affine.copy()
     for axis in world_axes:
         affine[axis, :] *= -1
-    out = nib.Nifti1Image(np.asanyarray(image.dataobj), affine, image.header.copy())
-    out.set_sform(affine, code=1)
-    out.set_qform(affine, code=1)
-    nib.save(out, str(scratch / name))
-    return scratch / name
+    return _save_with_affine(image, np.asanyarray(image.dataobj), affine, scratch / name)
 
 
 def data_flipped(source: Path, scratch: Path, world_axis: int, name: str) -> Path:

@@ -33,6 +33,18 @@ def shared_file():
     return locate
 
 
+@pytest.fixture(scope="session")
+def root():
+    """The shared data folder holding the files :mod:`altered_inputs` alters; skip where they are not there."""
+    import altered_inputs as altered
+    from data_sources import data_root
+
+    path = data_root()
+    if not all((path / relative).exists() for relative in (altered.EXAMPLE_CT, altered.EXAMPLE_TOTALSEG)):
+        pytest.skip(f"shared data not found in {path}")
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _private_model_cache(tmp_path_factory, monkeypatch):
     """Every test starts with an empty model cache: `analyze --backend auto` must not pick a model the developer

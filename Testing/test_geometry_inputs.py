@@ -15,16 +15,6 @@ from VertebralFractureLib.io import field_of_view
 from VertebralFractureLib.morphometry import measure
 
 
-@pytest.fixture(scope="module")
-def root():
-    from data_sources import data_root
-
-    path = data_root()
-    if not (path / altered.EXAMPLE_CT).exists():
-        pytest.skip(f"shared data not found in {path}")
-    return path
-
-
 def _run(argv, out, capsys):
     code = cli.main([*argv, "--out", str(out), "-q"])
     capsys.readouterr()

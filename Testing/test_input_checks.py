@@ -12,16 +12,6 @@ from VertebralFractureLib import cli, io
 from VertebralFractureLib.io import volumes
 
 
-@pytest.fixture(scope="module")
-def root():
-    from data_sources import data_root
-
-    path = data_root()
-    if not (path / altered.EXAMPLE_CT).exists():
-        pytest.skip(f"shared data not found in {path}")
-    return path
-
-
 def refused(argv, capsys, out, file_name, *words):
     code = cli.main([*argv, "--out", str(out), "-q"])
     altered.assert_refused(code, capsys.readouterr().err, out, file_name, *words)

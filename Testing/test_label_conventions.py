@@ -12,16 +12,6 @@ from VertebralFractureLib import cli, io
 from VertebralFractureLib.io import labels
 
 
-@pytest.fixture(scope="module")
-def root():
-    from data_sources import data_root
-
-    path = data_root()
-    if not (path / altered.EXAMPLE_TOTALSEG).exists():
-        pytest.skip(f"shared data not found in {path}")
-    return path
-
-
 def run(argv, capsys):
     code = cli.main([*argv, "-q"])
     captured = capsys.readouterr()

@@ -18,16 +18,6 @@ from VertebralFractureLib.outputs import publish
 from VertebralFractureLib.segment import models
 
 
-@pytest.fixture(scope="module")
-def root():
-    from data_sources import data_root
-
-    path = data_root()
-    if not (path / altered.EXAMPLE_CT).exists():
-        pytest.skip(f"shared data not found in {path}")
-    return path
-
-
 def _digests(folder: Path) -> dict[str, str]:
     """{relative path: SHA-256} of every file under ``folder`` (what must stay as it was)."""
     return {path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
