@@ -133,6 +133,17 @@ class _Vertebra:
     canal_centre: np.ndarray | None = None  # RAS
     canal_source: str | None = None  # "mask" or "CT": where the spinal canal behind the body was seen
     frame: Frame | None = None
+    _centre_of_body: tuple | None = None  # (the body it belongs to, its centre)
+
+    def body_points(self) -> np.ndarray:
+        return self.points[self.body]
+
+    def body_centre(self) -> np.ndarray:
+        """Mean of the body's points (RAS), kept until the body changes: the frames, the orientation checks and
+        the measurement all start from it."""
+        if self._centre_of_body is None or self._centre_of_body[0] is not self.body:
+            self._centre_of_body = (self.body, self.body_points().mean(axis=0))
+        return self._centre_of_body[1]
 
 
 @dataclass
@@ -266,7 +277,7 @@ def measure_vertebrae(labels: Volume, ct: Volume | None = None, progress=None,
     if doubts is not None and doubt:
         doubts.append(doubt)
     # Pass 2: the curve through the body centroids gives the final cranio-caudal axes.
-    _assign_superior_axes(work, lambda v: v.centroid if v.body is None else v.points[v.body].mean(axis=0))
+    _assign_superior_axes(work, lambda v: v.centroid if v.body is None else v.body_centre())
     def measured_or_listed(vertebra: _Vertebra) -> VertebraResult:
         if not _measured_level(vertebra.label):
             return _listed_only(labels, vertebra.label, objects[vertebra.label - 1])
@@ -406,7 +417,7 @@ def _isolate_body(vertebra: _Vertebra, labels: Volume) -> None:
         vertebra.body = _largest_component(vertebra, body)
         vertebra.canal_centre = frame.world(np.array([canal_x, canal_y, 0.0]), vertebra.centroid)[0]
         vertebra.canal_source = "mask"
-        body_centre = vertebra.points[vertebra.body].mean(axis=0)
+        body_centre = vertebra.body_centre()
         vertebra.frame = Frame(
             superior=frame.superior, anterior=_orthogonal(body_centre - vertebra.canal_centre, frame.superior)
         )
@@ -450,8 +461,8 @@ def _canal_from_ct(vertebra: _Vertebra, labels: Volume, ct: Volume) -> np.ndarra
     the body and the bone of the arch (above :data:`CT_CANAL_BONE_HU`) in the footprint over the body's height.
     Returns its centre (RAS) or None."""
     frame = vertebra.frame
-    body_points = vertebra.points[vertebra.body]
-    centre = body_points.mean(axis=0)
+    body_points = vertebra.body_points()
+    centre = vertebra.body_centre()
     heights = frame.local(_sample(body_points), centre)[:, 2]
     reach = CT_CANAL_REACH_MM + 5.0
     corners = np.array([[x, y, z] for x in (-reach, reach) for y in (-reach, reach)
@@ -504,7 +515,7 @@ def _orient_from_anatomy(vertebrae: list[_Vertebra], labels: Volume, ct: Volume 
             if vertebra.label in votes or vertebra.canal_centre is not None:
                 continue
             canal = _canal_from_ct(vertebra, labels, ct)
-            body_centre = vertebra.points[vertebra.body].mean(axis=0)
+            body_centre = vertebra.body_centre()
             if canal is None or np.linalg.norm(body_centre - canal) < CANAL_MIN_OFFSET_MM:
                 continue
             vertebra.canal_centre, vertebra.canal_source = canal, "CT"
@@ -570,7 +581,7 @@ def _lordosis_mm(vertebrae: list[_Vertebra]) -> float | None:
     if len(lumbar) < LORDOSIS_MIN_BODIES:
         return None
     lumbar.sort(key=lambda v: labels_mod.rank(v.label))
-    centres = np.array([v.points[v.body].mean(axis=0) for v in lumbar])
+    centres = np.array([v.body_centre() for v in lumbar])
     chord = _unit(centres[-1] - centres[0])
     offsets = centres[1:-1] - centres[0]
     offsets = offsets - np.outer(offsets @ chord, chord)
@@ -581,7 +592,7 @@ def _rasterise(xy: np.ndarray, resolution: float) -> tuple[np.ndarray, np.ndarra
     low = xy.min(axis=0) - 2 * resolution
     index = np.floor((xy - low) / resolution).astype(int)
     image = np.zeros(index.max(axis=0) + 3, dtype=bool)
-    image[index[:, 0], index[:, 1]] = True
+    image.ravel()[index[:, 0] * image.shape[1] + index[:, 1]] = True  # one flat index: faster than two
     return image, low
 
 
@@ -654,10 +665,10 @@ def _largest_component(vertebra: _Vertebra, keep: np.ndarray) -> np.ndarray:
 def _measure(vertebra: _Vertebra, labels: Volume, ct: Volume | None, view: _FieldOfView) -> VertebraResult:
     level = labels_mod.level_name(vertebra.label)
     frame = vertebra.frame
-    body_points = vertebra.points[vertebra.body]
+    body_points = vertebra.body_points()
     voxel_ml = float(abs(np.linalg.det(labels.ijk_to_ras[:3, :3]))) / 1000.0
     body_volume = float(vertebra.body.sum()) * voxel_ml
-    origin = body_points.mean(axis=0)
+    origin = vertebra.body_centre()
     result = VertebraResult(
         label=vertebra.label,
         level=level,
@@ -746,10 +757,7 @@ def _plane_profiles(vertebra: _Vertebra, labels: Volume, frame: Frame, origin: n
     values = values.reshape(shape)
     inside = values >= 0.5
     # Short clefts along the superior axis are bridged on every plane at once.
-    gap = max(1, int(round(GAP_BRIDGE_MM / SAMPLE_STEP_MM)))
-    padded = np.pad(inside, ((0, 0), (0, 0), (gap, gap)))
-    bridged = ndimage.binary_closing(padded, structure=np.ones((1, 1, 2 * gap + 1), dtype=bool))
-    inside |= bridged[:, :, gap:-gap]
+    inside |= _closed_along_last_axis(inside, max(1, int(round(GAP_BRIDGE_MM / SAMPLE_STEP_MM))))
     planes = []
     for plane, section in zip(values, _clean_sections(inside)):
         if section is None:
@@ -778,6 +786,16 @@ def _plane_profiles(vertebra: _Vertebra, labels: Volume, frame: Frame, origin: n
     )
 
 
+def _closed_along_last_axis(inside: np.ndarray, gap: int) -> np.ndarray:
+    """Binary closing of ``inside`` by a line of 2 ``gap`` + 1 samples along its last axis, nothing beyond its ends
+    (the closing of the array padded by ``gap`` on both ends, cut back): the running maximum then minimum of one
+    axis, the same voxels as ``ndimage.binary_closing`` with that line, several times faster."""
+    size = 2 * gap + 1
+    padded = np.pad(inside.view(np.uint8), ((0, 0), (0, 0), (gap, gap)))
+    dilated = ndimage.maximum_filter1d(padded, size, axis=-1, mode="constant", cval=0)
+    return ndimage.minimum_filter1d(dilated, size, axis=-1, mode="constant", cval=0)[:, :, gap:-gap].astype(bool)
+
+
 _IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
 _IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
 """Connectivity within each plane of a stack (first axis) and none across: ``ndimage.label`` labels every plane
@@ -798,15 +816,17 @@ def _clean_sections(inside: np.ndarray) -> list[np.ndarray | None]:
     filled = inside | ~np.isin(background, border)
     pieces, _ = ndimage.label(filled, structure=_IN_PLANE)
     sizes = np.bincount(pieces.ravel())
+    # Numbered in raster order, a plane's pieces are the labels after those of the planes before it.
+    last_label = np.maximum.accumulate(pieces.reshape(len(pieces), -1).max(axis=1))
+    first_label = np.concatenate([[1], last_label[:-1] + 1])
     sections = []
-    for plane_inside, plane_filled, plane_pieces in zip(inside, filled, pieces):
+    for plane_inside, plane_filled, plane_pieces, first, last in zip(inside, filled, pieces, first_label,
+                                                                     last_label):
         if not plane_inside.any():
             sections.append(None)
             continue
-        here = np.unique(plane_pieces)
-        here = here[here != 0]
-        if len(here) > 1:
-            plane_filled = plane_pieces == int(here[np.argmax(sizes[here])])
+        if last > first:
+            plane_filled = plane_pieces == int(first + np.argmax(sizes[first:last + 1]))
         sections.append(plane_filled if plane_filled.sum() * DEPTH_STEP_MM * SAMPLE_STEP_MM >= MIN_SECTION_MM2
                         else None)
     return sections
