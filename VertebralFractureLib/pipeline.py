@@ -266,7 +266,7 @@ def finish_case(case: CaseResult, labels: Volume, ct: Volume | None, levels_stat
         case.warnings.insert(0, f"vertebra levels are {levels_status} (nothing in view confirms the count): "
                                 + "; ".join(level_evidence) + "; fix them with --anchor or --anchor-point")
     if not any(v.axes_ras and v.centroid_ras for v in case.vertebrae):
-        from VertebralFractureLib.outputs.files import nothing_measured_statement
+        from VertebralFractureLib.outputs.overview import nothing_measured_statement
 
         case.warnings.insert(0, nothing_measured_statement(case))
     apply_quality_control(case, labels, ct)
@@ -401,6 +401,7 @@ def publish(case: CaseResult, screening, labels: Volume, ct: Volume | None, out_
 
 
 def _import_drawing() -> None:
+    """Import matplotlib, which draws the report (``overview.png`` is drawn with Pillow, a few milliseconds)."""
     try:
         import matplotlib.backends.backend_agg  # noqa: F401
         import matplotlib.figure  # noqa: F401
@@ -424,9 +425,10 @@ def analyze(request: AnalysisRequest, out_dir: str | Path | None = None, progres
         return run(request, progress, backends)
     output_set = OutputSet(out_dir, wait_s=wait_s, inputs=(request.ct, request.seg))
     with output_set as staging:
-        # The drawing library (a quarter of a second to import) loads while the case is read and measured: the
-        # array work of both runs outside the interpreter lock.
-        threading.Thread(target=_import_drawing, name="import-drawing", daemon=True).start()
+        # The report's drawing library (a quarter of a second to import) loads while the case is read and
+        # measured: the array work of both runs outside the interpreter lock. Without a report it is not loaded.
+        if request.report and request.screen:
+            threading.Thread(target=_import_drawing, name="import-drawing", daemon=True).start()
         analysis = run(request, progress, backends)
         report(0.9, "writing outputs")
         written = write_files(analysis.case, analysis.screening, analysis.labels, analysis.ct, staging,

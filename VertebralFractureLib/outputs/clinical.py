@@ -23,8 +23,8 @@ from VertebralFractureLib.io import Volume, atomic_path
 from VertebralFractureLib.io import labels as labels_mod
 from VertebralFractureLib.morphometry.qc import headline as quality_headline
 from VertebralFractureLib.outputs.density_scale import render_density_scale
-from VertebralFractureLib.outputs.files import LEVELS_DOUBTFUL, levels_line, separate_labels
-from VertebralFractureLib.outputs.layout import PdfFlow
+from VertebralFractureLib.outputs.files import LEVELS_DOUBTFUL, levels_line
+from VertebralFractureLib.outputs.layout import PdfFlow, separate_labels
 from VertebralFractureLib.results import BORDERLINE, CaseResult
 from VertebralFractureLib.screening.rules import (
     BANDS_TEXT,

@@ -1,5 +1,6 @@
 """Page layout of the PDF report by measured size (:class:`PdfFlow`): matplotlib draws, the renderer measures, and
-every element goes below the one before it, on a new page when the rest of the page is too short."""
+every element goes below the one before it, on a new page when the rest of the page is too short. Level labels of
+the report's spine view are moved apart by their measured size too (:func:`separate_labels`)."""
 
 from __future__ import annotations
 
@@ -137,3 +138,43 @@ class PdfFlow:
                 draw_row(headers, ["#eceff1"] * len(headers), True)
             draw_row(cells, colours, False)
         self.y -= 0.01
+
+
+def separate_labels(fig, ax, labels) -> None:
+    """Move level labels apart along the image's vertical where their measured boxes would overlap, keeping them
+    within the image's height (the font shrinks when they cannot all fit). Labels are text artists centred
+    vertically on their vertebra."""
+    if not labels:
+        return
+    renderer = fig.canvas.get_renderer()
+    axes_box = ax.get_window_extent(renderer)
+
+    def display_y(label):
+        return ax.transData.transform((0.0, label.get_position()[1]))[1]
+
+    order = sorted(labels, key=display_y, reverse=True)  # top of the image first
+    wanted = [display_y(label) for label in order]
+    while True:
+        # The text's extent and its box's padding (about half the font size above and below).
+        heights = [label.get_window_extent(renderer).height + label.get_fontsize() * fig.dpi / 72 * 0.6
+                   for label in order]
+        if sum(heights) <= axes_box.height or order[0].get_fontsize() <= 4.5:
+            break
+        for label in order:
+            label.set_fontsize(label.get_fontsize() - 0.5)
+    centres = list(wanted)
+    for i in range(1, len(order)):  # top to bottom: each below the one above
+        centres[i] = min(centres[i], centres[i - 1] - (heights[i - 1] + heights[i]) / 2)
+    centres[-1] = max(centres[-1], axes_box.y0 + heights[-1] / 2)
+    for i in range(len(order) - 2, -1, -1):  # bottom to top: each above the one below, none below the image
+        centres[i] = max(centres[i], centres[i + 1] + (heights[i] + heights[i + 1]) / 2)
+    to_data = ax.transData.inverted()
+    for label, centre in zip(order, centres):
+        label.set_y(to_data.transform((0.0, centre))[1])
+        # Nor across the figure's left or right edge (a long reason beside a vertebra near the edge).
+        box = label.get_window_extent(renderer)  # the text; its rounded box pads it by a few points
+        margin = 6.0
+        shift = max(0.0, fig.bbox.x0 + margin - box.x0) - max(0.0, box.x1 - (fig.bbox.x1 - margin))
+        if shift and label.get_transform() is ax.transData:
+            x_display = ax.transData.transform((label.get_position()[0], 0.0))[0] + shift
+            label.set_x(to_data.transform((x_display, 0.0))[0])
