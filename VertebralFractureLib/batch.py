@@ -410,7 +410,7 @@ def run_batch(options, echo=print) -> int:
 
         # The workers start, and import the pipeline, while this process scans the input.
         starting = cluster.start_in_background(workers, scheduler, getattr(options, "memory_per_worker", None),
-                                               warm_up=WORKER_MODULES)
+                                               warm_up=worker_modules(options))
     try:
         cases = find_cases(source)
         if not cases:
@@ -440,10 +440,17 @@ WORKER_MODULES = (
     "VertebralFractureLib.morphometry.measure", "VertebralFractureLib.morphometry.qc",
     "VertebralFractureLib.morphometry.density", "VertebralFractureLib.screening.calibration",
     "VertebralFractureLib.screening.recommend", "VertebralFractureLib.outputs.files",
-    "VertebralFractureLib.outputs.publish", "VertebralFractureLib.outputs.cohort",
-    "matplotlib.figure", "matplotlib.backends.backend_agg", "nibabel", "pydicom", "SimpleITK", "scipy.ndimage",
+    "VertebralFractureLib.outputs.overview", "VertebralFractureLib.outputs.publish",
+    "VertebralFractureLib.outputs.cohort", "nibabel", "pydicom", "SimpleITK", "scipy.ndimage",
 )
 """What a case imports (a second of a worker's first case otherwise), imported by every worker as it starts."""
+REPORT_MODULES = ("VertebralFractureLib.outputs.clinical", "matplotlib.figure", "matplotlib.backends.backend_agg")
+"""What a case's report adds (the PDF is drawn with matplotlib)."""
+
+
+def worker_modules(options) -> tuple[str, ...]:
+    """:data:`WORKER_MODULES`, and :data:`REPORT_MODULES` unless the batch writes no reports (``--no-report``)."""
+    return WORKER_MODULES + (() if getattr(options, "no_report", False) else REPORT_MODULES)
 
 
 def _run(cases: list[Case], options, handle, echo) -> int:

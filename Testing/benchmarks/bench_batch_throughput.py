@@ -7,11 +7,14 @@ localizer, a label map filed as a CT). Every study is segmented by the classical
 ``--no-report``), so the figures are those of the whole per-case pipeline without a deep model.
 
 Each configuration runs the whole archive as one ``batch`` command in a fresh process (cluster start included);
-the per-case results of the runs are compared file by file. Prints cases per hour, the speed-up, the median
-seconds per case and the peak resident memory per worker process (from ``cases.parquet``).
+the configurations take turns, ``--repeats`` rounds, so that each round's runs see the same machine (a shared
+machine's speed drifts by more than the differences measured). The per-case results of all runs are compared file
+by file. Prints, per configuration, the median over the rounds of the wall time, cases per hour, median seconds and
+CPU seconds per case and the peak resident memory per worker process (from ``cases.parquet``); then the speed-up
+over the first configuration in each round and its median.
 
     .venv/bin/python Testing/benchmarks/bench_batch_throughput.py [--data ../shared/data] [--workers 1 2]
-        [--studies 40] [--keep DIR]
+        [--studies 40] [--repeats 3] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -134,6 +137,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--in-process", action="store_true", help="also run without Dask (one case after another)")
     parser.add_argument("--studies", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the configurations in turn")
     parser.add_argument("--keep", type=Path, help="build the archive and outputs here and keep them")
     args = parser.parse_args(argv)
     folder = args.keep or Path(tempfile.mkdtemp(prefix="bench-batch-"))
@@ -144,22 +148,32 @@ def main(argv=None) -> int:
         studies = len(list(archive.iterdir()))
         print(f"archive: {studies} studies in {archive}; {os.cpu_count()} CPU cores")
         configurations = ([None] if args.in_process else []) + list(args.workers)
-        figures, outputs = {}, {}
-        for workers in configurations:
-            name = "in process" if workers is None else f"{workers} worker{'s' if workers > 1 else ''}"
-            out = folder / f"out-{name.replace(' ', '-')}"
-            shutil.rmtree(out, ignore_errors=True)
-            figures[name] = run(archive, out, workers)
-            outputs[name] = results_of(out)
-        baseline = next(iter(figures.values()))
-        print(f"{'run':>12} {'wall s':>8} {'cases/h':>8} {'speed-up':>8} {'median s/case':>13} "
-              f"{'CPU s/case':>10} {'load':>5}  peak MiB per worker")
-        for name, figure in figures.items():
-            rate = 3600.0 * figure["cases"] / figure["wall_s"]
-            speedup = baseline["wall_s"] / figure["wall_s"]
-            peaks = ", ".join(f"{mb:.0f}" for mb in sorted(figure["peak_mb"].values()))
-            print(f"{name:>12} {figure['wall_s']:8.1f} {rate:8.0f} {speedup:7.2f}x {figure['median_case_s']:13.1f} "
-                  f"{figure['cpu_s'] / figure['cases']:10.2f} {figure['load']:5.1f}  {peaks}")
+        names = ["in process" if w is None else f"{w} worker{'s' if w > 1 else ''}" for w in configurations]
+        rounds, outputs = [], {}
+        for round_number in range(args.repeats):
+            figures = {}
+            for workers, name in zip(configurations, names):
+                out = folder / f"out-{name.replace(' ', '-')}"
+                shutil.rmtree(out, ignore_errors=True)
+                figures[name] = run(archive, out, workers)
+                outputs[f"{name} round {round_number + 1}"] = results_of(out)
+            rounds.append(figures)
+        print(f"{'run':>12} {'wall s':>8} {'cases/h':>8} {'median s/case':>13} {'CPU s/case':>10} {'load':>5}  "
+              "peak MiB per worker   (medians of the rounds)")
+        for name in names:
+            runs = [figures[name] for figures in rounds]
+            wall = statistics.median(f["wall_s"] for f in runs)
+            cases = runs[0]["cases"]
+            peaks = ", ".join(f"{mb:.0f}" for mb in sorted(runs[0]["peak_mb"].values()))
+            print(f"{name:>12} {wall:8.1f} {3600.0 * cases / wall:8.0f} "
+                  f"{statistics.median(f['median_case_s'] for f in runs):13.1f} "
+                  f"{statistics.median(f['cpu_s'] / f['cases'] for f in runs):10.2f} "
+                  f"{statistics.median(f['load'] for f in runs):5.1f}  {peaks}")
+        for name in names[1:]:
+            speedups = [figures[names[0]]["wall_s"] / figures[name]["wall_s"] for figures in rounds]
+            print(f"speed-up of {name} over {names[0]}, round by round: "
+                  f"{', '.join(f'{x:.2f}x' for x in speedups)}; median {statistics.median(speedups):.2f}x")
+        baseline = rounds[0][names[0]]
         print("load: the machine's 1-minute load average when the run ended (other processes share the cores)")
         print("statuses:", baseline["statuses"])
         reference = next(iter(outputs.values()))
