@@ -136,3 +136,48 @@ def test_vertebrae_measured_on_several_threads_as_on_one(shared_file, monkeypatc
     assert '"level": "L1"' in records["3"] and '"genant_grade": 3' in records["3"]
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert 1 <= measure.measuring_threads() <= measure.MAX_MEASURING_THREADS
+
+
+def test_cleft_bridging_closes_as_scipys_binary_closing():
+    """The one-axis closing that bridges short clefts gives the voxels of ndimage.binary_closing by the same line on
+    the padded array, on random stacks of every density and gap."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        shape = (int(rng.integers(1, 5)), int(rng.integers(1, 15)), int(rng.integers(1, 40)))
+        inside = rng.random(shape) < rng.random()
+        gap = int(rng.integers(1, 6))
+        padded = np.pad(inside, ((0, 0), (0, 0), (gap, gap)))
+        expected = ndimage.binary_closing(padded, structure=np.ones((1, 1, 2 * gap + 1), dtype=bool))[:, :, gap:-gap]
+        assert np.array_equal(measure._closed_along_last_axis(inside, gap), expected)
+
+
+def test_sections_keep_the_largest_piece_of_each_plane():
+    """Known truth: a stack of planes holding pieces of known sizes (a hole in one); each section is the largest
+    piece of its plane with its holes filled, the first of two equal ones, and None for an empty plane or one whose
+    section is below MIN_SECTION_MM2."""
+    pixel_mm2 = measure.DEPTH_STEP_MM * measure.SAMPLE_STEP_MM
+    side = int(np.ceil(np.sqrt(measure.MIN_SECTION_MM2 / pixel_mm2))) + 2  # a square just above the minimum
+    inside = np.zeros((5, 80, 80), dtype=bool)
+    inside[0, 2:2 + side, 2:2 + side] = True
+    inside[0, 40:42 + side, 40:42 + side] = True  # larger: kept
+    inside[1, 5:45, 5:45] = True
+    inside[1, 10:20, 10:20] = False  # a hole: filled
+    inside[2, 1:1 + side, 1:1 + side] = True  # two equal pieces: the first in raster order is kept
+    inside[2, 50:50 + side, 50:50 + side] = True
+    inside[4, 3:6, 3:6] = True  # below the minimum section
+    sections = measure._clean_sections(inside)
+    expected = np.zeros((80, 80), dtype=bool)
+    expected[40:42 + side, 40:42 + side] = True
+    assert np.array_equal(sections[0], expected)
+    assert sections[1].sum() == 1600 and sections[1][15, 15]
+    assert sections[2][1:1 + side, 1:1 + side].all() and sections[2].sum() == side * side
+    assert sections[3] is None and sections[4] is None
+
+
+def test_median_of_a_fitted_line_is_numpys():
+    rng = np.random.default_rng(3)
+    for size in list(range(1, 40)) * 20:
+        values = np.round(rng.normal(scale=rng.choice([1e-3, 1.0, 1e3]), size=size), int(rng.integers(0, 4)))
+        assert measure._median(values) == float(np.median(values))
