@@ -405,7 +405,7 @@ def _import_drawing() -> None:
     try:
         import matplotlib.backends.backend_agg  # noqa: F401
         import matplotlib.figure  # noqa: F401
-    except Exception:  # the overview reports its own import errors when it draws
+    except Exception:  # the report says what failed to import when it draws
         pass
 
 

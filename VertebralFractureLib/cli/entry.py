@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if argv is None:
             # Run as the program: the process ends next. The collections the interpreter makes while it shuts down
-            # walk every object the libraries created (0.2-0.3 s after a ``measure`` run, most of them
-            # matplotlib's); frozen, they go back to the operating system with the rest of the memory. Callers in
+            # walk every object the libraries created (0.2-0.3 s after a ``measure`` run that drew with
+            # matplotlib); frozen, they go back to the operating system with the rest of the memory. Callers in
             # the same process (argv given) keep their garbage collection.
             gc.freeze()
 

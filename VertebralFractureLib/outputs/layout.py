@@ -144,6 +144,8 @@ def separate_labels(fig, ax, labels) -> None:
     """Move level labels apart along the image's vertical where their measured boxes would overlap, keeping them
     within the image's height (the font shrinks when they cannot all fit). Labels are text artists centred
     vertically on their vertebra."""
+    from VertebralFractureLib.outputs.overview import stack_centres
+
     if not labels:
         return
     renderer = fig.canvas.get_renderer()
@@ -162,12 +164,8 @@ def separate_labels(fig, ax, labels) -> None:
             break
         for label in order:
             label.set_fontsize(label.get_fontsize() - 0.5)
-    centres = list(wanted)
-    for i in range(1, len(order)):  # top to bottom: each below the one above
-        centres[i] = min(centres[i], centres[i - 1] - (heights[i - 1] + heights[i]) / 2)
-    centres[-1] = max(centres[-1], axes_box.y0 + heights[-1] / 2)
-    for i in range(len(order) - 2, -1, -1):  # bottom to top: each above the one below, none below the image
-        centres[i] = max(centres[i], centres[i + 1] + (heights[i] + heights[i + 1]) / 2)
+    # Stacked as the overview's labels are, in y down the page (display y runs up); no limit above, as before.
+    centres = [-y for y in stack_centres([-y for y in wanted], heights, None, -axes_box.y0)]
     to_data = ax.transData.inverted()
     for label, centre in zip(order, centres):
         label.set_y(to_data.transform((0.0, centre))[1])

@@ -241,10 +241,11 @@ class LevelLabel:
     wanted_y: float
 
 
-def stack_centres(wanted: list[float], heights: list[float], top: float, bottom: float) -> list[float]:
+def stack_centres(wanted: list[float], heights: list[float], top: float | None, bottom: float) -> list[float]:
     """Centres (y, down the picture) of boxes of ``heights`` stacked in the order given (top first), each as near
     its wanted centre as the others let it be: none overlaps the next, none reaches below ``bottom`` or above
-    ``top`` (when all fit between; when they do not, none overlaps and the lowest reach below ``bottom``)."""
+    ``top`` (when all fit between; when they do not, none overlaps and the lowest reach below ``bottom``). ``top``
+    None: no limit above."""
     centres = list(wanted)
     count = len(centres)
     for i in range(1, count):  # top to bottom: each below the one above
@@ -253,7 +254,7 @@ def stack_centres(wanted: list[float], heights: list[float], top: float, bottom:
         centres[-1] = min(centres[-1], bottom - heights[-1] / 2)
     for i in range(count - 2, -1, -1):  # bottom to top: each above the one below, none below the image
         centres[i] = min(centres[i], centres[i + 1] - (heights[i] + heights[i + 1]) / 2)
-    if count and centres[0] - heights[0] / 2 < top:  # nor above it: top to bottom again from its top
+    if count and top is not None and centres[0] - heights[0] / 2 < top:  # nor above it: top to bottom again
         centres[0] = top + heights[0] / 2
         for i in range(1, count):
             centres[i] = max(centres[i], centres[i - 1] + (heights[i - 1] + heights[i]) / 2)
